@@ -1,0 +1,119 @@
+//! Builds the guest workspace (`guest-converters/`) for `wasm32-wasip2` and
+//! exposes the components to this crate: the built-in converters embedded as
+//! bytes, the test guests (feature `test-guests`) as file paths.
+//!
+//! The pattern of wasmtime's `crates/test-programs/artifacts`: a nested cargo
+//! with its own target directory (so the two builds never wait on each
+//! other's lock), and `rerun-if-changed` on every source file the guests were
+//! built from, read from cargo's dep-info files.
+
+use std::collections::BTreeSet;
+use std::env;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// (package, artifact stem, const name) of the built-in converters.
+const BUILTINS: &[(&str, &str, &str)] = &[
+    ("tbgw-json-uplink", "tbgw_json_uplink", "JSON_UPLINK"),
+    ("tbgw-json-downlink", "tbgw_json_downlink", "JSON_DOWNLINK"),
+];
+
+/// Test guests: (package, artifact stem, const name).
+const TEST_GUESTS: &[(&str, &str, &str)] = &[("tbgw-probe", "tbgw_probe", "PROBE")];
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let guests = manifest_dir.join("../../guest-converters");
+    let with_tests = env::var_os("CARGO_FEATURE_TEST_GUESTS").is_some();
+
+    // OUT_DIR is <target>/[<triple>/]<profile>/build/<pkg>-<hash>/out: keep the
+    // guests' own target directory beside the profile directories, shared by
+    // debug and release host builds.
+    let target_dir = out_dir.ancestors().nth(4).unwrap_or(&out_dir).join("guest-converters");
+
+    let mut packages: Vec<&(&str, &str, &str)> = BUILTINS.iter().collect();
+    if with_tests {
+        packages.extend(TEST_GUESTS.iter());
+    }
+
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&guests)
+        .args(["build", "--release", "--target", "wasm32-wasip2"])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        // The host build's flags and wrappers are not for wasm guests.
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CARGO_PRIMARY_PACKAGE");
+    for (package, _, _) in &packages {
+        cmd.args(["-p", package]);
+    }
+    let status = cmd.status().unwrap_or_else(|e| panic!("cannot run cargo to build the guest converters: {e}"));
+    if !status.success() {
+        panic!(
+            "building the guest converters in {} failed (see above). If the wasm32-wasip2 target is missing, \
+             run `rustup target add wasm32-wasip2`.",
+            guests.display()
+        );
+    }
+
+    let built = target_dir.join("wasm32-wasip2").join("release");
+    let mut generated = String::new();
+    let mut deps = BTreeSet::new();
+    for (package, stem, name) in &packages {
+        let artifact = built.join(format!("{stem}.wasm"));
+        let copy = out_dir.join(format!("{stem}.wasm"));
+        fs::copy(&artifact, &copy).unwrap_or_else(|e| panic!("{package}: cannot copy {}: {e}", artifact.display()));
+        read_deps(&built.join(format!("{stem}.d")), &mut deps);
+        let is_builtin = BUILTINS.iter().any(|(p, _, _)| p == package);
+        if is_builtin {
+            let _ = writeln!(
+                generated,
+                "/// The `{package}` component.\npub const {name}: &[u8] = include_bytes!({:?});",
+                copy.display().to_string()
+            );
+        } else {
+            let _ = writeln!(
+                generated,
+                "/// Path of the `{package}` test component.\npub const {name}: &str = {:?};",
+                copy.display().to_string()
+            );
+        }
+    }
+    fs::write(out_dir.join("artifacts.rs"), generated).expect("write artifacts.rs");
+
+    for file in ["Cargo.toml", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={}", guests.join(file).display());
+    }
+    for dep in deps {
+        println!("cargo:rerun-if-changed={dep}");
+    }
+}
+
+/// Collect the source files listed in a cargo dep-info (`.d`) file.
+fn read_deps(path: &Path, deps: &mut BTreeSet<String>) {
+    let Ok(contents) = fs::read_to_string(path) else {
+        return;
+    };
+    for line in contents.lines() {
+        let Some((_, files)) = line.split_once(": ") else { continue };
+        let mut parts = files.split_whitespace();
+        while let Some(part) = parts.next() {
+            let mut file = part.to_owned();
+            while file.ends_with('\\') {
+                file.pop();
+                file.push(' ');
+                match parts.next() {
+                    Some(next) => file.push_str(next),
+                    None => break,
+                }
+            }
+            deps.insert(file);
+        }
+    }
+}

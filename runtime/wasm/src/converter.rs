@@ -1,0 +1,476 @@
+//! Converters: a hot-swappable, shared [`Converter`] handle, and the
+//! [`Worker`] through which one thread calls it.
+//!
+//! A `Converter` holds the current *version*: a compiled component with its
+//! config and limits, already proven to `create` successfully. `replace`
+//! prepares a new version entirely off the hot path (read, compile, check the
+//! world, run `create(config)` in a probe instance) and only then publishes
+//! it; a version that fails any step is refused and the old one keeps
+//! serving.
+//!
+//! A `Worker` belongs to one thread and owns at most one live instance (a
+//! store, the guest's exports and its converter resource). Before each call
+//! it compares its instance's version with the current one (one atomic load);
+//! on a change it drops the instance and starts one of the new version. A
+//! call in flight therefore always finishes on the version it started with.
+//! After a trap, a timeout or a memory exhaustion the instance is dropped and
+//! the next call starts a fresh one: guest state is only ever a cache.
+
+use crate::bindings::Contract;
+use crate::cache::CompileSource;
+use crate::component::{Compiled, ComponentSource, contract_exports, world_mismatch};
+use crate::error::{CallError, LoadError, MessageError};
+use crate::host::HostState;
+use crate::limits::Limits;
+use crate::runtime::Runtime;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use tbgw_core::Direction;
+use wasmtime::component::{InstancePre, ResourceAny};
+use wasmtime::{Store, Trap};
+
+/// What a converter is made of.
+#[derive(Debug, Clone)]
+pub struct ConverterSpec {
+    pub component: ComponentSource,
+    /// The converter's config, as JSON text, passed to `create`.
+    pub config: String,
+    pub limits: Limits,
+}
+
+/// A loaded converter, shared by the threads that run it.
+pub struct Converter<C: Contract> {
+    shared: Arc<Shared<C>>,
+}
+
+impl<C: Contract> Clone for Converter<C> {
+    fn clone(&self) -> Self {
+        Converter { shared: self.shared.clone() }
+    }
+}
+
+struct Shared<C: Contract> {
+    name: Arc<str>,
+    runtime: Runtime,
+    current: RwLock<Arc<Version<C>>>,
+    /// The generation of `current`, readable without the lock.
+    generation: AtomicU64,
+    /// Serializes `replace` calls.
+    swapping: Mutex<()>,
+    stats: Stats,
+}
+
+struct Version<C: Contract> {
+    generation: u64,
+    spec: ConverterSpec,
+    compiled: Arc<Compiled>,
+    contract_version: String,
+    pre: InstancePre<HostState>,
+    indices: C::Indices,
+}
+
+#[derive(Default)]
+struct Stats {
+    calls: AtomicU64,
+    messages: AtomicU64,
+    message_errors: AtomicU64,
+    call_errors: AtomicU64,
+    dropped_values: AtomicU64,
+    instances: AtomicU64,
+    swaps: AtomicU64,
+    refused_swaps: AtomicU64,
+}
+
+/// A converter's identity and counters, for statistics and the
+/// `gateway_converters` RPC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConverterInfo {
+    pub name: String,
+    pub direction: Direction,
+    /// Where the current version's component came from.
+    pub origin: String,
+    /// SHA-256 of the current version's component.
+    pub sha256: String,
+    /// The contract version the component was built against.
+    pub contract_version: String,
+    /// 1 for the version loaded first, +1 per successful swap.
+    pub generation: u64,
+    pub limits: Limits,
+    /// `convert` calls made.
+    pub calls: u64,
+    /// Messages (or requests) passed to `convert`.
+    pub messages: u64,
+    /// Messages that failed (rejected, too large, or lost with their call).
+    pub message_errors: u64,
+    /// Calls that trapped, timed out, ran out of memory or broke the contract.
+    pub call_errors: u64,
+    /// Values the converter reported as dropped.
+    pub dropped_values: u64,
+    /// Instances started (the first, then one after each failed call or swap
+    /// per worker).
+    pub instances: u64,
+    pub swaps: u64,
+    pub refused_swaps: u64,
+}
+
+impl<C: Contract> Converter<C> {
+    pub(crate) fn load(runtime: &Runtime, name: &str, spec: ConverterSpec) -> Result<Self, LoadError> {
+        let name: Arc<str> = name.into();
+        let version = prepare::<C>(runtime, &name, spec, 1)?;
+        Ok(Converter {
+            shared: Arc::new(Shared {
+                name,
+                runtime: runtime.clone(),
+                current: RwLock::new(Arc::new(version)),
+                generation: AtomicU64::new(1),
+                swapping: Mutex::new(()),
+                stats: Stats::default(),
+            }),
+        })
+    }
+
+    /// The converter's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Swap in a new component and/or config. Everything that can fail
+    /// happens before the swap; on failure the current version keeps serving
+    /// and the error says why the new one was refused. Calls in flight finish
+    /// on the version they started with.
+    pub fn replace(&self, spec: ConverterSpec) -> Result<(), LoadError> {
+        let shared = &self.shared;
+        let _one_at_a_time = shared.swapping.lock().unwrap_or_else(|e| e.into_inner());
+        let generation = shared.generation.load(Ordering::Acquire) + 1;
+        match prepare::<C>(&shared.runtime, &shared.name, spec, generation) {
+            Ok(version) => {
+                let origin = version.spec.component.describe();
+                *shared.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(version);
+                shared.generation.store(generation, Ordering::Release);
+                shared.stats.swaps.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(converter = %shared.name, generation, "swapped in {origin}");
+                Ok(())
+            }
+            Err(e) => {
+                shared.stats.refused_swaps.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(converter = %shared.name, "replacement refused, the current version keeps serving: {e}");
+                Err(e)
+            }
+        }
+    }
+
+    /// A worker for the calling thread.
+    pub fn worker(&self) -> Worker<C> {
+        Worker { converter: self.clone(), live: None }
+    }
+
+    /// Identity and counters.
+    pub fn info(&self) -> ConverterInfo {
+        let current = self.current();
+        let s = &self.shared.stats;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ConverterInfo {
+            name: self.shared.name.to_string(),
+            direction: C::DIRECTION,
+            origin: current.spec.component.describe(),
+            sha256: current.compiled.sha256.clone(),
+            contract_version: current.contract_version.clone(),
+            generation: current.generation,
+            limits: current.spec.limits,
+            calls: get(&s.calls),
+            messages: get(&s.messages),
+            message_errors: get(&s.message_errors),
+            call_errors: get(&s.call_errors),
+            dropped_values: get(&s.dropped_values),
+            instances: get(&s.instances),
+            swaps: get(&s.swaps),
+            refused_swaps: get(&s.refused_swaps),
+        }
+    }
+
+    fn current(&self) -> Arc<Version<C>> {
+        self.shared.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Build and validate a version: every failure here is a refusal.
+fn prepare<C: Contract>(
+    runtime: &Runtime,
+    name: &Arc<str>,
+    spec: ConverterSpec,
+    generation: u64,
+) -> Result<Version<C>, LoadError> {
+    let limit_err = |reason: String| LoadError::Limits { converter: name.clone(), reason };
+    if spec.limits.memory_bytes > runtime.config().max_memory_bytes {
+        return Err(limit_err(format!(
+            "memory limit of {} bytes exceeds the runtime's ceiling of {} bytes",
+            spec.limits.memory_bytes,
+            runtime.config().max_memory_bytes
+        )));
+    }
+    if spec.limits.timeout.is_zero() || spec.limits.create_timeout.is_zero() {
+        return Err(limit_err("timeouts must be greater than zero".into()));
+    }
+    let origin = spec.component.describe();
+    let (compiled, how, took) = runtime.compile(name, &spec.component)?;
+    let pre = runtime.instance_pre(name, &compiled).map_err(|e| LoadError::Instantiate {
+        converter: name.clone(),
+        origin: origin.clone(),
+        reason: format!("{e:#}"),
+    })?;
+    let indices = C::indices(&pre).map_err(|_| LoadError::WrongWorld {
+        converter: name.clone(),
+        origin: origin.clone(),
+        expected: C::DIRECTION.world(),
+        found: world_mismatch(&compiled.component, runtime.engine(), C::DIRECTION),
+    })?;
+    let contract_version = contract_exports(&compiled.component, runtime.engine())
+        .into_iter()
+        .find(|(d, _)| *d == C::DIRECTION)
+        .map(|(_, v)| v)
+        .unwrap_or_default();
+    let version = Arc::new(Version { generation, spec, compiled, contract_version, pre, indices });
+    // The config is validated now, in a probe instance, not on the hot path.
+    match Live::start(&version, name, runtime) {
+        Ok(_) => {}
+        Err(StartError::Config { field, message }) => {
+            return Err(LoadError::Config { converter: name.clone(), field, message });
+        }
+        Err(StartError::Call(source)) => return Err(LoadError::Create { converter: name.clone(), source }),
+    }
+    let how = match how {
+        CompileSource::Compiled => "compiled",
+        CompileSource::DiskCache => "loaded from the compile cache",
+        CompileSource::Memory => "already loaded",
+    };
+    tracing::info!(
+        converter = %name,
+        generation,
+        "{} converter from {origin} ({how} in {} ms, sha256 {})",
+        C::DIRECTION,
+        took.as_millis(),
+        &version.compiled.sha256[..12]
+    );
+    Arc::try_unwrap(version).map_err(|_| LoadError::Instantiate {
+        converter: name.clone(),
+        origin,
+        reason: "internal: the probe instance outlived its check".into(),
+    })
+}
+
+/// A running instance of one version.
+struct Live<C: Contract> {
+    version: Arc<Version<C>>,
+    store: Store<HostState>,
+    guest: C::Guest,
+    converter: ResourceAny,
+}
+
+enum StartError {
+    /// `create` refused the config.
+    Config {
+        field: Option<String>,
+        message: String,
+    },
+    Call(CallError),
+}
+
+impl<C: Contract> Live<C> {
+    /// Instantiate `version` and create its converter from the config.
+    fn start(version: &Arc<Version<C>>, name: &Arc<str>, runtime: &Runtime) -> Result<Live<C>, StartError> {
+        let limits = version.spec.limits;
+        let state = HostState::new(name.clone(), limits.memory_bytes, limits.max_log_lines_per_call);
+        let mut store = Store::new(runtime.engine(), state);
+        store.limiter(|s| &mut s.memory);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(runtime.ticks(limits.create_timeout));
+        store.data_mut().begin_call();
+        let started = (|| {
+            let instance = version.pre.instantiate(&mut store)?;
+            let guest = C::load(&version.indices, &mut store, &instance)?;
+            let created = C::create(&guest, &mut store, &version.spec.config)?;
+            Ok::<_, wasmtime::Error>((guest, created))
+        })();
+        store.data_mut().end_call();
+        match started {
+            Ok((guest, Ok(converter))) => Ok(Live { version: version.clone(), store, guest, converter }),
+            Ok((_, Err((field, message)))) => Err(StartError::Config { field, message }),
+            Err(e) => Err(StartError::Call(classify(e, &store, name, limits.create_timeout.as_millis(), limits))),
+        }
+    }
+}
+
+/// Name what went wrong in a call.
+fn classify(
+    e: wasmtime::Error,
+    store: &Store<HostState>,
+    name: &Arc<str>,
+    limit_ms: u128,
+    limits: Limits,
+) -> CallError {
+    let converter = name.clone();
+    let trap = e.downcast_ref::<Trap>().copied();
+    if trap == Some(Trap::Interrupt) {
+        return CallError::Timeout { converter, limit_ms: u64::try_from(limit_ms).unwrap_or(u64::MAX) };
+    }
+    if store.data().memory.refused {
+        return CallError::OutOfMemory { converter, limit_bytes: limits.memory_bytes };
+    }
+    let stderr = store.data().stderr_tail();
+    match trap {
+        Some(trap) => CallError::Trap { converter, trap: trap.to_string(), stderr },
+        // Not a trap: instantiation failed (e.g. the instance pool is full).
+        None => CallError::Instantiate { converter, reason: format!("{e:#}") },
+    }
+}
+
+/// One thread's handle on a converter.
+pub struct Worker<C: Contract> {
+    converter: Converter<C>,
+    live: Option<Live<C>>,
+}
+
+/// After this many timeouts in a row, the one-by-one retry of a failed batch
+/// stops and fails the rest: each costs a whole deadline.
+const MAX_TIMEOUTS_WHEN_ISOLATING: u32 = 2;
+
+impl<C: Contract> Worker<C> {
+    /// The converter this worker calls.
+    pub fn converter(&self) -> &Converter<C> {
+        &self.converter
+    }
+
+    /// The generation of the live instance, if there is one.
+    pub fn live_generation(&self) -> Option<u64> {
+        self.live.as_ref().map(|l| l.version.generation)
+    }
+
+    /// Convert a batch: one result per input, in order. When the call fails
+    /// as a whole (trap, timeout, out of memory), the inputs are retried one
+    /// by one on fresh instances, so that one poisonous message fails alone.
+    pub fn convert(&mut self, batch: &[C::Input]) -> Vec<Result<C::Output, MessageError>> {
+        let err = match self.try_convert(batch) {
+            Ok(results) => return results,
+            Err(e) if batch.len() <= 1 => {
+                self.converter.shared.stats.message_errors.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                return batch.iter().map(|_| Err(e.clone().into())).collect();
+            }
+            Err(e) => e,
+        };
+        tracing::debug!(converter = %self.converter.shared.name, "a batch of {} failed ({err}); retrying one by one", batch.len());
+        let mut timeouts = 0;
+        let mut lost = 0;
+        let mut results = Vec::with_capacity(batch.len());
+        for input in batch {
+            if timeouts >= MAX_TIMEOUTS_WHEN_ISOLATING {
+                lost += 1;
+                results.push(Err(MessageError::Call(err.clone())));
+                continue;
+            }
+            match self.try_convert(std::slice::from_ref(input)) {
+                Ok(mut one) => {
+                    timeouts = 0;
+                    results.push(one.pop().unwrap_or_else(|| Err(MessageError::Call(err.clone()))));
+                }
+                Err(e) => {
+                    if matches!(e, CallError::Timeout { .. }) {
+                        timeouts += 1;
+                    }
+                    lost += 1;
+                    results.push(Err(MessageError::Call(e)));
+                }
+            }
+        }
+        self.converter.shared.stats.message_errors.fetch_add(lost, Ordering::Relaxed);
+        results
+    }
+
+    /// One call with the whole batch. A call error fails every input of the
+    /// batch and discards the instance.
+    pub fn try_convert(&mut self, batch: &[C::Input]) -> Result<Vec<Result<C::Output, MessageError>>, CallError> {
+        let shared = self.converter.shared.clone();
+        let stats = &shared.stats;
+        let generation = shared.generation.load(Ordering::Acquire);
+        let live = match &mut self.live {
+            Some(live) if live.version.generation >= generation => live,
+            slot => {
+                // Free the old instance's pool slot before taking a new one.
+                *slot = None;
+                let version = self.converter.current();
+                let live = Live::start(&version, &shared.name, &shared.runtime).map_err(|e| match e {
+                    StartError::Call(e) => e,
+                    StartError::Config { field, message } => CallError::Instantiate {
+                        converter: shared.name.clone(),
+                        reason: format!(
+                            "create() refused the config it accepted before{}: {message}",
+                            field.map(|f| format!(" at `{f}`")).unwrap_or_default()
+                        ),
+                    },
+                });
+                let live = match live {
+                    Ok(live) => live,
+                    Err(e) => {
+                        stats.call_errors.fetch_add(1, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                };
+                stats.instances.fetch_add(1, Ordering::Relaxed);
+                slot.insert(live)
+            }
+        };
+        let limits = live.version.spec.limits;
+        live.store.data_mut().begin_call();
+        let ticks = shared.runtime.ticks(limits.timeout);
+        live.store.set_epoch_deadline(ticks);
+        let result = C::convert(&live.guest, &mut live.store, live.converter, batch);
+        live.store.data_mut().end_call();
+        stats.calls.fetch_add(1, Ordering::Relaxed);
+        stats.messages.fetch_add(batch.len() as u64, Ordering::Relaxed);
+
+        let results = match result {
+            Ok(results) if results.len() == batch.len() => results,
+            Ok(results) => {
+                self.live = None;
+                stats.call_errors.fetch_add(1, Ordering::Relaxed);
+                return Err(CallError::Contract {
+                    converter: shared.name.clone(),
+                    reason: format!("returned {} results for a batch of {}", results.len(), batch.len()),
+                });
+            }
+            Err(e) => {
+                let err = classify(e, &live.store, &shared.name, limits.timeout.as_millis(), limits);
+                self.live = None;
+                stats.call_errors.fetch_add(1, Ordering::Relaxed);
+                return Err(err);
+            }
+        };
+        let mut failed = 0;
+        let mut dropped = 0;
+        let results: Vec<_> = results
+            .into_iter()
+            .map(|r| match r {
+                Ok(mut output) => {
+                    let (size, dropped_here) = C::sanitize(&mut output);
+                    dropped += dropped_here as u64;
+                    if size > limits.max_output_bytes {
+                        failed += 1;
+                        Err(MessageError::OutputTooLarge {
+                            converter: shared.name.clone(),
+                            bytes: size,
+                            limit: limits.max_output_bytes,
+                        })
+                    } else {
+                        Ok(output)
+                    }
+                }
+                Err(message) => {
+                    failed += 1;
+                    Err(MessageError::Rejected { converter: shared.name.clone(), message })
+                }
+            })
+            .collect();
+        stats.message_errors.fetch_add(failed, Ordering::Relaxed);
+        stats.dropped_values.fetch_add(dropped, Ordering::Relaxed);
+        Ok(results)
+    }
+}
