@@ -7,6 +7,27 @@
 
 use crate::Value;
 use crate::json::Json;
+use std::fmt;
+
+/// Why a value does not convert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CoerceError {
+    /// The value is JSON `null`.
+    Null,
+    /// `shown` (the value, quoted and clipped) is not of the wanted type.
+    Not { shown: String, wanted: &'static str },
+}
+
+impl fmt::Display for CoerceError {
+    /// Reads after the name of what was converted: "`${temp}` is null",
+    /// "`${temp}` is `\"x\"`, not a double".
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CoerceError::Null => f.write_str("is null"),
+            CoerceError::Not { shown, wanted } => write!(f, "is {shown}, not {wanted}"),
+        }
+    }
+}
 
 /// A configured value type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,16 +68,16 @@ impl DataType {
             DataType::Integer => "an integer",
             DataType::Double => "a double",
             DataType::Boolean => "a boolean",
-            DataType::Json => "JSON",
+            DataType::Json => "valid JSON",
         }
     }
 }
 
 /// Convert a value taken from the message as it is (`"value": "${temp}"`).
-pub fn from_json(v: &Json, t: DataType) -> Result<Value, String> {
-    let fail = || Err(format!("{} does not convert to {}", shown(v), t.name()));
+pub fn from_json(v: &Json, t: DataType) -> Result<Value, CoerceError> {
+    let fail = || Err(CoerceError::Not { shown: shown(v), wanted: t.name() });
     match (t, v) {
-        (_, Json::Null) => Err("is null".into()),
+        (_, Json::Null) => Err(CoerceError::Null),
         (DataType::Json, v) => Ok(Value::Json(v.to_json())),
         (DataType::String, Json::Str(s)) => Ok(Value::Text(s.to_string())),
         (DataType::String, v) => Ok(Value::Text(v.to_json())),
@@ -76,8 +97,8 @@ pub fn from_json(v: &Json, t: DataType) -> Result<Value, String> {
 }
 
 /// Convert text: a constant, or a template rendered to text.
-pub fn from_text(s: &str, t: DataType) -> Result<Value, String> {
-    let fail = || Err(format!("`{}` does not convert to {}", clip(s), t.name()));
+pub fn from_text(s: &str, t: DataType) -> Result<Value, CoerceError> {
+    let fail = || Err(CoerceError::Not { shown: format!("`{}`", clip(s)), wanted: t.name() });
     match t {
         DataType::String => Ok(Value::Text(s.to_owned())),
         DataType::Integer => {
@@ -100,7 +121,7 @@ pub fn from_text(s: &str, t: DataType) -> Result<Value, String> {
         },
         DataType::Json => match Json::parse(s.as_bytes()) {
             Ok(j) => Ok(Value::Json(j.to_json())),
-            Err(_) => Err(format!("`{}` is not valid JSON", clip(s))),
+            Err(_) => Err(CoerceError::Not { shown: format!("`{}`", clip(s)), wanted: "valid JSON" }),
         },
     }
 }
@@ -179,7 +200,10 @@ mod tests {
         assert_eq!(from_json(&j("9223372036854775807"), DataType::Integer), Ok(Value::Int(i64::MAX)));
         assert!(from_json(&j("1e300"), DataType::Integer).is_err());
         assert!(from_json(&j("18446744073709551615"), DataType::Integer).is_err());
-        assert_eq!(from_json(&j("\"abc\""), DataType::Integer), Err("`\"abc\"` does not convert to an integer".into()));
+        assert_eq!(
+            from_json(&j("\"abc\""), DataType::Integer).unwrap_err().to_string(),
+            "is `\"abc\"`, not an integer"
+        );
     }
 
     #[test]
@@ -215,7 +239,7 @@ mod tests {
 
     #[test]
     fn null_is_dropped() {
-        assert_eq!(from_json(&j("null"), DataType::String), Err("is null".into()));
+        assert_eq!(from_json(&j("null"), DataType::String), Err(CoerceError::Null));
         assert_eq!(natural(&j("null")), None);
     }
 }

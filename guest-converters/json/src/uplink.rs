@@ -343,9 +343,8 @@ impl KeyRule {
                 Some(v) => coerce::from_json(v, *t).map_err(|e| format!("`${{{}}}` {e}", path.text())),
                 None => Err(format!("`${{{}}}` is not in the message", path.text())),
             },
-            ValueExpr::Template(template, t) => {
-                render_text(template, obj).and_then(|text| coerce::from_text(&text, *t))
-            }
+            ValueExpr::Template(template, t) => render_text(template, obj)
+                .and_then(|text| coerce::from_text(&text, *t).map_err(|e| format!("`{}` {e}", template.source()))),
         };
         match value {
             Ok(value) => Some(Entry { key, value }),
@@ -543,7 +542,7 @@ fn key_rule(path: &str, item: &ConfigValue, telemetry: bool) -> Result<KeyRule, 
     let value_text = obj.req_str("value")?;
     let t = template(&value_field, value_text)?;
     let value = if let Some(c) = t.constant() {
-        ValueExpr::Constant(coerce::from_text(c, dtype).map_err(|e| ConfigError::at(&value_field, e))?)
+        ValueExpr::Constant(coerce::from_text(c, dtype).map_err(|e| ConfigError::at(&value_field, e.to_string()))?)
     } else if let Some(p) = t.single_expr() {
         ValueExpr::Path(p.clone(), dtype)
     } else {

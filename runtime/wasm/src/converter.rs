@@ -231,7 +231,7 @@ fn prepare<C: Contract>(
         .unwrap_or_default();
     let version = Arc::new(Version { generation, spec, compiled, contract_version, pre, indices });
     // The config is validated now, in a probe instance, not on the hot path.
-    match Live::start(&version, name, runtime) {
+    match Live::start(&version, name, runtime, true) {
         Ok(_) => {}
         Err(StartError::Config { field, message }) => {
             return Err(LoadError::Config { converter: name.clone(), field, message });
@@ -276,15 +276,22 @@ enum StartError {
 }
 
 impl<C: Contract> Live<C> {
-    /// Instantiate `version` and create its converter from the config.
-    fn start(version: &Arc<Version<C>>, name: &Arc<str>, runtime: &Runtime) -> Result<Live<C>, StartError> {
+    /// Instantiate `version` and create its converter from the config;
+    /// `first` for the probe instance that validates a version, whose log
+    /// lines are kept at their level.
+    fn start(
+        version: &Arc<Version<C>>,
+        name: &Arc<str>,
+        runtime: &Runtime,
+        first: bool,
+    ) -> Result<Live<C>, StartError> {
         let limits = version.spec.limits;
         let state = HostState::new(name.clone(), limits.memory_bytes, limits.max_log_lines_per_call);
         let mut store = Store::new(runtime.engine(), state);
         store.limiter(|s| &mut s.memory);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(runtime.ticks(limits.create_timeout));
-        store.data_mut().begin_call();
+        store.data_mut().begin_call(!first);
         let started = (|| {
             let instance = version.pre.instantiate(&mut store)?;
             let guest = C::load(&version.indices, &mut store, &instance)?;
@@ -397,7 +404,7 @@ impl<C: Contract> Worker<C> {
                 // Free the old instance's pool slot before taking a new one.
                 *slot = None;
                 let version = self.converter.current();
-                let live = Live::start(&version, &shared.name, &shared.runtime).map_err(|e| match e {
+                let live = Live::start(&version, &shared.name, &shared.runtime, false).map_err(|e| match e {
                     StartError::Call(e) => e,
                     StartError::Config { field, message } => CallError::Instantiate {
                         converter: shared.name.clone(),
@@ -419,7 +426,7 @@ impl<C: Contract> Worker<C> {
             }
         };
         let limits = live.version.spec.limits;
-        live.store.data_mut().begin_call();
+        live.store.data_mut().begin_call(false);
         let ticks = shared.runtime.ticks(limits.timeout);
         live.store.set_epoch_deadline(ticks);
         let result = C::convert(&live.guest, &mut live.store, live.converter, batch);

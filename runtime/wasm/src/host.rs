@@ -55,10 +55,13 @@ impl HostState {
         }
     }
 
-    /// Reset the per-call state before a call.
-    pub(crate) fn begin_call(&mut self) {
+    /// Reset the per-call state before a call. `quiet` demotes what the
+    /// guest logs to debug level: used for `create` in every instance but
+    /// the first of a version, so a config notice is not repeated per
+    /// worker and per restarted instance.
+    pub(crate) fn begin_call(&mut self, quiet: bool) {
         self.memory.refused = false;
-        self.console.lock().begin_call();
+        self.console.lock().begin_call(quiet);
     }
 
     /// Report what the call logged beyond its budget.
@@ -128,6 +131,7 @@ struct Console(Arc<Mutex<ConsoleState>>);
 struct ConsoleState {
     converter: Arc<str>,
     max_lines: u32,
+    quiet: bool,
     lines_this_call: u32,
     suppressed: u64,
     /// Unfinished lines of stdout and stderr.
@@ -140,6 +144,7 @@ impl Console {
         Console(Arc::new(Mutex::new(ConsoleState {
             converter,
             max_lines,
+            quiet: false,
             lines_this_call: 0,
             suppressed: 0,
             partial: [Vec::new(), Vec::new()],
@@ -158,7 +163,8 @@ impl Console {
 }
 
 impl ConsoleState {
-    fn begin_call(&mut self) {
+    fn begin_call(&mut self, quiet: bool) {
+        self.quiet = quiet;
         self.lines_this_call = 0;
         self.suppressed = 0;
         self.stderr_tail.clear();
@@ -214,6 +220,10 @@ impl ConsoleState {
         let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_LINE)]);
         let text = text.trim_end();
         let converter = &*self.converter;
+        if self.quiet {
+            tracing::debug!(converter, "{text}");
+            return;
+        }
         match level {
             Level::Trace => tracing::trace!(converter, "{text}"),
             Level::Debug => tracing::debug!(converter, "{text}"),

@@ -1,0 +1,41 @@
+//! The `tbgw` command line.
+//!
+//! Exit codes: 0 success; 1 the work ran but some of it failed (a message
+//! did not convert); 2 the command could not run (bad arguments, unreadable
+//! files, an invalid converter or converter config).
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "tbgw", version, about = "An IoT gateway for ThingsBoard with WebAssembly converters")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Try converters on sample messages, and inspect converter components.
+    #[command(subcommand)]
+    Converter(ConverterCommand),
+}
+
+#[derive(Subcommand)]
+enum ConverterCommand {
+    /// Run a converter on sample input and print what ThingsBoard would get.
+    Test(cli::converter_test::Args),
+    /// Show which converter world a component implements and what it imports.
+    Inspect(cli::inspect::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cli::init_logging();
+    match cli.command {
+        Command::Converter(ConverterCommand::Test(args)) => cli::converter_test::run(args),
+        Command::Converter(ConverterCommand::Inspect(args)) => cli::inspect::run(args),
+    }
+}
