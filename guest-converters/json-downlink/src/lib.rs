@@ -9,6 +9,9 @@ use tbgw::converter::log::{Level, log};
 use tbgw::converter::types::{ConfigError, ConvertError, DownlinkMessage, DownlinkRequest, Value};
 use tbgw_json_converter as lib;
 
+#[global_allocator]
+static ALLOC: tbgw_guest_alloc::Alloc = tbgw_guest_alloc::Alloc::new();
+
 struct Component;
 
 export!(Component);

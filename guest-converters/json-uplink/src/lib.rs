@@ -11,6 +11,9 @@ use tbgw::converter::types::{
 };
 use tbgw_json_converter as lib;
 
+#[global_allocator]
+static ALLOC: tbgw_guest_alloc::Alloc = tbgw_guest_alloc::Alloc::new();
+
 struct Component;
 
 export!(Component);

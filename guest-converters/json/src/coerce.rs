@@ -142,7 +142,7 @@ pub fn natural(v: &Json) -> Option<Value> {
 /// Truncate toward zero when the float fits an `i64`.
 fn truncate(f: f64) -> Option<i64> {
     // i64::MIN is exactly representable; i64::MAX is not (it rounds up to 2^63).
-    (f.is_finite() && f >= -9_223_372_036_854_775_808.0 && f < 9_223_372_036_854_775_808.0).then_some(f as i64)
+    (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f).then_some(f as i64)
 }
 
 fn parse_bool(s: &str) -> Option<bool> {

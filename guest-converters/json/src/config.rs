@@ -81,7 +81,20 @@ impl<'a> Obj<'a> {
     }
 
     pub fn req_str(&mut self, key: &'static str) -> Result<&'a str, ConfigError> {
-        self.opt_str(key)?.ok_or_else(|| ConfigError::at(self.field(key), "required"))
+        self.opt_str(key)?.ok_or_else(|| self.missing(key))
+    }
+
+    /// A required `key` is absent: say so, and point at a likely typo.
+    pub fn missing(&self, key: &str) -> ConfigError {
+        let typo = self
+            .map
+            .keys()
+            .filter(|k| !self.taken.contains(&k.as_str()))
+            .find(|k| edit_distance(&k.to_ascii_lowercase(), &key.to_ascii_lowercase()) <= 2);
+        match typo {
+            Some(t) => ConfigError::at(self.field(key), format!("required; `{t}` looks like a typo for it")),
+            None => ConfigError::at(self.field(key), "required"),
+        }
     }
 
     pub fn opt_bool(&mut self, key: &'static str) -> Result<Option<bool>, ConfigError> {

@@ -43,7 +43,13 @@ impl<'a> Json<'a> {
     /// The member `key` of an object (its last occurrence), if any.
     pub fn get(&self, key: &str) -> Option<&Json<'a>> {
         match self {
-            Json::Object(members) => members.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v),
+            // Length and first byte first: most members differ there, and
+            // a full comparison is a call to memcmp in WebAssembly.
+            Json::Object(members) => members
+                .iter()
+                .rev()
+                .find(|(k, _)| k.len() == key.len() && k.as_bytes().first() == key.as_bytes().first() && k == key)
+                .map(|(_, v)| v),
             _ => None,
         }
     }

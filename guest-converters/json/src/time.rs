@@ -33,14 +33,20 @@ pub fn from_json(v: &Json, order: DateOrder) -> Result<i64, String> {
 /// Read a timestamp from text.
 pub fn from_text(s: &str, order: DateOrder) -> Result<i64, String> {
     let t = s.trim();
-    if let Ok(i) = t.parse::<i64>() {
-        return Ok(i);
-    }
-    if let Ok(f) = t.parse::<f64>()
-        && f.is_finite()
-        && f.abs() < 9.0e18
-    {
-        return Ok(f as i64);
+    // Numbers first, but without trying to read every date as one.
+    let numeric = t.bytes().enumerate().all(|(i, b)| {
+        b.is_ascii_digit() || b == b'.' || (i == 0 && (b == b'-' || b == b'+')) || b == b'e' || b == b'E'
+    });
+    if numeric {
+        if let Ok(i) = t.parse::<i64>() {
+            return Ok(i);
+        }
+        if let Ok(f) = t.parse::<f64>()
+            && f.is_finite()
+            && f.abs() < 9.0e18
+        {
+            return Ok(f as i64);
+        }
     }
     parse_datetime(t, order)
         .ok_or_else(|| format!("`{t}` is not a timestamp (expected milliseconds or an ISO 8601 date)"))

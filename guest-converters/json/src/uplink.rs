@@ -53,6 +53,9 @@ pub struct UplinkConverter {
     device_type: Option<NameRule>,
     attributes: Vec<Rule>,
     timeseries: Vec<Rule>,
+    /// The distinct `tsField`s of the time series: usually every key names
+    /// the same one, and it is read once per message, not once per key.
+    ts_fields: Vec<(Path, DateOrder)>,
     use_received_ts: bool,
 }
 
@@ -76,15 +79,15 @@ struct TopicRegex {
 enum Rule {
     /// `"*"`: every member of the message.
     All,
-    One(KeyRule),
+    One(Box<KeyRule>),
 }
 
 #[derive(Debug)]
 struct KeyRule {
     key: KeyExpr,
     value: ValueExpr,
-    /// `tsField`, with its date options (telemetry only).
-    ts: Option<(Path, DateOrder)>,
+    /// The index of its `tsField` in `UplinkConverter::ts_fields`.
+    ts: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -142,7 +145,7 @@ impl UplinkConverter {
             Some(info) => {
                 let mut info = Obj::new("deviceInfo", info)?;
                 let name = name_rule(&mut info, "deviceNameExpressionSource", "deviceNameExpression")?
-                    .ok_or_else(|| ConfigError::at("deviceInfo.deviceNameExpression", "required"))?;
+                    .ok_or_else(|| info.missing("deviceNameExpression"))?;
                 let profile = name_rule(&mut info, "deviceProfileExpressionSource", "deviceProfileExpression")?;
                 info.finish()?;
                 (name, profile)
@@ -167,10 +170,12 @@ impl UplinkConverter {
             }
         };
 
-        let attributes = rules(&mut root, "attributes", false)?;
-        let timeseries = rules(&mut root, "timeseries", true)?;
+        let mut ts_fields = Vec::new();
+        let attributes = rules(&mut root, "attributes", None)?;
+        let timeseries = rules(&mut root, "timeseries", Some(&mut ts_fields))?;
         root.finish()?;
-        let converter = UplinkConverter { device_name, device_type, attributes, timeseries, use_received_ts };
+        let converter =
+            UplinkConverter { device_name, device_type, attributes, timeseries, ts_fields, use_received_ts };
         Ok((converter, notices))
     }
 
@@ -253,6 +258,7 @@ impl UplinkConverter {
 
         let mut telemetry: Vec<Telemetry> = Vec::new();
         let mut message_ts: Option<Option<i64>> = None;
+        let mut ts_memo: Vec<Option<Result<i64, String>>> = Vec::new();
         for rule in &self.timeseries {
             match rule {
                 Rule::All => {
@@ -269,15 +275,23 @@ impl UplinkConverter {
                 }
                 Rule::One(rule) => {
                     let Some(entry) = rule.resolve(obj, topic, prefix, dropped) else { continue };
-                    let ts = match &rule.ts {
-                        Some((path, order)) if !self.use_received_ts => match ts_field(obj, path, *order) {
-                            Ok(ts) => Some(ts),
-                            Err(reason) => {
-                                dropped.push(Dropped { key: format!("{prefix}{}.ts", entry.key), reason });
-                                *message_ts.get_or_insert_with(|| self.message_ts(obj, prefix, dropped))
+                    let ts = match rule.ts {
+                        Some(i) if !self.use_received_ts => {
+                            if ts_memo.is_empty() {
+                                ts_memo.resize(self.ts_fields.len(), None);
                             }
-                        },
-                        _ => *message_ts.get_or_insert_with(|| self.message_ts(obj, prefix, dropped)),
+                            let (path, order) = &self.ts_fields[i];
+                            ts_memo[i].get_or_insert_with(|| ts_field(obj, path, *order)).clone()
+                        }
+                        _ => Err(String::new()),
+                    };
+                    let ts = match ts {
+                        Ok(ts) => Some(ts),
+                        Err(reason) if !reason.is_empty() => {
+                            dropped.push(Dropped { key: format!("{prefix}{}.ts", entry.key), reason });
+                            *message_ts.get_or_insert_with(|| self.message_ts(obj, prefix, dropped))
+                        }
+                        Err(_) => *message_ts.get_or_insert_with(|| self.message_ts(obj, prefix, dropped)),
                     };
                     upsert(group(&mut telemetry, ts), entry);
                 }
@@ -495,7 +509,12 @@ fn name_rule(
 }
 
 /// Read `attributes` or `timeseries`: `"*"`, or a list of `"*"` and rules.
-fn rules(root: &mut Obj, key: &'static str, telemetry: bool) -> Result<Vec<Rule>, ConfigError> {
+/// `ts_fields` collects the distinct `tsField`s (time series only).
+fn rules(
+    root: &mut Obj,
+    key: &'static str,
+    mut ts_fields: Option<&mut Vec<(Path, DateOrder)>>,
+) -> Result<Vec<Rule>, ConfigError> {
     if let Some(ConfigValue::String(s)) = root.get(key) {
         return if s == "*" {
             Ok(vec![Rule::All])
@@ -509,12 +528,16 @@ fn rules(root: &mut Obj, key: &'static str, telemetry: bool) -> Result<Vec<Rule>
             out.push(Rule::All);
             continue;
         }
-        out.push(Rule::One(key_rule(&path, item, telemetry)?));
+        out.push(Rule::One(Box::new(key_rule(&path, item, ts_fields.as_deref_mut())?)));
     }
     Ok(out)
 }
 
-fn key_rule(path: &str, item: &ConfigValue, telemetry: bool) -> Result<KeyRule, ConfigError> {
+fn key_rule(
+    path: &str,
+    item: &ConfigValue,
+    ts_fields: Option<&mut Vec<(Path, DateOrder)>>,
+) -> Result<KeyRule, ConfigError> {
     let mut obj = Obj::new(path, item)?;
     let type_name = obj.req_str("type")?;
     let dtype = DataType::parse(type_name).ok_or_else(|| {
@@ -548,7 +571,7 @@ fn key_rule(path: &str, item: &ConfigValue, telemetry: bool) -> Result<KeyRule, 
     } else {
         ValueExpr::Template(t, dtype)
     };
-    let ts = if telemetry {
+    let ts = if let Some(ts_fields) = ts_fields {
         let ts_text = obj.opt_str("tsField")?;
         let order = DateOrder {
             dayfirst: obj.opt_bool("dayfirst")?.unwrap_or(false),
@@ -563,7 +586,14 @@ fn key_rule(path: &str, item: &ConfigValue, telemetry: bool) -> Result<KeyRule, 
                         "expected one expression naming the field, e.g. \"${timestamp}\"",
                     )
                 })?;
-                Some((p.clone(), order))
+                let i = match ts_fields.iter().position(|(q, o)| q == p && *o == order) {
+                    Some(i) => i,
+                    None => {
+                        ts_fields.push((p.clone(), order));
+                        ts_fields.len() - 1
+                    }
+                };
+                Some(i)
             }
             None => None,
         }

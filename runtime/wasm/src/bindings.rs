@@ -7,10 +7,12 @@
 //! only has to export one of them, which [`Contract::indices`] looks up.
 
 use crate::host::HostState;
-use tbgw_core as core;
+use tbgw_core as data;
 use tbgw_core::Direction;
 use wasmtime::Store;
-use wasmtime::component::{Instance, InstancePre, ResourceAny};
+use wasmtime::component::{
+    ComponentExportIndex, ComponentType, Func, Instance, InstancePre, Lower, ResourceAny, TypedFunc,
+};
 
 wasmtime::component::bindgen!({
     path: "../../wit",
@@ -98,15 +100,52 @@ pub struct Downlink;
 impl sealed::Sealed for Uplink {}
 impl sealed::Sealed for Downlink {}
 
+/// `raw-uplink` lowered from the caller's message without copying its
+/// payload and metadata first (the generated `wit::RawUplink` owns them).
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct RawUplinkRef<'a> {
+    #[component(name = "source")]
+    source: wit::Source,
+    #[component(name = "payload")]
+    payload: &'a [u8],
+    #[component(name = "metadata")]
+    metadata: &'a [(String, String)],
+    #[component(name = "received-at")]
+    received_at: i64,
+}
+
+type UplinkResults = (Vec<Result<wit::UplinkOutput, wit::ConvertError>>,);
+
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct UplinkIndices {
+    generated: uplink::GuestIndices,
+    convert: ComponentExportIndex,
+}
+
+#[doc(hidden)]
+pub struct UplinkGuest {
+    generated: uplink::Guest,
+    /// `[method]converter.convert`, type-checked with `RawUplinkRef` params.
+    convert: Func,
+}
+
 impl Contract for Uplink {
     const DIRECTION: Direction = Direction::Uplink;
-    type Input = core::RawUplink;
-    type Output = core::ConvertedMessage;
-    type Indices = uplink::GuestIndices;
-    type Guest = uplink::Guest;
+    type Input = data::RawUplink;
+    type Output = data::ConvertedMessage;
+    type Indices = UplinkIndices;
+    type Guest = UplinkGuest;
 
     fn indices(pre: &InstancePre<HostState>) -> wasmtime::Result<Self::Indices> {
-        uplink::GuestIndices::new(pre)
+        let generated = uplink::GuestIndices::new(pre)?;
+        let component = pre.component();
+        let convert = component
+            .get_export_index(None, Self::export_name())
+            .and_then(|iface| component.get_export_index(Some(&iface), "[method]converter.convert"))
+            .ok_or_else(|| wasmtime::format_err!("no `[method]converter.convert` export"))?;
+        Ok(UplinkIndices { generated, convert })
     }
 
     fn load(
@@ -114,11 +153,15 @@ impl Contract for Uplink {
         store: &mut Store<HostState>,
         instance: &Instance,
     ) -> wasmtime::Result<Self::Guest> {
-        indices.load(store, instance)
+        let generated = indices.generated.load(&mut *store, instance)?;
+        let convert = *instance
+            .get_typed_func::<(ResourceAny, &[RawUplinkRef]), UplinkResults>(&mut *store, &indices.convert)?
+            .func();
+        Ok(UplinkGuest { generated, convert })
     }
 
     fn create(guest: &Self::Guest, store: &mut Store<HostState>, config: &str) -> wasmtime::Result<Created> {
-        Ok(guest.converter().call_create(store, config)?.map_err(|e| (e.field, e.message)))
+        Ok(guest.generated.converter().call_create(store, config)?.map_err(|e| (e.field, e.message)))
     }
 
     fn convert(
@@ -127,8 +170,19 @@ impl Contract for Uplink {
         converter: ResourceAny,
         batch: &[Self::Input],
     ) -> wasmtime::Result<Vec<Result<Self::Output, String>>> {
-        let batch: Vec<wit::RawUplink> = batch.iter().map(raw_uplink_to_wit).collect();
-        let results = guest.converter().call_convert(store, converter, &batch)?;
+        let batch: Vec<RawUplinkRef> = batch
+            .iter()
+            .map(|m| RawUplinkRef {
+                source: source_to_wit(&m.source),
+                payload: &m.payload,
+                metadata: &m.metadata,
+                received_at: m.received_at,
+            })
+            .collect();
+        // SAFETY: `load` type-checked this function with exactly these types.
+        let convert =
+            unsafe { TypedFunc::<(ResourceAny, &[RawUplinkRef]), UplinkResults>::new_unchecked(guest.convert) };
+        let (results,) = convert.call(store, (converter, &batch))?;
         Ok(results.into_iter().map(|r| r.map(converted_from_wit).map_err(|e| e.message)).collect())
     }
 
@@ -137,7 +191,7 @@ impl Contract for Uplink {
         let dropped = &mut output.dropped;
         output.updates.retain_mut(|u| {
             if u.device.is_empty() {
-                dropped.push(core::Dropped {
+                dropped.push(data::Dropped {
                     key: "device".into(),
                     reason: "the converter gave an empty device name".into(),
                 });
@@ -156,8 +210,8 @@ impl Contract for Uplink {
 
 impl Contract for Downlink {
     const DIRECTION: Direction = Direction::Downlink;
-    type Input = core::DownlinkRequest;
-    type Output = Vec<core::DownlinkMessage>;
+    type Input = data::DownlinkRequest;
+    type Output = Vec<data::DownlinkMessage>;
     type Indices = downlink::GuestIndices;
     type Guest = downlink::Guest;
 
@@ -191,7 +245,7 @@ impl Contract for Downlink {
                 r.map(|messages| {
                     messages
                         .into_iter()
-                        .map(|m| core::DownlinkMessage { target: m.target, payload: m.payload, metadata: m.metadata })
+                        .map(|m| data::DownlinkMessage { target: m.target, payload: m.payload, metadata: m.metadata })
                         .collect()
                 })
                 .map_err(|e| e.message)
@@ -212,25 +266,25 @@ impl Contract for Downlink {
 
 /// Drop what ThingsBoard cannot take (non-finite floats, invalid JSON);
 /// returns the size of what is left.
-fn sanitize_entries(entries: &mut Vec<core::Entry>, dropped: &mut Vec<core::Dropped>) -> usize {
+fn sanitize_entries(entries: &mut Vec<data::Entry>, dropped: &mut Vec<data::Dropped>) -> usize {
     let mut size = 0;
     entries.retain(|e| {
         let reason = match &e.value {
-            core::Value::Float(f) if !f.is_finite() => Some(format!("{f} has no JSON form")),
-            core::Value::Json(s) => serde_json::from_str::<serde::de::IgnoredAny>(s)
+            data::Value::Float(f) if !f.is_finite() => Some(format!("{f} has no JSON form")),
+            data::Value::Json(s) => serde_json::from_str::<serde::de::IgnoredAny>(s)
                 .err()
                 .map(|err| format!("the converter gave invalid JSON: {err}")),
             _ => None,
         };
         match reason {
             Some(reason) => {
-                dropped.push(core::Dropped { key: e.key.clone(), reason });
+                dropped.push(data::Dropped { key: e.key.clone(), reason });
                 false
             }
             None => {
                 size += e.key.len()
                     + match &e.value {
-                        core::Value::Text(s) | core::Value::Json(s) => s.len(),
+                        data::Value::Text(s) | data::Value::Json(s) => s.len(),
                         _ => 8,
                     };
                 true
@@ -240,72 +294,67 @@ fn sanitize_entries(entries: &mut Vec<core::Entry>, dropped: &mut Vec<core::Drop
     size
 }
 
-fn raw_uplink_to_wit(m: &core::RawUplink) -> wit::RawUplink {
-    wit::RawUplink {
-        source: match &m.source {
-            core::Source::Topic(t) => wit::Source::Topic(t.clone()),
-            core::Source::Node(n) => wit::Source::Node(n.clone()),
-            core::Source::Registers(r) => wit::Source::Registers(wit::RegisterBlock {
-                unit_id: r.unit_id,
-                function_code: r.function_code,
-                address: r.address,
-                count: r.count,
-            }),
-            core::Source::Characteristic(c) => wit::Source::Characteristic(c.clone()),
-            core::Source::Can(c) => wit::Source::Can(wit::CanId { id: c.id, extended: c.extended }),
-            core::Source::None => wit::Source::None,
-        },
-        payload: m.payload.clone(),
-        metadata: m.metadata.clone(),
-        received_at: m.received_at,
+fn source_to_wit(source: &data::Source) -> wit::Source {
+    match source {
+        data::Source::Topic(t) => wit::Source::Topic(t.clone()),
+        data::Source::Node(n) => wit::Source::Node(n.clone()),
+        data::Source::Registers(r) => wit::Source::Registers(wit::RegisterBlock {
+            unit_id: r.unit_id,
+            function_code: r.function_code,
+            address: r.address,
+            count: r.count,
+        }),
+        data::Source::Characteristic(c) => wit::Source::Characteristic(c.clone()),
+        data::Source::Can(c) => wit::Source::Can(wit::CanId { id: c.id, extended: c.extended }),
+        data::Source::None => wit::Source::None,
     }
 }
 
-fn converted_from_wit(o: wit::UplinkOutput) -> core::ConvertedMessage {
-    core::ConvertedMessage {
+fn converted_from_wit(o: wit::UplinkOutput) -> data::ConvertedMessage {
+    data::ConvertedMessage {
         updates: o
             .updates
             .into_iter()
-            .map(|u| core::DeviceUpdate {
+            .map(|u| data::DeviceUpdate {
                 device: u.device,
                 device_type: u.device_type,
                 attributes: entries_from_wit(u.attributes),
                 telemetry: u
                     .telemetry
                     .into_iter()
-                    .map(|t| core::Telemetry { ts: t.ts, values: entries_from_wit(t.values) })
+                    .map(|t| data::Telemetry { ts: t.ts, values: entries_from_wit(t.values) })
                     .collect(),
             })
             .collect(),
-        dropped: o.dropped.into_iter().map(|d| core::Dropped { key: d.key, reason: d.reason }).collect(),
+        dropped: o.dropped.into_iter().map(|d| data::Dropped { key: d.key, reason: d.reason }).collect(),
     }
 }
 
-fn entries_from_wit(entries: Vec<wit::Entry>) -> Vec<core::Entry> {
+fn entries_from_wit(entries: Vec<wit::Entry>) -> Vec<data::Entry> {
     entries
         .into_iter()
-        .map(|e| core::Entry {
+        .map(|e| data::Entry {
             key: e.key,
             value: match e.value {
-                wit::Value::Boolean(b) => core::Value::Bool(b),
-                wit::Value::Integer(i) => core::Value::Int(i),
-                wit::Value::Double(f) => core::Value::Float(f),
-                wit::Value::Text(s) => core::Value::Text(s),
-                wit::Value::Json(s) => core::Value::Json(s),
+                wit::Value::Boolean(b) => data::Value::Bool(b),
+                wit::Value::Integer(i) => data::Value::Int(i),
+                wit::Value::Double(f) => data::Value::Float(f),
+                wit::Value::Text(s) => data::Value::Text(s),
+                wit::Value::Json(s) => data::Value::Json(s),
             },
         })
         .collect()
 }
 
-fn downlink_request_to_wit(r: &core::DownlinkRequest) -> wit::DownlinkRequest {
+fn downlink_request_to_wit(r: &data::DownlinkRequest) -> wit::DownlinkRequest {
     match r {
-        core::DownlinkRequest::Rpc(rpc) => wit::DownlinkRequest::Rpc(wit::RpcRequest {
+        data::DownlinkRequest::Rpc(rpc) => wit::DownlinkRequest::Rpc(wit::RpcRequest {
             device: rpc.device.clone(),
             id: rpc.id,
             method: rpc.method.clone(),
             params: rpc.params.clone(),
         }),
-        core::DownlinkRequest::AttributeUpdate(a) => wit::DownlinkRequest::AttributeUpdate(wit::AttributeUpdate {
+        data::DownlinkRequest::AttributeUpdate(a) => wit::DownlinkRequest::AttributeUpdate(wit::AttributeUpdate {
             device: a.device.clone(),
             entries: a
                 .entries
@@ -313,11 +362,11 @@ fn downlink_request_to_wit(r: &core::DownlinkRequest) -> wit::DownlinkRequest {
                 .map(|e| wit::Entry {
                     key: e.key.clone(),
                     value: match &e.value {
-                        core::Value::Bool(b) => wit::Value::Boolean(*b),
-                        core::Value::Int(i) => wit::Value::Integer(*i),
-                        core::Value::Float(f) => wit::Value::Double(*f),
-                        core::Value::Text(s) => wit::Value::Text(s.clone()),
-                        core::Value::Json(s) => wit::Value::Json(s.clone()),
+                        data::Value::Bool(b) => wit::Value::Boolean(*b),
+                        data::Value::Int(i) => wit::Value::Integer(*i),
+                        data::Value::Float(f) => wit::Value::Double(*f),
+                        data::Value::Text(s) => wit::Value::Text(s.clone()),
+                        data::Value::Json(s) => wit::Value::Json(s.clone()),
                     },
                 })
                 .collect(),

@@ -32,6 +32,9 @@ pub struct RuntimeConfig {
     pub max_memory_bytes: u64,
     /// Granularity of call deadlines.
     pub epoch_tick: Duration,
+    /// Write `/tmp/perf-<pid>.map` so that `perf` can name the functions of
+    /// compiled converters (for profiling a converter; off by default).
+    pub perf_map: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -41,6 +44,7 @@ impl Default for RuntimeConfig {
             max_instances: 256,
             max_memory_bytes: 1024 * 1024 * 1024,
             epoch_tick: Duration::from_millis(5),
+            perf_map: false,
         }
     }
 }
@@ -102,6 +106,9 @@ impl Runtime {
             .cranelift_opt_level(OptLevel::Speed)
             .parallel_compilation(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        if config.perf_map {
+            wasm.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&wasm).map_err(engine_err)?;
 
         let mut linker = Linker::<HostState>::new(&engine);

@@ -18,6 +18,7 @@ pub fn runtime_with_cache(cache_dir: Option<PathBuf>) -> Runtime {
         max_instances: 32,
         max_memory_bytes: 256 * 1024 * 1024,
         epoch_tick: Duration::from_millis(2),
+        perf_map: false,
     })
     .expect("runtime")
 }

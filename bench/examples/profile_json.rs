@@ -1,0 +1,41 @@
+//! Runs the `json` converter component on the benchmark's data set for a
+//! while, with a perf map, so that its time can be profiled:
+//!
+//! `cargo build --release -p tbgw-bench --example profile_json`
+//! `perf record -F 2000 -g target/release/examples/profile_json 10 && perf report`
+
+use std::time::{Duration, Instant};
+use tbgw_bench::dataset;
+use tbgw_wasm::{ComponentSource, ConverterSpec, Limits, Runtime, RuntimeConfig};
+
+fn main() {
+    let seconds: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(10);
+    let batch: usize = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(256);
+    let messages = dataset::messages(1000);
+    let rt =
+        Runtime::new(RuntimeConfig { max_instances: 4, perf_map: true, ..RuntimeConfig::default() }).expect("runtime");
+    let converter = rt
+        .uplink(
+            "json",
+            ConverterSpec {
+                // TBGW_PROFILE_WASM: an unstripped build of the component, for names.
+                component: match std::env::var_os("TBGW_PROFILE_WASM") {
+                    Some(path) => ComponentSource::File(path.into()),
+                    None => ComponentSource::Builtin { name: "json", wasm: tbgw_guests::JSON_UPLINK },
+                },
+                config: dataset::CONFIG.into(),
+                limits: Limits { timeout: Duration::from_secs(5), ..Limits::default() },
+            },
+        )
+        .expect("load");
+    let mut worker = converter.worker();
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let mut n = 0u64;
+    while Instant::now() < until {
+        for chunk in messages.chunks(batch) {
+            std::hint::black_box(worker.try_convert(chunk).expect("call"));
+            n += chunk.len() as u64;
+        }
+    }
+    println!("{n} messages, {:.2} µs/msg", seconds as f64 * 1e6 / n as f64);
+}
