@@ -13,7 +13,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 use tbgw_bench::{dataset, native::Native};
 use tbgw_core::RawUplink;
-use tbgw_wasm::{ComponentSource, ConverterSpec, Limits, Runtime, RuntimeConfig, Uplink, Worker};
+use tbgw_wasm::{Uplink, Worker};
 
 const MESSAGES: usize = 1000;
 const ROUNDS: usize = 5;
@@ -24,17 +24,7 @@ fn main() {
     let messages = dataset::messages(MESSAGES);
     let bytes: usize = messages.iter().map(|m| m.payload.len()).sum();
     let native = Native::new(dataset::CONFIG).expect("config");
-    let rt = Runtime::new(RuntimeConfig { max_instances: 8, ..RuntimeConfig::default() }).expect("runtime");
-    let converter = rt
-        .uplink(
-            "json",
-            ConverterSpec {
-                component: ComponentSource::Builtin { name: "json", wasm: tbgw_guests::JSON_UPLINK },
-                config: dataset::CONFIG.into(),
-                limits: Limits { timeout: Duration::from_secs(5), ..Limits::default() },
-            },
-        )
-        .expect("load the json converter");
+    let (_rt, converter) = dataset::wasm_converter();
     let mut worker = converter.worker();
 
     // Warm up both sides (caches, branch predictors, the instance).

@@ -3,7 +3,22 @@
 //! gateway sees from MQTT sensors, with nested objects, arrays, numbers in
 //! text, ISO timestamps, and now and then a missing or null field.
 
+use std::time::Duration;
 use tbgw_core::{RawUplink, Source};
+use tbgw_wasm::{ComponentSource, ConverterSpec, Limits, Runtime, RuntimeConfig, UplinkConverter};
+
+/// The built-in `json` component loaded with [`CONFIG`], in a runtime of its
+/// own, with a deadline long enough for any machine.
+pub fn wasm_converter() -> (Runtime, UplinkConverter) {
+    let rt = Runtime::new(RuntimeConfig { max_instances: 8, ..RuntimeConfig::default() }).expect("runtime");
+    let spec = ConverterSpec {
+        component: ComponentSource::Builtin { name: "json", wasm: tbgw_guests::JSON_UPLINK },
+        config: CONFIG.into(),
+        limits: Limits { timeout: Duration::from_secs(10), ..Limits::default() },
+    };
+    let converter = rt.uplink("json", spec).expect("load the json converter");
+    (rt, converter)
+}
 
 /// The converter config: device name and profile from the message, three
 /// attributes (one a template), seven time series (nested paths, an array

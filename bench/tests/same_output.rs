@@ -2,23 +2,12 @@
 //! baseline and the WebAssembly component give identical results.
 
 use tbgw_bench::{dataset, native::Native};
-use tbgw_wasm::{ComponentSource, ConverterSpec, Limits, Runtime, RuntimeConfig};
 
 #[test]
 fn native_and_wasm_agree_on_every_message() {
     let messages = dataset::messages(1000);
     let native = Native::new(dataset::CONFIG).expect("config");
-    let rt = Runtime::new(RuntimeConfig { max_instances: 4, ..RuntimeConfig::default() }).expect("runtime");
-    let converter = rt
-        .uplink(
-            "json",
-            ConverterSpec {
-                component: ComponentSource::Builtin { name: "json", wasm: tbgw_guests::JSON_UPLINK },
-                config: dataset::CONFIG.into(),
-                limits: Limits { timeout: std::time::Duration::from_secs(10), ..Limits::default() },
-            },
-        )
-        .expect("load");
+    let (_rt, converter) = dataset::wasm_converter();
     let mut worker = converter.worker();
     let mut dropped = 0;
     for chunk in messages.chunks(256) {

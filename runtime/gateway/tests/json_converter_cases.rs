@@ -56,6 +56,20 @@ fn check_config_error(case: &Value, err: Option<LoadError>) -> Result<(), String
     }
 }
 
+/// Match a conversion result against the case's `error` (exact text), if it
+/// has one; otherwise hand back the output to compare.
+fn expect_output<T: std::fmt::Debug>(result: Result<T, MessageError>, case: &Value) -> Result<Option<T>, String> {
+    match (result, case.get("error")) {
+        (Err(MessageError::Rejected { message, .. }), Some(want)) if want.as_str() == Some(message.as_str()) => {
+            Ok(None)
+        }
+        (Err(e), Some(want)) => Err(format!("error `{e}`, expected {want}")),
+        (Err(e), None) => Err(format!("failed: {e}")),
+        (Ok(out), Some(want)) => Err(format!("expected the error {want}, got {out:?}")),
+        (Ok(out), None) => Ok(Some(out)),
+    }
+}
+
 fn run_cases(file: &str, mut run: impl FnMut(&Value) -> Result<(), String>) -> usize {
     let cases = cases(file);
     let mut failures = Vec::new();
@@ -87,34 +101,23 @@ fn uplink_cases() {
             metadata: vec![],
             received_at: 1_700_000_999_999,
         };
-        let result = converter.worker().convert(&[msg]).remove(0);
-        match (result, case.get("error")) {
-            (Err(MessageError::Rejected { message, .. }), Some(want)) => {
-                if want.as_str() != Some(message.as_str()) {
-                    return Err(format!("error `{message}`, expected {want}"));
-                }
-                Ok(())
-            }
-            (Err(e), _) => Err(format!("failed: {e}")),
-            (Ok(out), Some(want)) => Err(format!("expected the error {want}, got {out:?}")),
-            (Ok(out), None) => {
-                let got: Vec<Value> = out
-                    .updates
-                    .iter()
-                    .map(|u| serde_json::from_str(&tbgw_core::device_update_json(u)).expect("rendered JSON"))
-                    .collect();
-                if Value::Array(got.clone()) != case["expect"] {
-                    return Err(format!("got {}\n  expected {}", Value::Array(got), case["expect"]));
-                }
-                let dropped: Vec<Value> =
-                    out.dropped.iter().map(|d| json!({"key": d.key, "reason": d.reason})).collect();
-                let want = case.get("dropped").cloned().unwrap_or(json!([]));
-                if Value::Array(dropped.clone()) != want {
-                    return Err(format!("dropped {}\n  expected {want}", Value::Array(dropped)));
-                }
-                Ok(())
-            }
+        let Some(out) = expect_output(converter.worker().convert(&[msg]).remove(0), case)? else {
+            return Ok(());
+        };
+        let got: Vec<Value> = out
+            .updates
+            .iter()
+            .map(|u| serde_json::from_str(&tbgw_core::device_update_json(u)).expect("rendered JSON"))
+            .collect();
+        if Value::Array(got.clone()) != case["expect"] {
+            return Err(format!("got {}\n  expected {}", Value::Array(got), case["expect"]));
         }
+        let dropped: Vec<Value> = out.dropped.iter().map(|d| json!({"key": d.key, "reason": d.reason})).collect();
+        let want = case.get("dropped").cloned().unwrap_or(json!([]));
+        if Value::Array(dropped.clone()) != want {
+            return Err(format!("dropped {}\n  expected {want}", Value::Array(dropped)));
+        }
+        Ok(())
     });
     assert!(count >= 30, "the issue asks for at least 30 cases, found {count}");
 }
@@ -131,26 +134,16 @@ fn downlink_cases() {
         let converter = loaded.map_err(|e| e.to_string())?;
         let request = tbgw_thingsboard::codec::parse_request(case["request"].to_string().as_bytes())
             .map_err(|e| format!("bad request in the case: {e}"))?;
-        let result = converter.worker().convert(&[request]).remove(0);
-        match (result, case.get("error")) {
-            (Err(MessageError::Rejected { message, .. }), Some(want)) => {
-                if want.as_str() != Some(message.as_str()) {
-                    return Err(format!("error `{message}`, expected {want}"));
-                }
-                Ok(())
-            }
-            (Err(e), _) => Err(format!("failed: {e}")),
-            (Ok(out), Some(want)) => Err(format!("expected the error {want}, got {out:?}")),
-            (Ok(out), None) => {
-                let got: Vec<Value> = out
-                    .iter()
-                    .map(|m| serde_json::from_str(&tbgw_core::downlink_message_json(m)).expect("rendered JSON"))
-                    .collect();
-                if Value::Array(got.clone()) != case["expect"] {
-                    return Err(format!("got {}\n  expected {}", Value::Array(got), case["expect"]));
-                }
-                Ok(())
-            }
+        let Some(out) = expect_output(converter.worker().convert(&[request]).remove(0), case)? else {
+            return Ok(());
+        };
+        let got: Vec<Value> = out
+            .iter()
+            .map(|m| serde_json::from_str(&tbgw_core::downlink_message_json(m)).expect("rendered JSON"))
+            .collect();
+        if Value::Array(got.clone()) != case["expect"] {
+            return Err(format!("got {}\n  expected {}", Value::Array(got), case["expect"]));
         }
+        Ok(())
     });
 }

@@ -98,7 +98,8 @@ pub struct ConverterInfo {
     pub limits: Limits,
     /// `convert` calls made.
     pub calls: u64,
-    /// Messages (or requests) passed to `convert`.
+    /// Messages (or requests) passed to `convert`, one-by-one retries of a
+    /// failed batch included.
     pub messages: u64,
     /// Messages that failed (rejected, too large, or lost with their call).
     pub message_errors: u64,
@@ -292,28 +293,36 @@ impl<C: Contract> Live<C> {
         store.epoch_deadline_trap();
         store.set_epoch_deadline(runtime.ticks(limits.create_timeout));
         store.data_mut().begin_call(!first);
-        let started = (|| {
-            let instance = version.pre.instantiate(&mut store)?;
-            let guest = C::load(&version.indices, &mut store, &instance)?;
-            let created = C::create(&guest, &mut store, &version.spec.config)?;
-            Ok::<_, wasmtime::Error>((guest, created))
-        })();
+        let limit_ms = limits.create_timeout.as_millis();
+        let instance = match version.pre.instantiate(&mut store) {
+            Ok(instance) => instance,
+            Err(e) => {
+                store.data_mut().end_call();
+                return Err(StartError::Call(classify(e, &store, name, limit_ms, limits, false)));
+            }
+        };
+        let started = C::load(&version.indices, &mut store, &instance)
+            .and_then(|guest| Ok((C::create(&guest, &mut store, &version.spec.config)?, guest)));
         store.data_mut().end_call();
         match started {
-            Ok((guest, Ok(converter))) => Ok(Live { version: version.clone(), store, guest, converter }),
-            Ok((_, Err((field, message)))) => Err(StartError::Config { field, message }),
-            Err(e) => Err(StartError::Call(classify(e, &store, name, limits.create_timeout.as_millis(), limits))),
+            Ok((Ok(converter), guest)) => Ok(Live { version: version.clone(), store, guest, converter }),
+            Ok((Err((field, message)), _)) => Err(StartError::Config { field, message }),
+            Err(e) => Err(StartError::Call(classify(e, &store, name, limit_ms, limits, true))),
         }
     }
 }
 
 /// Name what went wrong in a call.
+/// `calling`: the error came out of a call into the guest (rather than out
+/// of instantiation), so one that is not a wasm trap was raised by a host
+/// function the guest called, which ends the call like a trap.
 fn classify(
     e: wasmtime::Error,
     store: &Store<HostState>,
     name: &Arc<str>,
     limit_ms: u128,
     limits: Limits,
+    calling: bool,
 ) -> CallError {
     let converter = name.clone();
     let trap = e.downcast_ref::<Trap>().copied();
@@ -326,8 +335,9 @@ fn classify(
     let stderr = store.data().stderr_tail();
     match trap {
         Some(trap) => CallError::Trap { converter, trap: trap.to_string(), stderr },
-        // Not a trap: instantiation failed (e.g. the instance pool is full).
-        None => CallError::Instantiate { converter, reason: format!("{e:#}") },
+        None if calling => CallError::Trap { converter, trap: e.root_cause().to_string(), stderr },
+        // Instantiation failed (e.g. the instance pool is full).
+        None => CallError::Instantiate { converter, reason: e.root_cause().to_string() },
     }
 }
 
@@ -445,7 +455,7 @@ impl<C: Contract> Worker<C> {
                 });
             }
             Err(e) => {
-                let err = classify(e, &live.store, &shared.name, limits.timeout.as_millis(), limits);
+                let err = classify(e, &live.store, &shared.name, limits.timeout.as_millis(), limits, true);
                 self.live = None;
                 stats.call_errors.fetch_add(1, Ordering::Relaxed);
                 return Err(err);

@@ -206,3 +206,17 @@ fn stdout_and_stderr_do_not_break_calls() {
     }
     assert_eq!(c.info().instances, 1);
 }
+
+#[test]
+fn an_import_tbgw_does_not_provide_loads_and_traps_when_called() {
+    let c = load(probe("{}"));
+    let mut w = c.worker();
+    assert_eq!(calls(&mut w), 1, "the component loads and converts");
+    match w.try_convert(&batch(&["extra"])).unwrap_err() {
+        CallError::Trap { trap, .. } => {
+            assert!(trap.contains("`tbgw:probe/extra#hello` is not provided by tbgw"), "{trap}")
+        }
+        other => panic!("expected a trap, got {other:?}"),
+    }
+    assert_eq!(calls(&mut w), 1);
+}

@@ -173,3 +173,20 @@ fn the_downlink_json_converter_runs_through_the_runtime() {
     assert!(out[0].metadata.contains(&("response-topic".into(), "d/A/res/42".into())), "{:?}", out[0].metadata);
     assert!(out[0].metadata.contains(&("response-timeout-ms".into(), "5000".into())));
 }
+
+#[test]
+fn dropped_values_are_counted() {
+    let c = runtime()
+        .uplink(
+            "json",
+            json_uplink(
+                r#"{"deviceInfo":{"deviceNameExpression":"D"},
+                    "timeseries":[{"type":"double","key":"t","value":"${t}"},{"type":"double","key":"h","value":"${h}"}]}"#,
+            ),
+        )
+        .expect("load");
+    let results = c.worker().convert(&batch(&[r#"{"t":1}"#, r#"{"h":2}"#, r#"{"t":3,"h":4}"#]));
+    assert!(results.iter().all(Result::is_ok));
+    let info = c.info();
+    assert_eq!((info.messages, info.dropped_values, info.message_errors), (3, 2, 0));
+}

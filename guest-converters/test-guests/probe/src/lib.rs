@@ -15,7 +15,23 @@
 //!   `payload` telemetry value, timestamped with the receipt time, and the
 //!   number of calls this instance has served as the `calls` attribute.
 
-wit_bindgen::generate!({ path: "../../../wit", world: "uplink-converter" });
+// The uplink world plus an import tbgw does not provide, to test that such a
+// component still loads and that calling the import traps.
+wit_bindgen::generate!({
+    inline: "
+        package tbgw:probe;
+        interface extra {
+            hello: func() -> string;
+        }
+        world probe {
+            include tbgw:converter/uplink-converter@0.1.0;
+            import extra;
+        }
+    ",
+    path: "../../../wit",
+    world: "tbgw:probe/probe",
+    generate_all,
+});
 
 use exports::tbgw::converter::uplink::{Converter, Guest, GuestConverter};
 use std::cell::Cell;
@@ -71,6 +87,7 @@ impl Probe {
             "hog" => hog(),
             "trap" => panic!("probe: asked to trap"),
             "fail" => return Err(ConvertError { message: "probe: asked to fail".into() }),
+            "extra" => payload = Value::Text(tbgw::probe::extra::hello()),
             "flood" => payload = Value::Text("x".repeat(10 * 1024 * 1024)),
             "chatty" => {
                 for i in 0..100_000 {
