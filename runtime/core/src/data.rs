@@ -165,3 +165,22 @@ pub struct DownlinkMessage {
     pub payload: Vec<u8>,
     pub metadata: Vec<(String, String)>,
 }
+
+/// A device update on its way to ThingsBoard, as the event store keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// The connector that received it (for statistics).
+    pub connector: String,
+    /// The update; every telemetry entry has its `ts` (the receipt time
+    /// when the converter gave none).
+    pub update: DeviceUpdate,
+}
+
+/// A device ThingsBoard knows through this gateway, as the store keeps it
+/// to connect it again after a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    pub device_type: Option<String>,
+    /// The connector that owns the device (where its requests go).
+    pub connector: String,
+}

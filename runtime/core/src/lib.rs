@@ -11,7 +11,7 @@ mod data;
 mod json;
 
 pub use data::{
-    AttributeUpdate, CanId, ConvertedMessage, DeviceUpdate, Direction, DownlinkMessage, DownlinkRequest, Dropped,
-    Entry, RawUplink, RegisterBlock, RpcRequest, Source, Telemetry, Value,
+    AttributeUpdate, CanId, ConvertedMessage, DeviceRecord, DeviceUpdate, Direction, DownlinkMessage, DownlinkRequest,
+    Dropped, Entry, Event, RawUplink, RegisterBlock, RpcRequest, Source, Telemetry, Value,
 };
 pub use json::{device_update_json, downlink_message_json};

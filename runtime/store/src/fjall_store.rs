@@ -1,0 +1,291 @@
+//! The durable store, on fjall. Layout and guarantees: see the crate docs.
+
+use crate::ledger::{Admission, Ledger};
+use crate::{Durability, EventStore, Seq, StoreError, StoreLimits, StoreStats, codec};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tbgw_core::{DeviceRecord, Event};
+
+/// Written in `meta` at creation; a store with another format is refused.
+const FORMAT: &[u8] = b"tbgw-events-1";
+/// The key in `meta` holding the next sequence number, so that sequence
+/// numbers are never reused (weak tombstones rely on it).
+const NEXT_SEQ: &[u8] = b"next_seq";
+/// Not more than one "dropped events" warning this often.
+const DROP_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+/// The durable event store.
+pub struct FjallStore {
+    db: Database,
+    events: Keyspace,
+    devices: Keyspace,
+    meta: Keyspace,
+    durability: Durability,
+    ledger: Mutex<Ledger>,
+    /// Signalled when room is made (remove) or the store closes.
+    room: Condvar,
+    dropped_warning: Mutex<(Instant, u64)>,
+    syncer: Option<Syncer>,
+    path: PathBuf,
+}
+
+impl FjallStore {
+    /// Open (or create) the store in `path`.
+    pub fn open(path: &Path, limits: StoreLimits, durability: Durability) -> Result<FjallStore, StoreError> {
+        let open_err = |reason: String| StoreError::Open { path: path.to_owned(), reason };
+        let db = Database::builder(path).open().map_err(|e| open_err(e.to_string()))?;
+        let meta = db.keyspace("meta", KeyspaceCreateOptions::default).map_err(|e| open_err(e.to_string()))?;
+        match meta.get("format").map_err(|e| open_err(e.to_string()))? {
+            Some(format) if &*format != FORMAT => {
+                return Err(open_err(format!(
+                    "the store was written in format `{}`, this tbgw reads `{}`",
+                    String::from_utf8_lossy(&format),
+                    String::from_utf8_lossy(FORMAT)
+                )));
+            }
+            Some(_) => {}
+            None => meta.insert("format", FORMAT).map_err(|e| open_err(e.to_string()))?,
+        }
+        let events = db.keyspace("events", KeyspaceCreateOptions::default).map_err(|e| open_err(e.to_string()))?;
+        let devices = db.keyspace("devices", KeyspaceCreateOptions::default).map_err(|e| open_err(e.to_string()))?;
+
+        let floor = match meta.get(NEXT_SEQ).map_err(|e| open_err(e.to_string()))? {
+            Some(v) => seq_of(&v).ok_or_else(|| open_err("the stored next sequence number is corrupt".into()))?,
+            None => 0,
+        };
+        let mut ledger = Ledger::new(limits, floor);
+        for item in events.iter() {
+            let (key, value) = item.into_inner().map_err(|e| open_err(e.to_string()))?;
+            let seq = seq_of(&key).ok_or_else(|| open_err("an event key is not a sequence number".into()))?;
+            ledger.restore(seq, u32::try_from(value.len()).unwrap_or(u32::MAX));
+        }
+        ledger.advance_to(floor);
+        let stats = ledger.stats();
+        tracing::info!(
+            path = %path.display(),
+            "event store opened: {} events ({} bytes) waiting for delivery",
+            stats.records,
+            stats.bytes
+        );
+        let syncer = match durability {
+            Durability::Interval(every) => Some(Syncer::start(db.clone(), every).map_err(|e| open_err(e.to_string()))?),
+            Durability::PerBatch => None,
+        };
+        Ok(FjallStore {
+            db,
+            events,
+            devices,
+            meta,
+            durability,
+            ledger: Mutex::new(ledger),
+            room: Condvar::new(),
+            dropped_warning: Mutex::new((Instant::now() - DROP_WARNING_EVERY, 0)),
+            syncer,
+            path: path.to_owned(),
+        })
+    }
+
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn warn_dropped(&self, n: usize) {
+        let mut w = self.dropped_warning.lock().unwrap_or_else(|e| e.into_inner());
+        w.1 += n as u64;
+        if w.0.elapsed() >= DROP_WARNING_EVERY {
+            tracing::warn!(
+                path = %self.path.display(),
+                "event store full: dropped the {} oldest events to make room (storage.when_full = drop_oldest)",
+                w.1
+            );
+            *w = (Instant::now(), 0);
+        }
+    }
+}
+
+fn key(seq: Seq) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+fn seq_of(bytes: &[u8]) -> Option<Seq> {
+    bytes.try_into().ok().map(Seq::from_be_bytes)
+}
+
+impl EventStore for FjallStore {
+    fn append(&self, events: &[Event]) -> Result<Range<Seq>, StoreError> {
+        if events.is_empty() {
+            let next = self.ledger().next_seq();
+            return Ok(next..next);
+        }
+        let encoded: Vec<Vec<u8>> = events
+            .iter()
+            .map(|e| {
+                let mut buf = Vec::with_capacity(256);
+                codec::encode_event(e, &mut buf);
+                buf
+            })
+            .collect();
+        let sizes: Vec<u32> = encoded.iter().map(|b| u32::try_from(b.len()).unwrap_or(u32::MAX)).collect();
+        let bytes: u64 = sizes.iter().map(|s| u64::from(*s)).sum();
+
+        let mut ledger = self.ledger();
+        let to_drop = loop {
+            if ledger.closed {
+                return Err(StoreError::Closed);
+            }
+            match ledger.admit(encoded.len() as u64, bytes)? {
+                Admission::Go { drop } => break drop,
+                Admission::Wait => {
+                    ledger =
+                        self.room.wait_timeout(ledger, Duration::from_secs(1)).unwrap_or_else(|e| e.into_inner()).0;
+                }
+            }
+        };
+        let start = ledger.next_seq();
+        let mut batch = self.db.batch();
+        if self.durability == Durability::PerBatch {
+            batch = batch.durability(Some(PersistMode::SyncData));
+        }
+        for seq in &to_drop {
+            batch.remove_weak(&self.events, key(*seq));
+        }
+        for (i, buf) in encoded.into_iter().enumerate() {
+            batch.insert(&self.events, key(start + i as u64), buf);
+        }
+        batch.insert(&self.meta, NEXT_SEQ, key(start + events.len() as u64));
+        batch.commit()?;
+        let range = ledger.push(&sizes);
+        drop(ledger);
+        if !to_drop.is_empty() {
+            self.warn_dropped(to_drop.len());
+        }
+        Ok(range)
+    }
+
+    fn read(&self, from: Seq, max: usize) -> Result<Vec<(Seq, Event)>, StoreError> {
+        let mut out = Vec::with_capacity(max.min(1024));
+        let mut corrupt = Vec::new();
+        for item in self.events.range(key(from)..) {
+            if out.len() >= max {
+                break;
+            }
+            let (k, v) = item.into_inner()?;
+            let Some(seq) = seq_of(&k) else { continue };
+            match codec::decode_event(&v) {
+                Ok(event) => out.push((seq, event)),
+                Err(e) => {
+                    tracing::error!(path = %self.path.display(), seq, "removing an undecodable event: {e}");
+                    corrupt.push(seq);
+                }
+            }
+        }
+        if !corrupt.is_empty() {
+            let mut batch = self.db.batch();
+            for seq in &corrupt {
+                batch.remove(&self.events, key(*seq));
+            }
+            batch.commit()?;
+            let mut ledger = self.ledger();
+            for seq in corrupt {
+                ledger.remove_corrupt(seq);
+            }
+        }
+        Ok(out)
+    }
+
+    fn remove(&self, seqs: Range<Seq>) -> Result<(), StoreError> {
+        let mut ledger = self.ledger();
+        let mut batch = self.db.batch();
+        for seq in seqs {
+            if ledger.remove(seq) {
+                batch.remove_weak(&self.events, key(seq));
+            }
+        }
+        batch.commit()?;
+        drop(ledger);
+        self.room.notify_all();
+        Ok(())
+    }
+
+    fn stats(&self) -> StoreStats {
+        self.ledger().stats()
+    }
+
+    fn put_device(&self, name: &str, device: &DeviceRecord) -> Result<(), StoreError> {
+        Ok(self.devices.insert(name, codec::encode_device(device))?)
+    }
+
+    fn remove_device(&self, name: &str) -> Result<(), StoreError> {
+        Ok(self.devices.remove(name)?)
+    }
+
+    fn devices(&self) -> Result<Vec<(String, DeviceRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.devices.iter() {
+            let (k, v) = item.into_inner()?;
+            let name = String::from_utf8_lossy(&k).into_owned();
+            match codec::decode_device(&v) {
+                Ok(d) => out.push((name, d)),
+                Err(e) => tracing::error!(path = %self.path.display(), device = %name, "skipping a stored device: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(self.db.persist(PersistMode::SyncData)?)
+    }
+
+    fn close(&self) {
+        self.ledger().closed = true;
+        self.room.notify_all();
+    }
+}
+
+impl Drop for FjallStore {
+    fn drop(&mut self) {
+        self.syncer.take();
+        if let Err(e) = self.db.persist(PersistMode::SyncData) {
+            tracing::error!(path = %self.path.display(), "flushing the event store on close failed: {e}");
+        }
+    }
+}
+
+/// fsyncs the database every so often (`Durability::Interval`).
+struct Syncer {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Syncer {
+    fn start(db: Database, every: Duration) -> std::io::Result<Syncer> {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new().name("tbgw-store-sync".into()).spawn(move || {
+            let (lock, cv) = &*flag;
+            let mut stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
+            while !*stopped {
+                stopped = cv.wait_timeout(stopped, every).unwrap_or_else(|e| e.into_inner()).0;
+                if let Err(e) = db.persist(PersistMode::SyncData) {
+                    tracing::error!("fsync of the event store failed: {e}");
+                }
+            }
+        })?;
+        Ok(Syncer { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        let (lock, cv) = &*self.stop;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cv.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
