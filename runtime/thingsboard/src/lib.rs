@@ -1,8 +1,20 @@
 //! ThingsBoard's MQTT gateway API, as tbgw speaks it.
 //!
-//! - [`codec`]: the JSON shapes of the gateway API's messages, both ways.
-//!
-//! The delivery client (rumqttc, QoS 1, PUBACK-driven deletion from the
-//! store) will live here too.
+//! - [`client`]: the delivery client: events from the store to ThingsBoard,
+//!   removed only after ThingsBoard's PUBACK; sessions, reconnection, session
+//!   limits.
+//! - [`pack`]: events packed into `v1/gateway/telemetry` and
+//!   `v1/gateway/attributes` publishes under the payload limit.
+//! - [`codec`]: the requests ThingsBoard sends for child devices.
+//! - [`config`], [`tls`], [`limits`]: connection settings, TLS (rustls with
+//!   ring), and ThingsBoard's session and rate limits.
 
+pub mod client;
 pub mod codec;
+pub mod config;
+pub mod limits;
+pub mod pack;
+pub mod tls;
+
+pub use client::{ClientError, ClientHandle, ClientStatsSnapshot, spawn};
+pub use config::{ClientConfig, Credentials, Secret, TlsFiles};

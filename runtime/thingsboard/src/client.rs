@@ -1,0 +1,722 @@
+//! The delivery client: events from the store to ThingsBoard, removed from
+//! the store only after ThingsBoard's PUBACK for every publish that carried
+//! them.
+//!
+//! # Sessions
+//!
+//! Each connection is a *session* with its own rumqttc client and event
+//! loop, started by a supervisor that reconnects with exponential backoff.
+//! The event loop runs in a task of its own that only polls and forwards
+//! what happens (connected, a publish got packet id N, PUBACK N, a message,
+//! lost) over a channel; it ends with the connection. When a session ends,
+//! everything it had in flight is forgotten and delivery rewinds to the
+//! oldest event still stored: the store is the source of truth, so a lost
+//! connection can only duplicate (at most the in-flight window), never lose.
+//!
+//! rumqttc's `publish` does not return the packet id. Within one session the
+//! event loop takes publishes from its queue in order and reports
+//! `Outgoing::Publish(pkid)` in that order, so the n-th report belongs to
+//! the n-th publish of the session; a fresh session per connection keeps
+//! that pairing from ever straddling a reconnect (rumqttc drops or re-sends
+//! unacknowledged publishes across reconnects in ways a FIFO cannot follow).
+//!
+//! # Delivery
+//!
+//! Events are read from the store in chunks (in order), packed into as few
+//! publishes as the payload limit allows ([`crate::pack`]), and sent with
+//! QoS 1 within an in-flight window. A chunk is removed from the store once
+//! all its publishes are acknowledged. Before a device's first data in a
+//! session, the client publishes `v1/gateway/connect` for it; at the start of
+//! every session it connects every device the store remembers, so that
+//! ThingsBoard keeps sending them requests after a restart.
+//!
+//! On connect the client asks ThingsBoard for its session limits
+//! (`getSessionLimits`) and applies them when the answer comes: payload size,
+//! in-flight window and rate limits.
+
+use crate::config::{ClientConfig, Credentials};
+use crate::limits::{RateLimit, SessionLimits};
+use crate::pack::{self, TELEMETRY_TOPIC};
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tbgw_core::{DeviceRecord, Event as StoredEvent};
+use tbgw_store::{EventStore, Seq, StoreError};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const CONNECT_TOPIC: &str = "v1/gateway/connect";
+const OWN_TELEMETRY_TOPIC: &str = "v1/devices/me/telemetry";
+const RPC_RESPONSE_FILTER: &str = "v1/devices/me/rpc/response/+";
+const RPC_RESPONSE_PREFIX: &str = "v1/devices/me/rpc/response/";
+const RPC_REQUEST_PREFIX: &str = "v1/devices/me/rpc/request/";
+
+/// Why the client could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("ThingsBoard TLS settings: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("the ThingsBoard client id must not be empty")]
+    ClientId,
+}
+
+/// Counters of the client, for statistics.
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    connected: AtomicBool,
+    sessions: AtomicU64,
+    publishes: AtomicU64,
+    pubacks: AtomicU64,
+    delivered: AtomicU64,
+    oversized: AtomicU64,
+    per_connector: Mutex<HashMap<String, u64>>,
+    last_error: Mutex<Option<String>>,
+}
+
+/// A copy of the counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientStatsSnapshot {
+    pub connected: bool,
+    /// Connections made since start.
+    pub sessions: u64,
+    pub publishes: u64,
+    pub pubacks: u64,
+    /// Events acknowledged by ThingsBoard (and removed from the store).
+    pub delivered: u64,
+    /// Values dropped because no publish could hold them.
+    pub oversized: u64,
+    pub delivered_per_connector: HashMap<String, u64>,
+    pub last_error: Option<String>,
+}
+
+impl ClientStats {
+    pub fn snapshot(&self) -> ClientStatsSnapshot {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ClientStatsSnapshot {
+            connected: self.connected.load(Ordering::Relaxed),
+            sessions: get(&self.sessions),
+            publishes: get(&self.publishes),
+            pubacks: get(&self.pubacks),
+            delivered: get(&self.delivered),
+            oversized: get(&self.oversized),
+            delivered_per_connector: self.per_connector.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            last_error: self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        }
+    }
+}
+
+/// A handle on the running client.
+pub struct ClientHandle {
+    stats: Arc<ClientStats>,
+    commands: mpsc::Sender<Command>,
+    task: JoinHandle<()>,
+}
+
+enum Command {
+    OwnTelemetry(String),
+}
+
+impl ClientHandle {
+    pub fn stats(&self) -> ClientStatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Publish the gateway's own telemetry (statistics). Dropped when the
+    /// client is not connected or is busy: statistics are not stored.
+    pub fn own_telemetry(&self, payload: String) -> bool {
+        self.commands.try_send(Command::OwnTelemetry(payload)).is_ok()
+    }
+
+    /// Wait for the client to stop (after the shutdown token was cancelled).
+    pub async fn join(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Start delivering from `store`. `new_data` is notified by whoever appends
+/// to the store; `shutdown` stops the client after it waited for publishes
+/// in flight (at most `shutdown_grace`).
+pub fn spawn(
+    config: ClientConfig,
+    store: Arc<dyn EventStore>,
+    new_data: Arc<Notify>,
+    shutdown: CancellationToken,
+) -> Result<ClientHandle, ClientError> {
+    if config.client_id.is_empty() {
+        return Err(ClientError::ClientId);
+    }
+    let tls = match &config.tls {
+        Some(files) => Some(Arc::new(crate::tls::client_config(files)?)),
+        None => None,
+    };
+    let stats = Arc::new(ClientStats::default());
+    let (commands, rx) = mpsc::channel(16);
+    let delivery = Delivery::new(store, stats.clone(), config.read_batch);
+    let task = tokio::spawn(supervise(config, tls, delivery, rx, new_data, shutdown));
+    Ok(ClientHandle { stats, commands, task })
+}
+
+/// What ended a session.
+enum SessionEnd {
+    Shutdown,
+    Lost { connected: bool, reason: String },
+}
+
+async fn supervise(
+    config: ClientConfig,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    mut delivery: Delivery,
+    mut commands: mpsc::Receiver<Command>,
+    new_data: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let target = format!("{}:{}", config.host, config.port);
+    let mut backoff = config.reconnect_min;
+    let mut failures = 0u64;
+    let mut rates = Rates::default();
+    loop {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        let end =
+            run_session(&config, tls.clone(), &mut delivery, &mut rates, &mut commands, &new_data, &shutdown).await;
+        delivery.stats.connected.store(false, Ordering::Relaxed);
+        delivery.rewind();
+        match end {
+            SessionEnd::Shutdown => break,
+            SessionEnd::Lost { connected, reason } => {
+                *delivery.stats.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.clone());
+                if connected {
+                    tracing::warn!("lost the connection to ThingsBoard at {target}: {reason}; reconnecting");
+                    failures = 0;
+                    backoff = config.reconnect_min;
+                } else {
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!("cannot connect to ThingsBoard at {target}: {reason}; retrying");
+                    } else {
+                        tracing::debug!("connecting to ThingsBoard at {target} failed again ({failures}): {reason}");
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.cancelled() => break,
+        }
+        backoff = (backoff * 2).min(config.reconnect_max);
+    }
+    tracing::info!("ThingsBoard client stopped");
+}
+
+/// What the event loop task reports.
+enum LoopEvent {
+    Connected,
+    Sent(u16),
+    Acked(u16),
+    Message(rumqttc::Publish),
+    Lost(String),
+}
+
+/// Drive one connection's event loop; report everything, end with it.
+async fn drive(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<LoopEvent>) {
+    loop {
+        let event = match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => LoopEvent::Connected,
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => LoopEvent::Sent(pkid),
+            Ok(Event::Incoming(Packet::PubAck(ack))) => LoopEvent::Acked(ack.pkid),
+            Ok(Event::Incoming(Packet::Publish(p))) => LoopEvent::Message(p),
+            Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => {
+                LoopEvent::Lost(format!("packet id {pkid} collided with an unacknowledged publish"))
+            }
+            Ok(_) => continue,
+            Err(e) => LoopEvent::Lost(describe(&e)),
+        };
+        let last = matches!(event, LoopEvent::Lost(_));
+        if tx.send(event).is_err() || last {
+            return;
+        }
+    }
+}
+
+fn describe(e: &ConnectionError) -> String {
+    match e {
+        ConnectionError::ConnectionRefused(code) => {
+            format!("ThingsBoard refused the connection ({code:?}): check the credentials in thingsboard.security")
+        }
+        other => other.to_string(),
+    }
+}
+
+fn mqtt_options(config: &ClientConfig, tls: Option<Arc<rustls::ClientConfig>>) -> MqttOptions {
+    let mut opts = MqttOptions::new(config.client_id.clone(), config.host.clone(), config.port);
+    opts.set_keep_alive(config.keep_alive)
+        .set_clean_session(true)
+        // Room for the window, control messages, and ThingsBoard's requests.
+        .set_inflight(u16::try_from(config.max_inflight + 32).unwrap_or(u16::MAX))
+        .set_max_packet_size(16 << 20, config.max_payload_bytes + 4096)
+        .set_request_channel_capacity(config.max_inflight * 2 + 64);
+    match &config.credentials {
+        Credentials::AccessToken(token) => {
+            opts.set_credentials(token.expose(), "");
+        }
+        Credentials::Basic { username, password } => {
+            opts.set_credentials(
+                username.clone().unwrap_or_default(),
+                password.as_ref().map(|p| p.expose().to_owned()).unwrap_or_default(),
+            );
+        }
+        Credentials::None => {}
+    }
+    if let Some(tls) = tls {
+        opts.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls)));
+    }
+    opts
+}
+
+/// ThingsBoard's rate limits, kept across sessions.
+#[derive(Default)]
+struct Rates {
+    messages: RateLimit,
+    telemetry_messages: RateLimit,
+    telemetry_datapoints: RateLimit,
+}
+
+/// One publish to make.
+struct OutItem {
+    topic: String,
+    payload: Vec<u8>,
+    tag: Tag,
+    datapoints: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Tag {
+    Chunk(u64),
+    Control,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_session(
+    config: &ClientConfig,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    delivery: &mut Delivery,
+    rates: &mut Rates,
+    commands: &mut mpsc::Receiver<Command>,
+    new_data: &Notify,
+    shutdown: &CancellationToken,
+) -> SessionEnd {
+    let (client, mut eventloop) = AsyncClient::new(mqtt_options(config, tls), config.max_inflight * 2 + 64);
+    eventloop.network_options.set_connection_timeout(10);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let driver = AbortOnDrop(tokio::spawn(drive(eventloop, tx)));
+
+    let first = tokio::select! {
+        ev = rx.recv() => ev,
+        _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+    };
+    match first {
+        Some(LoopEvent::Connected) => {}
+        Some(LoopEvent::Lost(reason)) => return SessionEnd::Lost { connected: false, reason },
+        None | Some(_) => {
+            return SessionEnd::Lost { connected: false, reason: "the MQTT event loop ended before connecting".into() };
+        }
+    }
+    let stats = delivery.stats.clone();
+    stats.connected.store(true, Ordering::Relaxed);
+    let session_no = stats.sessions.fetch_add(1, Ordering::Relaxed) + 1;
+    tracing::info!(session = session_no, "connected to ThingsBoard at {}:{}", config.host, config.port);
+
+    let mut s = Session {
+        client,
+        awaiting: VecDeque::new(),
+        by_pkid: HashMap::new(),
+        outbox: VecDeque::new(),
+        connected_devices: HashSet::new(),
+        window: config.max_inflight.max(1),
+        max_payload: config.max_payload_bytes,
+        limits_request: None,
+        next_rpc_id: 1,
+    };
+    if let Err(e) = s.client.subscribe(RPC_RESPONSE_FILTER, QoS::AtLeastOnce).await {
+        return SessionEnd::Lost { connected: true, reason: format!("subscribing failed: {e}") };
+    }
+    let id = s.next_rpc_id;
+    s.next_rpc_id += 1;
+    s.limits_request = Some((id, Instant::now()));
+    s.outbox.push_back(OutItem {
+        topic: format!("{RPC_REQUEST_PREFIX}{id}"),
+        payload: br#"{"method":"getSessionLimits","params":{"timeout":5000}}"#.to_vec(),
+        tag: Tag::Control,
+        datapoints: 0,
+    });
+    // Connect every device ThingsBoard knows through us, so that its
+    // requests reach us again.
+    for (name, record) in delivery.known.iter() {
+        s.connected_devices.insert(name.clone());
+        s.outbox.push_back(connect_item(name, record.device_type.as_deref()));
+    }
+
+    let mut store_empty = false;
+    loop {
+        // Refill from the store when there is nothing else to send.
+        if s.outbox.is_empty() && !store_empty && s.inflight() < s.window && !shutdown.is_cancelled() {
+            match delivery.next_chunk(&mut s).await {
+                Ok(true) => {}
+                Ok(false) => store_empty = true,
+                Err(e) => {
+                    tracing::error!("reading the event store failed: {e}");
+                    store_empty = true;
+                }
+            }
+        }
+        if let Some((_, sent)) = s.limits_request
+            && sent.elapsed() > config.session_limits_timeout
+        {
+            tracing::info!("ThingsBoard sent no session limits; going on with the configured ones");
+            s.limits_request = None;
+        }
+        let can_send = !s.outbox.is_empty() && s.inflight() < s.window;
+        let rate_wait = if can_send { s.outbox.front().and_then(|item| rates.wait(item)) } else { None };
+        let send_now = can_send && rate_wait.is_none();
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                s.drain(&mut rx, delivery, config.shutdown_grace).await;
+                let _ = s.client.disconnect().await;
+                drop(driver);
+                return SessionEnd::Shutdown;
+            }
+            ev = rx.recv() => {
+                let Some(ev) = ev else {
+                    return SessionEnd::Lost { connected: true, reason: "the MQTT event loop ended".into() };
+                };
+                if let Err(reason) = s.handle(ev, delivery, rates).await {
+                    return SessionEnd::Lost { connected: true, reason };
+                }
+            }
+            Some(cmd) = commands.recv() => match cmd {
+                Command::OwnTelemetry(payload) => s.outbox.push_back(OutItem {
+                    topic: OWN_TELEMETRY_TOPIC.into(),
+                    payload: payload.into_bytes(),
+                    tag: Tag::Control,
+                    datapoints: 0,
+                }),
+            },
+            _ = std::future::ready(()), if send_now => {
+                if let Some(item) = s.outbox.pop_front() {
+                    rates.take(&item);
+                    let tag = item.tag;
+                    if let Err(e) = s.client.publish(item.topic, QoS::AtLeastOnce, false, item.payload).await {
+                        return SessionEnd::Lost { connected: true, reason: format!("publish failed: {e}") };
+                    }
+                    stats.publishes.fetch_add(1, Ordering::Relaxed);
+                    s.awaiting.push_back(tag);
+                }
+            }
+            _ = tokio::time::sleep(rate_wait.unwrap_or_default()), if rate_wait.is_some() => {}
+            _ = new_data.notified(), if store_empty => store_empty = false,
+            _ = tokio::time::sleep(Duration::from_secs(1)), if store_empty => store_empty = false,
+        }
+    }
+}
+
+struct Session {
+    client: AsyncClient,
+    /// Publishes handed to the event loop, not yet given a packet id, in order.
+    awaiting: VecDeque<Tag>,
+    /// Publishes sent, waiting for their PUBACK.
+    by_pkid: HashMap<u16, Tag>,
+    outbox: VecDeque<OutItem>,
+    connected_devices: HashSet<String>,
+    window: usize,
+    max_payload: usize,
+    limits_request: Option<(u64, Instant)>,
+    next_rpc_id: u64,
+}
+
+impl Session {
+    fn inflight(&self) -> usize {
+        self.awaiting.len() + self.by_pkid.len()
+    }
+
+    async fn handle(&mut self, ev: LoopEvent, delivery: &mut Delivery, rates: &mut Rates) -> Result<(), String> {
+        match ev {
+            LoopEvent::Sent(pkid) => {
+                let tag = self.awaiting.pop_front().ok_or("the event loop sent a publish the client did not make")?;
+                if self.by_pkid.insert(pkid, tag).is_some() {
+                    return Err(format!("packet id {pkid} reused before its PUBACK"));
+                }
+            }
+            LoopEvent::Acked(pkid) => {
+                if let Some(tag) = self.by_pkid.remove(&pkid) {
+                    delivery.stats.pubacks.fetch_add(1, Ordering::Relaxed);
+                    if let Tag::Chunk(id) = tag {
+                        delivery.published(id).await;
+                    }
+                }
+            }
+            LoopEvent::Message(p) => self.message(p, rates),
+            LoopEvent::Lost(reason) => return Err(reason),
+            LoopEvent::Connected => {}
+        }
+        Ok(())
+    }
+
+    fn message(&mut self, p: rumqttc::Publish, rates: &mut Rates) {
+        let Some(id) = p.topic.strip_prefix(RPC_RESPONSE_PREFIX).and_then(|id| id.parse::<u64>().ok()) else {
+            return;
+        };
+        if self.limits_request.map(|(r, _)| r) != Some(id) {
+            return;
+        }
+        self.limits_request = None;
+        match SessionLimits::parse(&p.payload) {
+            Ok(limits) => {
+                if let Some(max) = limits.max_payload_bytes {
+                    self.max_payload = self.max_payload.min(max);
+                }
+                if let Some(max) = limits.max_inflight {
+                    self.window = self.window.min(max).max(1);
+                }
+                rates.messages = limits.messages;
+                rates.telemetry_messages = limits.telemetry_messages;
+                rates.telemetry_datapoints = limits.telemetry_datapoints;
+                tracing::info!(
+                    max_payload = self.max_payload,
+                    window = self.window,
+                    "applied ThingsBoard's session limits"
+                );
+            }
+            Err(e) => {
+                tracing::warn!("ThingsBoard's session limits are unusable ({e}); going on with the configured ones")
+            }
+        }
+    }
+
+    /// Shutting down: take no new work, wait for what is in flight.
+    async fn drain(&mut self, rx: &mut mpsc::UnboundedReceiver<LoopEvent>, delivery: &mut Delivery, grace: Duration) {
+        self.outbox.clear();
+        let deadline = tokio::time::Instant::now() + grace;
+        let mut rates = Rates::default();
+        while self.inflight() > 0 {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(ev)) => {
+                    if self.handle(ev, delivery, &mut rates).await.is_err() {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+        if self.inflight() > 0 {
+            tracing::warn!(
+                "stopping with {} publishes unacknowledged; their events stay stored and go again at the next start",
+                self.inflight()
+            );
+        }
+    }
+}
+
+fn connect_item(device: &str, device_type: Option<&str>) -> OutItem {
+    let mut payload = format!("{{\"device\":{}", pack::json_string(device));
+    if let Some(t) = device_type {
+        payload.push_str(",\"type\":");
+        payload.push_str(&pack::json_string(t));
+    }
+    payload.push('}');
+    OutItem { topic: CONNECT_TOPIC.into(), payload: payload.into_bytes(), tag: Tag::Control, datapoints: 0 }
+}
+
+impl Rates {
+    fn wait(&mut self, item: &OutItem) -> Option<Duration> {
+        let now = Instant::now();
+        let mut wait = self.messages.wait(1, now);
+        if item.topic == TELEMETRY_TOPIC {
+            wait = wait.max(self.telemetry_messages.wait(1, now));
+            wait = wait.max(self.telemetry_datapoints.wait(item.datapoints as u64, now));
+        }
+        wait
+    }
+
+    fn take(&mut self, item: &OutItem) {
+        self.messages.take(1);
+        if item.topic == TELEMETRY_TOPIC {
+            self.telemetry_messages.take(1);
+            self.telemetry_datapoints.take(item.datapoints as u64);
+        }
+    }
+}
+
+/// Delivery state that outlives sessions.
+struct Delivery {
+    store: Arc<dyn EventStore>,
+    stats: Arc<ClientStats>,
+    read_batch: usize,
+    /// Where the next read starts; `None`: at the oldest stored event.
+    next_read: Option<Seq>,
+    chunks: HashMap<u64, Chunk>,
+    next_chunk_id: u64,
+    /// Devices ThingsBoard knows through us (mirrors the store's).
+    known: HashMap<String, DeviceRecord>,
+    loaded_known: bool,
+}
+
+struct Chunk {
+    seqs: Range<Seq>,
+    publishes_left: usize,
+    per_connector: Vec<(String, u64)>,
+}
+
+impl Delivery {
+    fn new(store: Arc<dyn EventStore>, stats: Arc<ClientStats>, read_batch: usize) -> Self {
+        Delivery {
+            store,
+            stats,
+            read_batch: read_batch.max(1),
+            next_read: None,
+            chunks: HashMap::new(),
+            next_chunk_id: 0,
+            known: HashMap::new(),
+            loaded_known: false,
+        }
+    }
+
+    /// After a session: everything in flight is forgotten and goes again.
+    fn rewind(&mut self) {
+        self.next_read = None;
+        self.chunks.clear();
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn EventStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&*store))
+            .await
+            .map_err(|e| StoreError::Db(format!("store task failed: {e}")))?
+    }
+
+    /// Read the next chunk and queue its publishes; false when the store
+    /// has nothing more.
+    async fn next_chunk(&mut self, s: &mut Session) -> Result<bool, StoreError> {
+        if !self.loaded_known {
+            self.known = self.blocking(|st| st.devices()).await?.into_iter().collect();
+            self.loaded_known = true;
+            for (name, record) in &self.known {
+                if s.connected_devices.insert(name.clone()) {
+                    s.outbox.push_back(connect_item(name, record.device_type.as_deref()));
+                }
+            }
+        }
+        let from = match self.next_read {
+            Some(seq) => seq,
+            None => {
+                let stats = self.store.stats();
+                stats.first_seq.unwrap_or(stats.next_seq)
+            }
+        };
+        let max = self.read_batch;
+        let events: Vec<(Seq, StoredEvent)> = self.blocking(move |st| st.read(from, max)).await?;
+        let (Some(first), Some(last)) = (events.first().map(|e| e.0), events.last().map(|e| e.0)) else {
+            return Ok(false);
+        };
+        self.next_read = Some(last + 1);
+
+        // New devices: remember them, and connect them before their data.
+        let mut new_records = Vec::new();
+        for (_, e) in &events {
+            let u = &e.update;
+            let record = DeviceRecord { device_type: u.device_type.clone(), connector: e.connector.clone() };
+            if self.known.get(&u.device) != Some(&record) {
+                self.known.insert(u.device.clone(), record.clone());
+                new_records.push((u.device.clone(), record));
+            }
+            if s.connected_devices.insert(u.device.clone()) {
+                s.outbox.push_back(connect_item(&u.device, u.device_type.as_deref()));
+            }
+        }
+        if !new_records.is_empty() {
+            self.blocking(move |st| {
+                for (name, record) in &new_records {
+                    st.put_device(name, record)?;
+                }
+                Ok(())
+            })
+            .await?;
+        }
+
+        let (docs, oversized) = pack::pack(events.iter().map(|(_, e)| e), s.max_payload);
+        for o in &oversized {
+            tracing::error!(device = %o.device, key = %o.key, "dropping a value of {} bytes: larger than any publish may be", o.bytes);
+        }
+        self.stats.oversized.fetch_add(oversized.len() as u64, Ordering::Relaxed);
+        let mut per_connector: Vec<(String, u64)> = Vec::new();
+        for (_, e) in &events {
+            match per_connector.iter_mut().find(|(c, _)| *c == e.connector) {
+                Some((_, n)) => *n += 1,
+                None => per_connector.push((e.connector.clone(), 1)),
+            }
+        }
+        let id = self.next_chunk_id;
+        self.next_chunk_id += 1;
+        self.chunks.insert(id, Chunk { seqs: first..last + 1, publishes_left: docs.len(), per_connector });
+        if docs.is_empty() {
+            // Nothing to send (updates without values): done already.
+            self.complete(id).await;
+        }
+        for doc in docs {
+            s.outbox.push_back(OutItem {
+                topic: doc.topic.into(),
+                payload: doc.payload.into_bytes(),
+                tag: Tag::Chunk(id),
+                datapoints: doc.datapoints,
+            });
+        }
+        Ok(true)
+    }
+
+    /// One publish of chunk `id` was acknowledged.
+    async fn published(&mut self, id: u64) {
+        let done = match self.chunks.get_mut(&id) {
+            Some(chunk) => {
+                chunk.publishes_left = chunk.publishes_left.saturating_sub(1);
+                chunk.publishes_left == 0
+            }
+            None => false,
+        };
+        if done {
+            self.complete(id).await;
+        }
+    }
+
+    /// Every publish of chunk `id` was acknowledged: its events leave the store.
+    async fn complete(&mut self, id: u64) {
+        let Some(chunk) = self.chunks.remove(&id) else { return };
+        let seqs = chunk.seqs.clone();
+        if let Err(e) = self.blocking(move |st| st.remove(seqs)).await {
+            // They go again after the next restart: a duplicate, not a loss.
+            tracing::error!("removing delivered events {:?} from the store failed: {e}", chunk.seqs);
+        }
+        let total: u64 = chunk.per_connector.iter().map(|(_, n)| n).sum();
+        self.stats.delivered.fetch_add(total, Ordering::Relaxed);
+        let mut per = self.stats.per_connector.lock().unwrap_or_else(|e| e.into_inner());
+        for (connector, n) in chunk.per_connector {
+            *per.entry(connector).or_default() += n;
+        }
+    }
+}
+
+/// Aborts the event loop task when the session ends, whatever way it ends.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
