@@ -1,5 +1,10 @@
-//! tbgw's plain data: what connectors, converters, the event store and the
-//! ThingsBoard client hand to each other.
+//! tbgw's plain data and the interfaces between its parts: what connectors,
+//! converters, the event store and the ThingsBoard client hand to each
+//! other.
+//!
+//! - the data types (this module): mirrors of the converter contract;
+//! - [`connector`]: what a connector is and how it hands messages over;
+//! - [`config`]: reading config documents with every error reported, by path.
 //!
 //! These types mirror the converter contract (`wit/converter.wit`) without
 //! depending on wasmtime, so that connectors and the store never see the
@@ -7,6 +12,8 @@
 //! boundary. Kept free of heavy dependencies on purpose: every crate of the
 //! workspace depends on this one.
 
+pub mod config;
+pub mod connector;
 mod data;
 mod json;
 

@@ -1,9 +1,17 @@
 //! The `tbgw` gateway: configuration, wiring and the command line.
 //!
+//! - [`config`]: the gateway's configuration file (the ThingsBoard gateway's
+//!   format), every problem reported by path.
 //! - [`converters`]: how configs name converters (a built-in name or a
 //!   `.wasm` path) and how the converter runtime is set up for this machine.
+//! - [`pipeline`]: converter threads and the store writer, between the
+//!   connectors and the event store.
+//! - [`service`]: everything wired, run, and stopped in order.
 //!
 //! The binary (`src/main.rs`, `src/cli/`) is a thin command line over this
 //! library.
 
+pub mod config;
 pub mod converters;
+pub mod pipeline;
+pub mod service;

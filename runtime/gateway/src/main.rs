@@ -18,6 +18,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the gateway with a configuration file, until SIGINT or SIGTERM.
+    Run(cli::run::RunArgs),
+    /// Check a configuration file (and its converters) without starting.
+    CheckConfig(cli::run::CheckArgs),
     /// Try converters on sample messages, and inspect converter components.
     #[command(subcommand)]
     Converter(ConverterCommand),
@@ -33,8 +37,10 @@ enum ConverterCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli::init_logging();
+    cli::init_logging(matches!(cli.command, Command::Run(_)));
     match cli.command {
+        Command::Run(args) => cli::run::run(args),
+        Command::CheckConfig(args) => cli::run::check(args),
         Command::Converter(ConverterCommand::Test(args)) => cli::converter_test::run(args),
         Command::Converter(ConverterCommand::Inspect(args)) => cli::inspect::run(args),
     }

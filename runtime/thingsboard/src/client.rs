@@ -45,6 +45,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tbgw_core::{DeviceRecord, Event as StoredEvent};
 use tbgw_store::{EventStore, Seq, StoreError};
+use tbgw_tls::rustls;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -59,7 +60,7 @@ const RPC_REQUEST_PREFIX: &str = "v1/devices/me/rpc/request/";
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("ThingsBoard TLS settings: {0}")]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] tbgw_tls::TlsError),
     #[error("the ThingsBoard client id must not be empty")]
     ClientId,
 }
@@ -150,7 +151,7 @@ pub fn spawn(
         return Err(ClientError::ClientId);
     }
     let tls = match &config.tls {
-        Some(files) => Some(Arc::new(crate::tls::client_config(files)?)),
+        Some(files) => Some(Arc::new(tbgw_tls::client_config(files)?)),
         None => None,
     };
     let stats = Arc::new(ClientStats::default());

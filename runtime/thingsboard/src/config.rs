@@ -3,8 +3,8 @@
 //! print.
 
 use std::fmt;
-use std::path::PathBuf;
 use std::time::Duration;
+pub use tbgw_tls::TlsFiles;
 
 /// Text that must not appear in logs (a token, a password).
 #[derive(Clone, PartialEq, Eq)]
@@ -35,15 +35,6 @@ pub enum Credentials {
     Basic { username: Option<String>, password: Option<Secret> },
     /// None beyond the TLS client certificate (X.509).
     None,
-}
-
-/// TLS: the CA to verify ThingsBoard with (the system's roots when absent),
-/// and the client certificate for X.509 authentication.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct TlsFiles {
-    pub ca_cert: Option<PathBuf>,
-    pub client_cert: Option<PathBuf>,
-    pub private_key: Option<PathBuf>,
 }
 
 /// Everything the client needs.

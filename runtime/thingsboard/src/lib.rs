@@ -6,15 +6,14 @@
 //! - [`pack`]: events packed into `v1/gateway/telemetry` and
 //!   `v1/gateway/attributes` publishes under the payload limit.
 //! - [`codec`]: the requests ThingsBoard sends for child devices.
-//! - [`config`], [`tls`], [`limits`]: connection settings, TLS (rustls with
-//!   ring), and ThingsBoard's session and rate limits.
+//! - [`config`], [`limits`]: connection settings (TLS comes from
+//!   `tbgw-tls`), and ThingsBoard's session and rate limits.
 
 pub mod client;
 pub mod codec;
 pub mod config;
 pub mod limits;
 pub mod pack;
-pub mod tls;
 
 pub use client::{ClientError, ClientHandle, ClientStatsSnapshot, spawn};
 pub use config::{ClientConfig, Credentials, Secret, TlsFiles};

@@ -3,6 +3,7 @@
 
 pub mod converter_test;
 pub mod inspect;
+pub mod run;
 
 use std::fmt::Display;
 use std::io::{IsTerminal, StdoutLock, Write};
@@ -19,16 +20,21 @@ pub const SOME_FAILED: u8 = 1;
 pub const UNUSABLE: u8 = 2;
 
 /// Logs go to stderr, so that stdout carries only results. `RUST_LOG`
-/// overrides the default: warnings, and what converters themselves log.
-pub fn init_logging() {
+/// overrides the defaults: for the tools, warnings and what converters log;
+/// for the service, information, with times.
+pub fn init_logging(service: bool) {
+    let default = if service {
+        "info,rumqttc=warn,fjall=warn,lsm_tree=warn,wasmtime=warn,cranelift_codegen=warn"
+    } else {
+        "warn,tbgw_wasm::host=info"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,tbgw_wasm::host=info"));
-    tracing_subscriber::fmt()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .without_time()
-        .init();
+        .with_ansi(std::io::stderr().is_terminal());
+    if service { builder.init() } else { builder.without_time().with_target(false).init() }
 }
 
 /// Standard output for results. When the reader goes away (`| head`), the

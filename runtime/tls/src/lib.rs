@@ -1,11 +1,21 @@
-//! The TLS configuration for ThingsBoard: rustls with the ring provider,
-//! the given CA (or the system's roots), and an optional client
+//! TLS client settings for tbgw's MQTT connections (to ThingsBoard, to
+//! source brokers): rustls with the ring provider (one crypto stack for the
+//! whole gateway), the given CA or the system's roots, and an optional client
 //! certificate for X.509 authentication.
 
-use crate::config::TlsFiles;
+pub use rustls;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// TLS files: the CA to verify the server with (the system's roots when
+/// absent), and the client certificate and key for X.509 authentication.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsFiles {
+    pub ca_cert: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub private_key: Option<PathBuf>,
+}
 
 /// A TLS file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +49,7 @@ pub fn client_config(files: &TlsFiles) -> Result<rustls::ClientConfig, TlsError>
                 return Err(TlsError {
                     what: "system CA certificates",
                     path: String::new(),
-                    reason: "none found: give the CA with caCert".into(),
+                    reason: "none found: name the CA certificate file".into(),
                 });
             }
         }

@@ -1,0 +1,364 @@
+//! The MQTT connector's configuration: the ThingsBoard IoT Gateway's
+//! `mqtt.json` (3.x), so that its users' files load unchanged.
+//!
+//! ```json
+//! {
+//!   "broker": {"host": "127.0.0.1", "port": 1883, "clientId": "tbgw", "version": 5,
+//!              "cleanSession": false, "cleanStart": false, "sessionExpiryInterval": 3600,
+//!              "security": {"type": "basic", "username": "u", "password": "p"}},
+//!   "mapping": [{"topicFilter": "sensor/+/data", "subscriptionQos": 1,
+//!                "converter": {"type": "json", "deviceInfo": {...}, "timeseries": [...]}}],
+//!   "requestsMapping": {...}
+//! }
+//! ```
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tbgw_core::config::{Diagnostics, Obj};
+use tbgw_tls::TlsFiles;
+
+/// MQTT protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MqttVersion {
+    /// 3.1.1 (`version` 3 or 4; 3.1 is served as 3.1.1).
+    V311,
+    V5,
+}
+
+/// How to reach and log in to the source broker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BrokerConfig {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub version: MqttVersion,
+    /// 3.1.1: start a new session (the broker forgets what we missed).
+    pub clean_session: bool,
+    /// 5: start a new session.
+    pub clean_start: bool,
+    /// 5: how long the broker keeps the session after a disconnect (seconds).
+    pub session_expiry_interval: u32,
+    pub keep_alive: Duration,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub tls: Option<TlsFiles>,
+    /// 5: how many QoS 1 messages the broker may send before our acks.
+    pub receive_maximum: u16,
+}
+
+/// Which converter a mapping uses.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConverterRef {
+    /// A built-in converter (`"type": "json"`), configured with the
+    /// mapping's `converter` object.
+    Builtin { name: String, config: String },
+    /// `"type": "custom"`: the `.wasm` in `extension`, configured with
+    /// `extensionConfig`.
+    Custom { path: PathBuf, config: String },
+}
+
+/// One `mapping[]` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MappingConfig {
+    pub topic_filter: String,
+    pub qos: u8,
+    pub converter: ConverterRef,
+    /// Where in the config (for messages): `mapping[2].converter`.
+    pub converter_path: String,
+}
+
+/// The whole connector configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttConfig {
+    pub broker: BrokerConfig,
+    pub mappings: Vec<MappingConfig>,
+    /// `requestsMapping` (or its 2.x top-level sections), kept for downlink.
+    pub requests_mapping: Option<Value>,
+}
+
+/// Read the connector's configuration; relative paths (certificates,
+/// custom converters) are resolved against `base_dir`, the directory of the
+/// file it came from. Problems go to `d`, with paths relative to the
+/// connector's configuration.
+pub fn parse(doc: &Value, base_dir: &Path, name: &str, d: &mut Diagnostics) -> Option<MqttConfig> {
+    let mut root = Obj::new(d, "", doc)?;
+    let broker = match root.object(d, "broker") {
+        Some(b) => broker(b, base_dir, name, d),
+        None => {
+            if !root.has("broker") {
+                d.error("broker", "required");
+            }
+            None
+        }
+    };
+    let mut mappings = Vec::new();
+    let mut entries = root.list(d, "mapping");
+    // 2.x files call it `dataMapping` sometimes.
+    entries.extend(root.list(d, "dataMapping"));
+    for (path, item) in entries {
+        if let Some(m) = mapping(d, &path, item, base_dir) {
+            mappings.push(m);
+        }
+    }
+    if mappings.is_empty() && d.is_ok() {
+        d.error("mapping", "no mapping: the connector would receive nothing");
+    }
+    let requests_mapping = root.get("requestsMapping").cloned();
+    let sections = ["connectRequests", "disconnectRequests", "attributeRequests", "attributeUpdates", "serverSideRpc"];
+    let mut legacy = serde_json::Map::new();
+    for section in sections {
+        if let Some(v) = root.get(section) {
+            legacy.insert(section.to_owned(), v.clone());
+        }
+    }
+    let requests_mapping = requests_mapping.or((!legacy.is_empty()).then_some(Value::Object(legacy)));
+    if requests_mapping.is_some() {
+        d.notice(
+            "requestsMapping",
+            "read, not used yet: tbgw does not route ThingsBoard's requests to MQTT devices in this version",
+        );
+    }
+    root.unused(d, &[("logLevel", "set logging with RUST_LOG"), ("id", "tbgw names connectors by `name`")]);
+    root.finish(d);
+    Some(MqttConfig { broker: broker?, mappings, requests_mapping })
+}
+
+fn broker(mut b: Obj, base_dir: &Path, name: &str, d: &mut Diagnostics) -> Option<BrokerConfig> {
+    let host = b.required_string(d, "host").map(str::to_owned);
+    let port = b.uint(d, "port", 1..=65535).map_or(1883, |p| p as u16);
+    let client_id = b.string(d, "clientId").map(str::to_owned).unwrap_or_else(|| {
+        let clean: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+        format!("tbgw-{clean}")
+    });
+    let version = match b.get("version") {
+        None => MqttVersion::V5,
+        Some(v) => match v.as_f64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok())) {
+            Some(5.0) => MqttVersion::V5,
+            Some(3.0) | Some(3.1) | Some(4.0) => MqttVersion::V311,
+            Some(3.11) => MqttVersion::V311,
+            _ => {
+                d.error(b.field("version"), format!("unknown MQTT version {v}; expected 3, 4 (3.1.1) or 5"));
+                MqttVersion::V5
+            }
+        },
+    };
+    let v3 =
+        matches!(b.get("version").and_then(Value::as_f64), Some(v) if (v - 3.0).abs() < 0.01 || (v - 3.1).abs() < 0.01);
+    if v3 {
+        d.notice(b.field("version"), "MQTT 3.1 is served as 3.1.1, which every 3.1 broker of today speaks");
+    }
+    let clean_session = b.bool(d, "cleanSession").unwrap_or(true);
+    let clean_start = b.bool(d, "cleanStart").unwrap_or(true);
+    let session_expiry_interval = b.uint(d, "sessionExpiryInterval", 0..=u64::from(u32::MAX)).unwrap_or(0) as u32;
+    let keep_alive = Duration::from_secs(b.uint(d, "keepAlive", 5..=65535).unwrap_or(60));
+    let receive_maximum = b.uint(d, "receiveMaximum", 1..=65535).unwrap_or(1000) as u16;
+    b.unused(
+        d,
+        &[
+            ("maxMessageNumberPerWorker", "tbgw converts on its own worker threads, in batches"),
+            ("maxNumberOfWorkers", "tbgw converts on its own worker threads, in batches"),
+            ("sendDataOnlyOnChange", "report strategies are not implemented yet"),
+        ],
+    );
+    let (mut username, mut password, mut tls) = (None, None, None);
+    if let Some(mut s) = b.object(d, "security") {
+        let kind = s.string(d, "type").unwrap_or("anonymous").to_ascii_lowercase();
+        username = s.string(d, "username").map(str::to_owned);
+        password = s.string(d, "password").map(str::to_owned);
+        let mut file = |d: &mut Diagnostics, keys: [&'static str; 2]| {
+            let mut found = None;
+            for key in keys {
+                if let Some(p) = s.string(d, key) {
+                    found = Some(base_dir.join(p));
+                }
+            }
+            found
+        };
+        let ca_cert = file(d, ["caCert", "pathToCACert"]);
+        let client_cert = file(d, ["cert", "pathToClientCert"]);
+        let private_key = file(d, ["privateKey", "pathToPrivateKey"]);
+        if s.bool(d, "insecure") == Some(true) {
+            d.error(
+                s.field("insecure"),
+                "not supported: tbgw always verifies the broker's certificate; name its CA with caCert",
+            );
+        }
+        match kind.as_str() {
+            "anonymous" | "basic" | "certificates" => {}
+            other => d.error(
+                s.field("type"),
+                format!("unknown security type `{other}`; expected anonymous, basic or certificates"),
+            ),
+        }
+        if kind == "basic" && username.is_none() {
+            d.error(s.field("username"), "required for basic security");
+        }
+        if kind == "certificates" || ca_cert.is_some() || client_cert.is_some() {
+            tls = Some(TlsFiles { ca_cert, client_cert, private_key });
+        }
+        s.finish(d);
+    }
+    b.finish(d);
+    Some(BrokerConfig {
+        host: host?,
+        port,
+        client_id,
+        version,
+        clean_session,
+        clean_start,
+        session_expiry_interval,
+        keep_alive,
+        username,
+        password,
+        tls,
+        receive_maximum,
+    })
+}
+
+fn mapping(d: &mut Diagnostics, path: &str, item: &Value, base_dir: &Path) -> Option<MappingConfig> {
+    let mut m = Obj::new(d, path, item)?;
+    let topic_filter = m.required_string(d, "topicFilter").map(str::to_owned);
+    if let Some(filter) = &topic_filter
+        && let Err(e) = check_filter(filter)
+    {
+        d.error(m.field("topicFilter"), e);
+    }
+    let qos = m.uint(d, "subscriptionQos", 0..=2).unwrap_or(1) as u8;
+    if qos == 2 {
+        d.notice(
+            m.field("subscriptionQos"),
+            "QoS 2 is served as QoS 1 (at least once; tbgw stores before acknowledging)",
+        );
+    }
+    let converter_path = m.field("converter");
+    let converter = match m.object(d, "converter") {
+        Some(mut c) => {
+            let kind = c.string(d, "type").unwrap_or("json").to_owned();
+            let config_of = |v: Option<&Value>| v.map(Value::to_string).unwrap_or_else(|| "{}".into());
+            match kind.as_str() {
+                "custom" => {
+                    let extension = c.required_string(d, "extension");
+                    let config = config_of(c.get("extensionConfig"));
+                    c.unused(d, &[("cached", "tbgw always reuses converter instances")]);
+                    c.finish(d);
+                    extension.map(|e| ConverterRef::Custom { path: base_dir.join(e), config })
+                }
+                "bytes" => {
+                    d.error(
+                        c.field("type"),
+                        "the `bytes` converter is not available yet; use `json`, or a custom .wasm converter",
+                    );
+                    None
+                }
+                // The built-in converter reads (and checks) the whole object.
+                name => Some(ConverterRef::Builtin { name: name.to_owned(), config: item["converter"].to_string() }),
+            }
+        }
+        None => {
+            if !m.has("converter") {
+                d.error(m.field("converter"), "required");
+            }
+            None
+        }
+    };
+    m.finish(d);
+    Some(MappingConfig { topic_filter: topic_filter?, qos: qos.min(1), converter: converter?, converter_path })
+}
+
+/// A subscription filter as MQTT allows it (`$share/group/` prefixes too).
+fn check_filter(filter: &str) -> Result<(), String> {
+    let f = match filter.strip_prefix("$share/") {
+        Some(rest) => rest.split_once('/').map(|(_, f)| f).ok_or("a `$share/` filter needs a group and a filter")?,
+        None => filter,
+    };
+    if f.is_empty() {
+        return Err("empty topic filter".into());
+    }
+    let levels: Vec<&str> = f.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        if level.contains('#') && (*level != "#" || i != levels.len() - 1) {
+            return Err(format!("`#` must be a whole level at the end, in `{filter}`"));
+        }
+        if level.contains('+') && *level != "+" {
+            return Err(format!("`+` must be a whole level, in `{filter}`"));
+        }
+    }
+    Ok(())
+}
+
+/// The filter incoming topics are matched with (`$share/group/` removed).
+pub(crate) fn match_filter(filter: &str) -> &str {
+    match filter.strip_prefix("$share/") {
+        Some(rest) => rest.split_once('/').map_or(rest, |(_, f)| f),
+        None => filter,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(text: &str) -> (Option<MqttConfig>, Diagnostics) {
+        let doc: Value = serde_json::from_str(text).unwrap();
+        let mut d = Diagnostics::default();
+        (parse(&doc, Path::new("/etc/tbgw"), "MQTT Broker", &mut d), d)
+    }
+
+    #[test]
+    fn reads_the_python_gateways_default_file() {
+        let (cfg, d) = parse_str(
+            r#"{"broker":{"host":"127.0.0.1","port":1883,"clientId":"ThingsBoard_gateway","version":5,
+                "maxMessageNumberPerWorker":10,"maxNumberOfWorkers":100,"cleanSession":true,"cleanStart":true,
+                "sessionExpiryInterval":0,"security":{"type":"anonymous"}},
+              "mapping":[{"topicFilter":"sensor/+/data","subscriptionQos":1,"converter":{"type":"json",
+                "deviceInfo":{"deviceNameExpressionSource":"topic","deviceNameExpression":"(?<=sensor/)(.*?)(?=/data)"},
+                "timeseries":[{"type":"double","key":"temperature","value":"${temp}"}]}},
+                {"topicFilter":"custom/sensors/+","converter":{"type":"custom","extension":"conv/my.wasm","extensionConfig":{"k":1}}}],
+              "requestsMapping":{"attributeUpdates":[]}}"#,
+        );
+        assert!(d.is_ok(), "{:?}", d.errors);
+        let cfg = cfg.unwrap();
+        assert_eq!(cfg.broker.version, MqttVersion::V5);
+        assert_eq!(cfg.broker.client_id, "ThingsBoard_gateway");
+        assert_eq!(cfg.mappings.len(), 2);
+        assert!(
+            matches!(&cfg.mappings[0].converter, ConverterRef::Builtin { name, config } if name == "json" && config.contains("deviceInfo"))
+        );
+        assert_eq!(
+            cfg.mappings[1].converter,
+            ConverterRef::Custom { path: "/etc/tbgw/conv/my.wasm".into(), config: r#"{"k":1}"#.into() }
+        );
+        let notices: Vec<String> = d.notices.iter().map(|n| n.path.clone()).collect();
+        assert!(notices.contains(&"broker.maxNumberOfWorkers".to_owned()), "{notices:?}");
+        assert!(cfg.requests_mapping.is_some());
+    }
+
+    #[test]
+    fn reports_every_error_by_path() {
+        let (_, d) = parse_str(
+            r#"{"broker":{"prot":1883,"security":{"type":"weird"}},
+              "mapping":[{"topicFilter":"a/#/b","converter":{"type":"json"}},{"subscriptionQos":7}]}"#,
+        );
+        let errors: Vec<String> = d.errors.iter().map(ToString::to_string).collect();
+        for expected in [
+            "broker.host: required",
+            "broker.security.type: unknown security type `weird`; expected anonymous, basic or certificates",
+            "broker.prot: unknown key; did you mean `port`?",
+            "mapping[0].topicFilter: `#` must be a whole level at the end, in `a/#/b`",
+            "mapping[1].topicFilter: required",
+            "mapping[1].subscriptionQos: expected a whole number from 0 to 2, found 7",
+            "mapping[1].converter: required",
+        ] {
+            assert!(errors.contains(&expected.to_owned()), "missing `{expected}` in {errors:#?}");
+        }
+    }
+
+    #[test]
+    fn shared_subscriptions_match_the_plain_filter() {
+        assert_eq!(match_filter("$share/g1/sensor/+/data"), "sensor/+/data");
+        assert_eq!(match_filter("sensor/#"), "sensor/#");
+        assert!(check_filter("$share/g1/sensor/#").is_ok());
+        assert!(check_filter("$share/g1").is_err());
+    }
+}

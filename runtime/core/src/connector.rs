@@ -1,0 +1,107 @@
+//! What a connector is to the rest of the gateway.
+//!
+//! A connector does protocol I/O only: it turns what it receives into
+//! [`RawUplink`]s and hands them to the converter stage through an
+//! [`UplinkSink`], each with the [`RouteId`] of the converter that handles it
+//! and an [`Ack`] that the pipeline calls once the message's events are
+//! durable in the event store (or once the message has failed for good).
+//! Only then may the connector confirm the message to its source (an MQTT
+//! PUBACK): nothing is acknowledged upstream before it is durable downstream.
+//!
+//! Shutting down has two steps: `stop_intake` (take no new messages: the
+//! source keeps what was not acknowledged), then, once the pipeline has
+//! drained and the last acks were made, `finish` (disconnect).
+
+use crate::RawUplink;
+use std::future::Future;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use tokio_util::sync::CancellationToken;
+
+/// Which converter handles a message (an index the gateway assigns).
+pub type RouteId = usize;
+
+/// Confirms a message to its source.
+pub struct Ack(Box<dyn FnOnce() + Send>);
+
+impl Ack {
+    pub fn new(confirm: impl FnOnce() + Send + 'static) -> Ack {
+        Ack(Box::new(confirm))
+    }
+
+    /// Confirm the message.
+    pub fn confirm(self) {
+        (self.0)()
+    }
+}
+
+/// A message on its way to a converter.
+pub struct Uplink {
+    pub route: RouteId,
+    pub raw: RawUplink,
+    /// `None` when the source needs no confirmation (MQTT QoS 0).
+    pub ack: Option<Ack>,
+}
+
+/// The converter stage closed (the gateway is stopping).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the converter stage is closed")]
+pub struct Closed;
+
+/// Where connectors put messages. Messages with the same ordering key go to
+/// the same converter thread, in order: that is what keeps a device's data
+/// in order from source to ThingsBoard.
+#[derive(Clone)]
+pub struct UplinkSink {
+    shards: Arc<[flume::Sender<Uplink>]>,
+}
+
+impl UplinkSink {
+    pub fn new(shards: Vec<flume::Sender<Uplink>>) -> UplinkSink {
+        UplinkSink { shards: shards.into() }
+    }
+
+    /// Hand `uplink` over; waits while the converter stage is full
+    /// (backpressure). `key` is the ordering key (a topic, a device address).
+    pub async fn send(&self, key: &str, uplink: Uplink) -> Result<(), Closed> {
+        let shard = self.shard(key);
+        shard.send_async(uplink).await.map_err(|_| Closed)
+    }
+
+    fn shard(&self, key: &str) -> &flume::Sender<Uplink> {
+        let mut h = DefaultHasher::new();
+        key.hash(&mut h);
+        &self.shards[(h.finish() % self.shards.len() as u64) as usize]
+    }
+}
+
+/// A connector's counters.
+#[derive(Debug, Default)]
+pub struct ConnectorStats {
+    pub connected: AtomicBool,
+    /// Messages received from devices.
+    pub received: AtomicU64,
+    /// Messages confirmed to their source.
+    pub acked: AtomicU64,
+    /// Messages that matched no mapping (dropped, confirmed).
+    pub unmatched: AtomicU64,
+}
+
+/// What a running connector gets.
+pub struct ConnectorContext {
+    pub sink: UplinkSink,
+    pub stop_intake: CancellationToken,
+    pub finish: CancellationToken,
+    pub stats: Arc<ConnectorStats>,
+}
+
+/// A connector: protocol I/O for one configured source.
+pub trait Connector: Send {
+    /// Its name in the gateway config (and in statistics).
+    fn name(&self) -> &str;
+
+    /// Run until `ctx.finish` is cancelled.
+    fn run(self: Box<Self>, ctx: ConnectorContext) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}

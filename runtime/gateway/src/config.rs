@@ -1,0 +1,548 @@
+//! The gateway's configuration file: the ThingsBoard IoT Gateway's general
+//! config (`tb_gateway.json` or `.yaml`), so that its users' files load
+//! unchanged, plus an optional `tbgw` section for what only tbgw has.
+//!
+//! ```yaml
+//! thingsboard:
+//!   host: thingsboard.example.com
+//!   port: 1883
+//!   security: {type: accessToken, accessToken: YOUR_TOKEN}
+//!   statistics: {enable: true, statsSendPeriodInSeconds: 60}
+//! storage:
+//!   type: fjall                 # or memory; the Python gateway's file and sqlite are refused
+//!   data_folder_path: ./data/
+//!   max_records_count: 1000000
+//!   max_size_mb: 1024           # tbgw
+//!   when_full: block            # tbgw: block | drop_oldest
+//!   fsync: batch                # tbgw: batch | interval (with fsync_interval_ms)
+//! connectors:
+//!   - {type: mqtt, name: MQTT Broker Connector, configuration: mqtt.json}
+//! tbgw:                         # optional, tbgw only
+//!   workers: 2                  # converter threads
+//!   cacheDir: ./data/cache      # compiled converters
+//! ```
+//!
+//! Every problem is reported, each with its path
+//! (`connectors[0].configuration.mapping[2].topicFilter: required`); keys of
+//! the Python gateway's format that tbgw has no use for get one notice each.
+//! A few environment variables override the file, as for the Python gateway:
+//! `TB_GW_HOST`, `TB_GW_PORT`, `TB_GW_ACCESS_TOKEN`, `TB_GW_USERNAME`,
+//! `TB_GW_PASSWORD`, `TB_GW_CLIENT_ID`, `TB_GW_CA_CERT`, `TB_GW_CERT`,
+//! `TB_GW_PRIVATE_KEY`, `TB_GW_SECURITY_TYPE`.
+
+use crate::pipeline::PipelineConfig;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tbgw_connector_mqtt::MqttConfig;
+use tbgw_core::config::{Diagnostics, Obj, join};
+use tbgw_store::{Durability, StoreLimits, WhenFull};
+use tbgw_thingsboard::{ClientConfig, Credentials, Secret, TlsFiles};
+
+/// The whole gateway configuration.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The file it was read from.
+    pub file: PathBuf,
+    pub thingsboard: ClientConfig,
+    /// How often statistics go to ThingsBoard; `None`: not sent.
+    pub statistics: Option<Duration>,
+    pub storage: StorageConfig,
+    pub connectors: Vec<ConnectorConfig>,
+    pub pipeline: PipelineConfig,
+    /// Where compiled converters are cached.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Where events wait for delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageConfig {
+    pub kind: StorageKind,
+    pub limits: StoreLimits,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StorageKind {
+    Memory,
+    Fjall { path: PathBuf, durability: Durability },
+}
+
+/// A connector and its own configuration.
+#[derive(Debug, Clone)]
+pub struct ConnectorConfig {
+    pub name: String,
+    /// `connectors[i].configuration`, for messages.
+    pub path: String,
+    pub kind: ConnectorKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum ConnectorKind {
+    Mqtt(MqttConfig),
+}
+
+/// Read a config document from text (JSON, or YAML when `yaml`).
+pub fn parse_text(text: &str, yaml: bool) -> Result<Value, String> {
+    if yaml {
+        serde_norway::from_str::<Value>(text).map_err(|e| format!("not valid YAML: {e}"))
+    } else {
+        serde_json::from_str::<Value>(text).map_err(|e| format!("not valid JSON: {e}"))
+    }
+}
+
+fn is_yaml(path: &Path) -> bool {
+    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+}
+
+/// Read a config file.
+pub fn read_document(path: &Path) -> Result<Value, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    parse_text(&text, is_yaml(path)).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Load and check the gateway configuration in `path`. Returns it with the
+/// notices, or every problem found.
+pub fn load(path: &Path) -> Result<(GatewayConfig, Diagnostics), Diagnostics> {
+    let mut d = Diagnostics::default();
+    let doc = match read_document(path) {
+        Ok(doc) => doc,
+        Err(e) => {
+            d.error("", e);
+            return Err(d);
+        }
+    };
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let config = from_document(&doc, path, &base, &mut d);
+    match config {
+        Some(c) if d.is_ok() => Ok((c, d)),
+        _ => Err(d),
+    }
+}
+
+/// Read the configuration from a parsed document; relative paths resolve
+/// against `base`.
+pub fn from_document(doc: &Value, file: &Path, base: &Path, d: &mut Diagnostics) -> Option<GatewayConfig> {
+    let mut root = Obj::new(d, "", doc)?;
+    let (thingsboard, statistics) = match root.object(d, "thingsboard") {
+        Some(tb) => thingsboard(tb, base, d),
+        None => {
+            if !root.has("thingsboard") {
+                d.error("thingsboard", "required");
+            }
+            (None, None)
+        }
+    };
+    let storage = match root.object(d, "storage") {
+        Some(s) => storage(s, base, d),
+        None => Some(StorageConfig {
+            kind: StorageKind::Memory,
+            limits: StoreLimits { max_records: 100_000, max_bytes: 256 << 20, when_full: WhenFull::Block },
+        }),
+    };
+    let mut connectors = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for (path, item) in root.list(d, "connectors") {
+        if let Some(c) = connector(d, &path, item, base) {
+            if names.insert(c.name.clone()) {
+                connectors.push(c);
+            } else {
+                d.error(join(&path, "name"), "another connector has this name; names must be unique");
+            }
+        }
+    }
+    let (pipeline, cache_dir) = match root.object(d, "tbgw") {
+        Some(mut t) => {
+            let mut p = PipelineConfig::default();
+            if let Some(w) = t.uint(d, "workers", 1..=64) {
+                p.workers = w as usize;
+            }
+            if let Some(b) = t.uint(d, "maxBatch", 1..=10_000) {
+                p.max_batch = b as usize;
+            }
+            if let Some(q) = t.uint(d, "queue", 1..=1_000_000) {
+                p.queue = q as usize;
+            }
+            let cache = t.string(d, "cacheDir").map(|c| base.join(c));
+            t.finish(d);
+            (p, cache)
+        }
+        None => (PipelineConfig::default(), None),
+    };
+    root.unused(
+        d,
+        &[
+            ("grpc", "tbgw has no gRPC connectors"),
+            ("logs", "set logging with RUST_LOG"),
+            ("logLevel", "set logging with RUST_LOG"),
+        ],
+    );
+    root.finish(d);
+    Some(GatewayConfig {
+        file: file.to_owned(),
+        thingsboard: thingsboard?,
+        statistics,
+        storage: storage?,
+        connectors,
+        pipeline,
+        cache_dir,
+    })
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into())
+}
+
+fn thingsboard(mut tb: Obj, base: &Path, d: &mut Diagnostics) -> (Option<ClientConfig>, Option<Duration>) {
+    let host = env("TB_GW_HOST").or_else(|| tb.required_string(d, "host").map(str::to_owned));
+    let port = match env("TB_GW_PORT") {
+        Some(p) => p.parse::<u16>().ok().or_else(|| {
+            d.error("TB_GW_PORT", format!("`{p}` is not a port"));
+            None
+        }),
+        None => tb.uint(d, "port", 1..=65535).map(|p| p as u16).or(Some(1883)),
+    };
+    let qos = tb.uint(d, "qos", 0..=1);
+    if qos == Some(0) {
+        d.notice(
+            tb.field("qos"),
+            "tbgw always publishes with QoS 1: an event leaves its store only when ThingsBoard confirms it",
+        );
+    }
+    let max_payload = tb.uint(d, "maxPayloadSizeBytes", 1024..=(64 << 20)).map(|n| n as usize);
+    let statistics = match tb.object(d, "statistics") {
+        Some(mut s) => {
+            let enabled = s.bool(d, "enable").unwrap_or(true);
+            let period = s.uint(d, "statsSendPeriodInSeconds", 1..=86_400).unwrap_or(60);
+            s.unused(
+                d,
+                &[
+                    ("customStatsSendPeriodInSeconds", "tbgw runs no custom statistics commands"),
+                    ("configuration", "tbgw runs no custom statistics commands"),
+                    ("commands", "tbgw runs no custom statistics commands"),
+                ],
+            );
+            s.finish(d);
+            enabled.then(|| Duration::from_secs(period))
+        }
+        None => Some(Duration::from_secs(60)),
+    };
+    let credentials = security(&mut tb, base, d);
+    let why_limits = "tbgw follows the limits ThingsBoard announces for the session (getSessionLimits)";
+    tb.unused(
+        d,
+        &[
+            ("remoteShell", "tbgw has no remote shell"),
+            ("remoteConfiguration", "remote configuration is not implemented yet"),
+            ("latencyDebugMode", "not implemented"),
+            ("deviceFiltering", "not implemented yet"),
+            ("minPackSendDelayMS", "tbgw packs as much as each publish can hold, at once"),
+            ("minPackSizeToSend", "tbgw packs as much as each publish can hold, at once"),
+            ("checkConnectorsConfigurationInSeconds", "changes to connector files apply at the next start"),
+            ("handleDeviceRenaming", "not implemented yet"),
+            ("reportStrategy", "report strategies are not implemented yet: every value is sent"),
+            ("checkingDeviceActivity", "not implemented yet"),
+            ("rateLimits", why_limits),
+            ("dpRateLimits", why_limits),
+            ("messagesRateLimits", why_limits),
+            ("deviceMessagesRateLimits", why_limits),
+            ("deviceRateLimits", why_limits),
+            ("deviceDpRateLimits", why_limits),
+        ],
+    );
+    if tb.has("provisioning") {
+        tb.get("provisioning");
+        d.error(
+            tb.field("provisioning"),
+            "device provisioning is not supported: give the gateway's credentials in security",
+        );
+    }
+    tb.finish(d);
+    let (Some(host), Some(port), Some((credentials, client_id, tls))) = (host, port, credentials) else {
+        return (None, statistics);
+    };
+    let mut c = ClientConfig::new(host, port, credentials);
+    c.client_id = client_id.unwrap_or_else(|| format!("tbgw-{}", hostname()));
+    c.tls = tls;
+    if let Some(max) = max_payload {
+        c.max_payload_bytes = max;
+    }
+    (Some(c), statistics)
+}
+
+type Security = (Credentials, Option<String>, Option<TlsFiles>);
+
+fn security(tb: &mut Obj, base: &Path, d: &mut Diagnostics) -> Option<Security> {
+    let Some(mut s) = tb.object(d, "security") else {
+        if !tb.has("security") {
+            d.error(tb.field("security"), "required: the gateway device's credentials");
+        }
+        return None;
+    };
+    let text = |s: &mut Obj, d: &mut Diagnostics, key: &'static str, var: &str| {
+        env(var).or_else(|| s.string(d, key).map(str::to_owned))
+    };
+    let token = text(&mut s, d, "accessToken", "TB_GW_ACCESS_TOKEN");
+    let username = text(&mut s, d, "username", "TB_GW_USERNAME");
+    let password = text(&mut s, d, "password", "TB_GW_PASSWORD");
+    let client_id = text(&mut s, d, "clientId", "TB_GW_CLIENT_ID");
+    let ca = text(&mut s, d, "caCert", "TB_GW_CA_CERT").map(|p| base.join(p));
+    let cert = text(&mut s, d, "cert", "TB_GW_CERT").map(|p| base.join(p));
+    let key = text(&mut s, d, "privateKey", "TB_GW_PRIVATE_KEY").map(|p| base.join(p));
+    let tls_flag = s.bool(d, "tls").unwrap_or(false);
+    let kind = env("TB_GW_SECURITY_TYPE")
+        .or_else(|| s.string(d, "type").map(str::to_owned))
+        .unwrap_or_else(|| if token.is_some() { "accessToken".into() } else { String::new() });
+    let tls = |needed: bool| {
+        (needed || tls_flag || ca.is_some()).then(|| TlsFiles {
+            ca_cert: ca.clone(),
+            client_cert: cert.clone(),
+            private_key: key.clone(),
+        })
+    };
+    let field = s.field("type");
+    let result = match kind.as_str() {
+        "accessToken" | "tlsAccessToken" => match token {
+            Some(t) => Some((Credentials::AccessToken(Secret::new(t)), client_id, tls(kind == "tlsAccessToken"))),
+            None => {
+                d.error(s.field("accessToken"), "required for token security");
+                None
+            }
+        },
+        "usernamePassword" => {
+            if username.is_none() && client_id.is_none() {
+                d.error(s.field("username"), "usernamePassword needs a username or a clientId");
+            }
+            Some((Credentials::Basic { username, password: password.map(Secret::new) }, client_id, tls(false)))
+        }
+        "tlsPrivateKey" | "x509Certificate" | "x509" => {
+            if cert.is_none() || key.is_none() {
+                d.error(s.field("cert"), "X.509 security needs cert and privateKey");
+            }
+            Some((Credentials::None, client_id, tls(true)))
+        }
+        "" => {
+            d.error(field, "required: accessToken, tlsAccessToken, usernamePassword or tlsPrivateKey");
+            None
+        }
+        other => {
+            d.error(field, format!("unknown security type `{other}`; expected accessToken, tlsAccessToken, usernamePassword or tlsPrivateKey"));
+            None
+        }
+    };
+    s.finish(d);
+    result
+}
+
+fn storage(mut s: Obj, base: &Path, d: &mut Diagnostics) -> Option<StorageConfig> {
+    let kind = s.string(d, "type").unwrap_or("memory").to_owned();
+    let records = s.uint(d, "max_records_count", 1..=u64::MAX);
+    let size_mb = s.uint(d, "max_size_mb", 1..=1 << 30);
+    let when_full = match s.string(d, "when_full") {
+        None | Some("block") => WhenFull::Block,
+        Some("drop_oldest") => WhenFull::DropOldest,
+        Some(other) => {
+            d.error(s.field("when_full"), format!("`{other}`: expected block or drop_oldest"));
+            WhenFull::Block
+        }
+    };
+    let folder = s.string(d, "data_folder_path").map(|p| base.join(p));
+    let fsync = s.string(d, "fsync").unwrap_or("batch").to_owned();
+    let interval = s.uint(d, "fsync_interval_ms", 1..=600_000).unwrap_or(100);
+    let python_file_keys = "a key of the Python gateway's file and sqlite storage";
+    s.unused(
+        d,
+        &[
+            ("read_records_count", "tbgw reads as much as each publish can hold"),
+            ("max_read_records_count", python_file_keys),
+            ("max_file_count", python_file_keys),
+            ("max_records_per_file", python_file_keys),
+            ("data_file_path", python_file_keys),
+            ("messages_ttl_check_in_hours", python_file_keys),
+            ("messages_ttl_in_days", python_file_keys),
+        ],
+    );
+    let result = match kind.as_str() {
+        "memory" => {
+            if s.has("data_folder_path") {
+                d.notice(s.field("data_folder_path"), "not used by the memory storage");
+            }
+            Some(StorageConfig {
+                kind: StorageKind::Memory,
+                limits: StoreLimits {
+                    max_records: records.unwrap_or(100_000),
+                    max_bytes: size_mb.map_or(256 << 20, |m| m << 20),
+                    when_full,
+                },
+            })
+        }
+        "fjall" => {
+            let durability = match fsync.as_str() {
+                "batch" => Some(Durability::PerBatch),
+                "interval" => Some(Durability::Interval(Duration::from_millis(interval))),
+                other => {
+                    d.error(s.field("fsync"), format!("`{other}`: expected batch or interval"));
+                    None
+                }
+            };
+            durability.map(|durability| StorageConfig {
+                kind: StorageKind::Fjall { path: folder.unwrap_or_else(|| base.join("data")), durability },
+                limits: StoreLimits {
+                    max_records: records.unwrap_or(1_000_000),
+                    max_bytes: size_mb.map_or(1 << 30, |m| m << 20),
+                    when_full,
+                },
+            })
+        }
+        "file" | "sqlite" => {
+            d.error(
+                s.field("type"),
+                format!(
+                    "`{kind}` storage is the Python gateway's; use `fjall` (durable, in data_folder_path) or `memory`"
+                ),
+            );
+            None
+        }
+        other => {
+            d.error(s.field("type"), format!("unknown storage type `{other}`; expected fjall or memory"));
+            None
+        }
+    };
+    s.finish(d);
+    result
+}
+
+fn connector(d: &mut Diagnostics, path: &str, item: &Value, base: &Path) -> Option<ConnectorConfig> {
+    let mut c = Obj::new(d, path, item)?;
+    let kind = c.required_string(d, "type").map(str::to_ascii_lowercase);
+    let name = c.required_string(d, "name").map(str::to_owned);
+    let conf_path = c.field("configuration");
+    let document = match c.get("configuration") {
+        Some(Value::String(file)) => {
+            let file = base.join(file);
+            match read_document(&file) {
+                Ok(doc) => Some((doc, file.parent().map(Path::to_path_buf).unwrap_or_default())),
+                Err(e) => {
+                    d.error(&conf_path, e);
+                    None
+                }
+            }
+        }
+        Some(doc @ Value::Object(_)) => Some((doc.clone(), base.to_owned())),
+        Some(other) => {
+            d.error(&conf_path, format!("expected a file name or an object, found {}", tbgw_core::config::kind(other)));
+            None
+        }
+        None => {
+            d.error(&conf_path, "required: a file name (relative to this file) or the configuration itself");
+            None
+        }
+    };
+    c.unused(
+        d,
+        &[
+            ("id", "tbgw names connectors by `name`"),
+            ("class", "tbgw's connectors are built in"),
+            ("enableRemoteLogging", "not implemented"),
+            ("configurationJson", "tbgw reads `configuration`"),
+        ],
+    );
+    c.finish(d);
+    // Read the configuration even when the name is missing, so that its
+    // own problems are reported too.
+    let (kind, (document, conf_base)) = (kind?, document?);
+    let mut inner = Diagnostics::default();
+    let parse_name = name.clone().unwrap_or_else(|| "connector".into());
+    let parsed = match kind.as_str() {
+        "mqtt" => tbgw_connector_mqtt::parse(&document, &conf_base, &parse_name, &mut inner).map(ConnectorKind::Mqtt),
+        other => {
+            d.error(join(path, "type"), format!("the `{other}` connector is not available yet; this tbgw has: mqtt"));
+            None
+        }
+    };
+    d.absorb(&conf_path, inner);
+    Some(ConnectorConfig { name: name?, path: conf_path, kind: parsed? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(yaml: &str) -> (Option<GatewayConfig>, Diagnostics) {
+        let doc = parse_text(yaml, true).unwrap();
+        let mut d = Diagnostics::default();
+        let c = from_document(&doc, Path::new("/etc/tbgw/tb_gateway.yaml"), Path::new("/etc/tbgw"), &mut d);
+        (c, d)
+    }
+
+    #[test]
+    fn the_python_default_file_loads_with_notices() {
+        let text = include_str!("../tests/data/tb_gateway_python_default.json");
+        let doc = parse_text(text, false).unwrap();
+        let mut d = Diagnostics::default();
+        let c = from_document(&doc, Path::new("/x/tb_gateway.json"), Path::new("/x"), &mut d).expect("config");
+        assert!(d.is_ok(), "{:?}", d.errors);
+        assert_eq!(c.thingsboard.host, "thingsboard.cloud");
+        assert_eq!(c.thingsboard.max_payload_bytes, 8196);
+        assert!(matches!(c.storage.kind, StorageKind::Memory));
+        assert_eq!(c.storage.limits.max_records, 100_000);
+        let noticed: Vec<&str> = d.notices.iter().map(|n| n.path.as_str()).collect();
+        for key in ["thingsboard.remoteShell", "thingsboard.rateLimits", "storage.max_file_count", "grpc"] {
+            assert!(noticed.contains(&key), "no notice for {key}: {noticed:?}");
+        }
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_path() {
+        let (_, d) = check(
+            "thingsboard: {hots: x, port: 99999, security: {type: tokn}}\n\
+             storage: {type: sqlite}\n\
+             connectors:\n  - {type: modbus, name: m, configuration: {}}\n  - {type: mqtt, configuration: {broker: {host: h}, mapping: []}}\n",
+        );
+        let errors: Vec<String> = d.errors.iter().map(ToString::to_string).collect();
+        for e in [
+            "thingsboard.host: required",
+            "thingsboard.port: expected a whole number from 1 to 65535, found 99999",
+            "thingsboard.security.type: unknown security type `tokn`; expected accessToken, tlsAccessToken, usernamePassword or tlsPrivateKey",
+            "thingsboard.hots: unknown key; did you mean `host`?",
+            "storage.type: `sqlite` storage is the Python gateway's; use `fjall` (durable, in data_folder_path) or `memory`",
+            "connectors[0].type: the `modbus` connector is not available yet; this tbgw has: mqtt",
+            "connectors[1].name: required",
+            "connectors[1].configuration.mapping: no mapping: the connector would receive nothing",
+        ] {
+            assert!(errors.contains(&e.to_owned()), "missing `{e}` in {errors:#?}");
+        }
+    }
+
+    #[test]
+    fn fjall_storage_and_tls_token_security() {
+        let (c, d) = check(
+            "thingsboard: {host: tb, port: 8883, security: {type: tlsAccessToken, accessToken: T, caCert: ca.pem}}\n\
+             storage: {type: fjall, data_folder_path: ./data/, max_size_mb: 10, when_full: drop_oldest, fsync: interval, fsync_interval_ms: 50}\n\
+             tbgw: {workers: 3}\n",
+        );
+        assert!(d.is_ok(), "{:?}", d.errors);
+        let c = c.unwrap();
+        assert_eq!(
+            c.storage.kind,
+            StorageKind::Fjall {
+                path: "/etc/tbgw/./data/".into(),
+                durability: Durability::Interval(Duration::from_millis(50))
+            }
+        );
+        assert_eq!(
+            c.storage.limits,
+            StoreLimits { max_records: 1_000_000, max_bytes: 10 << 20, when_full: WhenFull::DropOldest }
+        );
+        assert_eq!(c.thingsboard.tls.unwrap().ca_cert, Some("/etc/tbgw/ca.pem".into()));
+        assert_eq!(c.pipeline.workers, 3);
+    }
+}

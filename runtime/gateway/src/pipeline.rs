@@ -1,0 +1,376 @@
+//! The pipeline between connectors and the event store.
+//!
+//! ```text
+//! connectors ─(UplinkSink: bounded queue per worker, by ordering key)─▶ converter workers (OS threads)
+//!            ─(bounded queue)─▶ store writer (one OS thread) ─▶ EventStore::append ─▶ acks, Notify
+//! ```
+//!
+//! - **Converter workers** (about one per core) each own their converter
+//!   instances and take messages in batches: everything queued, up to
+//!   `max_batch`, without waiting, so a batch grows with the load and adds no
+//!   latency when the gateway is idle. A batch is split by converter (route),
+//!   each part converted in one call. Missing timestamps are filled with the
+//!   receipt time. Wasm calls never run on tokio's threads.
+//! - **The store writer** takes every converted batch that is waiting and
+//!   appends their events in one write (group commit), then confirms the
+//!   messages to their sources ([`tbgw_core::connector::Ack`]) and wakes the
+//!   ThingsBoard client. A message that failed to convert is confirmed too:
+//!   it is counted and logged, and retrying it would fail the same way.
+//! - **Order**: a connector sends all messages with the same ordering key
+//!   (an MQTT topic) to the same worker; workers and the writer keep their
+//!   order; so a device's data reaches the store, and ThingsBoard, in the
+//!   order it arrived.
+//! - **Backpressure**: every queue is bounded. When the store blocks (full
+//!   under `when_full: block`), the writer waits, the workers wait, and the
+//!   connectors stop taking messages from their sources.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tbgw_core::Event;
+use tbgw_core::connector::{Ack, RouteId, Uplink, UplinkSink};
+use tbgw_store::{EventStore, StoreError};
+use tbgw_wasm::{UplinkConverter, Worker};
+use tokio::sync::Notify;
+
+/// A converter and the connector it serves.
+pub struct Route {
+    pub connector: Arc<str>,
+    /// Where the route is configured, for messages: `connectors[0].configuration.mapping[1]`.
+    pub origin: String,
+    pub converter: UplinkConverter,
+}
+
+/// Sizes of the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PipelineConfig {
+    pub workers: usize,
+    /// Messages queued per worker.
+    pub queue: usize,
+    /// Messages per conversion batch, at most.
+    pub max_batch: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        PipelineConfig { workers: cores.clamp(1, 4), queue: 4096, max_batch: 256 }
+    }
+}
+
+/// Counters of one route.
+#[derive(Debug, Default)]
+pub struct RouteStats {
+    /// Messages converted.
+    pub converted: AtomicU64,
+    /// Messages that failed to convert.
+    pub failed: AtomicU64,
+    /// Values the converter left out of converted messages.
+    pub dropped_values: AtomicU64,
+    /// Events stored.
+    pub stored: AtomicU64,
+}
+
+/// The running pipeline.
+pub struct Pipeline {
+    sink: Option<UplinkSink>,
+    /// Set by `drain`: workers stop once their queue is empty.
+    draining: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+    writer: Option<JoinHandle<()>>,
+    routes: Arc<[Route]>,
+    stats: Arc<[RouteStats]>,
+}
+
+/// What a worker hands to the writer.
+struct Converted {
+    events: Vec<Event>,
+    /// The route of each event, in order.
+    routes: Vec<RouteId>,
+    acks: Vec<Ack>,
+}
+
+impl Pipeline {
+    pub fn start(
+        routes: Vec<Route>,
+        store: Arc<dyn EventStore>,
+        new_data: Arc<Notify>,
+        config: PipelineConfig,
+    ) -> std::io::Result<Pipeline> {
+        let routes: Arc<[Route]> = routes.into();
+        let stats: Arc<[RouteStats]> = routes.iter().map(|_| RouteStats::default()).collect();
+        let (to_writer, from_workers) = sync_channel::<Converted>(config.workers.max(1) * 4);
+        let mut senders = Vec::new();
+        let mut workers = Vec::new();
+        let draining = Arc::new(AtomicBool::new(false));
+        for i in 0..config.workers.max(1) {
+            let (tx, rx) = flume::bounded::<Uplink>(config.queue.max(1));
+            senders.push(tx);
+            let (routes, stats, to_writer, draining) =
+                (routes.clone(), stats.clone(), to_writer.clone(), draining.clone());
+            let max_batch = config.max_batch.max(1);
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("tbgw-convert-{i}"))
+                    .spawn(move || work(rx, &routes, &stats, to_writer, max_batch, &draining))?,
+            );
+        }
+        drop(to_writer);
+        let writer = {
+            let stats = stats.clone();
+            std::thread::Builder::new()
+                .name("tbgw-store-writer".into())
+                .spawn(move || write(from_workers, &*store, &new_data, &stats))?
+        };
+        Ok(Pipeline { sink: Some(UplinkSink::new(senders)), draining, workers, writer: Some(writer), routes, stats })
+    }
+
+    /// Where connectors put messages.
+    pub fn sink(&self) -> Option<UplinkSink> {
+        self.sink.clone()
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    pub fn stats(&self) -> &[RouteStats] {
+        &self.stats
+    }
+
+    /// Close the intake and wait until everything queued is converted and
+    /// stored (or the store closed). Blocks: call it off the async runtime.
+    /// Connectors stop sending first (stop intake); a message one of them
+    /// still puts in a queue after it emptied stays unconfirmed, and its
+    /// source sends it again.
+    pub fn drain(&mut self) {
+        self.sink = None;
+        self.draining.store(true, Ordering::Relaxed);
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+/// At most one log line of a kind every so often, with the count of the
+/// lines held back.
+struct Quiet {
+    every: Duration,
+    last: Option<Instant>,
+    held: u64,
+}
+
+impl Quiet {
+    fn new(every: Duration) -> Self {
+        Quiet { every, last: None, held: 0 }
+    }
+
+    /// `Some(held back since the last line)` when a line may go out now.
+    fn ready(&mut self) -> Option<u64> {
+        match self.last {
+            Some(t) if t.elapsed() < self.every => {
+                self.held += 1;
+                None
+            }
+            _ => {
+                self.last = Some(Instant::now());
+                Some(std::mem::take(&mut self.held))
+            }
+        }
+    }
+}
+
+fn work(
+    rx: flume::Receiver<Uplink>,
+    routes: &[Route],
+    stats: &[RouteStats],
+    to_writer: SyncSender<Converted>,
+    max_batch: usize,
+    draining: &AtomicBool,
+) {
+    let mut instances: HashMap<RouteId, Worker<tbgw_wasm::Uplink>> = HashMap::new();
+    let mut quiet: HashMap<(RouteId, bool), Quiet> = HashMap::new();
+    loop {
+        let first = match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(u) => u,
+            Err(flume::RecvTimeoutError::Timeout) if draining.load(Ordering::Relaxed) => break,
+            Err(flume::RecvTimeoutError::Timeout) => continue,
+            Err(flume::RecvTimeoutError::Disconnected) => break,
+        };
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(u) => batch.push(u),
+                Err(_) => break,
+            }
+        }
+        // Per route, in arrival order.
+        let mut order: Vec<RouteId> = Vec::new();
+        let mut groups: HashMap<RouteId, Vec<Uplink>> = HashMap::new();
+        for u in batch {
+            let group = groups.entry(u.route).or_insert_with(|| {
+                order.push(u.route);
+                Vec::new()
+            });
+            group.push(u);
+        }
+        let mut out = Converted { events: Vec::new(), routes: Vec::new(), acks: Vec::new() };
+        for route_id in order {
+            let Some(group) = groups.remove(&route_id) else { continue };
+            let Some(route) = routes.get(route_id) else { continue };
+            let st = &stats[route_id];
+            let (raws, acks): (Vec<_>, Vec<_>) = group.into_iter().map(|u| (u.raw, u.ack)).unzip();
+            let instance = instances.entry(route_id).or_insert_with(|| route.converter.worker());
+            for (raw, result) in raws.iter().zip(instance.convert(&raws)) {
+                match result {
+                    Ok(converted) => {
+                        st.converted.fetch_add(1, Ordering::Relaxed);
+                        if let Some(first) = converted.dropped.first() {
+                            st.dropped_values.fetch_add(converted.dropped.len() as u64, Ordering::Relaxed);
+                            if let Some(held) = quiet
+                                .entry((route_id, false))
+                                .or_insert_with(|| Quiet::new(Duration::from_secs(60)))
+                                .ready()
+                            {
+                                tracing::warn!(
+                                    route = %route.origin,
+                                    source = %describe(&raw.source),
+                                    "left out `{}`: {}{}",
+                                    first.key,
+                                    first.reason,
+                                    more(converted.dropped.len() - 1, held)
+                                );
+                            }
+                        }
+                        for mut update in converted.updates {
+                            for t in &mut update.telemetry {
+                                t.ts.get_or_insert(raw.received_at);
+                            }
+                            update.telemetry.retain(|t| !t.values.is_empty());
+                            if update.telemetry.is_empty() && update.attributes.is_empty() {
+                                continue;
+                            }
+                            out.events.push(Event { connector: route.connector.to_string(), update });
+                            out.routes.push(route_id);
+                        }
+                    }
+                    Err(e) => {
+                        st.failed.fetch_add(1, Ordering::Relaxed);
+                        if let Some(held) =
+                            quiet.entry((route_id, true)).or_insert_with(|| Quiet::new(Duration::from_secs(10))).ready()
+                        {
+                            tracing::warn!(
+                                route = %route.origin,
+                                source = %describe(&raw.source),
+                                "message not converted: {e}{}",
+                                more(0, held)
+                            );
+                        }
+                    }
+                }
+            }
+            out.acks.extend(acks.into_iter().flatten());
+        }
+        if to_writer.send(out).is_err() {
+            break;
+        }
+    }
+}
+
+fn more(here: usize, held: u64) -> String {
+    let mut s = String::new();
+    if here > 0 {
+        s.push_str(&format!(" (and {here} more values of this message)"));
+    }
+    if held > 0 {
+        s.push_str(&format!(" ({held} more such messages since the last report)"));
+    }
+    s
+}
+
+fn describe(source: &tbgw_core::Source) -> String {
+    match source {
+        tbgw_core::Source::Topic(t) => format!("topic {t}"),
+        other => format!("{other:?}"),
+    }
+}
+
+/// How many events one append takes at most.
+const MAX_APPEND: usize = 2048;
+
+fn write(rx: Receiver<Converted>, store: &dyn EventStore, new_data: &Notify, stats: &[RouteStats]) {
+    let mut errors = Quiet::new(Duration::from_secs(60));
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        let mut n = group[0].events.len();
+        while n < MAX_APPEND {
+            match rx.try_recv() {
+                Ok(c) => {
+                    n += c.events.len();
+                    group.push(c);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut events = Vec::with_capacity(n);
+        let mut routes = Vec::with_capacity(n);
+        let mut acks = Vec::new();
+        for c in group {
+            events.extend(c.events);
+            routes.extend(c.routes);
+            acks.extend(c.acks);
+        }
+        if append_all(store, &events, &mut errors).is_err() {
+            // The store closed (the gateway is stopping): these messages are
+            // not confirmed, their sources send them again at the next start.
+            tracing::info!(
+                "the event store closed; {} messages left unconfirmed for their sources to resend",
+                acks.len()
+            );
+            return;
+        }
+        for r in routes {
+            if let Some(s) = stats.get(r) {
+                s.stored.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        new_data.notify_one();
+        for ack in acks {
+            ack.confirm();
+        }
+    }
+}
+
+/// Append `events`, in pieces the store accepts, retrying on errors until
+/// it works or the store is closed.
+fn append_all(store: &dyn EventStore, events: &[Event], errors: &mut Quiet) -> Result<(), ()> {
+    let mut piece = MAX_APPEND;
+    let mut rest = events;
+    while !rest.is_empty() {
+        let take = piece.min(rest.len());
+        match store.append(&rest[..take]) {
+            Ok(_) => rest = &rest[take..],
+            Err(StoreError::Closed) => return Err(()),
+            Err(StoreError::TooLarge { .. }) if take > 1 => piece = (take / 2).max(1),
+            Err(StoreError::TooLarge { bytes, max_bytes, .. }) => {
+                tracing::error!(
+                    "an event of {bytes} bytes is larger than the whole store ({max_bytes} bytes): dropped"
+                );
+                rest = &rest[1..];
+            }
+            Err(e) => {
+                if let Some(held) = errors.ready() {
+                    tracing::error!("appending to the event store failed: {e}; retrying{}", more(0, held));
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+    Ok(())
+}
