@@ -186,6 +186,10 @@ impl Received {
 pub struct Collector {
     client: rumqttc::AsyncClient,
     received: Arc<Mutex<Vec<Received>>>,
+    /// Publishes made, and PUBACKs received: a publish is only done when the
+    /// broker has it, or dropping the collector would lose what is queued.
+    published: std::sync::atomic::AtomicU64,
+    acked: Arc<std::sync::atomic::AtomicU64>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -234,6 +238,8 @@ impl Collector {
         let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10_000);
         let received = Arc::new(Mutex::new(Vec::new()));
         let sink = received.clone();
+        let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let acks = acked.clone();
         let (subscribed_tx, subscribed_rx) = std::sync::mpsc::channel();
         let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
         let subscriber = client.clone();
@@ -256,6 +262,9 @@ impl Collector {
                             let _ = subscribed_tx.send(());
                         }
                     }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                        acks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
                         let received = Received { topic: p.topic, payload: p.payload.to_vec() };
                         if let Some((topic, payload)) = respond(&received) {
@@ -269,17 +278,36 @@ impl Collector {
             }
         });
         subscribed_rx.recv_timeout(Duration::from_secs(10)).expect("collector connected and subscribed");
-        Collector { client, received, _runtime: runtime }
+        Collector { client, received, published: 0.into(), acked, _runtime: runtime }
     }
 
-    /// Publish (QoS 1) and wait until it is handed to the client.
+    /// Publish (QoS 1) and wait until the broker has it (PUBACK).
     pub fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.publish_many([(topic.to_owned(), payload.into())]);
+    }
+
+    /// Publish many messages (QoS 1), in order, and wait until the broker
+    /// has them all (PUBACKs).
+    pub fn publish_many(&self, messages: impl IntoIterator<Item = (String, Vec<u8>)>) {
+        use std::sync::atomic::Ordering::SeqCst;
         let client = self.client.clone();
-        let topic = topic.to_owned();
-        let payload = payload.into();
-        self._runtime
-            .block_on(async move { client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload).await })
-            .expect("publish");
+        let messages: Vec<_> = messages.into_iter().collect();
+        self.published.fetch_add(messages.len() as u64, SeqCst);
+        self._runtime.block_on(async move {
+            for (topic, payload) in messages {
+                client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload).await.expect("publish");
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.acked.load(SeqCst) < self.published.load(SeqCst) {
+            assert!(
+                Instant::now() < deadline,
+                "the broker acknowledged {} of {} publishes within 60 s",
+                self.acked.load(SeqCst),
+                self.published.load(SeqCst)
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// Everything received so far.

@@ -151,6 +151,24 @@ fn broker(mut b: Obj, base_dir: &Path, name: &str, d: &mut Diagnostics) -> Optio
     let clean_session = b.bool(d, "cleanSession").unwrap_or(true);
     let clean_start = b.bool(d, "cleanStart").unwrap_or(true);
     let session_expiry_interval = b.uint(d, "sessionExpiryInterval", 0..=u64::from(u32::MAX)).unwrap_or(0) as u32;
+    // Each version has its own key for a persistent session; a file that sets
+    // only the other version's key would silently get a clean session and
+    // lose what devices publish while tbgw is down.
+    match version {
+        MqttVersion::V311 if !clean_start && b.get("cleanSession").is_none() => d.notice(
+            b.field("cleanStart"),
+            "cleanStart is MQTT 5's key; with version 4 the session is persistent only with cleanSession: false",
+        ),
+        MqttVersion::V5 if !clean_session && b.get("cleanStart").is_none() => d.notice(
+            b.field("cleanSession"),
+            "cleanSession is MQTT 3.1.1's key; with version 5 the session is persistent only with cleanStart: false",
+        ),
+        MqttVersion::V5 if !clean_start && session_expiry_interval == 0 => d.notice(
+            b.field("sessionExpiryInterval"),
+            "0: the broker ends the session when the connection closes; set it (seconds) to keep messages across a restart",
+        ),
+        _ => {}
+    }
     let keep_alive = Duration::from_secs(b.uint(d, "keepAlive", 5..=65535).unwrap_or(60));
     let receive_maximum = b.uint(d, "receiveMaximum", 1..=65535).unwrap_or(1000) as u16;
     b.unused(
@@ -352,6 +370,28 @@ mod tests {
         ] {
             assert!(errors.contains(&expected.to_owned()), "missing `{expected}` in {errors:#?}");
         }
+    }
+
+    #[test]
+    fn a_persistent_session_key_of_the_other_version_is_pointed_out() {
+        let with = |broker: &str| {
+            let (cfg, d) = parse_str(&format!(
+                r#"{{"broker":{{"host":"h",{broker}}},"mapping":[{{"topicFilter":"t","converter":{{"type":"json"}}}}]}}"#
+            ));
+            let notices: Vec<String> = d.notices.iter().map(|n| n.path.clone()).collect();
+            (cfg.unwrap().broker, notices)
+        };
+        let (b, notices) = with(r#""version":4,"cleanStart":false"#);
+        assert!(b.clean_session, "3.1.1 reads cleanSession only");
+        assert_eq!(notices, ["broker.cleanStart"]);
+        let (_, notices) = with(r#""version":5,"cleanSession":false"#);
+        assert_eq!(notices, ["broker.cleanSession"]);
+        let (_, notices) = with(r#""version":5,"cleanStart":false"#);
+        assert_eq!(notices, ["broker.sessionExpiryInterval"]);
+        let (b, notices) = with(r#""version":4,"cleanSession":false"#);
+        assert!(!b.clean_session && notices.is_empty(), "{notices:?}");
+        let (b, notices) = with(r#""version":5,"cleanStart":false,"sessionExpiryInterval":600"#);
+        assert!(!b.clean_start && b.session_expiry_interval == 600 && notices.is_empty(), "{notices:?}");
     }
 
     #[test]

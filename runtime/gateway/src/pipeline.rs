@@ -340,6 +340,7 @@ fn write(rx: Receiver<Converted>, store: &dyn EventStore, new_data: &Notify, sta
                 s.stored.fetch_add(1, Ordering::Relaxed);
             }
         }
+        tracing::debug!(events = events.len(), acks = acks.len(), "stored");
         new_data.notify_one();
         for ack in acks {
             ack.confirm();

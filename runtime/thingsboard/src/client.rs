@@ -628,6 +628,7 @@ impl Delivery {
             return Ok(false);
         };
         self.next_read = Some(last + 1);
+        tracing::debug!(from, first, last, events = events.len(), "read a chunk from the store");
 
         // New devices: remember them, and connect them before their data.
         let mut new_records = Vec::new();
@@ -700,6 +701,7 @@ impl Delivery {
     async fn complete(&mut self, id: u64) {
         let Some(chunk) = self.chunks.remove(&id) else { return };
         let seqs = chunk.seqs.clone();
+        tracing::debug!(?seqs, "chunk delivered");
         if let Err(e) = self.blocking(move |st| st.remove(seqs)).await {
             // They go again after the next restart: a duplicate, not a loss.
             tracing::error!("removing delivered events {:?} from the store failed: {e}", chunk.seqs);

@@ -1,0 +1,193 @@
+//! Running the real `tbgw` process for end-to-end scenarios: configuration
+//! files in a temporary directory, the process started and stopped (politely
+//! or with SIGKILL), its log kept for failure messages.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tbgw_test_support::Received;
+
+/// Compiled converters shared by every gateway of a test binary.
+pub fn shared_cache() -> &'static Path {
+    static CACHE: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    CACHE.get_or_init(|| tempfile::tempdir().expect("tempdir")).path()
+}
+
+/// The MQTT connector config: devices publish JSON on `sensor/<device>/data`.
+///
+/// MQTT 3.1.1 towards the devices' broker: mosquitto 2.0.11 (Debian
+/// bookworm's) delivers QoS 1 messages to an MQTT 5 subscriber out of order
+/// once its receive-maximum quota fills (fixed in mosquitto 2.0.13), which
+/// the ordering test would catch as tbgw's fault.
+pub fn mqtt_json(source_port: u16, client_id: &str) -> String {
+    format!(
+        r#"{{
+  "broker": {{"host": "127.0.0.1", "port": {source_port}, "clientId": "{client_id}", "version": 4,
+             "cleanSession": false, "sessionExpiryInterval": 3600, "receiveMaximum": 200,
+             "security": {{"type": "anonymous"}}}},
+  "mapping": [{{
+    "topicFilter": "sensor/+/data", "subscriptionQos": 1,
+    "converter": {{"type": "json",
+      "deviceInfo": {{"deviceNameExpressionSource": "topic", "deviceNameExpression": "(?<=sensor/)(.*?)(?=/data)",
+                     "deviceProfileExpressionSource": "constant", "deviceProfileExpression": "thermometer"}},
+      "timeseries": [{{"type": "integer", "key": "seq", "value": "${{seq}}"}},
+                     {{"type": "double", "key": "temperature", "value": "${{temp}}"}}]}}
+  }}]
+}}"#
+    )
+}
+
+/// A gateway config: ThingsBoard on `tb_port`, a fjall store in `dir`.
+pub fn gateway_yaml(tb_port: u16, dir: &Path, stats_secs: u64) -> String {
+    format!(
+        "thingsboard:\n  host: 127.0.0.1\n  port: {tb_port}\n  security: {{type: accessToken, accessToken: test-token}}\n  \
+         statistics: {{enable: true, statsSendPeriodInSeconds: {stats_secs}}}\n\
+         storage:\n  type: fjall\n  data_folder_path: {data}\n  fsync: interval\n  fsync_interval_ms: 100\n\
+         connectors:\n  - {{type: mqtt, name: Devices, configuration: mqtt.json}}\n\
+         tbgw:\n  cacheDir: {cache}\n",
+        data = dir.join("data").display(),
+        cache = shared_cache().display(),
+    )
+}
+
+/// The `tbgw` process.
+pub struct Gateway {
+    pub dir: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+    starts: usize,
+}
+
+impl Gateway {
+    /// Write the configuration into `dir` and start `tbgw run`.
+    pub fn start(dir: &Path, gateway_yaml: &str, mqtt_json: &str) -> Gateway {
+        std::fs::write(dir.join("tb_gateway.yaml"), gateway_yaml).expect("write config");
+        std::fs::write(dir.join("mqtt.json"), mqtt_json).expect("write config");
+        let mut g = Gateway { dir: dir.to_owned(), child: None, log: dir.join("tbgw.log"), starts: 0 };
+        g.spawn();
+        g
+    }
+
+    /// Start the process again (after a stop or a kill), with the same files.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        self.starts += 1;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_tbgw"))
+            .args(["run", "--config"])
+            .arg(self.dir.join("tb_gateway.yaml"))
+            .env(
+                "RUST_LOG",
+                std::env::var("TBGW_E2E_LOG").unwrap_or_else(|_| "info,rumqttc=warn,fjall=warn,lsm_tree=warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start tbgw");
+        self.child = Some(child);
+        // Both sides connected: the gateway is ready.
+        let starts = self.starts;
+        self.wait_for_log(Duration::from_secs(60), "a ready gateway", |log| {
+            let run = log.split("tbgw 0.1.0 started").nth(starts).unwrap_or("");
+            run.contains("connected to ThingsBoard") && run.contains("connected to the MQTT broker")
+        });
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn wait_for_log(&mut self, timeout: Duration, what: &str, done: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            if done(&log) {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("tbgw exited ({status}) while waiting for {what}:\n{log}");
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{log}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and wait for the orderly stop.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = c.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("tbgw did not stop within 30 s of SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            // The gateway's side of the failure.
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!("--- the last lines of the tbgw log ---\n{}", lines[lines.len().saturating_sub(80)..].join("\n"));
+            // The whole log outlives the temporary directory.
+            let name = std::thread::current().name().unwrap_or("e2e").replace("::", "-");
+            let kept = std::env::temp_dir().join(format!("tbgw-failed-{name}.log"));
+            if std::fs::write(&kept, &log).is_ok() {
+                eprintln!("--- the whole log: {} ---", kept.display());
+            }
+        }
+    }
+}
+
+/// Every telemetry reading ThingsBoard received, as (device, seq, temperature).
+pub fn readings(received: &[Received]) -> Vec<(String, i64, f64)> {
+    let mut out = Vec::new();
+    for r in received.iter().filter(|r| r.topic == "v1/gateway/telemetry") {
+        let doc: serde_json::Value = serde_json::from_slice(&r.payload).expect("telemetry is JSON");
+        for (device, entries) in doc.as_object().expect("an object of devices") {
+            for e in entries.as_array().expect("an array of readings") {
+                let v = &e["values"];
+                assert!(e["ts"].as_i64().is_some(), "a reading without ts: {e}");
+                out.push((
+                    device.clone(),
+                    v["seq"].as_i64().unwrap_or(-1),
+                    v["temperature"].as_f64().unwrap_or(f64::NAN),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The temperature device `d` reports with message `seq`.
+pub fn temperature(d: usize, seq: usize) -> f64 {
+    (d * 1000 + seq) as f64 / 10.0
+}
+
+/// The message device `d` publishes as number `seq`.
+pub fn message(d: usize, seq: usize) -> String {
+    format!(r#"{{"seq":{seq},"temp":{}}}"#, temperature(d, seq))
+}
+
+pub fn device(d: usize) -> String {
+    format!("dev-{d:03}")
+}

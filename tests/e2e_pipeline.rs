@@ -1,0 +1,198 @@
+//! End to end, with the real `tbgw` process between two real brokers
+//! (mosquitto): devices publish on one, ThingsBoard's side is the other.
+//! What ThingsBoard receives is checked reading by reading.
+
+#[path = "e2e_common/mod.rs"]
+mod common;
+
+use common::{Gateway, device, gateway_yaml, message, mqtt_json, readings, temperature};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tbgw_test_support::{Collector, Mosquitto};
+
+/// Count each (device, seq) reading; check every value.
+fn tally(got: &[(String, i64, f64)]) -> HashMap<(String, i64), usize> {
+    let mut seen = HashMap::new();
+    for (dev, seq, temp) in got {
+        let d: usize = dev.trim_start_matches("dev-").parse().expect("a device of ours");
+        assert_eq!(*temp, temperature(d, *seq as usize), "{dev} seq {seq} arrived with a wrong value");
+        *seen.entry((dev.clone(), *seq)).or_default() += 1;
+    }
+    seen
+}
+
+fn all_present(seen: &HashMap<(String, i64), usize>, devices: usize, per_device: usize) -> bool {
+    (0..devices).all(|d| (0..per_device).all(|s| seen.contains_key(&(device(d), s as i64))))
+}
+
+#[test]
+fn ten_thousand_messages_from_a_hundred_devices_arrive_exactly() {
+    let (tb, source) = (Mosquitto::start_new(), Mosquitto::start_new());
+    let thingsboard = Collector::connect(tb.port, "tb", &["v1/gateway/#"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _gw = Gateway::start(dir.path(), &gateway_yaml(tb.port, dir.path(), 60), &mqtt_json(source.port, "gw-10k"));
+
+    let devices = Collector::connect(source.port, "devices", &[]);
+    devices.publish_many(
+        (0..100).flat_map(|seq| {
+            (0..100).map(move |d| (format!("sensor/{}/data", device(d)), message(d, seq).into_bytes()))
+        }),
+    );
+    let got = thingsboard.wait_until(Duration::from_secs(120), "10,000 readings", |r| readings(r).len() >= 10_000);
+    let r = readings(&got);
+    assert_eq!(r.len(), 10_000, "a reading was invented or duplicated");
+    let seen = tally(&r);
+    assert!(all_present(&seen, 100, 100), "a reading is missing");
+    // Each device's readings in the order they were published.
+    for d in 0..100 {
+        let seqs: Vec<i64> = r.iter().filter(|(dev, _, _)| *dev == device(d)).map(|(_, s, _)| *s).collect();
+        assert_eq!(seqs, (0..100).collect::<Vec<_>>(), "{} out of order", device(d));
+    }
+    // ThingsBoard's gateway API: every device connected with its profile.
+    for d in 0..100 {
+        let connect = format!(r#"{{"device":"{}","type":"thermometer"}}"#, device(d));
+        assert!(
+            got.iter().any(|m| m.topic == "v1/gateway/connect" && m.text() == connect),
+            "no connect for {}",
+            device(d)
+        );
+    }
+}
+
+#[test]
+fn a_thingsboard_outage_under_load_loses_nothing() {
+    let (mut tb, source) = (Mosquitto::start_new(), Mosquitto::start_new());
+    let thingsboard = Collector::connect(tb.port, "tb-outage", &["v1/gateway/telemetry"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _gw = Gateway::start(dir.path(), &gateway_yaml(tb.port, dir.path(), 60), &mqtt_json(source.port, "gw-outage"));
+
+    // 20 devices publish for about 14 s while ThingsBoard is away for 10 of them.
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let stop = stop.clone();
+        let port = source.port;
+        std::thread::spawn(move || {
+            let devices = Collector::connect(port, "devices-outage", &[]);
+            let mut seq = 0;
+            while !stop.load(Ordering::Relaxed) {
+                devices.publish_many(
+                    (0..20).map(|d| (format!("sensor/{}/data", device(d)), message(d, seq).into_bytes())),
+                );
+                seq += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            seq
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    tb.stop();
+    std::thread::sleep(Duration::from_secs(10));
+    tb.start();
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let per_device = publisher.join().expect("publisher");
+    assert!(per_device > 100, "the load was too light: {per_device} messages per device");
+
+    let got = thingsboard.wait_until(Duration::from_secs(120), "every reading after the outage", |r| {
+        all_present(&tally(&readings(r)), 20, per_device)
+    });
+    let r = readings(&got);
+    let seen = tally(&r);
+    assert_eq!(seen.len(), 20 * per_device, "readings that were never published");
+    let duplicates = r.len() - seen.len();
+    println!("outage: {} readings, {duplicates} duplicates", r.len());
+}
+
+#[test]
+fn a_killed_gateway_loses_no_qos1_message() {
+    let (tb, source) = (Mosquitto::start_new(), Mosquitto::start_new());
+    let thingsboard = Collector::connect(tb.port, "tb-kill", &["v1/gateway/telemetry"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut gw = Gateway::start(dir.path(), &gateway_yaml(tb.port, dir.path(), 60), &mqtt_json(source.port, "gw-kill"));
+
+    const DEVICES: usize = 30;
+    const PER_DEVICE: usize = 150;
+    let publisher = {
+        let port = source.port;
+        std::thread::spawn(move || {
+            let devices = Collector::connect(port, "devices-kill", &[]);
+            for seq in 0..PER_DEVICE {
+                devices.publish_many(
+                    (0..DEVICES).map(|d| (format!("sensor/{}/data", device(d)), message(d, seq).into_bytes())),
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    // Kill it in the middle of the stream, while messages are in flight.
+    thingsboard.wait_until(Duration::from_secs(60), "the stream to be flowing", |r| readings(r).len() > 800);
+    gw.kill();
+    std::thread::sleep(Duration::from_secs(1));
+    gw.spawn();
+    publisher.join().expect("publisher");
+
+    let got = thingsboard.wait_until(Duration::from_secs(120), "every published reading", |r| {
+        all_present(&tally(&readings(r)), DEVICES, PER_DEVICE)
+    });
+    let r = readings(&got);
+    let seen = tally(&r);
+    assert_eq!(seen.len(), DEVICES * PER_DEVICE, "readings that were never published");
+    let duplicates = r.len() - seen.len();
+    println!("kill -9: {} readings, {duplicates} duplicates", r.len());
+    // At most what was in flight: messages received but not yet
+    // acknowledged (receiveMaximum 200), and publishes not yet confirmed by
+    // ThingsBoard (window 100 publishes, a few hundred readings each here).
+    assert!(duplicates <= 200 + DEVICES * PER_DEVICE / 2, "{duplicates} duplicates");
+    let log = gw.log();
+    assert!(log.contains("events waiting for delivery"), "{log}");
+}
+
+#[test]
+fn bad_messages_are_counted_and_the_rest_flows() {
+    let (tb, source) = (Mosquitto::start_new(), Mosquitto::start_new());
+    let thingsboard = Collector::connect(tb.port, "tb-bad", &["v1/gateway/telemetry", "v1/devices/me/telemetry"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut gw = Gateway::start(dir.path(), &gateway_yaml(tb.port, dir.path(), 1), &mqtt_json(source.port, "gw-bad"));
+    let devices = Collector::connect(source.port, "devices-bad", &[]);
+    let mut messages = Vec::new();
+    for seq in 0..30 {
+        messages.push((format!("sensor/{}/data", device(1)), message(1, seq).into_bytes()));
+        if seq % 10 == 0 {
+            messages.push((format!("sensor/{}/data", device(2)), b"not json at all".to_vec()));
+            messages.push((format!("sensor/{}/data", device(3)), b"[1, 2, 3]".to_vec()));
+            messages.push((format!("sensor/{}/data", device(4)), br#"{"seq":"x","temp":"warm"}"#.to_vec()));
+        }
+    }
+    devices.publish_many(messages);
+    // Statistics once everything is through: 30 stored and delivered.
+    let settled = |m: &tbgw_test_support::Received| {
+        m.topic == "v1/devices/me/telemetry"
+            && [r#""DevicesEventsStored":30"#, r#""DevicesEventsSent":30"#, r#""DevicesConversionErrors":6"#]
+                .iter()
+                .all(|k| m.text().contains(k))
+    };
+    let got =
+        thingsboard.wait_until(Duration::from_secs(60), "the good readings and statistics counting the bad", |r| {
+            readings(r).iter().filter(|(d, _, _)| *d == device(1)).count() >= 30 && r.iter().any(settled)
+        });
+    let r = readings(&got);
+    tally(&r);
+    assert_eq!(r.iter().filter(|(d, _, _)| *d == device(1)).count(), 30, "dev-001: every good reading, once");
+    assert!(!r.iter().any(|(d, _, _)| *d == device(2) || *d == device(3)), "a bad message produced data");
+    // dev-004's values do not convert: dropped, counted, the message kept.
+    let stats = got.iter().find(|m| settled(m)).expect("statistics").text();
+    let stats: serde_json::Value = serde_json::from_str(&stats).expect("statistics JSON");
+    // 39 messages received; 33 converted (dev-004's are JSON, with values
+    // that do not convert: those 6 values are dropped and counted); the 6
+    // that are not objects of values are conversion errors.
+    assert_eq!(stats["DevicesEventsProduced"], 39, "{stats}");
+    assert_eq!(stats["DevicesMessagesConverted"], 33, "{stats}");
+    assert_eq!(stats["DevicesConversionErrors"], 6, "{stats}");
+    assert_eq!(stats["DevicesValuesDropped"], 6, "{stats}");
+    let log = gw.log();
+    assert!(log.contains("payload is not valid JSON"), "the failure is logged with its reason:\n{log}");
+    assert!(gw.stop().success(), "an orderly stop");
+    assert!(gw.log().contains("stopped after"), "{}", gw.log());
+}
