@@ -257,6 +257,19 @@ fn mapping(d: &mut Diagnostics, path: &str, item: &Value, base_dir: &Path) -> Op
             match kind.as_str() {
                 "custom" => {
                     let extension = c.required_string(d, "extension");
+                    if let Some(e) = extension
+                        && !e.ends_with(".wasm")
+                    {
+                        // The Python gateway names a Python class here.
+                        d.error(
+                            c.field("extension"),
+                            format!(
+                                "`{e}` is not a .wasm file: tbgw runs converters compiled to WebAssembly \
+                                 components (see guest-converters/), not Python classes"
+                            ),
+                        );
+                    }
+                    let extension = extension.filter(|e| e.ends_with(".wasm"));
                     let config = config_of(c.get("extensionConfig"));
                     c.unused(d, &[("cached", "tbgw always reuses converter instances")]);
                     c.finish(d);
@@ -356,7 +369,8 @@ mod tests {
     fn reports_every_error_by_path() {
         let (_, d) = parse_str(
             r#"{"broker":{"prot":1883,"security":{"type":"weird"}},
-              "mapping":[{"topicFilter":"a/#/b","converter":{"type":"json"}},{"subscriptionQos":7}]}"#,
+              "mapping":[{"topicFilter":"a/#/b","converter":{"type":"json"}},{"subscriptionQos":7},
+                {"topicFilter":"c","converter":{"type":"custom","extension":"CustomMqttUplinkConverter"}}]}"#,
         );
         let errors: Vec<String> = d.errors.iter().map(ToString::to_string).collect();
         for expected in [
@@ -367,6 +381,8 @@ mod tests {
             "mapping[1].topicFilter: required",
             "mapping[1].subscriptionQos: expected a whole number from 0 to 2, found 7",
             "mapping[1].converter: required",
+            "mapping[2].converter.extension: `CustomMqttUplinkConverter` is not a .wasm file: tbgw runs converters \
+             compiled to WebAssembly components (see guest-converters/), not Python classes",
         ] {
             assert!(errors.contains(&expected.to_owned()), "missing `{expected}` in {errors:#?}");
         }

@@ -2,6 +2,8 @@
 //!
 //! - [`config`]: the gateway's configuration file (the ThingsBoard gateway's
 //!   format), every problem reported by path.
+//! - [`demo`]: `tbgw demo`: an embedded broker, a device simulator and a
+//!   stand-in for ThingsBoard around the real gateway.
 //! - [`converters`]: how configs name converters (a built-in name or a
 //!   `.wasm` path) and how the converter runtime is set up for this machine.
 //! - [`pipeline`]: converter threads and the store writer, between the
@@ -13,5 +15,6 @@
 
 pub mod config;
 pub mod converters;
+pub mod demo;
 pub mod pipeline;
 pub mod service;

@@ -20,6 +20,9 @@ struct Cli {
 enum Command {
     /// Run the gateway with a configuration file, until SIGINT or SIGTERM.
     Run(cli::run::RunArgs),
+    /// Watch the gateway at work without ThingsBoard: an embedded broker,
+    /// simulated devices and the real pipeline, until Ctrl-C.
+    Demo(cli::demo::Args),
     /// Check a configuration file (and its converters) without starting.
     CheckConfig(cli::run::CheckArgs),
     /// Try converters on sample messages, and inspect converter components.
@@ -37,9 +40,14 @@ enum ConverterCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli::init_logging(matches!(cli.command, Command::Run(_)));
+    cli::init_logging(match cli.command {
+        Command::Run(_) => cli::Logging::Service,
+        Command::Demo(_) => cli::Logging::Demo,
+        _ => cli::Logging::Tool,
+    });
     match cli.command {
         Command::Run(args) => cli::run::run(args),
+        Command::Demo(args) => cli::demo::run(args),
         Command::CheckConfig(args) => cli::run::check(args),
         Command::Converter(ConverterCommand::Test(args)) => cli::converter_test::run(args),
         Command::Converter(ConverterCommand::Inspect(args)) => cli::inspect::run(args),

@@ -37,3 +37,30 @@ fn every_example_converter_config_loads() {
     }
     assert!(checked >= 2, "found only {checked} example configs");
 }
+
+/// Every gateway config in `config/` (a file with a `thingsboard` section)
+/// passes `tbgw check-config`, converters included.
+#[test]
+fn every_example_gateway_config_passes_check_config() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../config");
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("config/") {
+        let path = entry.expect("entry").path();
+        let Some(doc) = tbgw::config::read_document(&path).ok() else { continue };
+        if doc.get("thingsboard").is_none() {
+            continue;
+        }
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tbgw"))
+            .arg("check-config")
+            .arg(&path)
+            .output()
+            .expect("run tbgw check-config");
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{}:\n{stdout}{stderr}", path.display());
+        assert!(stdout.contains(": OK ("), "{stdout}");
+        assert!(!stderr.contains("error:"), "{stderr}");
+        checked.push(path.file_name().unwrap_or_default().to_string_lossy().into_owned());
+    }
+    checked.sort();
+    assert_eq!(checked, ["tb_gateway.json", "tb_gateway.yaml"], "the gateway configs of config/");
+}

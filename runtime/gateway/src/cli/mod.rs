@@ -2,6 +2,7 @@
 //! share: logging set-up, the converter runtime options, exit codes.
 
 pub mod converter_test;
+pub mod demo;
 pub mod inspect;
 pub mod run;
 
@@ -19,14 +20,23 @@ pub const SOME_FAILED: u8 = 1;
 /// The command could not run.
 pub const UNUSABLE: u8 = 2;
 
-/// Logs go to stderr, so that stdout carries only results. `RUST_LOG`
-/// overrides the defaults: for the tools, warnings and what converters log;
-/// for the service, information, with times.
-pub fn init_logging(service: bool) {
-    let default = if service {
-        "info,rumqttc=warn,fjall=warn,lsm_tree=warn,wasmtime=warn,cranelift_codegen=warn"
-    } else {
-        "warn,tbgw_wasm::host=info"
+/// Which defaults logging starts with (`RUST_LOG` overrides them).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Logging {
+    /// The tools: warnings and what converters log.
+    Tool,
+    /// The service: information, with times.
+    Service,
+    /// The demo: the view on stdout is the show; the gateway says little.
+    Demo,
+}
+
+/// Logs go to stderr, so that stdout carries only results.
+pub fn init_logging(kind: Logging) {
+    let default = match kind {
+        Logging::Service => "info,rumqttc=warn,fjall=warn,lsm_tree=warn,wasmtime=warn,cranelift_codegen=warn",
+        Logging::Demo => "warn,tbgw::service=info",
+        Logging::Tool => "warn,tbgw_wasm::host=info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -34,7 +44,7 @@ pub fn init_logging(service: bool) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    if service { builder.init() } else { builder.without_time().with_target(false).init() }
+    if kind == Logging::Tool { builder.without_time().with_target(false).init() } else { builder.init() }
 }
 
 /// Standard output for results. When the reader goes away (`| head`), the
