@@ -188,7 +188,7 @@ pub struct Collector {
     received: Arc<Mutex<Vec<Received>>>,
     /// Publishes made, and PUBACKs received: a publish is only done when the
     /// broker has it, or dropping the collector would lose what is queued.
-    published: std::sync::atomic::AtomicU64,
+    published: Arc<std::sync::atomic::AtomicU64>,
     acked: Arc<std::sync::atomic::AtomicU64>,
     _runtime: tokio::runtime::Runtime,
 }
@@ -240,6 +240,8 @@ impl Collector {
         let sink = received.clone();
         let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let acks = acked.clone();
+        let published = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let responses = published.clone();
         let (subscribed_tx, subscribed_rx) = std::sync::mpsc::channel();
         let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
         let subscriber = client.clone();
@@ -268,6 +270,7 @@ impl Collector {
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
                         let received = Received { topic: p.topic, payload: p.payload.to_vec() };
                         if let Some((topic, payload)) = respond(&received) {
+                            responses.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                             let _ = subscriber.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload).await;
                         }
                         sink.lock().unwrap().push(received);
@@ -278,7 +281,7 @@ impl Collector {
             }
         });
         subscribed_rx.recv_timeout(Duration::from_secs(10)).expect("collector connected and subscribed");
-        Collector { client, received, published: 0.into(), acked, _runtime: runtime }
+        Collector { client, received, published, acked, _runtime: runtime }
     }
 
     /// Publish (QoS 1) and wait until the broker has it (PUBACK).
