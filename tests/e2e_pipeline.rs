@@ -196,3 +196,65 @@ fn bad_messages_are_counted_and_the_rest_flows() {
     assert!(gw.stop().success(), "an orderly stop");
     assert!(gw.log().contains("stopped after"), "{}", gw.log());
 }
+
+/// A ThingsBoard gateway user's files, in the Python gateway's JSON shape
+/// with its keys tbgw has no use for, run unchanged (memory storage, MQTT 5).
+#[test]
+fn a_python_gateway_users_files_run_unchanged() {
+    let (tb, source) = (Mosquitto::start_new(), Mosquitto::start_new());
+    let thingsboard = Collector::connect(tb.port, "tb-python", &["v1/gateway/#"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let general = format!(
+        r#"{{
+  "thingsboard": {{
+    "host": "127.0.0.1", "port": {tb}, "remoteShell": false, "remoteConfiguration": false,
+    "statistics": {{"enable": true, "statsSendPeriodInSeconds": 60, "customStatsSendPeriodInSeconds": 3600}},
+    "deviceFiltering": {{"enable": false, "filterFile": "list.json"}},
+    "maxPayloadSizeBytes": 8196, "minPackSendDelayMS": 50, "minPackSizeToSend": 500,
+    "checkConnectorsConfigurationInSeconds": 60, "handleDeviceRenaming": true,
+    "security": {{"type": "accessToken", "accessToken": "YOUR_ACCESS_TOKEN"}},
+    "qos": 1, "reportStrategy": {{"type": "ON_RECEIVED"}},
+    "rateLimits": "DEFAULT_TELEMETRY_RATE_LIMIT", "dpRateLimits": "DEFAULT_TELEMETRY_DP_RATE_LIMIT"
+  }},
+  "storage": {{"type": "memory", "read_records_count": 100, "max_records_count": 100000}},
+  "grpc": {{"enabled": false, "serverPort": 9595}},
+  "connectors": [{{"type": "mqtt", "name": "MQTT Broker Connector", "configuration": "mqtt.json"}}]
+}}"#,
+        tb = tb.port
+    );
+    let mqtt = format!(
+        r#"{{
+  "broker": {{"host": "127.0.0.1", "port": {port}, "clientId": "ThingsBoard_gateway", "version": 5,
+             "maxMessageNumberPerWorker": 10, "maxNumberOfWorkers": 100, "sendDataOnlyOnChange": false,
+             "cleanSession": true, "cleanStart": true, "sessionExpiryInterval": 0,
+             "security": {{"type": "anonymous"}}}},
+  "mapping": [{{
+    "topicFilter": "sensor/+/data", "subscriptionQos": 1,
+    "converter": {{"type": "json", "useReceivedTs": false,
+      "deviceInfo": {{"deviceNameExpressionSource": "topic", "deviceNameExpression": "(?<=sensor/)(.*?)(?=/data)",
+                     "deviceProfileExpressionSource": "constant", "deviceProfileExpression": "thermometer"}},
+      "attributes": [],
+      "timeseries": [{{"type": "integer", "key": "seq", "value": "${{seq}}"}},
+                     {{"type": "double", "key": "temperature", "value": "${{temp}}"}}]}}
+  }}],
+  "requestsMapping": {{"connectRequests": [], "disconnectRequests": [], "attributeRequests": [],
+                      "attributeUpdates": [], "serverSideRpc": []}}
+}}"#,
+        port = source.port
+    );
+    let gw = Gateway::start_with(dir.path(), &[("tb_gateway.json", &general), ("mqtt.json", &mqtt)]);
+    let devices = Collector::connect(source.port, "devices-python", &[]);
+    devices
+        .publish_many((0..20).flat_map(|seq| {
+            (0..10).map(move |d| (format!("sensor/{}/data", device(d)), message(d, seq).into_bytes()))
+        }));
+    let got = thingsboard.wait_until(Duration::from_secs(60), "200 readings", |r| readings(r).len() >= 200);
+    let r = readings(&got);
+    assert_eq!(r.len(), 200, "none lost, none invented");
+    assert!(all_present(&tally(&r), 10, 20), "a reading is missing");
+    // The Python-only keys were noticed, once each, not refused.
+    let log = gw.log();
+    for key in ["thingsboard.remoteShell", "grpc", "connectors[0].configuration.broker.maxNumberOfWorkers"] {
+        assert_eq!(log.matches(&format!("{key}: ignored")).count(), 1, "one notice for {key}:\n{log}");
+    }
+}

@@ -55,6 +55,7 @@ pub fn gateway_yaml(tb_port: u16, dir: &Path, stats_secs: u64) -> String {
 /// The `tbgw` process.
 pub struct Gateway {
     pub dir: PathBuf,
+    config: PathBuf,
     child: Option<Child>,
     log: PathBuf,
     starts: usize,
@@ -63,9 +64,17 @@ pub struct Gateway {
 impl Gateway {
     /// Write the configuration into `dir` and start `tbgw run`.
     pub fn start(dir: &Path, gateway_yaml: &str, mqtt_json: &str) -> Gateway {
-        std::fs::write(dir.join("tb_gateway.yaml"), gateway_yaml).expect("write config");
-        std::fs::write(dir.join("mqtt.json"), mqtt_json).expect("write config");
-        let mut g = Gateway { dir: dir.to_owned(), child: None, log: dir.join("tbgw.log"), starts: 0 };
+        Self::start_with(dir, &[("tb_gateway.yaml", gateway_yaml), ("mqtt.json", mqtt_json)])
+    }
+
+    /// Write `files` (name, content) into `dir` and start `tbgw run` with
+    /// the first.
+    pub fn start_with(dir: &Path, files: &[(&str, &str)]) -> Gateway {
+        for (name, content) in files {
+            std::fs::write(dir.join(name), content).expect("write config");
+        }
+        let config = dir.join(files.first().expect("a gateway config").0);
+        let mut g = Gateway { dir: dir.to_owned(), config, child: None, log: dir.join("tbgw.log"), starts: 0 };
         g.spawn();
         g
     }
@@ -77,11 +86,13 @@ impl Gateway {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_tbgw"))
             .args(["run", "--config"])
-            .arg(self.dir.join("tb_gateway.yaml"))
+            .arg(&self.config)
             .env(
                 "RUST_LOG",
                 std::env::var("TBGW_E2E_LOG").unwrap_or_else(|_| "info,rumqttc=warn,fjall=warn,lsm_tree=warn".into()),
             )
+            // Configs without tbgw's cacheDir compile here, not in $HOME.
+            .env("TBGW_CACHE_DIR", shared_cache())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
