@@ -101,7 +101,7 @@ impl Gateway {
         // Both sides connected: the gateway is ready.
         let starts = self.starts;
         self.wait_for_log(Duration::from_secs(60), "a ready gateway", |log| {
-            let run = log.split("tbgw 0.1.0 started").nth(starts).unwrap_or("");
+            let run = log.split("tbgw 0.1.0 starting").nth(starts).unwrap_or("");
             run.contains("connected to ThingsBoard") && run.contains("connected to the MQTT broker")
         });
     }

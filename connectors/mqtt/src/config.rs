@@ -12,6 +12,7 @@
 //! }
 //! ```
 
+use crate::requests::RequestsConfig;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -73,8 +74,14 @@ pub struct MappingConfig {
 pub struct MqttConfig {
     pub broker: BrokerConfig,
     pub mappings: Vec<MappingConfig>,
-    /// `requestsMapping` (or its 2.x top-level sections), kept for downlink.
+    /// `requestsMapping` (or its 2.x top-level sections): the built-in
+    /// downlink converter's config (`attributeUpdates`, `serverSideRpc`).
     pub requests_mapping: Option<Value>,
+    /// Its device-request sections, which the connector serves itself.
+    pub requests: RequestsConfig,
+    /// `downlinkConverter`: a custom component for `attributeUpdates` and
+    /// `serverSideRpc`, configured with its `extensionConfig`.
+    pub downlink_converter: Option<ConverterRef>,
 }
 
 /// Read the connector's configuration; relative paths (certificates,
@@ -113,15 +120,16 @@ pub fn parse(doc: &Value, base_dir: &Path, name: &str, d: &mut Diagnostics) -> O
         }
     }
     let requests_mapping = requests_mapping.or((!legacy.is_empty()).then_some(Value::Object(legacy)));
-    if requests_mapping.is_some() {
-        d.notice(
-            "requestsMapping",
-            "read, not used yet: tbgw does not route ThingsBoard's requests to MQTT devices in this version",
-        );
-    }
+    let requests = match &requests_mapping {
+        Some(m) => crate::requests::parse(d, "requestsMapping", m),
+        None => RequestsConfig::default(),
+    };
+    // tbgw's own: a custom downlink converter for attributeUpdates and
+    // serverSideRpc instead of the built-in `json` one.
+    let downlink_converter = root.object(d, "downlinkConverter").and_then(|c| custom_converter(d, c, base_dir));
     root.unused(d, &[("logLevel", "set logging with RUST_LOG"), ("id", "tbgw names connectors by `name`")]);
     root.finish(d);
-    Some(MqttConfig { broker: broker?, mappings, requests_mapping })
+    Some(MqttConfig { broker: broker?, mappings, requests_mapping, requests, downlink_converter })
 }
 
 fn broker(mut b: Obj, base_dir: &Path, name: &str, d: &mut Diagnostics) -> Option<BrokerConfig> {
@@ -253,28 +261,8 @@ fn mapping(d: &mut Diagnostics, path: &str, item: &Value, base_dir: &Path) -> Op
     let converter = match m.object(d, "converter") {
         Some(mut c) => {
             let kind = c.string(d, "type").unwrap_or("json").to_owned();
-            let config_of = |v: Option<&Value>| v.map(Value::to_string).unwrap_or_else(|| "{}".into());
             match kind.as_str() {
-                "custom" => {
-                    let extension = c.required_string(d, "extension");
-                    if let Some(e) = extension
-                        && !e.ends_with(".wasm")
-                    {
-                        // The Python gateway names a Python class here.
-                        d.error(
-                            c.field("extension"),
-                            format!(
-                                "`{e}` is not a .wasm file: tbgw runs converters compiled to WebAssembly \
-                                 components (see guest-converters/), not Python classes"
-                            ),
-                        );
-                    }
-                    let extension = extension.filter(|e| e.ends_with(".wasm"));
-                    let config = config_of(c.get("extensionConfig"));
-                    c.unused(d, &[("cached", "tbgw always reuses converter instances")]);
-                    c.finish(d);
-                    extension.map(|e| ConverterRef::Custom { path: base_dir.join(e), config })
-                }
+                "custom" => custom(d, c, base_dir),
                 "bytes" => {
                     d.error(
                         c.field("type"),
@@ -297,8 +285,50 @@ fn mapping(d: &mut Diagnostics, path: &str, item: &Value, base_dir: &Path) -> Op
     Some(MappingConfig { topic_filter: topic_filter?, qos: qos.min(1), converter: converter?, converter_path })
 }
 
+/// `{"type": "custom", "extension": "x.wasm", "extensionConfig": {...}}`,
+/// `type` already read.
+fn custom(d: &mut Diagnostics, mut c: Obj, base_dir: &Path) -> Option<ConverterRef> {
+    let extension = c.required_string(d, "extension");
+    if let Some(e) = extension
+        && !e.ends_with(".wasm")
+    {
+        // The Python gateway names a Python class here.
+        d.error(
+            c.field("extension"),
+            format!(
+                "`{e}` is not a .wasm file: tbgw runs converters compiled to WebAssembly \
+                 components (see guest-converters/), not Python classes"
+            ),
+        );
+    }
+    let extension = extension.filter(|e| e.ends_with(".wasm"));
+    let config = c.get("extensionConfig").map(Value::to_string).unwrap_or_else(|| "{}".into());
+    c.unused(d, &[("cached", "tbgw always reuses converter instances")]);
+    c.finish(d);
+    extension.map(|e| ConverterRef::Custom { path: base_dir.join(e), config })
+}
+
+/// The top-level `downlinkConverter` object: custom components only (the
+/// built-in `json` one is configured by `requestsMapping` itself).
+fn custom_converter(d: &mut Diagnostics, mut c: Obj, base_dir: &Path) -> Option<ConverterRef> {
+    match c.string(d, "type") {
+        Some("custom") => {}
+        other => {
+            d.error(
+                c.field("type"),
+                format!(
+                    "expected `custom` (found {}): the built-in json downlink converter needs no entry here",
+                    other.map_or("nothing".to_owned(), |t| format!("`{t}`"))
+                ),
+            );
+            return None;
+        }
+    }
+    custom(d, c, base_dir)
+}
+
 /// A subscription filter as MQTT allows it (`$share/group/` prefixes too).
-fn check_filter(filter: &str) -> Result<(), String> {
+pub(crate) fn check_filter(filter: &str) -> Result<(), String> {
     let f = match filter.strip_prefix("$share/") {
         Some(rest) => rest.split_once('/').map(|(_, f)| f).ok_or("a `$share/` filter needs a group and a filter")?,
         None => filter,

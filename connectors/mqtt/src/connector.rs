@@ -15,15 +15,37 @@
 //! - on shutdown, the receive loop first stops forwarding (messages not yet
 //!   taken stay with the broker), then keeps polling until the last acks and
 //!   the DISCONNECT are out.
+//!
+//! # Requests from ThingsBoard
+//!
+//! The router hands the connector messages for a device (already made by the
+//! downlink converter), each with metadata `qos`, `retain` and, for a
+//! two-way RPC, `response-topic`, `response-timeout-ms`, `response-qos`. The
+//! receive loop publishes them; for a two-way RPC it first subscribes to the
+//! response topic (one subscription per topic however many RPCs wait on it),
+//! then publishes the request. MQTT brokers handle one connection's packets
+//! in order, so the subscription is in place before the device can see the
+//! request, and there is no SUBACK to wait for. The first message on that
+//! exact topic answers the oldest RPC waiting on it; a deadline answers it
+//! with an error otherwise. A message on a pending response topic goes to
+//! the RPC even if a mapping matches it too.
+//!
+//! Devices' own requests (`connectRequests`, `disconnectRequests`,
+//! `attributeRequests`, see [`crate::requests`]) are recognised by topic
+//! after the mappings, handed to the router, and acknowledged.
 
 use crate::config::{BrokerConfig, MappingConfig, MqttConfig, MqttVersion, match_filter};
+use crate::requests::{Recognised, Requests};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tbgw_core::connector::{Ack, Connector, ConnectorContext, RouteId, Uplink, UplinkSink};
-use tbgw_core::{RawUplink, Source};
+use tbgw_core::connector::{Ack, Connector, ConnectorContext, ConnectorStats, RouteId, Uplink, UplinkSink};
+use tbgw_core::downlink::{DeviceJob, DeviceRequest, JobKind, Reply, ToConnector};
+use tbgw_core::{DownlinkMessage, RawUplink, Source};
 use tbgw_tls::rustls::ClientConfig;
 use tokio::sync::mpsc;
 
@@ -33,6 +55,7 @@ pub struct MqttConnector {
     config: MqttConfig,
     /// (filter to match incoming topics with, route), in mapping order.
     routes: Vec<(String, RouteId)>,
+    requests: Requests,
 }
 
 impl MqttConnector {
@@ -40,7 +63,8 @@ impl MqttConnector {
     pub fn new(name: impl Into<String>, config: MqttConfig, routes: Vec<RouteId>) -> MqttConnector {
         let routes =
             config.mappings.iter().zip(routes).map(|(m, r)| (match_filter(&m.topic_filter).to_owned(), r)).collect();
-        MqttConnector { name: name.into(), config, routes }
+        let requests = Requests::new(config.requests.clone());
+        MqttConnector { name: name.into(), config, routes, requests }
     }
 
     /// The first mapping whose filter matches `topic`, as the Python gateway
@@ -50,7 +74,14 @@ impl MqttConnector {
     }
 
     fn subscriptions(&self) -> Vec<(String, u8)> {
-        self.config.mappings.iter().map(|m: &MappingConfig| (m.topic_filter.clone(), m.qos)).collect()
+        let mut all: Vec<(String, u8)> =
+            self.config.mappings.iter().map(|m: &MappingConfig| (m.topic_filter.clone(), m.qos)).collect();
+        for f in self.config.requests.filters() {
+            if !all.iter().any(|(g, _)| g == f) {
+                all.push((f.to_owned(), 1));
+            }
+        }
+        all
     }
 }
 
@@ -90,6 +121,10 @@ trait Protocol: Send + 'static {
     fn connect(b: &BrokerConfig, tls: Option<Arc<ClientConfig>>) -> (Self::Client, Self::EventLoop);
     fn poll(el: &mut Self::EventLoop) -> impl Future<Output = Polled<Self::Publish>> + Send;
     fn subscribe(client: &Self::Client, filters: &[(String, u8)]) -> Result<(), String>;
+    fn unsubscribe(client: &Self::Client, filter: &str) -> Result<(), String>;
+    /// Queue a publish without waiting (the caller may be the task that
+    /// polls the event loop).
+    fn publish(client: &Self::Client, topic: &str, qos: u8, retain: bool, payload: Vec<u8>) -> Result<(), String>;
     fn ack(client: &Self::Client, p: Self::Publish) -> impl Future<Output = bool> + Send;
     fn disconnect(client: &Self::Client) -> impl Future<Output = ()> + Send;
     /// Topic, payload, QoS of a message.
@@ -142,6 +177,14 @@ impl Protocol for V311 {
     fn subscribe(client: &Self::Client, filters: &[(String, u8)]) -> Result<(), String> {
         let filters = filters.iter().map(|(f, q)| rumqttc::SubscribeFilter::new(f.clone(), qos(*q)));
         client.try_subscribe_many(filters).map_err(|e| e.to_string())
+    }
+
+    fn unsubscribe(client: &Self::Client, filter: &str) -> Result<(), String> {
+        client.try_unsubscribe(filter).map_err(|e| e.to_string())
+    }
+
+    fn publish(client: &Self::Client, topic: &str, q: u8, retain: bool, payload: Vec<u8>) -> Result<(), String> {
+        client.try_publish(topic, qos(q), retain, payload).map_err(|e| e.to_string())
     }
 
     async fn ack(client: &Self::Client, p: Self::Publish) -> bool {
@@ -206,6 +249,14 @@ impl Protocol for V5 {
         client.try_subscribe_many(filters).map_err(|e| e.to_string())
     }
 
+    fn unsubscribe(client: &Self::Client, filter: &str) -> Result<(), String> {
+        client.try_unsubscribe(filter).map_err(|e| e.to_string())
+    }
+
+    fn publish(client: &Self::Client, topic: &str, q: u8, retain: bool, payload: Vec<u8>) -> Result<(), String> {
+        client.try_publish(topic, v5_qos(q), retain, payload).map_err(|e| e.to_string())
+    }
+
     async fn ack(client: &Self::Client, p: Self::Publish) -> bool {
         client.ack(&p).await.is_ok()
     }
@@ -233,7 +284,215 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-async fn run<P: Protocol>(conn: MqttConnector, ctx: ConnectorContext) {
+/// Two-way RPCs waiting for their answer, by response topic, with their
+/// deadlines.
+#[derive(Default)]
+struct Pending {
+    by_topic: HashMap<String, VecDeque<(u64, Reply)>>,
+    deadlines: BinaryHeap<Reverse<(tokio::time::Instant, u64, String)>>,
+    next_id: u64,
+}
+
+impl Pending {
+    /// Wait for an answer on `topic`; true when the topic is new (subscribe).
+    fn add(&mut self, topic: &str, timeout: Duration, reply: Reply) -> bool {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.deadlines.push(Reverse((tokio::time::Instant::now() + timeout, id, topic.to_owned())));
+        let queue = self.by_topic.entry(topic.to_owned()).or_default();
+        queue.push_back((id, reply));
+        queue.len() == 1
+    }
+
+    /// The oldest RPC waiting on `topic`, and whether none is left (unsubscribe).
+    fn take(&mut self, topic: &str) -> Option<(Reply, bool)> {
+        let queue = self.by_topic.get_mut(topic)?;
+        let (_, reply) = queue.pop_front()?;
+        let empty = queue.is_empty();
+        if empty {
+            self.by_topic.remove(topic);
+        }
+        Some((reply, empty))
+    }
+
+    fn next_deadline(&self) -> Option<tokio::time::Instant> {
+        self.deadlines.peek().map(|Reverse((t, _, _))| *t)
+    }
+
+    /// The RPCs past their deadline: (topic, reply, whether the topic has
+    /// no RPC left).
+    fn expired(&mut self) -> Vec<(String, Reply, bool)> {
+        let now = tokio::time::Instant::now();
+        let mut out = Vec::new();
+        while let Some(Reverse((t, _, _))) = self.deadlines.peek()
+            && *t <= now
+        {
+            let Some(Reverse((_, id, topic))) = self.deadlines.pop() else { break };
+            let Some(queue) = self.by_topic.get_mut(&topic) else { continue };
+            // Answered RPCs are gone from their queue already.
+            let Some(pos) = queue.iter().position(|(i, _)| *i == id) else { continue };
+            let Some((_, reply)) = queue.remove(pos) else { continue };
+            let empty = queue.is_empty();
+            if empty {
+                self.by_topic.remove(&topic);
+            }
+            out.push((topic, reply, empty));
+        }
+        out
+    }
+
+    fn topics(&self) -> impl Iterator<Item = &String> {
+        self.by_topic.keys()
+    }
+}
+
+/// A message's metadata value.
+fn meta<'a>(m: &'a DownlinkMessage, key: &str) -> Option<&'a str> {
+    m.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// What a device answered, as the JSON ThingsBoard gets: the payload if it
+/// is JSON, else the text as a JSON string.
+fn answer_json(payload: &[u8]) -> String {
+    match serde_json::from_slice::<serde_json::Value>(payload) {
+        Ok(v) => v.to_string(),
+        Err(_) => serde_json::Value::String(String::from_utf8_lossy(payload).into_owned()).to_string(),
+    }
+}
+
+const SENT: &str = r#"{"success":true}"#;
+
+/// The connector's side of requests from ThingsBoard.
+struct Downlink<'a, P: Protocol> {
+    client: &'a P::Client,
+    name: &'a str,
+    target: &'a str,
+    stats: &'a ConnectorStats,
+    pending: Pending,
+}
+
+impl<P: Protocol> Downlink<'_, P> {
+    fn fail(&self, reply: Reply, why: String) {
+        self.stats.downlink_errors.fetch_add(1, Ordering::Relaxed);
+        let _ = reply.send(Err(why));
+    }
+
+    fn job(&mut self, job: DeviceJob, connected: bool) {
+        let what = match &job.kind {
+            JobKind::Rpc { id, method } => format!("RPC {method} (id {id}) for {}", job.device),
+            JobKind::AttributeUpdate => format!("attribute update for {}", job.device),
+        };
+        if !connected {
+            let why = format!("the connector `{}` is not connected to its broker at {}", self.name, self.target);
+            tracing::debug!(connector = %self.name, "{what}: {why}");
+            return self.fail(job.reply, why);
+        }
+        // At most one message waits for an answer: the RPC's request.
+        let wait = job.messages.iter().find_map(|m| {
+            let topic = meta(m, "response-topic")?;
+            let timeout = meta(m, "response-timeout-ms").and_then(|t| t.parse().ok()).unwrap_or(10_000u64);
+            let q = meta(m, "response-qos").and_then(|q| q.parse().ok()).unwrap_or(1u8);
+            Some((topic.to_owned(), Duration::from_millis(timeout.max(1)), q))
+        });
+        // Subscribe before publishing the request: the broker handles our
+        // packets in order, so the answer cannot come before we listen.
+        if let Some((topic, timeout, q)) = wait {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if self.pending.add(&topic, timeout, tx)
+                && let Err(e) = P::subscribe(self.client, &[(topic.clone(), q)])
+            {
+                let _ = self.pending.take(&topic);
+                return self.fail(job.reply, format!("cannot subscribe to the response topic `{topic}`: {e}"));
+            }
+            // Answer the job from the pending RPC's outcome.
+            let reply = job.reply;
+            tokio::spawn(async move {
+                let outcome = rx.await.unwrap_or_else(|_| Err("the connector stopped".into()));
+                let _ = reply.send(outcome);
+            });
+            for m in job.messages {
+                if let Err(e) = self.send(m) {
+                    // Answered by its deadline: the request may still have gone out.
+                    tracing::warn!(connector = %self.name, "{what}: {e}");
+                }
+            }
+            return;
+        }
+        for m in job.messages {
+            if let Err(e) = self.send(m) {
+                return self.fail(job.reply, e);
+            }
+        }
+        let _ = job.reply.send(Ok(SENT.into()));
+    }
+
+    fn send(&self, m: DownlinkMessage) -> Result<(), String> {
+        let q = meta(&m, "qos").and_then(|q| q.parse().ok()).unwrap_or(0u8);
+        let retain = meta(&m, "retain") == Some("true");
+        P::publish(self.client, &m.target, q, retain, m.payload)
+            .map_err(|e| format!("publishing to `{}` failed: {e}", m.target))?;
+        self.stats.sent_to_devices.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// An RPC to the connector itself (`mqtt_<anything>` on the gateway):
+    /// publish `params` as the Python gateway's connector RPC does, with
+    /// `requestTopicExpression` (or `topic`), `valueExpression` (or
+    /// `value`), and optionally `responseTopicExpression` and
+    /// `responseTimeout` (ms) to wait for an answer.
+    fn connector_rpc(&mut self, params: &str, reply: Reply, connected: bool) {
+        let doc: serde_json::Value = match serde_json::from_str(params) {
+            Ok(serde_json::Value::Object(o)) => serde_json::Value::Object(o),
+            _ => return self.fail(reply, "params: expected an object with requestTopicExpression".into()),
+        };
+        let text = |keys: [&str; 2]| keys.iter().find_map(|k| doc.get(*k)).cloned();
+        let Some(serde_json::Value::String(topic)) = text(["requestTopicExpression", "topic"]) else {
+            return self.fail(reply, "params.requestTopicExpression: required (the topic to publish to)".into());
+        };
+        let payload = match text(["valueExpression", "value"]) {
+            Some(serde_json::Value::String(s)) => s.into_bytes(),
+            Some(other) => other.to_string().into_bytes(),
+            None => Vec::new(),
+        };
+        let mut metadata = vec![
+            ("qos".to_owned(), doc.get("qos").and_then(|q| q.as_u64()).unwrap_or(0).to_string()),
+            ("retain".to_owned(), (doc.get("retain") == Some(&serde_json::Value::Bool(true))).to_string()),
+        ];
+        if let Some(serde_json::Value::String(rt)) = text(["responseTopicExpression", "responseTopic"]) {
+            metadata.push(("response-topic".into(), rt));
+            let timeout = doc.get("responseTimeout").and_then(|t| t.as_u64()).unwrap_or(10_000);
+            metadata.push(("response-timeout-ms".into(), timeout.to_string()));
+        }
+        let job = DeviceJob {
+            device: String::new(),
+            kind: JobKind::Rpc { id: 0, method: "connector RPC".into() },
+            messages: vec![DownlinkMessage { target: topic, payload, metadata }],
+            reply,
+        };
+        self.job(job, connected);
+    }
+
+    /// A message on `topic` answers a pending RPC: true when it did.
+    fn answered(&mut self, topic: &str, payload: &[u8]) -> bool {
+        let Some((reply, last)) = self.pending.take(topic) else { return false };
+        let _ = reply.send(Ok(answer_json(payload)));
+        if last {
+            let _ = P::unsubscribe(self.client, topic);
+        }
+        true
+    }
+
+    fn expire(&mut self) {
+        for (topic, reply, last) in self.pending.expired() {
+            if last {
+                let _ = P::unsubscribe(self.client, &topic);
+            }
+            self.fail(reply, format!("no answer from the device on `{topic}` in time"));
+        }
+    }
+}
+
+async fn run<P: Protocol>(conn: MqttConnector, mut ctx: ConnectorContext) {
     let b = &conn.config.broker;
     let target = format!("{}:{}", b.host, b.port);
     let name = conn.name.clone();
@@ -262,14 +521,35 @@ async fn run<P: Protocol>(conn: MqttConnector, ctx: ConnectorContext) {
             }
         })
     };
+    let ack_now = |p: &P::Publish, q: u8| {
+        if q > 0 {
+            let _ = ack_tx.send(P::ack_handle(p));
+        }
+    };
 
+    let stats = ctx.stats.clone();
+    let mut down =
+        Downlink::<P> { client: &client, name: &name, target: &target, stats: &stats, pending: Pending::default() };
     let mut sink: Option<UplinkSink> = Some(ctx.sink);
     let mut backoff = Duration::from_millis(500);
     let (mut connected_once, mut failures) = (false, 0u64);
+    let mut connected = false;
     loop {
+        let deadline = down.pending.next_deadline();
         let polled = tokio::select! {
             p = P::poll(&mut eventloop) => p,
             _ = ctx.finish.cancelled() => break,
+            Some(job) = ctx.downlink.jobs.recv() => {
+                match job {
+                    ToConnector::Device(job) => down.job(job, connected),
+                    ToConnector::ConnectorRpc { params, reply, .. } => down.connector_rpc(&params, reply, connected),
+                }
+                continue;
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                down.expire();
+                continue;
+            }
         };
         if sink.is_some() && ctx.stop_intake.is_cancelled() {
             // Stop taking messages; the converter stage drains without us.
@@ -278,20 +558,29 @@ async fn run<P: Protocol>(conn: MqttConnector, ctx: ConnectorContext) {
         match polled {
             Polled::Connected { session_present } => {
                 ctx.stats.connected.store(true, Ordering::Relaxed);
+                connected = true;
                 backoff = Duration::from_millis(500);
                 failures = 0;
                 let verb = if connected_once { "reconnected" } else { "connected" };
                 tracing::info!(connector = %name, session_present, "{verb} to the MQTT broker at {target}");
                 connected_once = true;
-                if !session_present && let Err(e) = P::subscribe(&client, &subscriptions) {
-                    tracing::error!(connector = %name, "subscribing failed: {e}");
+                if !session_present {
+                    let mut all = subscriptions.clone();
+                    all.extend(down.pending.topics().map(|t| (t.clone(), 1)));
+                    if let Err(e) = P::subscribe(&client, &all) {
+                        tracing::error!(connector = %name, "subscribing failed: {e}");
+                    }
                 }
             }
             Polled::Message(p) => {
                 ctx.stats.received.fetch_add(1, Ordering::Relaxed);
+                let (topic, payload, q) = P::parts(&p);
+                if down.answered(topic, payload) {
+                    ack_now(&p, q);
+                    continue;
+                }
                 // Stopping: leave it unacknowledged, the broker keeps it.
                 let Some(s) = &sink else { continue };
-                let (topic, payload, q) = P::parts(&p);
                 let ack = (q > 0).then(|| {
                     let (tx, handle) = (ack_tx.clone(), P::ack_handle(&p));
                     Ack::new(move || {
@@ -299,8 +588,13 @@ async fn run<P: Protocol>(conn: MqttConnector, ctx: ConnectorContext) {
                     })
                 });
                 let Some(route) = conn.route_for(topic) else {
-                    ctx.stats.unmatched.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(connector = %name, topic, "no mapping matches this topic; message dropped");
+                    match conn.requests.recognise(topic, payload) {
+                        Some(r) => device_request::<P>(&conn, &ctx.downlink.requests, &ctx.stats, r, topic, &client),
+                        None => {
+                            ctx.stats.unmatched.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(connector = %name, topic, "no mapping matches this topic; message dropped");
+                        }
+                    }
                     if let Some(ack) = ack {
                         ack.confirm();
                     }
@@ -318,16 +612,31 @@ async fn run<P: Protocol>(conn: MqttConnector, ctx: ConnectorContext) {
             }
             Polled::Error(e) => {
                 ctx.stats.connected.store(false, Ordering::Relaxed);
+                connected = false;
                 failures += 1;
                 if failures == 1 {
                     tracing::warn!(connector = %name, "MQTT broker at {target}: {e}; reconnecting");
                 } else {
                     tracing::debug!(connector = %name, "MQTT broker at {target}: {e} ({failures} failures in a row)");
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = ctx.finish.cancelled() => break,
+                // Requests that come meanwhile are answered at once (not
+                // connected) rather than left waiting for the backoff.
+                let pause = tokio::time::sleep(backoff);
+                tokio::pin!(pause);
+                loop {
+                    tokio::select! {
+                        _ = &mut pause => break,
+                        _ = ctx.finish.cancelled() => break,
+                        Some(job) = ctx.downlink.jobs.recv() => match job {
+                            ToConnector::Device(job) => down.job(job, false),
+                            ToConnector::ConnectorRpc { params, reply, .. } => down.connector_rpc(&params, reply, false),
+                        },
+                    }
                 }
+                if ctx.finish.is_cancelled() {
+                    break;
+                }
+                down.expire();
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
             Polled::Disconnected | Polled::Other => {}
@@ -338,6 +647,7 @@ async fn run<P: Protocol>(conn: MqttConnector, ctx: ConnectorContext) {
     // and the DISCONNECT, polling so they go out, for a short while at most.
     drop(sink);
     drop(ack_tx);
+    drop(down);
     let closing = async {
         let _ = acker.await;
         P::disconnect(&client).await;
@@ -358,4 +668,69 @@ async fn run<P: Protocol>(conn: MqttConnector, ctx: ConnectorContext) {
     }
     ctx.stats.connected.store(false, Ordering::Relaxed);
     tracing::info!(connector = %name, "stopped");
+}
+
+/// A device's own request: to the router; an attribute request's answer is
+/// published back to the device when it comes.
+fn device_request<P: Protocol>(
+    conn: &MqttConnector,
+    requests: &tbgw_core::downlink::DeviceRequests,
+    stats: &Arc<ConnectorStats>,
+    recognised: Result<Recognised, String>,
+    topic: &str,
+    client: &P::Client,
+) {
+    let name = &conn.name;
+    let request = match recognised {
+        Err(e) => {
+            tracing::warn!(connector = %name, topic, "a device request that cannot be served: {e}");
+            return;
+        }
+        Ok(Recognised::Connect { device, device_type }) => {
+            tracing::info!(connector = %name, device, "device connected (on {topic})");
+            DeviceRequest::Connect { device, device_type }
+        }
+        Ok(Recognised::Disconnect { device }) => {
+            tracing::info!(connector = %name, device, "device disconnected (on {topic})");
+            DeviceRequest::Disconnect { device }
+        }
+        Ok(Recognised::Attributes { rule, device, keys }) => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let client_side = conn.requests.config.attributes.get(rule).is_some_and(|r| r.client);
+            let request = DeviceRequest::Attributes {
+                device: device.clone(),
+                keys: keys.clone(),
+                client: client_side,
+                reply: tx,
+            };
+            let Some(answering) = conn.requests.config.attributes.get(rule).cloned() else { return };
+            let (client, name, stats) = (client.clone(), name.clone(), stats.clone());
+            tokio::spawn(async move {
+                let values = match rx.await {
+                    Ok(Ok(v)) => match serde_json::from_str::<serde_json::Value>(&v) {
+                        Ok(serde_json::Value::Object(o)) => o,
+                        _ => serde_json::Map::new(),
+                    },
+                    Ok(Err(e)) => {
+                        tracing::warn!(connector = %name, device, "attribute request {keys:?}: {e}");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let (topic, payload, q, retain) = answering.answer(&device, &keys, &values);
+                match P::publish(&client, &topic, q, retain, payload) {
+                    Ok(()) => {
+                        stats.sent_to_devices.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        tracing::warn!(connector = %name, device, "answering an attribute request on `{topic}`: {e}")
+                    }
+                }
+            });
+            request
+        }
+    };
+    if !requests.send(request) {
+        tracing::debug!(connector = %name, "the gateway is stopping; device request dropped");
+    }
 }

@@ -3,13 +3,17 @@
 //! - [`config`]: the ThingsBoard IoT Gateway's `mqtt.json`, read with every
 //!   problem reported by path.
 //! - [`connector`]: subscriptions, manual acknowledgements once stored,
-//!   reconnection, persistent sessions, MQTT 3.1.1 and 5.
+//!   reconnection, persistent sessions, MQTT 3.1.1 and 5; requests from
+//!   ThingsBoard sent to devices, and two-way RPCs' answers awaited.
+//! - [`requests`]: devices' own requests (connect, disconnect, attribute
+//!   requests), recognised by topic.
 //!
 //! Like every connector, it does protocol I/O only: payloads go to the
 //! converters untouched.
 
 pub mod config;
 pub mod connector;
+pub mod requests;
 
 pub use config::{MqttConfig, parse};
 pub use connector::MqttConnector;

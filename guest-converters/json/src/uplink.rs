@@ -221,6 +221,28 @@ impl UplinkConverter {
         Ok(out)
     }
 
+    /// The device a message speaks for (name, profile), without its values:
+    /// what a connector needs of a device's own request ("connect me",
+    /// "send me my attributes"). The payload need not be JSON when the name
+    /// comes from the topic or a constant (an empty `sensor/A/connect`).
+    pub fn device_of(&self, msg: &Message<'_>) -> Result<(String, Option<String>), String> {
+        let doc = match Json::parse(msg.payload) {
+            Ok(doc) => doc,
+            Err(e) if matches!(self.device_name, NameRule::Template(ref t) if t.constant().is_none()) => return Err(e),
+            Err(_) => Json::Null,
+        };
+        let device = resolve_name(&self.device_name, &doc, msg.topic).map_err(|e| format!("device name: {e}"))?;
+        if device.is_empty() {
+            return Err("device name: resolves to empty text".into());
+        }
+        let device_type = self
+            .device_type
+            .as_ref()
+            .and_then(|rule| resolve_name(rule, &doc, msg.topic).ok())
+            .filter(|t| !t.is_empty());
+        Ok((device, device_type))
+    }
+
     fn convert_object(
         &self,
         obj: &Json,

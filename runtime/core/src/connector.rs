@@ -8,6 +8,10 @@
 //! Only then may the connector confirm the message to its source (an MQTT
 //! PUBACK): nothing is acknowledged upstream before it is durable downstream.
 //!
+//! Requests from ThingsBoard arrive on the context's
+//! [`DownlinkLink`](crate::downlink::DownlinkLink), already converted into
+//! messages for the device; the connector sends them and answers each.
+//!
 //! Shutting down has two steps: `stop_intake` (take no new messages: the
 //! source keeps what was not acknowledged), then, once the pipeline has
 //! drained and the last acks were made, `finish` (disconnect).
@@ -87,11 +91,20 @@ pub struct ConnectorStats {
     pub acked: AtomicU64,
     /// Messages that matched no mapping (dropped, confirmed).
     pub unmatched: AtomicU64,
+    /// Messages sent to devices (RPC requests, attribute updates, answers
+    /// to attribute requests).
+    pub sent_to_devices: AtomicU64,
+    /// Requests from ThingsBoard answered with an error (not connected,
+    /// timed out, refused by the broker).
+    pub downlink_errors: AtomicU64,
 }
 
 /// What a running connector gets.
 pub struct ConnectorContext {
     pub sink: UplinkSink,
+    /// Requests from ThingsBoard for its devices, and where its devices'
+    /// own requests go.
+    pub downlink: crate::downlink::DownlinkLink,
     pub stop_intake: CancellationToken,
     pub finish: CancellationToken,
     pub stats: Arc<ConnectorStats>,

@@ -4,6 +4,8 @@
 //!
 //! - the data types (this module): mirrors of the converter contract;
 //! - [`connector`]: what a connector is and how it hands messages over;
+//! - [`downlink`]: requests between ThingsBoard and devices (RPC, attribute
+//!   updates and requests, device announcements), and the device registry;
 //! - [`config`]: reading config documents with every error reported, by path.
 //!
 //! These types mirror the converter contract (`wit/converter.wit`) without
@@ -15,6 +17,7 @@
 pub mod config;
 pub mod connector;
 mod data;
+pub mod downlink;
 mod json;
 
 pub use data::{

@@ -8,6 +8,8 @@
 //!   `.wasm` path) and how the converter runtime is set up for this machine.
 //! - [`pipeline`]: converter threads and the store writer, between the
 //!   connectors and the event store.
+//! - [`router`]: ThingsBoard's requests (RPC, attribute updates, RPCs to the
+//!   gateway) to connectors and back, devices' own requests to ThingsBoard.
 //! - [`service`]: everything wired, run, and stopped in order.
 //!
 //! The binary (`src/main.rs`, `src/cli/`) is a thin command line over this
@@ -17,4 +19,5 @@ pub mod config;
 pub mod converters;
 pub mod demo;
 pub mod pipeline;
+pub mod router;
 pub mod service;

@@ -1,9 +1,11 @@
 //! The gateway service: everything wired from the configuration, run until
 //! told to stop, stopped in an order that loses nothing.
 //!
-//! Start: open the event store; load every mapping's converter (all of them
-//! are checked before anything runs); start the pipeline, the ThingsBoard
-//! client and the connectors; report statistics.
+//! Start: open the event store; load every mapping's converter and every
+//! connector's downlink converter (all of them are checked before anything
+//! runs); start the pipeline, the ThingsBoard client, the router of
+//! ThingsBoard's requests ([`crate::router`]) and the connectors; report
+//! statistics, and answer the router's questions about them.
 //!
 //! Stop (SIGINT, SIGTERM, or the caller's token):
 //! 1. connectors stop taking messages (their brokers keep what was not
@@ -15,10 +17,14 @@
 //!    flight and disconnects;
 //! 5. the store is flushed and closed. Undelivered events stay in a `fjall`
 //!    store for the next start (a `memory` store loses them).
+//!
+//! `gateway_restart` stops the same way and tells the caller to start again
+//! ([`Stopped::Restart`]).
 
 use crate::config::{ConnectorConfig, ConnectorKind, GatewayConfig, StorageKind};
 use crate::converters;
 use crate::pipeline::{Pipeline, Route};
+use crate::router::{Port, Router};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -27,9 +33,12 @@ use tbgw_connector_mqtt::MqttConnector;
 use tbgw_connector_mqtt::config::{ConverterRef, MappingConfig};
 use tbgw_core::Direction;
 use tbgw_core::connector::{Connector, ConnectorContext, ConnectorStats};
+use tbgw_core::downlink::{DeviceRequests, DownlinkLink};
 use tbgw_store::{EventStore, FjallStore, MemoryStore, StoreError};
-use tbgw_wasm::{ComponentSource, ConverterSpec, Limits, LoadError, Runtime, RuntimeError};
-use tokio::sync::Notify;
+use tbgw_wasm::{
+    ComponentSource, ConverterInfo, ConverterSpec, DownlinkConverter, Limits, LoadError, Runtime, RuntimeError,
+};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// Why the gateway could not start.
@@ -52,7 +61,77 @@ pub enum ServiceError {
 /// A connector's configuration turned into what runs.
 struct Plan {
     name: String,
+    kind: &'static str,
     connector: Box<dyn Connector>,
+}
+
+/// How the gateway stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Told to stop (a signal, the caller's token).
+    Normally,
+    /// ThingsBoard asked for a restart (`gateway_restart`): start again.
+    Restart,
+}
+
+/// What the router asks the service (which holds the counters).
+pub enum ServiceQuery {
+    /// The statistics, as published.
+    Stats(oneshot::Sender<serde_json::Value>),
+    /// The uplink converters, as `gateway_converters` lists them.
+    Converters(oneshot::Sender<serde_json::Value>),
+}
+
+/// One converter for `gateway_converters`.
+pub fn converter_json(info: &ConverterInfo, connector: &str) -> serde_json::Value {
+    serde_json::json!({
+        "name": info.name,
+        "connector": connector,
+        "direction": info.direction.to_string(),
+        "source": info.origin,
+        "sha256": info.sha256,
+        "contractVersion": info.contract_version,
+        "generation": info.generation,
+        "calls": info.calls,
+        "messages": info.messages,
+        "messageErrors": info.message_errors,
+        "callErrors": info.call_errors,
+        "droppedValues": info.dropped_values,
+        "instances": info.instances,
+        "swaps": info.swaps,
+        "refusedSwaps": info.refused_swaps,
+    })
+}
+
+/// Load a connector's downlink converter, if it has one: a custom component
+/// (`downlinkConverter`), else the built-in `json` one when its
+/// `requestsMapping` has `attributeUpdates` or `serverSideRpc` entries.
+fn load_downlink(connector: &ConnectorConfig, runtime: &Runtime) -> Result<Option<DownlinkConverter>, ServiceError> {
+    let ConnectorKind::Mqtt(m) = &connector.kind;
+    let (path, component, config, name) = match (&m.downlink_converter, &m.requests_mapping) {
+        (Some(ConverterRef::Custom { path: file, config }), _) => (
+            format!("{}.downlinkConverter", connector.path),
+            ComponentSource::File(file.clone()),
+            config.clone(),
+            file.display().to_string(),
+        ),
+        (Some(ConverterRef::Builtin { .. }), _) | (None, None) => return Ok(None),
+        (None, Some(mapping)) => {
+            let has = |k: &str| mapping.get(k).and_then(|v| v.as_array()).is_some_and(|a| !a.is_empty());
+            if !has("attributeUpdates") && !has("serverSideRpc") {
+                return Ok(None);
+            }
+            let path = format!("{}.requestsMapping", connector.path);
+            let source = converters::resolve("json", Direction::Downlink, None)
+                .map_err(|error| ServiceError::UnknownConverter { path: path.clone(), error })?;
+            (path, source, mapping.to_string(), "json".to_owned())
+        }
+    };
+    let spec = ConverterSpec { component, config, limits: Limits::default() };
+    let converter = runtime
+        .downlink(&format!("{}/{} (downlink)", connector.name, name), spec)
+        .map_err(|error| ServiceError::Converter { path, error })?;
+    Ok(Some(converter))
 }
 
 /// Load the converter of one mapping.
@@ -101,6 +180,11 @@ pub fn load_routes(config: &GatewayConfig, runtime: &Runtime) -> Result<(Vec<Rou
 pub fn check_converters(config: &GatewayConfig, runtime: &Runtime) -> (usize, Vec<ServiceError>) {
     let (mut ok, mut errors) = (0, Vec::new());
     for c in &config.connectors {
+        match load_downlink(c, runtime) {
+            Ok(Some(_)) => ok += 1,
+            Ok(None) => {}
+            Err(e) => errors.push(e),
+        }
         for m in mappings(c) {
             match load_route(c, m, runtime) {
                 Ok(_) => ok += 1,
@@ -120,9 +204,12 @@ fn cache_dir(config: &GatewayConfig) -> Option<std::path::PathBuf> {
     })
 }
 
-/// Run the gateway until `shutdown` is cancelled, then stop in order.
-pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> Result<(), ServiceError> {
+/// Run the gateway until `shutdown` is cancelled (or ThingsBoard asks for a
+/// restart), then stop in order.
+pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> Result<Stopped, ServiceError> {
     let started = Instant::now();
+    // The first line of every run (the end-to-end tests count runs by it).
+    tracing::info!("tbgw {} starting", env!("CARGO_PKG_VERSION"));
     let store: Arc<dyn EventStore> = match &config.storage.kind {
         StorageKind::Memory => Arc::new(MemoryStore::new(config.storage.limits)),
         StorageKind::Fjall { path, durability } => {
@@ -133,17 +220,22 @@ pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> Result<(
         }
     };
     let runtime = converters::runtime(cache_dir(&config))?;
-    let (routes, route_ids) = {
+    let (routes, route_ids, downlinks) = {
         let (config, runtime) = (config.clone(), runtime.clone());
-        tokio::task::spawn_blocking(move || load_routes(&config, &runtime))
-            .await
-            .map_err(|e| ServiceError::Threads(std::io::Error::other(e.to_string())))??
+        tokio::task::spawn_blocking(move || {
+            let (routes, ids) = load_routes(&config, &runtime)?;
+            let downlinks =
+                config.connectors.iter().map(|c| load_downlink(c, &runtime)).collect::<Result<Vec<_>, _>>()?;
+            Ok::<_, ServiceError>((routes, ids, downlinks))
+        })
+        .await
+        .map_err(|e| ServiceError::Threads(std::io::Error::other(e.to_string())))??
     };
     let new_data = Arc::new(Notify::new());
     let mut pipeline =
         Pipeline::start(routes, store.clone(), new_data.clone(), config.pipeline).map_err(ServiceError::Threads)?;
     let client_stop = CancellationToken::new();
-    let client =
+    let mut client =
         tbgw_thingsboard::spawn(config.thingsboard.clone(), store.clone(), new_data.clone(), client_stop.clone())?;
 
     let plans: Vec<Plan> = config
@@ -152,6 +244,7 @@ pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> Result<(
         .zip(route_ids)
         .map(|(c, ids)| Plan {
             name: c.name.clone(),
+            kind: "mqtt",
             connector: match &c.kind {
                 ConnectorKind::Mqtt(m) => Box::new(MqttConnector::new(c.name.clone(), m.clone(), ids)),
             },
@@ -161,13 +254,34 @@ pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> Result<(
     let finish = CancellationToken::new();
     let mut connector_stats = Vec::new();
     let mut tasks = Vec::new();
-    for plan in plans {
+    let (device_requests_tx, device_requests) = mpsc::unbounded_channel();
+    let mut ports = Vec::new();
+    for (plan, converter) in plans.into_iter().zip(downlinks) {
         let stats = Arc::new(ConnectorStats::default());
         connector_stats.push((plan.name.clone(), stats.clone()));
         let Some(sink) = pipeline.sink() else { break };
-        let ctx = ConnectorContext { sink, stop_intake: stop_intake.clone(), finish: finish.clone(), stats };
+        let (jobs_tx, jobs) = mpsc::channel(4096);
+        let downlink = DownlinkLink { jobs, requests: DeviceRequests::new(&plan.name, device_requests_tx.clone()) };
+        ports.push(Port { name: plan.name.clone(), kind: plan.kind, jobs: jobs_tx, converter, stats: stats.clone() });
+        let ctx = ConnectorContext { sink, downlink, stop_intake: stop_intake.clone(), finish: finish.clone(), stats };
         tasks.push(tokio::spawn(plan.connector.run(ctx)));
     }
+    drop(device_requests_tx);
+    let (queries_tx, mut queries) = mpsc::channel(16);
+    let restart = CancellationToken::new();
+    let router_stop = CancellationToken::new();
+    let incoming = client.take_requests().unwrap_or_else(|| mpsc::unbounded_channel().1);
+    let router = Router::start(
+        ports,
+        incoming,
+        device_requests,
+        client.sender(),
+        client.registry(),
+        queries_tx,
+        restart.clone(),
+        router_stop.clone(),
+    )
+    .map_err(ServiceError::Threads)?;
     let backlog = store.stats();
     tracing::info!(
         "tbgw {} started: {} connector(s), {} converter(s); {} events waiting for delivery",
@@ -183,13 +297,27 @@ pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> Result<(
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t
     });
+    let mut stopped = Stopped::Normally;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = restart.cancelled() => {
+                stopped = Stopped::Restart;
+                break;
+            }
             _ = async { reports.as_mut().expect("guarded").tick().await }, if reports.is_some() => {
-                let report = statistics(started, &*store, &pipeline, &connector_stats, &client.stats());
+                let report = statistics(started, &*store, &pipeline, &connector_stats, &client.stats(), &router.stats);
                 client.own_telemetry(report.to_string());
             }
+            Some(query) = queries.recv() => match query {
+                ServiceQuery::Stats(reply) => {
+                    let _ = reply.send(statistics(started, &*store, &pipeline, &connector_stats, &client.stats(), &router.stats));
+                }
+                ServiceQuery::Converters(reply) => {
+                    let list = pipeline.routes().iter().map(|r| converter_json(&r.converter.info(), &r.connector)).collect();
+                    let _ = reply.send(serde_json::Value::Array(list));
+                }
+            },
         }
     }
 
@@ -204,6 +332,9 @@ pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> Result<(
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
+    router_stop.cancel();
+    drop(queries);
+    router.join().await;
     client_stop.cancel();
     let delivered = client.stats().delivered;
     client.join().await;
@@ -226,7 +357,7 @@ pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> Result<(
         );
     }
     drop(pipeline);
-    Ok(())
+    Ok(stopped)
 }
 
 /// The statistics published to `v1/devices/me/telemetry`: the Python
@@ -238,6 +369,7 @@ pub fn statistics(
     pipeline: &Pipeline,
     connectors: &[(String, Arc<ConnectorStats>)],
     client: &tbgw_thingsboard::ClientStatsSnapshot,
+    router: &crate::router::RouterStats,
 ) -> serde_json::Value {
     let s = store.stats();
     let mut out = serde_json::Map::new();
@@ -265,7 +397,11 @@ pub fn statistics(
         put(format!("{key}ValuesDropped"), dropped.into());
         put(format!("{key}EventsStored"), stored.into());
         put(format!("{key}Connected"), cs.connected.load(Ordering::Relaxed).into());
+        put(format!("{key}SentToDevices"), cs.sent_to_devices.load(Ordering::Relaxed).into());
+        put(format!("{key}DownlinkErrors"), cs.downlink_errors.load(Ordering::Relaxed).into());
     }
+    put("requestsReceived".into(), router.requests.load(Ordering::Relaxed).into());
+    put("requestErrors".into(), router.errors.load(Ordering::Relaxed).into());
     put("eventsProduced".into(), produced_total.into());
     put("eventsSent".into(), client.delivered.into());
     put("storageBacklog".into(), s.records.into());

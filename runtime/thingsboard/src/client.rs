@@ -33,6 +33,18 @@
 //! On connect the client asks ThingsBoard for its session limits
 //! (`getSessionLimits`) and applies them when the answer comes: payload size,
 //! in-flight window and rate limits.
+//!
+//! # Requests
+//!
+//! Each session subscribes to ThingsBoard's requests (`v1/gateway/rpc`,
+//! `v1/gateway/attributes`, `v1/gateway/attributes/response`,
+//! `v1/devices/me/rpc/request/+`) and hands every one, untouched, to the
+//! gateway's router through [`ClientHandle::take_requests`]. What the router
+//! answers, and what devices announce (connect, disconnect), goes out through
+//! [`ClientHandle::send`]: those publishes are not stored, since a reply is
+//! worthless once ThingsBoard has given up on it. The devices ThingsBoard
+//! knows through this gateway are kept in a [`DeviceRegistry`] (and in the
+//! store), which is what routes a request to its connector.
 
 use crate::config::{ClientConfig, Credentials};
 use crate::limits::{RateLimit, SessionLimits};
@@ -43,6 +55,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tbgw_core::downlink::DeviceRegistry;
 use tbgw_core::{DeviceRecord, Event as StoredEvent};
 use tbgw_store::{EventStore, Seq, StoreError};
 use tbgw_tls::rustls;
@@ -51,6 +64,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 const CONNECT_TOPIC: &str = "v1/gateway/connect";
+const DISCONNECT_TOPIC: &str = "v1/gateway/disconnect";
+/// What ThingsBoard sends the gateway: requests for child devices, answers
+/// to attribute requests, RPCs to the gateway itself.
+const REQUEST_FILTERS: [&str; 4] =
+    ["v1/gateway/rpc", "v1/gateway/attributes", "v1/gateway/attributes/response", "v1/devices/me/rpc/request/+"];
 const OWN_TELEMETRY_TOPIC: &str = "v1/devices/me/telemetry";
 const RPC_RESPONSE_FILTER: &str = "v1/devices/me/rpc/response/+";
 const RPC_RESPONSE_PREFIX: &str = "v1/devices/me/rpc/response/";
@@ -115,10 +133,39 @@ pub struct ClientHandle {
     stats: Arc<ClientStats>,
     commands: mpsc::Sender<Command>,
     task: JoinHandle<()>,
+    registry: Arc<DeviceRegistry>,
+    requests: Option<mpsc::UnboundedReceiver<Incoming>>,
 }
 
-enum Command {
+/// A message ThingsBoard sent the gateway (a request, or an answer to one
+/// of the gateway's requests), as received.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// Something for the client to send that does not come from the store.
+#[derive(Debug)]
+pub enum Command {
+    /// The gateway's own telemetry (statistics).
     OwnTelemetry(String),
+    /// A publish as it is: an RPC reply, an attribute request.
+    Publish { topic: String, payload: Vec<u8> },
+    /// A device announced itself: remember it (in the registry and the
+    /// store) and publish `v1/gateway/connect`.
+    Connect { device: String, device_type: Option<String>, connector: String },
+    /// A device left: forget it and publish `v1/gateway/disconnect`.
+    Disconnect { device: String },
+}
+
+/// Why [`ClientHandle::send`] did not take a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("too many messages are waiting for ThingsBoard")]
+    Full,
+    #[error("the ThingsBoard client has stopped")]
+    Stopped,
 }
 
 impl ClientHandle {
@@ -132,11 +179,52 @@ impl ClientHandle {
         self.commands.try_send(Command::OwnTelemetry(payload)).is_ok()
     }
 
+    /// Hand the client something to send. Commands wait while ThingsBoard
+    /// is away, up to a bound; past it they are refused, not queued without
+    /// end.
+    pub fn send(&self, command: Command) -> Result<(), SendError> {
+        self.commands.try_send(command).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendError::Full,
+            mpsc::error::TrySendError::Closed(_) => SendError::Stopped,
+        })
+    }
+
+    /// A sender of commands that outlives borrows of the handle.
+    pub fn sender(&self) -> CommandSender {
+        CommandSender(self.commands.clone())
+    }
+
+    /// ThingsBoard's requests, for the router (once; `None` after).
+    pub fn take_requests(&mut self) -> Option<mpsc::UnboundedReceiver<Incoming>> {
+        self.requests.take()
+    }
+
+    /// The devices ThingsBoard knows through this gateway.
+    pub fn registry(&self) -> Arc<DeviceRegistry> {
+        self.registry.clone()
+    }
+
     /// Wait for the client to stop (after the shutdown token was cancelled).
     pub async fn join(self) {
         let _ = self.task.await;
     }
 }
+
+/// A clonable way to hand the client commands (see [`ClientHandle::send`]).
+#[derive(Clone)]
+pub struct CommandSender(mpsc::Sender<Command>);
+
+impl CommandSender {
+    pub fn send(&self, command: Command) -> Result<(), SendError> {
+        self.0.try_send(command).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendError::Full,
+            mpsc::error::TrySendError::Closed(_) => SendError::Stopped,
+        })
+    }
+}
+
+/// Commands waiting for the client (replies, announcements, statistics).
+const COMMAND_QUEUE: usize = 8192;
 
 /// Start delivering from `store`. `new_data` is notified by whoever appends
 /// to the store; `shutdown` stops the client after it waited for publishes
@@ -155,10 +243,12 @@ pub fn spawn(
         None => None,
     };
     let stats = Arc::new(ClientStats::default());
-    let (commands, rx) = mpsc::channel(16);
-    let delivery = Delivery::new(store, stats.clone(), config.read_batch);
+    let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
+    let (requests_tx, requests) = mpsc::unbounded_channel();
+    let registry = Arc::new(DeviceRegistry::default());
+    let delivery = Delivery::new(store, stats.clone(), config.read_batch, registry.clone(), requests_tx);
     let task = tokio::spawn(supervise(config, tls, delivery, rx, new_data, shutdown));
-    Ok(ClientHandle { stats, commands, task })
+    Ok(ClientHandle { stats, commands, task, registry, requests: Some(requests) })
 }
 
 /// What ended a session.
@@ -343,7 +433,10 @@ async fn run_session(
         limits_request: None,
         next_rpc_id: 1,
     };
-    if let Err(e) = s.client.subscribe(RPC_RESPONSE_FILTER, QoS::AtLeastOnce).await {
+    let filters = std::iter::once(RPC_RESPONSE_FILTER)
+        .chain(REQUEST_FILTERS)
+        .map(|f| rumqttc::SubscribeFilter::new(f.to_owned(), QoS::AtLeastOnce));
+    if let Err(e) = s.client.subscribe_many(filters).await {
         return SessionEnd::Lost { connected: true, reason: format!("subscribing failed: {e}") };
     }
     let id = s.next_rpc_id;
@@ -357,9 +450,9 @@ async fn run_session(
     });
     // Connect every device ThingsBoard knows through us, so that its
     // requests reach us again.
-    for (name, record) in delivery.known.iter() {
-        s.connected_devices.insert(name.clone());
-        s.outbox.push_back(connect_item(name, record.device_type.as_deref()));
+    for (name, record) in delivery.registry.snapshot() {
+        s.outbox.push_back(connect_item(&name, record.device_type.as_deref()));
+        s.connected_devices.insert(name);
     }
 
     let mut store_empty = false;
@@ -400,14 +493,7 @@ async fn run_session(
                     return SessionEnd::Lost { connected: true, reason };
                 }
             }
-            Some(cmd) = commands.recv() => match cmd {
-                Command::OwnTelemetry(payload) => s.outbox.push_back(OutItem {
-                    topic: OWN_TELEMETRY_TOPIC.into(),
-                    payload: payload.into_bytes(),
-                    tag: Tag::Control,
-                    datapoints: 0,
-                }),
-            },
+            Some(cmd) = commands.recv() => delivery.command(cmd, &mut s).await,
             _ = std::future::ready(()), if send_now => {
                 if let Some(item) = s.outbox.pop_front() {
                     rates.take(&item);
@@ -461,18 +547,20 @@ impl Session {
                     }
                 }
             }
-            LoopEvent::Message(p) => self.message(p, rates),
+            LoopEvent::Message(p) => self.message(p, rates, delivery),
             LoopEvent::Lost(reason) => return Err(reason),
             LoopEvent::Connected => {}
         }
         Ok(())
     }
 
-    fn message(&mut self, p: rumqttc::Publish, rates: &mut Rates) {
-        let Some(id) = p.topic.strip_prefix(RPC_RESPONSE_PREFIX).and_then(|id| id.parse::<u64>().ok()) else {
-            return;
-        };
-        if self.limits_request.map(|(r, _)| r) != Some(id) {
+    fn message(&mut self, p: rumqttc::Publish, rates: &mut Rates, delivery: &Delivery) {
+        let id = p.topic.strip_prefix(RPC_RESPONSE_PREFIX).and_then(|id| id.parse::<u64>().ok());
+        if id.is_none() || self.limits_request.map(|(r, _)| r) != id {
+            if id.is_none() {
+                // A request: the router's.
+                let _ = delivery.incoming.send(Incoming { topic: p.topic, payload: p.payload.to_vec() });
+            }
             return;
         }
         self.limits_request = None;
@@ -533,6 +621,10 @@ fn connect_item(device: &str, device_type: Option<&str>) -> OutItem {
     OutItem { topic: CONNECT_TOPIC.into(), payload: payload.into_bytes(), tag: Tag::Control, datapoints: 0 }
 }
 
+fn control(topic: impl Into<String>, payload: Vec<u8>) -> OutItem {
+    OutItem { topic: topic.into(), payload, tag: Tag::Control, datapoints: 0 }
+}
+
 impl Rates {
     fn wait(&mut self, item: &OutItem) -> Option<Duration> {
         let now = Instant::now();
@@ -563,8 +655,10 @@ struct Delivery {
     chunks: HashMap<u64, Chunk>,
     next_chunk_id: u64,
     /// Devices ThingsBoard knows through us (mirrors the store's).
-    known: HashMap<String, DeviceRecord>,
+    registry: Arc<DeviceRegistry>,
     loaded_known: bool,
+    /// ThingsBoard's requests, to the router.
+    incoming: mpsc::UnboundedSender<Incoming>,
 }
 
 struct Chunk {
@@ -574,7 +668,13 @@ struct Chunk {
 }
 
 impl Delivery {
-    fn new(store: Arc<dyn EventStore>, stats: Arc<ClientStats>, read_batch: usize) -> Self {
+    fn new(
+        store: Arc<dyn EventStore>,
+        stats: Arc<ClientStats>,
+        read_batch: usize,
+        registry: Arc<DeviceRegistry>,
+        incoming: mpsc::UnboundedSender<Incoming>,
+    ) -> Self {
         Delivery {
             store,
             stats,
@@ -582,8 +682,61 @@ impl Delivery {
             next_read: None,
             chunks: HashMap::new(),
             next_chunk_id: 0,
-            known: HashMap::new(),
+            registry,
             loaded_known: false,
+            incoming,
+        }
+    }
+
+    /// Carry out a command of the gateway's.
+    async fn command(&mut self, cmd: Command, s: &mut Session) {
+        match cmd {
+            Command::OwnTelemetry(payload) => s.outbox.push_back(control(OWN_TELEMETRY_TOPIC, payload.into_bytes())),
+            Command::Publish { topic, payload } => s.outbox.push_back(control(topic, payload)),
+            Command::Connect { device, device_type, connector } => {
+                self.load_known(s).await;
+                let record = DeviceRecord { device_type: device_type.clone(), connector };
+                if self.registry.put(&device, record.clone()) {
+                    let name = device.clone();
+                    if let Err(e) = self.blocking(move |st| st.put_device(&name, &record)).await {
+                        tracing::error!(device, "remembering a connected device failed: {e}");
+                    }
+                }
+                s.outbox.push_back(connect_item(&device, device_type.as_deref()));
+                s.connected_devices.insert(device);
+            }
+            Command::Disconnect { device } => {
+                self.load_known(s).await;
+                if self.registry.remove(&device).is_some() {
+                    let name = device.clone();
+                    if let Err(e) = self.blocking(move |st| st.remove_device(&name)).await {
+                        tracing::error!(device, "forgetting a disconnected device failed: {e}");
+                    }
+                }
+                s.connected_devices.remove(&device);
+                let payload = format!("{{\"device\":{}}}", pack::json_string(&device));
+                s.outbox.push_back(control(DISCONNECT_TOPIC, payload.into_bytes()));
+            }
+        }
+    }
+
+    /// The devices the store remembers, once per process; each connected in
+    /// this session.
+    async fn load_known(&mut self, s: &mut Session) {
+        if self.loaded_known {
+            return;
+        }
+        match self.blocking(|st| st.devices()).await {
+            Ok(devices) => {
+                self.loaded_known = true;
+                for (name, record) in devices {
+                    if s.connected_devices.insert(name.clone()) {
+                        s.outbox.push_back(connect_item(&name, record.device_type.as_deref()));
+                    }
+                    self.registry.put(&name, record);
+                }
+            }
+            Err(e) => tracing::error!("reading the connected devices from the store failed: {e}"),
         }
     }
 
@@ -606,15 +759,7 @@ impl Delivery {
     /// Read the next chunk and queue its publishes; false when the store
     /// has nothing more.
     async fn next_chunk(&mut self, s: &mut Session) -> Result<bool, StoreError> {
-        if !self.loaded_known {
-            self.known = self.blocking(|st| st.devices()).await?.into_iter().collect();
-            self.loaded_known = true;
-            for (name, record) in &self.known {
-                if s.connected_devices.insert(name.clone()) {
-                    s.outbox.push_back(connect_item(name, record.device_type.as_deref()));
-                }
-            }
-        }
+        self.load_known(s).await;
         let from = match self.next_read {
             Some(seq) => seq,
             None => {
@@ -635,8 +780,7 @@ impl Delivery {
         for (_, e) in &events {
             let u = &e.update;
             let record = DeviceRecord { device_type: u.device_type.clone(), connector: e.connector.clone() };
-            if self.known.get(&u.device) != Some(&record) {
-                self.known.insert(u.device.clone(), record.clone());
+            if self.registry.put(&u.device, record.clone()) {
                 new_records.push((u.device.clone(), record));
             }
             if s.connected_devices.insert(u.device.clone()) {

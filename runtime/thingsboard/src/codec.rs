@@ -5,6 +5,12 @@
 //!   `{"device":"A","data":{"id":1,"method":"setRelay","params":{"on":true}}}`
 //! - shared attribute update on `v1/gateway/attributes`:
 //!   `{"device":"A","data":{"relay":true,"setpoint":21.5}}`
+//! - an answer to an attribute request on `v1/gateway/attributes/response`:
+//!   `{"id":1,"device":"A","value":42}` (one key) or `"values":{...}`;
+//! - an RPC to the gateway itself on `v1/devices/me/rpc/request/{id}`:
+//!   `{"method":"gateway_ping","params":{}}`.
+//!
+//! And what the gateway sends back: RPC replies, attribute requests.
 
 use serde_json::{Map, Value as Json};
 use tbgw_core::{AttributeUpdate, DownlinkRequest, Entry, RpcRequest, Value};
@@ -69,6 +75,54 @@ pub fn value(v: &Json) -> Value {
     }
 }
 
+/// An RPC to the gateway device: its method and parameters (JSON).
+pub fn parse_own_rpc(payload: &[u8]) -> Result<(String, Json), RequestError> {
+    let doc: Json = serde_json::from_slice(payload).map_err(|e| err(format!("not valid JSON: {e}")))?;
+    let method =
+        doc.get("method").and_then(Json::as_str).ok_or_else(|| err("`method` is missing or not a string"))?.to_owned();
+    let params = doc.get("params").cloned().unwrap_or(Json::Null);
+    Ok((method, params))
+}
+
+/// ThingsBoard's answer to an attribute request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttributeResponse {
+    pub id: u64,
+    pub device: Option<String>,
+    /// `values` as it came, or `{key: value}` made of a one-key `value`
+    /// answer (the key is the one asked for, which only the asker knows:
+    /// `None` here).
+    pub values: Option<Map<String, Json>>,
+    /// A one-key answer's value.
+    pub value: Option<Json>,
+}
+
+/// Parse an answer to an attribute request; both shapes are accepted.
+pub fn parse_attribute_response(payload: &[u8]) -> Result<AttributeResponse, RequestError> {
+    let doc: Json = serde_json::from_slice(payload).map_err(|e| err(format!("not valid JSON: {e}")))?;
+    let id = match doc.get("id") {
+        Some(Json::Number(n)) => n.as_u64(),
+        Some(Json::String(s)) => s.trim().parse().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| err("`id` is missing or not an integer"))?;
+    let device = doc.get("device").and_then(Json::as_str).map(str::to_owned);
+    let values = doc.get("values").and_then(Json::as_object).cloned();
+    let value = doc.get("value").cloned();
+    Ok(AttributeResponse { id, device, values, value })
+}
+
+/// `{"device":..,"id":..,"data":..}` for `v1/gateway/rpc`.
+pub fn rpc_reply(device: &str, id: i64, data: &Json) -> Vec<u8> {
+    serde_json::json!({"device": device, "id": id, "data": data}).to_string().into_bytes()
+}
+
+/// `{"id":..,"device":..,"client":..,"keys":[..]}` for
+/// `v1/gateway/attributes/request`.
+pub fn attribute_request(id: u64, device: &str, client: bool, keys: &[String]) -> Vec<u8> {
+    serde_json::json!({"id": id, "device": device, "client": client, "keys": keys}).to_string().into_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +154,24 @@ mod tests {
             panic!()
         };
         assert_eq!((r.id, r.params.as_str()), (3, "null"));
+    }
+
+    #[test]
+    fn attribute_responses_of_both_shapes() {
+        let one = parse_attribute_response(br#"{"id":3,"device":"A","value":21.5}"#).unwrap();
+        assert_eq!((one.id, one.value), (3, Some(serde_json::json!(21.5))));
+        let many = parse_attribute_response(br#"{"id":"4","device":"A","values":{"a":1,"b":"x"}}"#).unwrap();
+        assert_eq!(many.id, 4);
+        assert_eq!(Json::Object(many.values.unwrap()), serde_json::json!({"a":1,"b":"x"}));
+        assert!(parse_attribute_response(br#"{"device":"A"}"#).is_err());
+    }
+
+    #[test]
+    fn replies_in_thingsboards_shape() {
+        let r: Json = serde_json::from_slice(&rpc_reply("A", 7, &serde_json::json!({"ok":1}))).unwrap();
+        assert_eq!(r, serde_json::json!({"device":"A","id":7,"data":{"ok":1}}));
+        let q: Json = serde_json::from_slice(&attribute_request(2, "A", false, &["k".into()])).unwrap();
+        assert_eq!(q, serde_json::json!({"id":2,"device":"A","client":false,"keys":["k"]}));
     }
 
     #[test]

@@ -15,5 +15,5 @@ pub mod config;
 pub mod limits;
 pub mod pack;
 
-pub use client::{ClientError, ClientHandle, ClientStatsSnapshot, spawn};
+pub use client::{ClientError, ClientHandle, ClientStatsSnapshot, Command, CommandSender, Incoming, SendError, spawn};
 pub use config::{ClientConfig, Credentials, Secret, TlsFiles};

@@ -59,9 +59,27 @@ pub fn run(args: RunArgs) -> ExitCode {
     let shutdown = CancellationToken::new();
     runtime.spawn(stop_on_signals(shutdown.clone()));
     match runtime.block_on(service::run(config, shutdown)) {
-        Ok(()) => ExitCode::from(OK),
+        Ok(service::Stopped::Normally) => ExitCode::from(OK),
+        Ok(service::Stopped::Restart) => {
+            drop(runtime);
+            restart()
+        }
         Err(e) => fail(&e.to_string()),
     }
+}
+
+/// Replace this process with a fresh `tbgw` with the same arguments: the
+/// configuration is read again, the same PID keeps serving (systemd and
+/// containers see no exit).
+fn restart() -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return fail(&format!("cannot restart: where is the tbgw binary? {e}")),
+    };
+    tracing::info!("restarting: {}", exe.display());
+    let err = std::process::Command::new(&exe).args(std::env::args_os().skip(1)).exec();
+    fail(&format!("cannot restart {}: {err}", exe.display()))
 }
 
 /// Cancel `shutdown` on SIGINT or SIGTERM (a second one exits at once).

@@ -127,7 +127,7 @@ pub struct Demo {
     pub broker: broker::Broker,
     pub view: view::View,
     pub devices: devices::Devices,
-    gateway: JoinHandle<Result<(), ServiceError>>,
+    gateway: JoinHandle<Result<service::Stopped, ServiceError>>,
     gateway_stop: CancellationToken,
 }
 
@@ -150,7 +150,7 @@ impl Demo {
             if gateway.is_finished() {
                 return match gateway.await {
                     Ok(Err(e)) => Err(e.into()),
-                    Ok(Ok(())) => Err(DemoError::Task("the gateway stopped before subscribing".into())),
+                    Ok(Ok(_)) => Err(DemoError::Task("the gateway stopped before subscribing".into())),
                     Err(e) => Err(DemoError::Task(e.to_string())),
                 };
             }
@@ -170,7 +170,9 @@ impl Demo {
         }
         self.gateway_stop.cancel();
         match self.gateway.await {
-            Ok(r) => r?,
+            Ok(r) => {
+                r?;
+            }
             Err(e) => return Err(DemoError::Task(e.to_string())),
         }
         Ok(DemoEnd { published, seen: self.view.snapshot() })

@@ -1,0 +1,460 @@
+//! The router: every request from ThingsBoard to its answer, and devices'
+//! own requests to ThingsBoard.
+//!
+//! ```text
+//! ThingsBoard ─▶ client ─(Incoming)─▶ router ─▶ device registry: which connector owns the device?
+//!     ─▶ downlink converter (wasm, on the downlink thread) ─▶ connector (DeviceJob) ─▶ device
+//!     ◀─ v1/gateway/rpc {"device","id","data"} ◀─ the job's outcome (the device's answer, or why not)
+//! ```
+//!
+//! - `v1/gateway/rpc` (server-side RPC): answered always, with the device's
+//!   answer, `{"success":true}` once sent (one-way), or
+//!   `{"success":false,"error":"..."}` saying why not: an unknown device, a
+//!   connector without a `requestsMapping`, a request no entry matches, a
+//!   connector not connected to its broker (at once, not after a timeout),
+//!   no answer from the device in time.
+//! - `v1/gateway/attributes` (shared attribute update): sent to the device;
+//!   failures are counted and logged.
+//! - `v1/devices/me/rpc/request/{id}` (RPC to the gateway): `gateway_ping`,
+//!   `gateway_stats`, `gateway_devices`, `gateway_version`,
+//!   `gateway_converters`, `gateway_restart`; `<type>_<method>` (e.g.
+//!   `mqtt_publish`) goes to the first connector of that type (or the one
+//!   named by `params.connector`).
+//! - devices' own requests from connectors: connect and disconnect
+//!   announcements, and attribute requests, whose answer
+//!   (`v1/gateway/attributes/response`, either shape) goes back to the
+//!   connector that asked.
+//!
+//! Downlink converters run on one dedicated thread (wasm calls never run on
+//! tokio's threads), taking every request queued as one batch per converter.
+//! Each request is served by a task of its own, so a slow device never
+//! delays another's request.
+
+use crate::service::ServiceQuery;
+use serde_json::{Value as Json, json};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tbgw_core::connector::ConnectorStats;
+use tbgw_core::downlink::{DeviceJob, DeviceRegistry, DeviceRequest, JobKind, Outcome, Reply, ToConnector};
+use tbgw_core::{DownlinkMessage, DownlinkRequest};
+use tbgw_thingsboard::codec;
+use tbgw_thingsboard::{Command, CommandSender, Incoming};
+use tbgw_wasm::DownlinkConverter;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+const RPC_TOPIC: &str = "v1/gateway/rpc";
+const ATTRIBUTES_TOPIC: &str = "v1/gateway/attributes";
+const ATTRIBUTES_RESPONSE_TOPIC: &str = "v1/gateway/attributes/response";
+const ATTRIBUTES_REQUEST_TOPIC: &str = "v1/gateway/attributes/request";
+const OWN_RPC_PREFIX: &str = "v1/devices/me/rpc/request/";
+const OWN_RPC_RESPONSE_PREFIX: &str = "v1/devices/me/rpc/response/";
+/// How long a device's attribute request waits for ThingsBoard.
+const ATTRIBUTE_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a request may wait for its connector's answer: connectors
+/// answer by their own deadlines (a two-way RPC's `responseTimeout`); this
+/// only guards against a connector that never does.
+const JOB_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A connector as the router sees it.
+pub struct Port {
+    pub name: String,
+    /// Its type (`mqtt`): the prefix of its connector RPCs.
+    pub kind: &'static str,
+    pub jobs: mpsc::Sender<ToConnector>,
+    /// Its downlink converter, if it has a `requestsMapping` (or a custom one).
+    pub converter: Option<DownlinkConverter>,
+    pub stats: Arc<ConnectorStats>,
+}
+
+/// Counters of the router, for statistics.
+#[derive(Debug, Default)]
+pub struct RouterStats {
+    /// Requests from ThingsBoard (RPCs, attribute updates, gateway RPCs).
+    pub requests: AtomicU64,
+    /// Requests answered (or, for attribute updates, ended) with an error.
+    pub errors: AtomicU64,
+}
+
+/// A request for the downlink converter thread.
+struct ConvertJob {
+    converter: usize,
+    request: DownlinkRequest,
+    reply: oneshot::Sender<Result<Vec<DownlinkMessage>, String>>,
+}
+
+struct Shared {
+    client: CommandSender,
+    registry: Arc<DeviceRegistry>,
+    ports: Vec<Port>,
+    convert: flume::Sender<ConvertJob>,
+    /// Attribute requests waiting for ThingsBoard: id → (keys, reply).
+    attribute_requests: Mutex<HashMap<u64, (Vec<String>, Reply)>>,
+    next_attribute_request: AtomicU64,
+    service: mpsc::Sender<ServiceQuery>,
+    restart: CancellationToken,
+    stats: Arc<RouterStats>,
+}
+
+/// The running router.
+pub struct Router {
+    task: tokio::task::JoinHandle<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pub stats: Arc<RouterStats>,
+}
+
+impl Router {
+    /// Start routing. `restart` is cancelled by `gateway_restart`; `service`
+    /// answers `gateway_stats` and `gateway_converters`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        ports: Vec<Port>,
+        incoming: mpsc::UnboundedReceiver<Incoming>,
+        device_requests: mpsc::UnboundedReceiver<(Arc<str>, DeviceRequest)>,
+        client: CommandSender,
+        registry: Arc<DeviceRegistry>,
+        service: mpsc::Sender<ServiceQuery>,
+        restart: CancellationToken,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Router> {
+        let converters: Vec<Option<DownlinkConverter>> = ports.iter().map(|p| p.converter.clone()).collect();
+        let (convert, jobs) = flume::bounded::<ConvertJob>(4096);
+        let thread =
+            std::thread::Builder::new().name("tbgw-downlink".into()).spawn(move || convert_thread(jobs, converters))?;
+        let stats = Arc::new(RouterStats::default());
+        let shared = Arc::new(Shared {
+            client,
+            registry,
+            ports,
+            convert,
+            attribute_requests: Mutex::new(HashMap::new()),
+            next_attribute_request: AtomicU64::new(1),
+            service,
+            restart,
+            stats: stats.clone(),
+        });
+        let task = tokio::spawn(route(shared, incoming, device_requests, shutdown));
+        Ok(Router { task, thread: Some(thread), stats })
+    }
+
+    /// Wait for the router to stop (after the shutdown token).
+    pub async fn join(mut self) {
+        let _ = self.task.await;
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+/// The downlink converters' thread: every queued request, one call per
+/// converter.
+fn convert_thread(jobs: flume::Receiver<ConvertJob>, converters: Vec<Option<DownlinkConverter>>) {
+    let mut workers: Vec<_> = converters.iter().map(|c| c.as_ref().map(|c| c.worker())).collect();
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        batch.extend(jobs.try_iter().take(255));
+        for (i, worker) in workers.iter_mut().enumerate() {
+            let (mine, rest): (Vec<_>, Vec<_>) = batch.into_iter().partition(|j| j.converter == i);
+            batch = rest;
+            if mine.is_empty() {
+                continue;
+            }
+            let Some(worker) = worker else {
+                for j in mine {
+                    let _ = j.reply.send(Err("no downlink converter".into()));
+                }
+                continue;
+            };
+            let (requests, replies): (Vec<_>, Vec<_>) = mine.into_iter().map(|j| (j.request, j.reply)).unzip();
+            for (result, reply) in worker.convert(&requests).into_iter().zip(replies) {
+                let _ = reply.send(result.map_err(|e| e.to_string()));
+            }
+        }
+    }
+}
+
+async fn route(
+    shared: Arc<Shared>,
+    mut incoming: mpsc::UnboundedReceiver<Incoming>,
+    mut device_requests: mpsc::UnboundedReceiver<(Arc<str>, DeviceRequest)>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(msg) = incoming.recv() => from_thingsboard(&shared, msg),
+            Some((connector, request)) = device_requests.recv() => from_device(&shared, &connector, request),
+            else => break,
+        }
+    }
+    // Whatever waits for ThingsBoard now gets no answer: say so.
+    let waiting: Vec<_> = shared.attribute_requests.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
+    for (_, (_, reply)) in waiting {
+        let _ = reply.send(Err("the gateway is stopping".into()));
+    }
+}
+
+fn publish(shared: &Shared, topic: String, payload: Vec<u8>) {
+    if let Err(e) = shared.client.send(Command::Publish { topic: topic.clone(), payload }) {
+        tracing::warn!("cannot send to ThingsBoard on {topic}: {e}");
+    }
+}
+
+fn from_thingsboard(shared: &Arc<Shared>, msg: Incoming) {
+    match msg.topic.as_str() {
+        // A plain broker standing in for ThingsBoard sends the gateway its
+        // own publishes back: RPC replies (`id` at the top) and client
+        // attributes (no `device`). They are not requests.
+        RPC_TOPIC | ATTRIBUTES_TOPIC if !is_request(&msg.payload) => {
+            tracing::trace!(topic = msg.topic, "not a request (the gateway's own publish, echoed)");
+        }
+        RPC_TOPIC => {
+            shared.stats.requests.fetch_add(1, Ordering::Relaxed);
+            match codec::parse_request(&msg.payload) {
+                Ok(DownlinkRequest::Rpc(rpc)) => {
+                    tokio::spawn(device_rpc(shared.clone(), rpc));
+                }
+                Ok(DownlinkRequest::AttributeUpdate(_)) | Err(_) => {
+                    shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    let why =
+                        codec::parse_request(&msg.payload).err().map_or("no `data.method`".into(), |e| e.to_string());
+                    // Answer it if it says who and which request it is.
+                    let doc: Json = serde_json::from_slice(&msg.payload).unwrap_or(Json::Null);
+                    let (device, id) = (doc["device"].as_str(), doc["data"]["id"].as_i64());
+                    tracing::warn!("an RPC from ThingsBoard that cannot be read: {why}");
+                    if let (Some(device), Some(id)) = (device, id) {
+                        let data = json!({"success": false, "error": format!("tbgw cannot read this RPC: {why}")});
+                        publish(shared, RPC_TOPIC.into(), codec::rpc_reply(device, id, &data));
+                    }
+                }
+            }
+        }
+        ATTRIBUTES_TOPIC => {
+            shared.stats.requests.fetch_add(1, Ordering::Relaxed);
+            match codec::parse_request(&msg.payload) {
+                Ok(request @ DownlinkRequest::AttributeUpdate(_)) => {
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        let device = request.device().to_owned();
+                        if let Err(e) = serve(&shared, request, JobKind::AttributeUpdate).await {
+                            shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(device, "shared attribute update not delivered: {e}");
+                        }
+                    });
+                }
+                Ok(DownlinkRequest::Rpc(_)) => {}
+                Err(e) => {
+                    shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("a shared attribute update from ThingsBoard that cannot be read: {e}");
+                }
+            }
+        }
+        ATTRIBUTES_RESPONSE_TOPIC => attribute_response(shared, &msg.payload),
+        topic => match topic.strip_prefix(OWN_RPC_PREFIX) {
+            // The gateway's own client-side RPC, echoed by a plain broker.
+            Some(_) if msg.payload.windows(16).any(|w| w == b"getSessionLimits") => {}
+            Some(id) => {
+                shared.stats.requests.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(own_rpc(shared.clone(), id.to_owned(), msg.payload));
+            }
+            None => tracing::debug!(topic, "a message from ThingsBoard on a topic tbgw does not serve"),
+        },
+    }
+}
+
+/// Whether a payload on `v1/gateway/rpc` or `v1/gateway/attributes` is a
+/// request (`{"device":..,"data":{..}}`) rather than one of the gateway's
+/// own publishes (`{"device":..,"id":..,"data":..}`, `{"Device A":{..}}`).
+fn is_request(payload: &[u8]) -> bool {
+    match serde_json::from_slice::<Json>(payload) {
+        Ok(Json::Object(o)) => o.contains_key("device") && o.contains_key("data") && !o.contains_key("id"),
+        // Malformed: a request that cannot be read, reported as such.
+        _ => true,
+    }
+}
+
+/// A server-side RPC for a device, answered whatever happens.
+async fn device_rpc(shared: Arc<Shared>, rpc: tbgw_core::RpcRequest) {
+    let (device, id) = (rpc.device.clone(), rpc.id);
+    let kind = JobKind::Rpc { id, method: rpc.method.clone() };
+    let data = match serve(&shared, DownlinkRequest::Rpc(rpc), kind).await {
+        Ok(answer) => serde_json::from_str(&answer).unwrap_or(Json::String(answer)),
+        Err(e) => {
+            shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(device, id, "RPC answered with an error: {e}");
+            json!({"success": false, "error": e})
+        }
+    };
+    publish(&shared, RPC_TOPIC.into(), codec::rpc_reply(&device, id, &data));
+}
+
+/// Route a request to its device: registry, converter, connector.
+async fn serve(shared: &Shared, request: DownlinkRequest, kind: JobKind) -> Outcome {
+    let device = request.device().to_owned();
+    let record = shared
+        .registry
+        .get(&device)
+        .ok_or_else(|| format!("unknown device `{device}`: no connector of this gateway has connected it"))?;
+    let (index, port) = shared.ports.iter().enumerate().find(|(_, p)| p.name == record.connector).ok_or_else(|| {
+        format!("device `{device}` belongs to connector `{}`, which is not running", record.connector)
+    })?;
+    if port.converter.is_none() {
+        return Err(format!(
+            "connector `{}` has no requestsMapping (attributeUpdates, serverSideRpc): it sends nothing to devices",
+            port.name
+        ));
+    }
+    if !port.stats.connected.load(Ordering::Relaxed) {
+        return Err(format!("connector `{}` is not connected to its devices", port.name));
+    }
+    let (tx, rx) = oneshot::channel();
+    shared
+        .convert
+        .send_async(ConvertJob { converter: index, request, reply: tx })
+        .await
+        .map_err(|_| "the gateway is stopping".to_owned())?;
+    let messages = rx.await.map_err(|_| "the downlink converter thread stopped".to_owned())??;
+    let (tx, rx) = oneshot::channel();
+    let job = DeviceJob { device, kind, messages, reply: tx };
+    port.jobs.try_send(ToConnector::Device(job)).map_err(|e| match e {
+        mpsc::error::TrySendError::Full(_) => format!("connector `{}` has too many requests waiting", port.name),
+        mpsc::error::TrySendError::Closed(_) => format!("connector `{}` has stopped", port.name),
+    })?;
+    match tokio::time::timeout(JOB_TIMEOUT, rx).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(_)) => Err(format!("connector `{}` stopped before answering", port.name)),
+        Err(_) => Err(format!("connector `{}` did not answer in {JOB_TIMEOUT:?}", port.name)),
+    }
+}
+
+fn from_device(shared: &Arc<Shared>, connector: &str, request: DeviceRequest) {
+    match request {
+        DeviceRequest::Connect { device, device_type } => {
+            let _ = shared.client.send(Command::Connect { device, device_type, connector: connector.to_owned() });
+        }
+        DeviceRequest::Disconnect { device } => {
+            let _ = shared.client.send(Command::Disconnect { device });
+        }
+        DeviceRequest::Attributes { device, keys, client, reply } => {
+            let id = shared.next_attribute_request.fetch_add(1, Ordering::Relaxed);
+            let payload = codec::attribute_request(id, &device, client, &keys);
+            shared.attribute_requests.lock().unwrap_or_else(|e| e.into_inner()).insert(id, (keys, reply));
+            publish(shared, ATTRIBUTES_REQUEST_TOPIC.into(), payload);
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(ATTRIBUTE_REQUEST_TIMEOUT).await;
+                let late = shared.attribute_requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                if let Some((_, reply)) = late {
+                    let _ = reply.send(Err(format!("ThingsBoard did not answer in {ATTRIBUTE_REQUEST_TIMEOUT:?}")));
+                }
+            });
+        }
+    }
+}
+
+fn attribute_response(shared: &Shared, payload: &[u8]) {
+    let response = match codec::parse_attribute_response(payload) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("an answer to an attribute request that cannot be read: {e}");
+            return;
+        }
+    };
+    let waiting = shared.attribute_requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&response.id);
+    let Some((keys, reply)) = waiting else {
+        tracing::debug!(id = response.id, "an answer to an attribute request nobody waits for");
+        return;
+    };
+    let values = match (response.values, response.value) {
+        (Some(values), _) => values,
+        (None, Some(value)) => keys.first().map(|k| [(k.clone(), value)].into_iter().collect()).unwrap_or_default(),
+        (None, None) => Default::default(),
+    };
+    let _ = reply.send(Ok(Json::Object(values).to_string()));
+}
+
+/// An RPC to the gateway device itself.
+async fn own_rpc(shared: Arc<Shared>, id: String, payload: Vec<u8>) {
+    let answer = match codec::parse_own_rpc(&payload) {
+        Ok((method, params)) => own_method(&shared, &method, params).await,
+        Err(e) => json!({"error": format!("cannot read the request: {e}"), "code": 400}),
+    };
+    if answer.get("error").is_some() {
+        shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+    }
+    publish(&shared, format!("{OWN_RPC_RESPONSE_PREFIX}{id}"), answer.to_string().into_bytes());
+}
+
+async fn ask(shared: &Shared, query: impl FnOnce(oneshot::Sender<Json>) -> ServiceQuery) -> Option<Json> {
+    let (tx, rx) = oneshot::channel();
+    shared.service.send(query(tx)).await.ok()?;
+    rx.await.ok()
+}
+
+async fn own_method(shared: &Shared, method: &str, params: Json) -> Json {
+    match method {
+        "gateway_ping" => json!({"code": 200, "resp": "pong"}),
+        "gateway_version" => {
+            json!({"code": 200, "resp": {"current_version": env!("CARGO_PKG_VERSION"), "name": "tbgw"}})
+        }
+        "gateway_devices" => {
+            let devices: serde_json::Map<String, Json> =
+                shared.registry.snapshot().into_iter().map(|(name, r)| (name, Json::String(r.connector))).collect();
+            json!({"code": 200, "resp": devices})
+        }
+        "gateway_stats" => match ask(shared, ServiceQuery::Stats).await {
+            Some(stats) => json!({"code": 200, "resp": stats}),
+            None => json!({"error": "the gateway is stopping", "code": 503}),
+        },
+        "gateway_converters" => match ask(shared, ServiceQuery::Converters).await {
+            Some(Json::Array(mut list)) => {
+                for p in &shared.ports {
+                    if let Some(c) = &p.converter {
+                        list.push(crate::service::converter_json(&c.info(), &p.name));
+                    }
+                }
+                json!({"code": 200, "resp": list})
+            }
+            _ => json!({"error": "the gateway is stopping", "code": 503}),
+        },
+        "gateway_restart" => {
+            tracing::info!("restart requested by ThingsBoard (gateway_restart)");
+            let restart = shared.restart.clone();
+            tokio::spawn(async move {
+                // Let the answer go out first.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                restart.cancel();
+            });
+            json!({"success": true})
+        }
+        "gateway_reboot" => json!({
+            "error": "not supported: tbgw does not reboot the machine it runs on; gateway_restart restarts tbgw",
+            "code": 501
+        }),
+        other => match other.split_once('_') {
+            Some((kind, rest)) if shared.ports.iter().any(|p| p.kind == kind) => {
+                connector_rpc(shared, kind, rest, params).await
+            }
+            _ => json!({"error": format!("Method not found: `{other}`"), "code": 404}),
+        },
+    }
+}
+
+async fn connector_rpc(shared: &Shared, kind: &str, method: &str, params: Json) -> Json {
+    let wanted = params.get("connector").and_then(Json::as_str);
+    let Some(port) = shared.ports.iter().find(|p| p.kind == kind && wanted.is_none_or(|w| w == p.name)) else {
+        return json!({"error": format!("no {kind} connector named `{}`", wanted.unwrap_or_default()), "code": 404});
+    };
+    let (tx, rx) = oneshot::channel();
+    let request = ToConnector::ConnectorRpc { method: method.to_owned(), params: params.to_string(), reply: tx };
+    if port.jobs.try_send(request).is_err() {
+        return json!({"error": format!("connector `{}` cannot take requests now", port.name), "code": 503});
+    }
+    match tokio::time::timeout(JOB_TIMEOUT, rx).await {
+        Ok(Ok(Ok(answer))) => serde_json::from_str(&answer).unwrap_or(Json::String(answer)),
+        Ok(Ok(Err(e))) => json!({"error": e, "code": 500}),
+        _ => json!({"error": format!("connector `{}` did not answer", port.name), "code": 504}),
+    }
+}

@@ -1,0 +1,362 @@
+//! End to end, ThingsBoard → device → ThingsBoard: the real `tbgw` process
+//! between two mosquitto brokers; a test client plays ThingsBoard on one,
+//! simulated devices answer on the other. Every request must get its
+//! answer: the device's, or an error saying why.
+
+#[path = "e2e_common/mod.rs"]
+mod common;
+
+use common::{Gateway, device, gateway_yaml};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use tbgw_test_support::{Collector, Mosquitto, Received};
+
+/// `mqtt.json` with a `requestsMapping` in the Python gateway's shape.
+fn mqtt_json(source_port: u16, client_id: &str) -> String {
+    let config = json!({
+        "broker": {"host": "127.0.0.1", "port": source_port, "clientId": client_id, "version": 4,
+                   "cleanSession": false, "security": {"type": "anonymous"}},
+        "mapping": [{
+            "topicFilter": "sensor/+/data", "subscriptionQos": 1,
+            "converter": {"type": "json",
+                "deviceInfo": {"deviceNameExpressionSource": "topic", "deviceNameExpression": "(?<=sensor/)(.*?)(?=/data)",
+                               "deviceProfileExpressionSource": "constant", "deviceProfileExpression": "thermometer"},
+                "timeseries": [{"type": "double", "key": "temperature", "value": "${temp}"}]}
+        }],
+        "requestsMapping": {
+            "connectRequests": [{"topicFilter": "sensor/+/connect",
+                "deviceInfo": {"deviceNameExpressionSource": "topic", "deviceNameExpression": "(?<=sensor/)(.*?)(?=/connect)",
+                               "deviceProfileExpressionSource": "constant", "deviceProfileExpression": "relay"}}],
+            "disconnectRequests": [{"topicFilter": "sensor/+/disconnect",
+                "deviceInfo": {"deviceNameExpressionSource": "topic", "deviceNameExpression": "(?<=sensor/)(.*?)(?=/disconnect)"}}],
+            "attributeRequests": [{"topicFilter": "sensor/+/attributes/request",
+                "deviceInfo": {"deviceNameExpressionSource": "topic", "deviceNameExpression": "(?<=sensor/)(.*?)(?=/attributes)"},
+                "attributeNameExpressionSource": "message", "attributeNameExpression": "${keys}",
+                "topicExpression": "sensor/${deviceName}/attributes/${attributeKey}",
+                "valueExpression": "{\"${attributeKey}\":${attributeValue}}"}],
+            "attributeUpdates": [{"deviceNameFilter": ".*", "attributeFilter": "setpoint|eco",
+                "topicExpression": "sensor/${deviceName}/attributes",
+                "valueExpression": "{\"${attributeKey}\":${attributeValue}}"}],
+            "serverSideRpc": [
+                {"type": "twoWay", "deviceNameFilter": ".*", "methodFilter": "^(echo|slow)$",
+                 "requestTopicExpression": "sensor/${deviceName}/request/${methodName}/${requestId}",
+                 "responseTopicExpression": "sensor/${deviceName}/response/${methodName}/${requestId}",
+                 "responseTimeout": 1500, "valueExpression": "${params}"},
+                {"type": "oneWay", "deviceNameFilter": ".*", "methodFilter": "^reboot$",
+                 "requestTopicExpression": "sensor/${deviceName}/reboot", "valueExpression": "${params.delay}"}
+            ]
+        }
+    });
+    serde_json::to_string_pretty(&config).expect("json")
+}
+
+/// Devices that answer `echo` RPCs with `{"device", "echo": params}` and
+/// never answer `slow` ones.
+fn responder(port: u16, client_id: &str) -> Collector {
+    Collector::connect_with(port, client_id, &["sensor/+/request/+/+"], |m: &Received| {
+        let parts: Vec<&str> = m.topic.split('/').collect();
+        let [_, dev, _, method, id] = parts[..] else { return None };
+        if method != "echo" {
+            return None;
+        }
+        let params: Value = serde_json::from_slice(&m.payload).unwrap_or(Value::Null);
+        let answer = json!({"device": dev, "echo": params});
+        Some((format!("sensor/{dev}/response/{method}/{id}"), answer.to_string().into_bytes()))
+    })
+}
+
+/// Everything around one gateway.
+struct Setup {
+    _tb_broker: Mosquitto,
+    source: Mosquitto,
+    tb: Collector,
+    gw: Gateway,
+    _dir: tempfile::TempDir,
+}
+
+fn setup(name: &str) -> Setup {
+    setup_with(name, |_| None)
+}
+
+/// `answer_tb` plays ThingsBoard's part in requests the gateway makes
+/// (attribute requests).
+fn setup_with(name: &str, answer_tb: impl Fn(&Received) -> Option<(String, Vec<u8>)> + Send + 'static) -> Setup {
+    let (tb_broker, source) = (Mosquitto::start_new(), Mosquitto::start_new());
+    let filters = ["v1/gateway/#", "v1/devices/me/rpc/response/+"];
+    let tb = Collector::connect_with(tb_broker.port, &format!("tb-{name}"), &filters, answer_tb);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gw = Gateway::start(
+        dir.path(),
+        &gateway_yaml(tb_broker.port, dir.path(), 60),
+        &mqtt_json(source.port, &format!("gw-{name}")),
+    );
+    Setup { _tb_broker: tb_broker, source, tb, gw, _dir: dir }
+}
+
+impl Setup {
+    /// Devices announce themselves (`connectRequests`); wait until
+    /// ThingsBoard has every `v1/gateway/connect`.
+    fn connect_devices(&self, names: &[String]) {
+        let devices = Collector::connect(self.source.port, "announcer", &[]);
+        devices.publish_many(names.iter().map(|n| (format!("sensor/{n}/connect"), Vec::new())));
+        self.tb.wait_until(Duration::from_secs(30), "every device connected", |r| {
+            names
+                .iter()
+                .all(|n| r.iter().any(|m| m.topic == "v1/gateway/connect" && m.text().contains(&format!("\"{n}\""))))
+        });
+    }
+
+    /// A server-side RPC from ThingsBoard; its reply.
+    fn rpc(&self, dev: &str, id: i64, method: &str, params: Value) -> Value {
+        let request = json!({"device": dev, "data": {"id": id, "method": method, "params": params}});
+        self.tb.publish("v1/gateway/rpc", request.to_string());
+        let got = self.tb.wait_until(Duration::from_secs(20), &format!("the reply to RPC {id}"), |r| {
+            replies(r).iter().any(|(d, i, _)| d == dev && *i == id)
+        });
+        replies(&got).into_iter().find(|(d, i, _)| d == dev && *i == id).map(|(_, _, data)| data).expect("found")
+    }
+
+    /// An RPC to the gateway device; its answer.
+    fn own_rpc(&self, id: u64, method: &str, params: Value) -> Value {
+        self.tb.publish(
+            &format!("v1/devices/me/rpc/request/{id}"),
+            json!({"method": method, "params": params}).to_string(),
+        );
+        let topic = format!("v1/devices/me/rpc/response/{id}");
+        let got = self.tb.wait_until(Duration::from_secs(20), &format!("the answer to {method}"), |r| {
+            r.iter().any(|m| m.topic == topic)
+        });
+        let m = got.iter().find(|m| m.topic == topic).expect("found");
+        serde_json::from_slice(&m.payload).expect("an answer in JSON")
+    }
+}
+
+/// RPC replies ThingsBoard received: (device, id, data).
+fn replies(received: &[Received]) -> Vec<(String, i64, Value)> {
+    received
+        .iter()
+        .filter(|m| m.topic == "v1/gateway/rpc")
+        .filter_map(|m| serde_json::from_slice::<Value>(&m.payload).ok())
+        .filter(|v| v.get("id").is_some())
+        .map(|v| (v["device"].as_str().unwrap_or("").to_owned(), v["id"].as_i64().unwrap_or(-1), v["data"].clone()))
+        .collect()
+}
+
+fn is_error(data: &Value, contains: &str) -> bool {
+    data["success"] == false && data["error"].as_str().is_some_and(|e| e.contains(contains))
+}
+
+#[test]
+fn a_shared_attribute_update_reaches_the_device_converted() {
+    let s = setup("attrs");
+    let watcher = Collector::connect(s.source.port, "watch-attrs", &["sensor/+/attributes"]);
+    // A device known from its data.
+    let devices = Collector::connect(s.source.port, "dev-attrs", &[]);
+    devices.publish("sensor/dev-000/data", r#"{"temp":20.5}"#);
+    s.tb.wait_until(Duration::from_secs(20), "the device connected", |r| {
+        r.iter().any(|m| m.topic == "v1/gateway/connect" && m.text().contains("dev-000"))
+    });
+    // As in the Python gateway, `${attributeValue}` is the value as text:
+    // JSON for numbers and booleans.
+    let update = json!({"device": "dev-000", "data": {"setpoint": 21.5, "eco": true, "ignored": 1}});
+    s.tb.publish("v1/gateway/attributes", update.to_string());
+    let got = watcher.wait_until(Duration::from_secs(20), "both attributes at the device", |r| r.len() >= 2);
+    let mut payloads: Vec<Value> = got.iter().map(|m| serde_json::from_slice(&m.payload).expect("JSON")).collect();
+    payloads.sort_by_key(|v| v.to_string());
+    assert_eq!(payloads, [json!({"eco": true}), json!({"setpoint": 21.5})]);
+    assert!(got.iter().all(|m| m.topic == "sensor/dev-000/attributes"));
+    // An update for a device nobody connected goes nowhere, and says so.
+    s.tb.publish("v1/gateway/attributes", json!({"device": "ghost", "data": {"setpoint": 1}}).to_string());
+    let mut gw = s.gw;
+    gw.wait_for_log(Duration::from_secs(10), "the refused update logged", |log| {
+        log.contains("shared attribute update not delivered") && log.contains("unknown device `ghost`")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(watcher.received().len(), 2, "nothing more reached a device");
+}
+
+#[test]
+fn rpcs_are_answered_with_the_device_reply_or_an_error() {
+    let s = setup("rpc");
+    let _devices = responder(s.source.port, "devices-rpc");
+    let reboots = Collector::connect(s.source.port, "watch-reboot", &["sensor/+/reboot"]);
+    s.connect_devices(&[device(0)]);
+
+    // Two-way: the device's answer, under ThingsBoard's id.
+    let data = s.rpc(&device(0), 7, "echo", json!({"x": 1, "s": "text"}));
+    assert_eq!(data, json!({"device": device(0), "echo": {"x": 1, "s": "text"}}));
+
+    // One-way: sent, and acknowledged at once.
+    let data = s.rpc(&device(0), 8, "reboot", json!({"delay": 5}));
+    assert_eq!(data, json!({"success": true}));
+    let got = reboots.wait_until(Duration::from_secs(10), "the reboot at the device", |r| !r.is_empty());
+    assert_eq!((got[0].topic.as_str(), got[0].text().as_str()), ("sensor/dev-000/reboot", "5"));
+
+    // The device never answers: an error once responseTimeout (1.5 s) is past.
+    let asked = Instant::now();
+    let data = s.rpc(&device(0), 9, "slow", json!({}));
+    assert!(is_error(&data, "no answer from the device"), "{data}");
+    assert!(asked.elapsed() >= Duration::from_millis(1400), "answered before the timeout: {:?}", asked.elapsed());
+
+    // Requests that cannot be served are answered, never dropped.
+    let data = s.rpc("ghost", 10, "echo", json!({}));
+    assert!(is_error(&data, "unknown device `ghost`"), "{data}");
+    let data = s.rpc(&device(0), 11, "selfDestruct", json!({}));
+    assert!(is_error(&data, "no serverSideRpc entry matches"), "{data}");
+
+    // The devices' broker down: answered at once, not after the timeout.
+    let mut source = s.source;
+    source.stop();
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = Instant::now();
+    let request = json!({"device": device(0), "data": {"id": 12, "method": "echo", "params": {}}});
+    s.tb.publish("v1/gateway/rpc", request.to_string());
+    let got = s
+        .tb
+        .wait_until(Duration::from_secs(10), "the reply to RPC 12", |r| replies(r).iter().any(|(_, i, _)| *i == 12));
+    let (_, _, data) = replies(&got).into_iter().find(|(_, i, _)| *i == 12).expect("found");
+    assert!(is_error(&data, "not connected"), "{data}");
+    assert!(asked.elapsed() < Duration::from_millis(1400), "waited for the timeout: {:?}", asked.elapsed());
+}
+
+#[test]
+fn gateway_rpcs_answer() {
+    let s = setup("own");
+    let published = Collector::connect(s.source.port, "watch-own", &["custom/#"]);
+    s.connect_devices(&[device(3)]);
+
+    assert_eq!(s.own_rpc(1, "gateway_ping", json!({})), json!({"code": 200, "resp": "pong"}));
+    let version = s.own_rpc(2, "gateway_version", json!({}));
+    assert_eq!(version["resp"]["current_version"], env!("CARGO_PKG_VERSION"), "{version}");
+    let devices = s.own_rpc(3, "gateway_devices", json!({}));
+    assert_eq!(devices["resp"][device(3)], "Devices", "{devices}");
+    let stats = s.own_rpc(4, "gateway_stats", json!({}));
+    assert!(stats["resp"]["DevicesEventsProduced"].as_u64().is_some(), "{stats}");
+    assert!(stats["resp"]["uptimeSeconds"].as_u64().is_some(), "{stats}");
+    let converters = s.own_rpc(5, "gateway_converters", json!({}));
+    let list = converters["resp"].as_array().expect("a list of converters");
+    assert_eq!(list.len(), 2, "the mapping's uplink and the downlink converter: {converters}");
+    for c in list {
+        assert_eq!(c["sha256"].as_str().map(str::len), Some(64), "{c}");
+        assert_eq!(c["connector"], "Devices", "{c}");
+    }
+    assert!(list.iter().any(|c| c["direction"] == "downlink"), "{converters}");
+    assert_eq!(s.own_rpc(6, "gateway_nonsense", json!({}))["code"], 404);
+    assert_eq!(s.own_rpc(7, "gateway_reboot", json!({}))["code"], 501);
+
+    // A connector RPC: publish on the devices' broker.
+    let answer =
+        s.own_rpc(8, "mqtt_publish", json!({"requestTopicExpression": "custom/x", "valueExpression": "hello"}));
+    assert_eq!(answer, json!({"success": true}));
+    let got = published.wait_until(Duration::from_secs(10), "the connector RPC's publish", |r| !r.is_empty());
+    assert_eq!((got[0].topic.as_str(), got[0].text().as_str()), ("custom/x", "hello"));
+
+    // Restart: the same process starts again and serves.
+    assert_eq!(s.own_rpc(9, "gateway_restart", json!({})), json!({"success": true}));
+    let mut gw = s.gw;
+    gw.wait_for_log(Duration::from_secs(60), "the gateway started again", |log| {
+        log.matches("tbgw 0.1.0 starting").count() == 2
+            && log.rsplit("tbgw 0.1.0 starting").next().is_some_and(|run| run.contains("connected to ThingsBoard"))
+    });
+    let s = Setup { gw, ..s };
+    assert_eq!(s.own_rpc(10, "gateway_ping", json!({})), json!({"code": 200, "resp": "pong"}));
+    // The device is still known after the restart (kept in the store).
+    let devices = s.own_rpc(11, "gateway_devices", json!({}));
+    assert_eq!(devices["resp"][device(3)], "Devices", "{devices}");
+}
+
+#[test]
+fn an_attribute_request_round_trip() {
+    // ThingsBoard answers attribute requests: `value` for one key, `values`
+    // for several.
+    let s = setup_with("attr-req", |m: &Received| {
+        if m.topic != "v1/gateway/attributes/request" {
+            return None;
+        }
+        let req: Value = serde_json::from_slice(&m.payload).ok()?;
+        let keys: Vec<&str> = req["keys"].as_array()?.iter().filter_map(Value::as_str).collect();
+        let value_of = |k: &str| json!(format!("{k}-of-{}", req["device"].as_str().unwrap_or("")));
+        let answer = if keys.len() == 1 {
+            json!({"id": req["id"], "device": req["device"], "value": value_of(keys[0])})
+        } else {
+            let values: serde_json::Map<String, Value> = keys.iter().map(|k| (k.to_string(), value_of(k))).collect();
+            json!({"id": req["id"], "device": req["device"], "values": values})
+        };
+        Some(("v1/gateway/attributes/response".into(), answer.to_string().into_bytes()))
+    });
+    let watcher = Collector::connect(s.source.port, "watch-attr-req", &["sensor/+/attributes/+"]);
+    let answers =
+        |r: &[Received]| -> Vec<Received> { r.iter().filter(|m| !m.topic.ends_with("/request")).cloned().collect() };
+    s.connect_devices(&[device(5)]);
+    let dev = Collector::connect(s.source.port, "dev-attr-req", &[]);
+    dev.publish("sensor/dev-005/attributes/request", r#"{"keys":"firmware"}"#);
+    let got = answers(
+        &watcher.wait_until(Duration::from_secs(20), "the attribute at the device", |r| !answers(r).is_empty()),
+    );
+    assert_eq!(got[0].topic, "sensor/dev-005/attributes/firmware");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&got[0].payload).expect("JSON"),
+        json!({"firmware": "firmware-of-dev-005"})
+    );
+    // Several keys: one JSON object of them all.
+    dev.publish("sensor/dev-005/attributes/request", r#"{"keys":["a","b"]}"#);
+    let got = answers(
+        &watcher.wait_until(Duration::from_secs(20), "both attributes at the device", |r| answers(r).len() >= 2),
+    );
+    assert_eq!(
+        serde_json::from_slice::<Value>(&got[1].payload).expect("JSON"),
+        json!({"a": "a-of-dev-005", "b": "b-of-dev-005"})
+    );
+    let request = s.tb.received().into_iter().find(|m| m.topic == "v1/gateway/attributes/request").expect("asked");
+    let request: Value = serde_json::from_slice(&request.payload).expect("JSON");
+    assert_eq!((request["device"].clone(), request["client"].clone()), (json!("dev-005"), json!(false)), "{request}");
+}
+
+#[test]
+fn devices_connect_and_disconnect_on_request() {
+    let s = setup("conn");
+    let _devices = responder(s.source.port, "devices-conn");
+    s.connect_devices(&["pump-1".to_owned()]);
+    let connect = s.tb.received().into_iter().find(|m| m.topic == "v1/gateway/connect").expect("connect");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&connect.payload).expect("JSON"),
+        json!({"device": "pump-1", "type": "relay"})
+    );
+    assert_eq!(s.rpc("pump-1", 1, "echo", json!(1))["echo"], 1);
+
+    let dev = Collector::connect(s.source.port, "dev-conn", &[]);
+    dev.publish("sensor/pump-1/disconnect", "");
+    s.tb.wait_until(Duration::from_secs(20), "the disconnect", |r| {
+        r.iter().any(|m| m.topic == "v1/gateway/disconnect" && m.text() == r#"{"device":"pump-1"}"#)
+    });
+    let data = s.rpc("pump-1", 2, "echo", json!(1));
+    assert!(is_error(&data, "unknown device `pump-1`"), "{data}");
+}
+
+#[test]
+fn a_thousand_concurrent_rpcs_to_a_hundred_devices_are_all_answered() {
+    let s = setup("many");
+    let _devices = responder(s.source.port, "devices-many");
+    let names: Vec<String> = (0..100).map(device).collect();
+    s.connect_devices(&names);
+    let requests: Vec<(String, Vec<u8>)> = (0..1000)
+        .map(|i| {
+            let request = json!({"device": device(i % 100), "data": {"id": i, "method": "echo", "params": {"n": i}}});
+            ("v1/gateway/rpc".to_owned(), request.to_string().into_bytes())
+        })
+        .collect();
+    let started = Instant::now();
+    s.tb.publish_many(requests);
+    let got = s.tb.wait_until(Duration::from_secs(60), "1,000 RPC replies", |r| replies(r).len() >= 1000);
+    let elapsed = started.elapsed();
+    let r = replies(&got);
+    assert_eq!(r.len(), 1000, "one reply per request");
+    let mut ids: Vec<i64> = r.iter().map(|(_, i, _)| *i).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..1000).collect::<Vec<_>>(), "every id answered once");
+    for (dev, id, data) in &r {
+        assert_eq!(*dev, device(*id as usize % 100), "reply {id} for the wrong device");
+        assert_eq!(data, &json!({"device": dev, "echo": {"n": id}}), "reply {id}");
+    }
+    println!("1,000 RPCs to 100 devices answered in {elapsed:?}");
+}
