@@ -260,9 +260,13 @@ fn gateway_rpcs_answer() {
     });
     let s = Setup { gw, ..s };
     assert_eq!(s.own_rpc(10, "gateway_ping", json!({})), json!({"code": 200, "resp": "pong"}));
-    // The device is still known after the restart (kept in the store).
+    // The device is still known after the restart (kept in the store), and
+    // connected again so that ThingsBoard goes on sending it requests.
     let devices = s.own_rpc(11, "gateway_devices", json!({}));
     assert_eq!(devices["resp"][device(3)], "Devices", "{devices}");
+    s.tb.wait_until(Duration::from_secs(20), "dev-003 connected again after the restart", |r| {
+        r.iter().filter(|m| m.topic == "v1/gateway/connect" && m.text().contains("dev-003")).count() >= 2
+    });
 }
 
 #[test]

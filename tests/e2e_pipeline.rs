@@ -150,6 +150,39 @@ fn a_killed_gateway_loses_no_qos1_message() {
 }
 
 #[test]
+fn a_restart_of_the_devices_broker_is_ridden_out() {
+    let (tb, mut source) = (Mosquitto::start_new(), Mosquitto::start_new());
+    let thingsboard = Collector::connect(tb.port, "tb-source-restart", &["v1/gateway/telemetry"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut gw = Gateway::start(
+        dir.path(),
+        &gateway_yaml(tb.port, dir.path(), 60),
+        &mqtt_json(source.port, "gw-source-restart"),
+    );
+    let publish =
+        |port: u16, seqs: std::ops::Range<usize>| {
+            let devices = Collector::connect(port, "devices-source-restart", &[]);
+            devices.publish_many(seqs.flat_map(|seq| {
+                (0..5).map(move |d| (format!("sensor/{}/data", device(d)), message(d, seq).into_bytes()))
+            }));
+        };
+    publish(source.port, 0..20);
+    thingsboard.wait_until(Duration::from_secs(30), "the first 100 readings", |r| readings(r).len() >= 100);
+    // The broker dies (SIGKILL) and comes back on the same port.
+    source.stop();
+    std::thread::sleep(Duration::from_secs(1));
+    source.start();
+    gw.wait_for_log(Duration::from_secs(60), "the connector back", |log| {
+        log.contains("reconnected to the MQTT broker")
+    });
+    publish(source.port, 20..40);
+    let got = thingsboard.wait_until(Duration::from_secs(60), "every reading, before and after", |r| {
+        all_present(&tally(&readings(r)), 5, 40)
+    });
+    assert_eq!(tally(&readings(&got)).len(), 200, "readings that were never published");
+}
+
+#[test]
 fn bad_messages_are_counted_and_the_rest_flows() {
     let (tb, source) = (Mosquitto::start_new(), Mosquitto::start_new());
     let thingsboard = Collector::connect(tb.port, "tb-bad", &["v1/gateway/telemetry", "v1/devices/me/telemetry"]);

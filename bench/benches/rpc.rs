@@ -16,6 +16,16 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use tbgw_test_support::Mosquitto;
 
+/// A client on 127.0.0.1:`port` that sends at once (no Nagle: each
+/// RPC's small publishes would otherwise wait for the previous ACK).
+fn client(id: &str, port: u16, inflight: u16) -> (AsyncClient, rumqttc::EventLoop) {
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_inflight(inflight);
+    let (c, mut el) = AsyncClient::new(o, 10_000);
+    el.network_options.set_tcp_nodelay(true);
+    (c, el)
+}
+
 const DEVICES: usize = 100;
 const GATEWAY_MODE: &str = "TBGW_BENCH_GATEWAY";
 
@@ -73,7 +83,7 @@ fn device(i: usize) -> String {
 
 /// Devices that answer every request at once.
 async fn devices(port: u16) -> anyhow::Result<()> {
-    let (c, mut el) = AsyncClient::new(MqttOptions::new("bench-devices", "127.0.0.1", port), 10_000);
+    let (c, mut el) = client("bench-devices", port, 1000);
     c.subscribe("sensor/+/request/+/+", QoS::AtLeastOnce).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<rumqttc::Publish>();
     tokio::spawn(async move {
@@ -105,8 +115,8 @@ async fn devices(port: u16) -> anyhow::Result<()> {
 /// The floor: forward `v1/gateway/rpc` requests to the device's topic and
 /// answers back, with nothing else.
 async fn relay(tb_port: u16, device_port: u16) -> anyhow::Result<()> {
-    let (tb, mut tb_el) = AsyncClient::new(MqttOptions::new("bench-relay-tb", "127.0.0.1", tb_port), 10_000);
-    let (dev, mut dev_el) = AsyncClient::new(MqttOptions::new("bench-relay-dev", "127.0.0.1", device_port), 10_000);
+    let (tb, mut tb_el) = client("bench-relay-tb", tb_port, 1000);
+    let (dev, mut dev_el) = client("bench-relay-dev", device_port, 1000);
     tb.subscribe("v1/gateway/rpc", QoS::AtLeastOnce).await?;
     dev.subscribe("sensor/+/response/+/+", QoS::AtLeastOnce).await?;
     let (to_dev, mut to_dev_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Vec<u8>)>();
@@ -164,9 +174,7 @@ async fn run(rate: u64, count: usize, between: Between, cache: &Path) -> anyhow:
     }
 
     // ThingsBoard's side.
-    let mut o = MqttOptions::new("bench-thingsboard", "127.0.0.1", tb_broker.port);
-    o.set_inflight(1000);
-    let (tb, mut el) = AsyncClient::new(o, 10_000);
+    let (tb, mut el) = client("bench-thingsboard", tb_broker.port, 1000);
     tb.subscribe("v1/gateway/#", QoS::AtLeastOnce).await?;
     let (events, mut events_rx) = tokio::sync::mpsc::unbounded_channel::<rumqttc::Publish>();
     let (subacked_tx, subacked) = tokio::sync::oneshot::channel();
@@ -227,7 +235,7 @@ async fn run(rate: u64, count: usize, between: Between, cache: &Path) -> anyhow:
                 .spawn()?,
         );
         // The devices announce themselves; ThingsBoard sees them connected.
-        let (c, mut dev_el) = AsyncClient::new(MqttOptions::new("bench-announcer", "127.0.0.1", source.port), 1000);
+        let (c, mut dev_el) = client("bench-announcer", source.port, 100);
         tokio::spawn(async move { while dev_el.poll().await.is_ok() {} });
         let mut connected = std::collections::HashSet::new();
         let deadline = Instant::now() + Duration::from_secs(60);

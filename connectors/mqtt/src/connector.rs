@@ -160,7 +160,11 @@ impl Protocol for V311 {
         if let Some(t) = transport(tls) {
             o.set_transport(t);
         }
-        rumqttc::AsyncClient::new(o, 4096)
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 4096);
+        // Requests for devices and acks go out at once, not after the
+        // previous segment's ACK (Nagle).
+        eventloop.network_options.set_tcp_nodelay(true);
+        (client, eventloop)
     }
 
     async fn poll(el: &mut Self::EventLoop) -> Polled<Self::Publish> {
@@ -229,6 +233,9 @@ impl Protocol for V5 {
         if let Some(t) = transport(tls) {
             o.set_transport(t);
         }
+        let mut network = o.network_options();
+        network.set_tcp_nodelay(true);
+        o.set_network_options(network);
         rumqttc::v5::AsyncClient::new(o, 4096)
     }
 
@@ -294,14 +301,27 @@ struct Pending {
 }
 
 impl Pending {
-    /// Wait for an answer on `topic`; true when the topic is new (subscribe).
-    fn add(&mut self, topic: &str, timeout: Duration, reply: Reply) -> bool {
+    /// Wait for an answer on `topic`: its id, and true when the topic is
+    /// new (subscribe).
+    fn add(&mut self, topic: &str, timeout: Duration, reply: Reply) -> (u64, bool) {
         let id = self.next_id;
         self.next_id += 1;
         self.deadlines.push(Reverse((tokio::time::Instant::now() + timeout, id, topic.to_owned())));
         let queue = self.by_topic.entry(topic.to_owned()).or_default();
         queue.push_back((id, reply));
-        queue.len() == 1
+        (id, queue.len() == 1)
+    }
+
+    /// Stop waiting for `id`: its reply, and whether `topic` has no RPC left.
+    fn cancel(&mut self, topic: &str, id: u64) -> Option<(Reply, bool)> {
+        let queue = self.by_topic.get_mut(topic)?;
+        let pos = queue.iter().position(|(i, _)| *i == id)?;
+        let (_, reply) = queue.remove(pos)?;
+        let empty = queue.is_empty();
+        if empty {
+            self.by_topic.remove(topic);
+        }
+        Some((reply, empty))
     }
 
     /// The oldest RPC waiting on `topic`, and whether none is left (unsubscribe).
@@ -398,10 +418,9 @@ impl<P: Protocol> Downlink<'_, P> {
         // packets in order, so the answer cannot come before we listen.
         if let Some((topic, timeout, q)) = wait {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            if self.pending.add(&topic, timeout, tx)
-                && let Err(e) = P::subscribe(self.client, &[(topic.clone(), q)])
-            {
-                let _ = self.pending.take(&topic);
+            let (id, new_topic) = self.pending.add(&topic, timeout, tx);
+            if new_topic && let Err(e) = P::subscribe(self.client, &[(topic.clone(), q)]) {
+                let _ = self.pending.cancel(&topic, id);
                 return self.fail(job.reply, format!("cannot subscribe to the response topic `{topic}`: {e}"));
             }
             // Answer the job from the pending RPC's outcome.
@@ -412,8 +431,14 @@ impl<P: Protocol> Downlink<'_, P> {
             });
             for m in job.messages {
                 if let Err(e) = self.send(m) {
-                    // Answered by its deadline: the request may still have gone out.
-                    tracing::warn!(connector = %self.name, "{what}: {e}");
+                    // Nothing will answer a request that did not go out.
+                    if let Some((reply, last)) = self.pending.cancel(&topic, id) {
+                        if last {
+                            let _ = P::unsubscribe(self.client, &topic);
+                        }
+                        self.fail(reply, e);
+                    }
+                    return;
                 }
             }
             return;
@@ -732,5 +757,40 @@ fn device_request<P: Protocol>(
     };
     if !requests.send(request) {
         tracing::debug!(connector = %name, "the gateway is stopping; device request dropped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn pending_rpcs_are_answered_oldest_first_or_expire() {
+        let mut p = Pending::default();
+        let (a, mut ra) = tokio::sync::oneshot::channel();
+        let (b, mut rb) = tokio::sync::oneshot::channel();
+        let (c, mut rc) = tokio::sync::oneshot::channel();
+        assert!(p.add("t", Duration::from_secs(1), a).1, "a new topic: subscribe");
+        assert!(!p.add("t", Duration::from_secs(5), b).1, "already subscribed");
+        let (id_c, _) = p.add("u", Duration::from_secs(1), c);
+        // The first answer on `t` is the oldest RPC's.
+        let (reply, last) = p.take("t").expect("waiting");
+        assert!(!last);
+        reply.send(Ok("1".into())).unwrap();
+        assert_eq!(ra.try_recv().unwrap(), Ok("1".into()));
+        // A request that could not be sent stops waiting.
+        let (reply, last) = p.cancel("u", id_c).expect("waiting");
+        assert!(last, "nothing left on u: unsubscribe");
+        drop(reply);
+        assert!(rc.try_recv().is_err());
+        // Past 1 s, only answered or cancelled RPCs had that deadline.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(p.expired().is_empty());
+        tokio::time::advance(Duration::from_secs(4)).await;
+        let expired = p.expired();
+        assert_eq!(expired.len(), 1);
+        assert_eq!((expired[0].0.as_str(), expired[0].2), ("t", true));
+        assert!(rb.try_recv().is_err(), "not answered yet: the connector answers it with the error");
+        assert!(p.next_deadline().is_none() && p.topics().next().is_none());
     }
 }

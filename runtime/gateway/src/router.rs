@@ -332,10 +332,15 @@ async fn serve(shared: &Shared, request: DownlinkRequest, kind: JobKind) -> Outc
 fn from_device(shared: &Arc<Shared>, connector: &str, request: DeviceRequest) {
     match request {
         DeviceRequest::Connect { device, device_type } => {
-            let _ = shared.client.send(Command::Connect { device, device_type, connector: connector.to_owned() });
+            let command = Command::Connect { device: device.clone(), device_type, connector: connector.to_owned() };
+            if let Err(e) = shared.client.send(command) {
+                tracing::warn!(device, connector, "cannot connect the device in ThingsBoard: {e}");
+            }
         }
         DeviceRequest::Disconnect { device } => {
-            let _ = shared.client.send(Command::Disconnect { device });
+            if let Err(e) = shared.client.send(Command::Disconnect { device: device.clone() }) {
+                tracing::warn!(device, connector, "cannot disconnect the device in ThingsBoard: {e}");
+            }
         }
         DeviceRequest::Attributes { device, keys, client, reply } => {
             let id = shared.next_attribute_request.fetch_add(1, Ordering::Relaxed);

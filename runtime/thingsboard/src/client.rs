@@ -403,6 +403,10 @@ async fn run_session(
 ) -> SessionEnd {
     let (client, mut eventloop) = AsyncClient::new(mqtt_options(config, tls), config.max_inflight * 2 + 64);
     eventloop.network_options.set_connection_timeout(10);
+    // Replies and small publishes go out at once (Nagle's algorithm would
+    // hold them for the previous segment's ACK: tens of ms per RPC); the
+    // event loop already writes what is queued together.
+    eventloop.network_options.set_tcp_nodelay(true);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let driver = AbortOnDrop(tokio::spawn(drive(eventloop, tx)));
 
