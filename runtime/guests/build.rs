@@ -18,6 +18,8 @@ use std::process::Command;
 const BUILTINS: &[(&str, &str, &str)] = &[
     ("tbgw-json-uplink", "tbgw_json_uplink", "JSON_UPLINK"),
     ("tbgw-json-downlink", "tbgw_json_downlink", "JSON_DOWNLINK"),
+    ("tbgw-modbus-uplink", "tbgw_modbus_uplink", "MODBUS_UPLINK"),
+    ("tbgw-modbus-downlink", "tbgw_modbus_downlink", "MODBUS_DOWNLINK"),
 ];
 
 /// Test guests: (package, artifact stem, const name).

@@ -62,6 +62,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// A gateway whose connector config is `modbus.json`.
+    pub fn start_modbus(dir: &Path, gateway_yaml: &str, modbus_json: &str) -> Gateway {
+        Self::start_with(dir, &[("tb_gateway.yaml", gateway_yaml), ("modbus.json", modbus_json)])
+    }
+
     /// Write the configuration into `dir` and start `tbgw run`.
     pub fn start(dir: &Path, gateway_yaml: &str, mqtt_json: &str) -> Gateway {
         Self::start_with(dir, &[("tb_gateway.yaml", gateway_yaml), ("mqtt.json", mqtt_json)])
@@ -102,7 +107,8 @@ impl Gateway {
         let starts = self.starts;
         self.wait_for_log(Duration::from_secs(60), "a ready gateway", |log| {
             let run = log.split("tbgw 0.1.0 starting").nth(starts).unwrap_or("");
-            run.contains("connected to ThingsBoard") && run.contains("connected to the MQTT broker")
+            run.contains("connected to ThingsBoard")
+                && (run.contains("connected to the MQTT broker") || run.contains("connector(s)"))
         });
     }
 

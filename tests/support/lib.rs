@@ -3,6 +3,8 @@
 //! publish and collect messages, standing in for devices and for
 //! ThingsBoard.
 
+pub mod modbus;
+
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;

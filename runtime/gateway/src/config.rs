@@ -17,6 +17,7 @@
 //!   fsync: batch                # tbgw: batch | interval (with fsync_interval_ms)
 //! connectors:
 //!   - {type: mqtt, name: MQTT Broker Connector, configuration: mqtt.json}
+//!   - {type: modbus, name: Modbus Connector, configuration: modbus.json}
 //! tbgw:                         # optional, tbgw only
 //!   workers: 2                  # converter threads
 //!   cacheDir: ./data/cache      # compiled converters
@@ -78,7 +79,8 @@ pub struct ConnectorConfig {
 
 #[derive(Debug, Clone)]
 pub enum ConnectorKind {
-    Mqtt(MqttConfig),
+    Mqtt(Box<MqttConfig>),
+    Modbus(tbgw_connector_modbus::ModbusConfig),
 }
 
 /// Read a config document from text (JSON, or YAML when `yaml`).
@@ -462,9 +464,14 @@ fn connector(d: &mut Diagnostics, path: &str, item: &Value, base: &Path) -> Opti
     let mut inner = Diagnostics::default();
     let parse_name = name.clone().unwrap_or_else(|| "connector".into());
     let parsed = match kind.as_str() {
-        "mqtt" => tbgw_connector_mqtt::parse(&document, &conf_base, &parse_name, &mut inner).map(ConnectorKind::Mqtt),
+        "mqtt" => tbgw_connector_mqtt::parse(&document, &conf_base, &parse_name, &mut inner)
+            .map(|m| ConnectorKind::Mqtt(Box::new(m))),
+        "modbus" => tbgw_connector_modbus::parse(&document, &mut inner).map(ConnectorKind::Modbus),
         other => {
-            d.error(join(path, "type"), format!("the `{other}` connector is not available yet; this tbgw has: mqtt"));
+            d.error(
+                join(path, "type"),
+                format!("the `{other}` connector is not available yet; this tbgw has: mqtt, modbus"),
+            );
             None
         }
     };
@@ -505,7 +512,7 @@ mod tests {
         let (_, d) = check(
             "thingsboard: {hots: x, port: 99999, security: {type: tokn}}\n\
              storage: {type: sqlite}\n\
-             connectors:\n  - {type: modbus, name: m, configuration: {}}\n  - {type: mqtt, configuration: {broker: {host: h}, mapping: []}}\n",
+             connectors:\n  - {type: opcua, name: m, configuration: {}}\n  - {type: mqtt, configuration: {broker: {host: h}, mapping: []}}\n",
         );
         let errors: Vec<String> = d.errors.iter().map(ToString::to_string).collect();
         for e in [
@@ -514,7 +521,7 @@ mod tests {
             "thingsboard.security.type: unknown security type `tokn`; expected accessToken, tlsAccessToken, usernamePassword or tlsPrivateKey",
             "thingsboard.hots: unknown key; did you mean `host`?",
             "storage.type: `sqlite` storage is the Python gateway's; use `fjall` (durable, in data_folder_path) or `memory`",
-            "connectors[0].type: the `modbus` connector is not available yet; this tbgw has: mqtt",
+            "connectors[0].type: the `opcua` connector is not available yet; this tbgw has: mqtt, modbus",
             "connectors[1].name: required",
             "connectors[1].configuration.mapping: no mapping: the connector would receive nothing",
         ] {

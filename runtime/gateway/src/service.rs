@@ -29,6 +29,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use tbgw_connector_modbus::ModbusConnector;
 use tbgw_connector_mqtt::MqttConnector;
 use tbgw_connector_mqtt::config::{ConverterRef, MappingConfig};
 use tbgw_core::Direction;
@@ -107,7 +108,23 @@ pub fn converter_json(info: &ConverterInfo, connector: &str) -> serde_json::Valu
 /// (`downlinkConverter`), else the built-in `json` one when its
 /// `requestsMapping` has `attributeUpdates` or `serverSideRpc` entries.
 fn load_downlink(connector: &ConnectorConfig, runtime: &Runtime) -> Result<Option<DownlinkConverter>, ServiceError> {
-    let ConnectorKind::Mqtt(m) = &connector.kind;
+    let m = match &connector.kind {
+        ConnectorKind::Mqtt(m) => m,
+        ConnectorKind::Modbus(m) => {
+            // Every slave in one `modbus` converter: a request goes to its device's slave.
+            if !m.has_requests() {
+                return Ok(None);
+            }
+            let path = format!("{}.master.slaves", connector.path);
+            let component = converters::resolve("modbus", Direction::Downlink, None)
+                .map_err(|error| ServiceError::UnknownConverter { path: path.clone(), error })?;
+            let spec = ConverterSpec { component, config: m.downlink_config(), limits: Limits::default() };
+            let converter = runtime
+                .downlink(&format!("{}/modbus (downlink)", connector.name), spec)
+                .map_err(|error| ServiceError::Converter { path, error })?;
+            return Ok(Some(converter));
+        }
+    };
     let (path, component, config, name) = match (&m.downlink_converter, &m.requests_mapping) {
         (Some(ConverterRef::Custom { path: file, config }), _) => (
             format!("{}.downlinkConverter", connector.path),
@@ -134,10 +151,10 @@ fn load_downlink(connector: &ConnectorConfig, runtime: &Runtime) -> Result<Optio
     Ok(Some(converter))
 }
 
-/// Load the converter of one mapping.
-fn load_route(connector: &ConnectorConfig, mapping: &MappingConfig, runtime: &Runtime) -> Result<Route, ServiceError> {
-    let path = format!("{}.{}", connector.path, mapping.converter_path);
-    let (component, converter_config, name) = match &mapping.converter {
+/// Load the converter of one route (an MQTT mapping, a Modbus slave).
+fn load_route(connector: &ConnectorConfig, route: &RouteSpec, runtime: &Runtime) -> Result<Route, ServiceError> {
+    let path = format!("{}.{}", connector.path, route.path);
+    let (component, converter_config, name) = match &route.converter {
         ConverterRef::Builtin { name, config } => {
             let source = converters::resolve(name, Direction::Uplink, None)
                 .map_err(|error| ServiceError::UnknownConverter { path: path.clone(), error })?;
@@ -154,9 +171,30 @@ fn load_route(connector: &ConnectorConfig, mapping: &MappingConfig, runtime: &Ru
     Ok(Route { connector: connector.name.as_str().into(), origin: path, converter })
 }
 
-fn mappings(c: &ConnectorConfig) -> &[MappingConfig] {
+/// Where a connector's uplink converter is configured.
+struct RouteSpec {
+    /// In the connector's configuration: `mapping[2].converter`.
+    path: String,
+    converter: ConverterRef,
+}
+
+/// A connector's uplink routes: one per MQTT mapping, one per Modbus slave
+/// (the built-in `modbus` converter, configured with the slave).
+fn route_specs(c: &ConnectorConfig) -> Vec<RouteSpec> {
     match &c.kind {
-        ConnectorKind::Mqtt(m) => &m.mappings,
+        ConnectorKind::Mqtt(m) => m
+            .mappings
+            .iter()
+            .map(|m: &MappingConfig| RouteSpec { path: m.converter_path.clone(), converter: m.converter.clone() })
+            .collect(),
+        ConnectorKind::Modbus(m) => m
+            .slaves
+            .iter()
+            .map(|s| RouteSpec {
+                path: s.path.clone(),
+                converter: ConverterRef::Builtin { name: "modbus".into(), config: s.converter_config.clone() },
+            })
+            .collect(),
     }
 }
 
@@ -167,9 +205,9 @@ pub fn load_routes(config: &GatewayConfig, runtime: &Runtime) -> Result<(Vec<Rou
     let mut per_connector = Vec::new();
     for c in &config.connectors {
         let mut ids = Vec::new();
-        for m in mappings(c) {
+        for r in route_specs(c) {
             ids.push(routes.len());
-            routes.push(load_route(c, m, runtime)?);
+            routes.push(load_route(c, &r, runtime)?);
         }
         per_connector.push(ids);
     }
@@ -185,8 +223,8 @@ pub fn check_converters(config: &GatewayConfig, runtime: &Runtime) -> (usize, Ve
             Ok(None) => {}
             Err(e) => errors.push(e),
         }
-        for m in mappings(c) {
-            match load_route(c, m, runtime) {
+        for r in route_specs(c) {
+            match load_route(c, &r, runtime) {
                 Ok(_) => ok += 1,
                 Err(e) => errors.push(e),
             }
@@ -242,11 +280,16 @@ pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> Result<S
         .connectors
         .iter()
         .zip(route_ids)
-        .map(|(c, ids)| Plan {
-            name: c.name.clone(),
-            kind: "mqtt",
-            connector: match &c.kind {
-                ConnectorKind::Mqtt(m) => Box::new(MqttConnector::new(c.name.clone(), m.clone(), ids)),
+        .map(|(c, ids)| match &c.kind {
+            ConnectorKind::Mqtt(m) => Plan {
+                name: c.name.clone(),
+                kind: "mqtt",
+                connector: Box::new(MqttConnector::new(c.name.clone(), (**m).clone(), ids)),
+            },
+            ConnectorKind::Modbus(m) => Plan {
+                name: c.name.clone(),
+                kind: "modbus",
+                connector: Box::new(ModbusConnector::new(c.name.clone(), m.clone(), ids)),
             },
         })
         .collect();

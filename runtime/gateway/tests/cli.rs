@@ -240,3 +240,42 @@ fn inspect_names_the_world_and_the_imports() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("is not a valid WebAssembly component"), "{}", stderr(&o));
 }
+
+/// The built-in `modbus` converter on polled register blocks, given in hex.
+#[test]
+fn the_modbus_converter_decodes_register_blocks() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Registers 0-2: temperature 215 (/10), energy 0x00010002 with LITTLE
+    // word order; then a block too short for what it claims.
+    let input = write(dir.path(), "blocks.hex", "00d7 0002 0001\n00d7\n");
+    let o = tbgw(
+        cache.path(),
+        &[
+            "converter",
+            "test",
+            "modbus",
+            "--config",
+            "config/converters/modbus-uplink.json",
+            "--input",
+            &input,
+            "--hex",
+            "--source",
+            "registers:1:3:0:3",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "the short block fails: {}", stderr(&o));
+    assert_eq!(
+        stdout(&o).trim(),
+        r#"{"device":"Meter A","type":"meter","attributes":{},"telemetry":[{"values":{"temperature":21.5,"energy":65538}}]}"#
+    );
+    assert!(stderr(&o).contains("line 2: ") && stderr(&o).contains("has 2 bytes, expected 6"), "{}", stderr(&o));
+    // Not hex: the line and column.
+    let bad = write(dir.path(), "bad.hex", "00zz\n");
+    let o = tbgw(
+        cache.path(),
+        &["converter", "test", "modbus", "--config", "config/converters/modbus-uplink.json", "--input", &bad, "--hex"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("line 1: `z` at column 3 is not a hex digit"), "{}", stderr(&o));
+}

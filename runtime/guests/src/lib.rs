@@ -24,6 +24,8 @@ pub struct Builtin {
 pub const BUILTINS: &[Builtin] = &[
     Builtin { name: "json", direction: Direction::Uplink, wasm: JSON_UPLINK },
     Builtin { name: "json", direction: Direction::Downlink, wasm: JSON_DOWNLINK },
+    Builtin { name: "modbus", direction: Direction::Uplink, wasm: MODBUS_UPLINK },
+    Builtin { name: "modbus", direction: Direction::Downlink, wasm: MODBUS_DOWNLINK },
 ];
 
 /// The built-in converter called `name` for `direction`.

@@ -14,7 +14,7 @@ use tbgw_wasm::{ConverterSpec, Limits, LoadError, MessageError};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A built-in converter (`json`) or the path of a .wasm component.
+    /// A built-in converter (`json`, `modbus`) or the path of a .wasm component.
     pub converter: String,
     /// The converter's config, a JSON file. For `json`: the `converter`
     /// object of a ThingsBoard gateway MQTT mapping (uplink), or its
@@ -38,6 +38,10 @@ pub struct Args {
     /// and v1/gateway/attributes (`{"device":..,"data":{"key":value}}`).
     #[arg(long)]
     pub downlink: bool,
+    /// Each input line is a binary payload written in hex (`00d7 0002`,
+    /// spaces allowed): for register blocks, CAN frames, BLE values.
+    #[arg(long, conflicts_with = "downlink")]
+    pub hex: bool,
     /// Receipt time of the messages, ms since the epoch [default: now].
     #[arg(long, value_name = "MS")]
     pub received_at: Option<i64>,
@@ -75,6 +79,18 @@ pub fn run(args: Args) -> ExitCode {
     if messages.is_empty() {
         return fail(&format!("--input {}: no messages", args.input.display()));
     }
+    let binary: Vec<(usize, Vec<u8>)> = if args.hex {
+        match messages
+            .iter()
+            .map(|(line, text)| hex(text).map(|b| (*line, b)).map_err(|e| format!("line {line}: {e}")))
+            .collect()
+        {
+            Ok(b) => b,
+            Err(e) => return fail(&format!("--input {}: {e}", args.input.display())),
+        }
+    } else {
+        messages.iter().map(|(line, text)| (*line, text.to_vec())).collect()
+    };
     let source = match args.source.as_deref().map(parse_source).transpose() {
         Ok(s) => s.unwrap_or(Source::None),
         Err(e) => return fail(&format!("--source: {e}")),
@@ -114,11 +130,11 @@ pub fn run(args: Args) -> ExitCode {
                 Err(e) => return hint(e),
             };
             let received_at = args.received_at.unwrap_or_else(now_ms);
-            let uplinks: Vec<RawUplink> = messages
+            let uplinks: Vec<RawUplink> = binary
                 .iter()
                 .map(|(_, payload)| RawUplink {
                     source: source.clone(),
-                    payload: payload.to_vec(),
+                    payload: payload.clone(),
                     metadata: args.metadata.clone(),
                     received_at,
                 })
@@ -204,6 +220,26 @@ fn read_config(path: &Path) -> Result<String, String> {
     serde_json::from_str::<serde_json::Value>(&text)
         .map_err(|e| format!("--config {}: not valid JSON: {e}", path.display()))?;
     Ok(text)
+}
+
+/// Hex text (whitespace ignored) as bytes; the error names the offending
+/// character's position.
+fn hex(text: &[u8]) -> Result<Vec<u8>, String> {
+    let digits: Vec<(usize, u8)> = text.iter().copied().enumerate().filter(|(_, c)| !c.is_ascii_whitespace()).collect();
+    if !digits.len().is_multiple_of(2) {
+        return Err(format!("{} hex digits: bytes take two each", digits.len()));
+    }
+    digits
+        .chunks(2)
+        .map(|pair| {
+            let value = |(at, c): (usize, u8)| {
+                (c as char)
+                    .to_digit(16)
+                    .ok_or_else(|| format!("`{}` at column {} is not a hex digit", c as char, at + 1))
+            };
+            Ok((value(pair[0])? * 16 + value(pair[1])?) as u8)
+        })
+        .collect()
 }
 
 fn read_input(path: &Path) -> Result<Vec<u8>, String> {

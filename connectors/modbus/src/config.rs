@@ -1,0 +1,276 @@
+//! The Modbus connector's configuration: the ThingsBoard IoT Gateway's
+//! `modbus.json` (its `master.slaves[]`), so that its users' files load
+//! unchanged.
+//!
+//! ```json
+//! {"master": {"slaves": [{
+//!   "host": "192.0.2.10", "port": 502, "type": "tcp", "method": "socket", "unitId": 1,
+//!   "deviceName": "Meter A", "deviceType": "meter", "pollPeriod": 1000, "timeout": 5,
+//!   "byteOrder": "BIG", "wordOrder": "LITTLE",
+//!   "connectAttemptTimeMs": 5000, "connectAttemptCount": 5, "waitAfterFailedAttemptsMs": 300000,
+//!   "timeseries": [{"tag": "voltage", "type": "32float", "functionCode": 4, "address": 0, "objectsCount": 2}],
+//!   "attributeUpdates": [...], "rpc": [...]}]}}
+//! ```
+//!
+//! A slave's tags, orders and device are the `modbus` converter's config
+//! (the whole slave object is handed to it); this module reads the
+//! connection and checks the tags with the converter's own library, so that
+//! a bad tag is reported by path before anything starts. tbgw's own keys:
+//! `maxGap` (unused objects a read may span to join two tags, default 0:
+//! some devices refuse to read addresses they do not have) and
+//! `maxRegistersPerRequest` (default 125, the protocol's maximum).
+
+use crate::planner::{self, Read};
+use serde_json::Value;
+use std::time::Duration;
+use tbgw_core::config::{Diagnostics, Obj};
+
+/// How requests are framed on the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Modbus TCP (MBAP header): `method: socket`.
+    Tcp,
+    /// RTU frames (CRC) over a TCP connection, as serial servers forward
+    /// them: `method: rtu`.
+    RtuOverTcp,
+}
+
+/// One slave: where it is and what to read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlaveConfig {
+    /// `master.slaves[i]`, for messages.
+    pub path: String,
+    pub device_name: String,
+    pub host: String,
+    pub port: u16,
+    pub framing: Framing,
+    pub unit_id: u8,
+    pub poll_period: Duration,
+    pub timeout: Duration,
+    /// Attempts of a read before the connection is considered lost.
+    pub retries: u32,
+    pub connect_timeout: Duration,
+    pub connect_attempts: u32,
+    pub wait_after_failed_attempts: Duration,
+    /// The planned reads.
+    pub reads: Vec<Read>,
+    /// The slave object: the `modbus` converters' config.
+    pub converter_config: String,
+}
+
+/// The whole connector configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModbusConfig {
+    pub slaves: Vec<SlaveConfig>,
+}
+
+impl ModbusConfig {
+    /// Whether any slave can be written to or asked (its downlink converter
+    /// has work).
+    pub fn has_requests(&self) -> bool {
+        self.slaves.iter().any(|s| {
+            let doc: Value = serde_json::from_str(&s.converter_config).unwrap_or_default();
+            ["attributeUpdates", "rpc"].iter().any(|k| doc[*k].as_array().is_some_and(|a| !a.is_empty()))
+        })
+    }
+
+    /// The downlink converter's config: every slave.
+    pub fn downlink_config(&self) -> String {
+        let slaves: Vec<Value> =
+            self.slaves.iter().map(|s| serde_json::from_str(&s.converter_config).unwrap_or_default()).collect();
+        serde_json::json!({ "slaves": slaves }).to_string()
+    }
+}
+
+/// Read `modbus.json`; problems go to `d` by path.
+pub fn parse(doc: &Value, d: &mut Diagnostics) -> Option<ModbusConfig> {
+    let mut root = Obj::new(d, "", doc)?;
+    let mut slaves = Vec::new();
+    match root.object(d, "master") {
+        Some(mut master) => {
+            for (path, item) in master.list(d, "slaves") {
+                if let Some(s) = slave(d, &path, item) {
+                    slaves.push(s);
+                }
+            }
+            master.finish(d);
+        }
+        None if !root.has("master") => d.error("master", "required: the slaves to poll (`master.slaves`)"),
+        None => {}
+    }
+    root.unused(d, &[("slave", "tbgw does not serve as a Modbus slave"), ("logLevel", "set logging with RUST_LOG")]);
+    root.allow(&["name", "id"]);
+    root.finish(d);
+    if slaves.is_empty() && d.is_ok() {
+        d.error("master.slaves", "no slave: the connector would poll nothing");
+    }
+    let mut names: Vec<&str> = slaves.iter().map(|s| s.device_name.as_str()).collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        d.error("master.slaves", format!("two slaves are named `{}`: requests could not tell them apart", w[0]));
+    }
+    Some(ModbusConfig { slaves })
+}
+
+fn slave(d: &mut Diagnostics, path: &str, item: &Value) -> Option<SlaveConfig> {
+    let mut s = Obj::new(d, path, item)?;
+    let kind = s.string(d, "type").unwrap_or("tcp").to_ascii_lowercase();
+    let method = s.string(d, "method").unwrap_or("socket").to_ascii_lowercase();
+    let framing = match (kind.as_str(), method.as_str()) {
+        ("tcp", "socket" | "tcp") => Some(Framing::Tcp),
+        ("tcp", "rtu") => Some(Framing::RtuOverTcp),
+        ("tcp", other) => {
+            d.error(s.field("method"), format!("unknown method `{other}`; expected socket or rtu"));
+            None
+        }
+        ("udp", _) => {
+            d.error(s.field("type"), "udp is not available yet: use tcp");
+            None
+        }
+        ("serial", _) => {
+            d.error(
+                s.field("type"),
+                "serial ports are not available yet: use a serial-to-TCP server with type tcp, method rtu",
+            );
+            None
+        }
+        (other, _) => {
+            d.error(s.field("type"), format!("unknown type `{other}`; expected tcp, udp or serial"));
+            None
+        }
+    };
+    let host = s.required_string(d, "host").map(str::to_owned);
+    let port = s.uint(d, "port", 1..=65535).unwrap_or(502) as u16;
+    let unit_id = s.uint(d, "unitId", 0..=247).unwrap_or(1) as u8;
+    let device_name = s.required_string(d, "deviceName").map(str::to_owned);
+    let poll_period = Duration::from_millis(s.uint(d, "pollPeriod", 10..=86_400_000).unwrap_or(5000));
+    // Seconds, as in the Python gateway (pymodbus's timeout).
+    let timeout = Duration::from_secs(s.uint(d, "timeout", 1..=3600).unwrap_or(5));
+    let retries = s.uint(d, "retries", 0..=100).unwrap_or(3) as u32;
+    let connect_timeout = Duration::from_millis(s.uint(d, "connectAttemptTimeMs", 100..=600_000).unwrap_or(5000));
+    let connect_attempts = s.uint(d, "connectAttemptCount", 1..=1000).unwrap_or(5) as u32;
+    let wait_after_failed_attempts =
+        Duration::from_millis(s.uint(d, "waitAfterFailedAttemptsMs", 0..=86_400_000).unwrap_or(300_000));
+    let max_gap = s.uint(d, "maxGap", 0..=125).unwrap_or(0) as u16;
+    let max_registers = s.uint(d, "maxRegistersPerRequest", 1..=125).unwrap_or(125) as u16;
+    s.unused(
+        d,
+        &[
+            ("retryOnEmpty", "tbgw retries every failed read `retries` times"),
+            ("retryOnInvalid", "tbgw retries every failed read `retries` times"),
+            ("sendDataOnlyOnChange", "report strategies are not implemented yet; every value is sent"),
+            ("reportStrategy", "report strategies are not implemented yet; every value is sent"),
+        ],
+    );
+    // The rest is the converter's: checked with its own library.
+    s.allow(&[
+        "deviceType",
+        "byteOrder",
+        "wordOrder",
+        "attributes",
+        "timeseries",
+        "attributeUpdates",
+        "rpc",
+        "name",
+        "id",
+        "baudrate",
+        "stopbits",
+        "bytesize",
+        "parity",
+        "strict",
+    ]);
+    s.finish(d);
+    let reads = match tbgw_modbus_converter::SlaveConfig::parse(&item.to_string()) {
+        Ok(tags) => {
+            let spans: Vec<(u8, u16, u16)> = tags
+                .attributes
+                .iter()
+                .chain(&tags.timeseries)
+                .map(|t| (t.function_code, t.address, t.format.objects))
+                .collect();
+            if spans.is_empty() {
+                d.notice(path, "no attributes or timeseries: nothing is polled (writes only)");
+            }
+            planner::plan(&spans, max_gap, max_registers)
+        }
+        Err(e) => {
+            let at = e.field.map_or_else(|| path.to_owned(), |f| format!("{path}.{f}"));
+            d.error(at, e.message);
+            Vec::new()
+        }
+    };
+    Some(SlaveConfig {
+        path: path.to_owned(),
+        device_name: device_name?,
+        host: host?,
+        port,
+        framing: framing?,
+        unit_id,
+        poll_period,
+        timeout,
+        retries,
+        connect_timeout,
+        connect_attempts,
+        wait_after_failed_attempts,
+        reads,
+        converter_config: item.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(text: &str) -> (Option<ModbusConfig>, Diagnostics) {
+        let doc: Value = serde_json::from_str(text).unwrap();
+        let mut d = Diagnostics::default();
+        (parse(&doc, &mut d), d)
+    }
+
+    #[test]
+    fn reads_a_python_gateway_slave() {
+        let (c, d) = parse_str(
+            r#"{"master": {"slaves": [{"host": "127.0.0.1", "port": 5021, "type": "tcp", "method": "socket",
+                "unitId": 1, "deviceName": "Demo Device", "deviceType": "default", "timeout": 35, "byteOrder": "BIG",
+                "wordOrder": "LITTLE", "retries": 3, "retryOnEmpty": true, "retryOnInvalid": true, "pollPeriod": 1000,
+                "connectAttemptTimeMs": 5000, "connectAttemptCount": 5, "waitAfterFailedAttemptsMs": 300000,
+                "attributes": [{"tag": "power", "type": "16int", "functionCode": 3, "objectsCount": 1, "address": 2, "divider": 10}],
+                "timeseries": [{"tag": "temperature", "type": "16int", "address": 0, "objectsCount": 1, "functionCode": 3, "divider": 10},
+                               {"tag": "humidity", "type": "16int", "address": 1, "objectsCount": 1, "functionCode": 3},
+                               {"tag": "relay", "type": "bits", "address": 1, "objectsCount": 1, "functionCode": 1, "bitTargetType": "bool"}],
+                "attributeUpdates": [{"tag": "relay", "type": "bits", "address": 1, "objectsCount": 1, "functionCode": 5}],
+                "rpc": [{"tag": "getRelay", "type": "bits", "address": 1, "objectsCount": 1, "functionCode": 1}]}]}}"#,
+        );
+        assert!(d.is_ok(), "{:?}", d.errors);
+        let c = c.unwrap();
+        let s = &c.slaves[0];
+        assert_eq!((s.host.as_str(), s.port, s.unit_id, s.framing), ("127.0.0.1", 5021, 1, Framing::Tcp));
+        assert_eq!((s.poll_period, s.timeout), (Duration::from_secs(1), Duration::from_secs(35)));
+        assert_eq!(
+            s.reads,
+            [Read { function_code: 1, address: 1, count: 1 }, Read { function_code: 3, address: 0, count: 3 }]
+        );
+        assert!(c.has_requests());
+        assert_eq!(d.notices.len(), 2, "retryOnEmpty, retryOnInvalid: {:?}", d.notices);
+    }
+
+    #[test]
+    fn problems_are_named_by_path() {
+        let (_, d) = parse_str(
+            r#"{"master": {"slaves": [{"type": "udp", "deviceName": "A", "pollPeriod": 1,
+                "timeseries": [{"tag": "t", "type": "32int", "functionCode": 3, "address": 0, "objectsCount": 1}]},
+                {"host": "h", "deviceName": "B", "method": "ascii", "prot": 1}]}}"#,
+        );
+        let errors: Vec<String> = d.errors.iter().map(ToString::to_string).collect();
+        for expected in [
+            "master.slaves[0].type: udp is not available yet: use tcp",
+            "master.slaves[0].host: required",
+            "master.slaves[0].pollPeriod: expected a whole number from 10 to 86400000, found 1",
+            "master.slaves[1].method: unknown method `ascii`; expected socket or rtu",
+            "master.slaves[1].prot: unknown key; did you mean `port`?",
+        ] {
+            assert!(errors.contains(&expected.to_owned()), "missing `{expected}` in {errors:#?}");
+        }
+        assert!(errors.iter().any(|e| e.starts_with("master.slaves[0].timeseries[0].objectsCount:")), "{errors:#?}");
+    }
+}

@@ -1,0 +1,19 @@
+//! The Modbus connector: a polling master for Modbus TCP (and RTU framing
+//! over TCP), configured as the ThingsBoard IoT Gateway's `modbus.json`.
+//!
+//! - [`config`]: `master.slaves[]`, every problem by path; the tags are
+//!   checked with the `modbus` converter's own library.
+//! - [`planner`]: tags read with as few requests as the protocol allows.
+//! - [`connector`]: one task per slave: polls, reconnection, writes and
+//!   reads asked by ThingsBoard.
+//!
+//! Like every connector it does protocol I/O only: polled blocks go to the
+//! `modbus` converter (WebAssembly) untouched, and writes come from it
+//! already encoded.
+
+pub mod config;
+pub mod connector;
+pub mod planner;
+
+pub use config::{ModbusConfig, parse};
+pub use connector::ModbusConnector;

@@ -1,0 +1,410 @@
+//! The built-in `modbus` converters' logic, in plain Rust: polled register
+//! and coil blocks to ThingsBoard values, and ThingsBoard's requests to
+//! Modbus writes, configured as a slave of the ThingsBoard IoT Gateway's
+//! `modbus.json` (`master.slaves[]`):
+//!
+//! ```json
+//! {"unitId": 1, "deviceName": "Meter A", "deviceType": "meter", "byteOrder": "BIG", "wordOrder": "LITTLE",
+//!  "timeseries": [{"tag": "voltage", "type": "32float", "functionCode": 4, "address": 0, "objectsCount": 2}],
+//!  "attributes": [{"tag": "serial", "type": "string", "functionCode": 3, "address": 100, "objectsCount": 4}],
+//!  "attributeUpdates": [{"tag": "setpoint", "type": "16int", "functionCode": 6, "address": 10, "divider": 10}],
+//!  "rpc": [{"tag": "setRelay", "type": "bits", "functionCode": 5, "address": 1}]}
+//! ```
+//!
+//! The connection keys of a slave (`host`, `port`, `pollPeriod`, ...) are
+//! the connector's and accepted here unread, so the whole slave object can
+//! be passed as is.
+//!
+//! - [`codec`]: values to and from bytes: every type, byte and word order.
+//! - [`UplinkConverter`]: a polled block (its unit, function code, first
+//!   address and count; the payload is the registers big-endian as on the
+//!   wire, or the coils packed LSB first) becomes one device update with
+//!   every configured tag that lies wholly inside the block.
+//! - [`DownlinkConverter`]: an RPC whose method is an `rpc[]` tag, or a
+//!   shared attribute update of `attributeUpdates[]` tags, becomes a write
+//!   (function codes 5, 6, 15, 16) with target `<unit>/<fc>/<address>/<count>`
+//!   and the bytes to write; an `rpc[]` tag with a read function code
+//!   (1-4) becomes a read of that block, with the tag's format in the
+//!   metadata (`format`) for the answer.
+
+pub mod codec;
+
+use codec::{DataType, Decoded, Format, Input, Order};
+use serde_json::Value as Json;
+use tbgw_json_converter::config::{self, ConfigError, Obj};
+use tbgw_json_converter::{DeviceUpdate, DownlinkMessage, Dropped, Entry, Telemetry, UplinkOutput, Value};
+
+/// One configured tag.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tag {
+    pub tag: String,
+    pub function_code: u8,
+    pub address: u16,
+    pub format: Format,
+    /// The tag's config as written (for a read RPC's answer).
+    pub source: String,
+}
+
+/// The connection keys of a slave: the connector's, not the converter's.
+const CONNECTION_KEYS: &[&str] = &[
+    "host",
+    "maxGap",
+    "maxRegistersPerRequest",
+    "port",
+    "type",
+    "method",
+    "baudrate",
+    "stopbits",
+    "bytesize",
+    "parity",
+    "strict",
+    "timeout",
+    "retries",
+    "retryOnEmpty",
+    "retryOnInvalid",
+    "pollPeriod",
+    "connectAttemptTimeMs",
+    "connectAttemptCount",
+    "waitAfterFailedAttemptsMs",
+    "name",
+    "security",
+    "handlesPerRequest",
+    "repack",
+    "framer",
+    "unitId",
+    "sendDataOnlyOnChange",
+    "reportStrategy",
+    "id",
+];
+
+/// The slave's tag lists and orders.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlaveConfig {
+    pub unit_id: u8,
+    pub device_name: String,
+    pub device_type: Option<String>,
+    pub attributes: Vec<Tag>,
+    pub timeseries: Vec<Tag>,
+    pub attribute_updates: Vec<Tag>,
+    pub rpc: Vec<Tag>,
+}
+
+impl SlaveConfig {
+    pub fn parse(text: &str) -> Result<SlaveConfig, ConfigError> {
+        let doc = config::parse_document(text)?;
+        let mut root = Obj::new("", &doc)?;
+        let unit_id = root.opt_uint("unitId", 247)?.unwrap_or(1) as u8;
+        let device_name = root.req_str("deviceName")?.to_owned();
+        let device_type = root.opt_str("deviceType")?.map(str::to_owned);
+        let order = |root: &mut Obj, key: &'static str| -> Result<Order, ConfigError> {
+            match root.opt_str(key)? {
+                None => Ok(Order::Big),
+                Some(t) => Order::parse(t).map_err(|e| ConfigError::at(root.field(key), e)),
+            }
+        };
+        let byte_order = order(&mut root, "byteOrder")?;
+        let word_order = order(&mut root, "wordOrder")?;
+        let mut lists: [Vec<Tag>; 4] = Default::default();
+        for (i, (key, codes)) in [
+            ("attributes", &[1u8, 2, 3, 4][..]),
+            ("timeseries", &[1, 2, 3, 4][..]),
+            ("attributeUpdates", &[5, 6, 15, 16][..]),
+            ("rpc", &[1, 2, 3, 4, 5, 6, 15, 16][..]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            for (path, item) in config::array(&mut root, key)? {
+                lists[i].push(tag(&path, item, codes, byte_order, word_order)?);
+            }
+        }
+        root.allow(CONNECTION_KEYS);
+        root.finish()?;
+        let [attributes, timeseries, attribute_updates, rpc] = lists;
+        Ok(SlaveConfig { unit_id, device_name, device_type, attributes, timeseries, attribute_updates, rpc })
+    }
+}
+
+fn number(o: &mut Obj, key: &'static str) -> Result<Option<f64>, ConfigError> {
+    match o.get(key) {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::Number(n)) => Ok(n.as_f64()),
+        Some(Json::String(s)) => {
+            s.trim().parse().map(Some).map_err(|_| ConfigError::at(o.field(key), format!("`{s}` is not a number")))
+        }
+        Some(other) => Err(ConfigError::at(o.field(key), format!("expected a number, found {}", config::kind(other)))),
+    }
+}
+
+fn tag(path: &str, item: &Json, codes: &[u8], byte_order: Order, word_order: Order) -> Result<Tag, ConfigError> {
+    let mut o = Obj::new(path, item)?;
+    let name = o.req_str("tag")?.to_owned();
+    let type_text = o.req_str("type")?;
+    let function_code = match o.opt_uint("functionCode", 255)? {
+        Some(fc) if codes.contains(&(fc as u8)) => fc as u8,
+        Some(fc) => {
+            return Err(ConfigError::at(
+                o.field("functionCode"),
+                format!("{fc} does not fit here; expected one of {codes:?}"),
+            ));
+        }
+        None => return Err(o.missing("functionCode")),
+    };
+    let address = match o.get("address") {
+        Some(Json::Number(n)) => n.as_u64().and_then(|a| u16::try_from(a).ok()),
+        Some(Json::String(s)) if s.contains('-') => {
+            return Err(ConfigError::at(
+                o.field("address"),
+                format!("address ranges (`{s}`) are not supported yet: configure one tag per address"),
+            ));
+        }
+        Some(Json::String(s)) => s.trim().parse().ok(),
+        None => return Err(o.missing("address")),
+        Some(_) => None,
+    }
+    .ok_or_else(|| ConfigError::at(o.field("address"), "expected an address from 0 to 65535"))?;
+    let mut count = None;
+    for key in ["objectsCount", "registersCount", "registerCount"] {
+        if let Some(c) = o.opt_uint(key, 2000)? {
+            count = Some(c as u16);
+        }
+    }
+    let data_type = DataType::parse(type_text, count.unwrap_or(1)).map_err(|e| ConfigError::at(o.field("type"), e))?;
+    let coils = matches!(function_code, 1 | 2 | 5 | 15);
+    let objects = count.unwrap_or(if coils { 1 } else { data_type.registers() });
+    if !coils && objects < data_type.registers() {
+        return Err(ConfigError::at(
+            o.field("objectsCount"),
+            format!("`{type_text}` needs {} registers, objectsCount is {objects}", data_type.registers()),
+        ));
+    }
+    if objects == 0 {
+        return Err(ConfigError::at(o.field("objectsCount"), "must be at least 1"));
+    }
+    let bit = match o.opt_uint("bit", 15)? {
+        Some(b) if data_type == DataType::Bits => Some(b as u8),
+        Some(_) => return Err(ConfigError::at(o.field("bit"), "only for type bits")),
+        None => None,
+    };
+    let bits_as_bool = match o.opt_str("bitTargetType")? {
+        None | Some("bool") => true,
+        Some("int") => false,
+        Some(other) => {
+            return Err(ConfigError::at(o.field("bitTargetType"), format!("`{other}`: expected bool or int")));
+        }
+    };
+    let divider = number(&mut o, "divider")?;
+    let multiplier = number(&mut o, "multiplier")?;
+    if divider == Some(0.0) {
+        return Err(ConfigError::at(o.field("divider"), "must not be 0"));
+    }
+    o.allow(&["reportStrategy", "round", "id"]);
+    o.finish()?;
+    let format = Format { data_type, objects, byte_order, word_order, bit, bits_as_bool, divider, multiplier };
+    Ok(Tag { tag: name, function_code, address, format, source: item.to_string() })
+}
+
+/// A polled block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Block {
+    pub unit_id: u8,
+    pub function_code: u8,
+    pub address: u16,
+    pub count: u16,
+}
+
+/// The uplink converter.
+#[derive(Debug)]
+pub struct UplinkConverter(SlaveConfig);
+
+impl UplinkConverter {
+    pub fn new(text: &str) -> Result<UplinkConverter, ConfigError> {
+        SlaveConfig::parse(text).map(UplinkConverter)
+    }
+
+    pub fn config(&self) -> &SlaveConfig {
+        &self.0
+    }
+
+    /// Decode every tag inside `block` from `payload`.
+    pub fn convert(&self, block: Block, payload: &[u8]) -> Result<UplinkOutput, String> {
+        let c = &self.0;
+        let coils = matches!(block.function_code, 1 | 2);
+        let have = if coils { usize::from(block.count).div_ceil(8) } else { usize::from(block.count) * 2 };
+        if payload.len() < have {
+            return Err(format!(
+                "the block of {} {} at {} has {} bytes, expected {have}",
+                block.count,
+                if coils { "coils" } else { "registers" },
+                block.address,
+                payload.len()
+            ));
+        }
+        let mut out = UplinkOutput::default();
+        let decode = |tags: &[Tag], dropped: &mut Vec<Dropped>| -> Vec<Entry> {
+            let mut entries = Vec::new();
+            for t in tags {
+                if t.function_code != block.function_code
+                    || t.address < block.address
+                    || u32::from(t.address) + u32::from(t.format.objects)
+                        > u32::from(block.address) + u32::from(block.count)
+                {
+                    continue;
+                }
+                let offset = usize::from(t.address - block.address);
+                let decoded = if coils {
+                    let bits = codec::unpack_bits(payload, usize::from(block.count));
+                    codec::decode_bits(&bits[offset..], &t.format)
+                } else {
+                    codec::decode_registers(&payload[offset * 2..], &t.format)
+                };
+                match decoded {
+                    Ok(v) => entries.push(Entry { key: t.tag.clone(), value: value(v) }),
+                    Err(reason) => dropped.push(Dropped { key: t.tag.clone(), reason }),
+                }
+            }
+            entries
+        };
+        let attributes = decode(&c.attributes, &mut out.dropped);
+        let values = decode(&c.timeseries, &mut out.dropped);
+        if !attributes.is_empty() || !values.is_empty() {
+            let telemetry = if values.is_empty() { Vec::new() } else { vec![Telemetry { ts: None, values }] };
+            out.updates.push(DeviceUpdate {
+                device: c.device_name.clone(),
+                device_type: c.device_type.clone(),
+                attributes,
+                telemetry,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn value(d: Decoded) -> Value {
+    match d {
+        Decoded::Bool(b) => Value::Bool(b),
+        Decoded::Int(i) => Value::Int(i),
+        Decoded::Float(x) => Value::Float(x),
+        Decoded::Text(s) => Value::Text(s),
+        Decoded::Bits(bits) => {
+            Value::Json(format!("[{}]", bits.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(",")))
+        }
+    }
+}
+
+/// The downlink converter: one slave, or every slave of a connector
+/// (`{"slaves": [...]}`), a request going to the slave of its device.
+#[derive(Debug)]
+pub struct DownlinkConverter(Vec<SlaveConfig>);
+
+impl DownlinkConverter {
+    pub fn new(text: &str) -> Result<DownlinkConverter, ConfigError> {
+        let doc = config::parse_document(text)?;
+        match doc.get("slaves") {
+            Some(Json::Array(slaves)) => {
+                let mut all = Vec::new();
+                for (i, slave) in slaves.iter().enumerate() {
+                    let parsed = SlaveConfig::parse(&slave.to_string()).map_err(|e| {
+                        let field = e.field.map_or_else(|| format!("slaves[{i}]"), |f| format!("slaves[{i}].{f}"));
+                        ConfigError::at(field, e.message)
+                    })?;
+                    all.push(parsed);
+                }
+                Ok(DownlinkConverter(all))
+            }
+            _ => SlaveConfig::parse(text).map(|s| DownlinkConverter(vec![s])),
+        }
+    }
+
+    fn slave(&self, device: &str) -> Result<&SlaveConfig, String> {
+        match &self.0[..] {
+            [one] => Ok(one),
+            all => all
+                .iter()
+                .find(|s| s.device_name == device)
+                .ok_or_else(|| format!("no slave has the deviceName `{device}`")),
+        }
+    }
+
+    /// An RPC for `device`: `method` names an `rpc[]` tag; `params` (JSON
+    /// text) is the value to write (or `{"value": ...}`).
+    pub fn rpc(&self, device: &str, method: &str, params: &str) -> Result<Vec<DownlinkMessage>, String> {
+        let slave = self.slave(device)?;
+        let t =
+            slave.rpc.iter().find(|t| t.tag == method).ok_or_else(|| format!("no rpc entry has the tag `{method}`"))?;
+        if matches!(t.function_code, 1..=4) {
+            return Ok(vec![DownlinkMessage {
+                target: target(slave.unit_id, t),
+                payload: Vec::new(),
+                metadata: vec![("format".into(), t.source.clone())],
+            }]);
+        }
+        let params: Json = serde_json::from_str(params).map_err(|e| format!("RPC params: {e}"))?;
+        let v = match &params {
+            Json::Object(o) => o.get("value").ok_or("RPC params: give the value to write, or {\"value\": ...}")?,
+            other => other,
+        };
+        Ok(vec![write(slave, t, &input(v)?)?])
+    }
+
+    /// A shared attribute update: one write per key with an
+    /// `attributeUpdates[]` tag.
+    pub fn attribute_update(&self, device: &str, entries: &[Entry]) -> Result<Vec<DownlinkMessage>, String> {
+        let slave = self.slave(device)?;
+        let mut out = Vec::new();
+        for e in entries {
+            for t in slave.attribute_updates.iter().filter(|t| t.tag == e.key) {
+                let v = match &e.value {
+                    Value::Bool(b) => Input::Bool(*b),
+                    Value::Int(i) => Input::Int(*i),
+                    Value::Float(x) => Input::Float(*x),
+                    Value::Text(s) => Input::Text(s.clone()),
+                    Value::Json(j) => input(&serde_json::from_str(j).map_err(|err| format!("`{}`: {err}", e.key))?)?,
+                };
+                out.push(write(slave, t, &v).map_err(|err| format!("`{}`: {err}", e.key))?);
+            }
+        }
+        if out.is_empty() {
+            let keys: Vec<&str> = entries.iter().map(|e| e.key.as_str()).collect();
+            return Err(format!("no attributeUpdates entry has the tag of {keys:?}"));
+        }
+        Ok(out)
+    }
+}
+
+fn write(slave: &SlaveConfig, t: &Tag, v: &Input) -> Result<DownlinkMessage, String> {
+    let payload = match t.function_code {
+        5 | 15 => codec::pack_bits(&codec::encode_bits(v, &t.format)?),
+        _ => codec::encode_registers(v, &t.format)?,
+    };
+    Ok(DownlinkMessage { target: target(slave.unit_id, t), payload, metadata: Vec::new() })
+}
+
+fn target(unit: u8, t: &Tag) -> String {
+    format!("{unit}/{}/{}/{}", t.function_code, t.address, t.format.objects)
+}
+
+fn input(v: &Json) -> Result<Input, String> {
+    Ok(match v {
+        Json::Bool(b) => Input::Bool(*b),
+        Json::Number(n) => match n.as_i64() {
+            Some(i) => Input::Int(i),
+            None => Input::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Json::String(s) => Input::Text(s.clone()),
+        Json::Array(items) => Input::Bits(
+            items
+                .iter()
+                .map(|i| match i {
+                    Json::Bool(b) => Ok(*b),
+                    Json::Number(n) => Ok(n.as_i64() != Some(0)),
+                    other => Err(format!("{other} is not a bit")),
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        other => return Err(format!("cannot write {other}")),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,221 @@
+use super::*;
+use codec::{decode_bits, decode_registers, encode_registers};
+
+fn fmt(t: &str, objects: u16, bo: Order, wo: Order) -> Format {
+    Format {
+        data_type: DataType::parse(t, objects).unwrap(),
+        objects,
+        byte_order: bo,
+        word_order: wo,
+        bit: None,
+        bits_as_bool: true,
+        divider: None,
+        multiplier: None,
+    }
+}
+
+const BB: (Order, Order) = (Order::Big, Order::Big);
+const BL: (Order, Order) = (Order::Big, Order::Little);
+const LB: (Order, Order) = (Order::Little, Order::Big);
+const LL: (Order, Order) = (Order::Little, Order::Little);
+
+/// (type, objectsCount, orders, bytes on the wire, value): written out by
+/// hand from the registers a device holds, not computed.
+#[allow(clippy::type_complexity)]
+fn cases() -> Vec<(&'static str, u16, (Order, Order), Vec<u8>, Decoded)> {
+    use Decoded::*;
+    vec![
+        ("16int", 1, BB, vec![0xff, 0x38], Int(-200)),
+        ("16int", 1, LB, vec![0x38, 0xff], Int(-200)),
+        ("16uint", 1, BB, vec![0xff, 0x38], Int(65336)),
+        ("8int", 1, BB, vec![0x80, 0x00], Int(-128)),
+        ("8uint", 1, BB, vec![0xfe, 0x00], Int(254)),
+        ("8uint", 1, LB, vec![0x00, 0xfe], Int(254)),
+        // 0x12345678 in two registers, every order.
+        ("32int", 2, BB, vec![0x12, 0x34, 0x56, 0x78], Int(0x1234_5678)),
+        ("32int", 2, BL, vec![0x56, 0x78, 0x12, 0x34], Int(0x1234_5678)),
+        ("32int", 2, LB, vec![0x34, 0x12, 0x78, 0x56], Int(0x1234_5678)),
+        ("32int", 2, LL, vec![0x78, 0x56, 0x34, 0x12], Int(0x1234_5678)),
+        ("32int", 2, BB, vec![0xff, 0xff, 0xff, 0xfe], Int(-2)),
+        ("32uint", 2, BB, vec![0xff, 0xff, 0xff, 0xfe], Int(4_294_967_294)),
+        ("int", 2, BB, vec![0xff, 0xff, 0xff, 0xfe], Int(-2)),
+        ("uint", 1, BB, vec![0x01, 0x00], Int(256)),
+        // 1.5f32 = 0x3FC00000.
+        ("32float", 2, BB, vec![0x3f, 0xc0, 0x00, 0x00], Float(1.5)),
+        ("32float", 2, BL, vec![0x00, 0x00, 0x3f, 0xc0], Float(1.5)),
+        ("32float", 2, LB, vec![0xc0, 0x3f, 0x00, 0x00], Float(1.5)),
+        ("32float", 2, LL, vec![0x00, 0x00, 0xc0, 0x3f], Float(1.5)),
+        ("float", 2, BB, vec![0x3f, 0xc0, 0x00, 0x00], Float(1.5)),
+        // -2.5f64 = 0xC004000000000000.
+        ("64float", 4, BB, vec![0xc0, 0x04, 0, 0, 0, 0, 0, 0], Float(-2.5)),
+        ("64float", 4, BL, vec![0, 0, 0, 0, 0, 0, 0xc0, 0x04], Float(-2.5)),
+        ("64float", 4, LL, vec![0, 0, 0, 0, 0, 0, 0x04, 0xc0], Float(-2.5)),
+        ("double", 4, BB, vec![0xc0, 0x04, 0, 0, 0, 0, 0, 0], Float(-2.5)),
+        ("64int", 4, BB, vec![0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x9c], Int(-100)),
+        ("64int", 4, BL, vec![0xff, 0x9c, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], Int(-100)),
+        ("64uint", 4, BB, vec![0, 0, 0, 1, 0, 0, 0, 0], Int(1 << 32)),
+        ("64uint", 4, BB, vec![0xff; 8], Float(u64::MAX as f64)),
+        // 16-bit floats: 0x3E00 = 1.5, 0xC000 = -2.
+        ("16float", 1, BB, vec![0x3e, 0x00], Float(1.5)),
+        ("16float", 1, LB, vec![0x00, 0xc0], Float(-2.0)),
+        ("string", 3, BB, b"TB-GW\0".to_vec(), Text("TB-GW".into())),
+        ("string", 2, LB, b"BTWG".to_vec(), Text("TBGW".into())),
+        ("bytes", 2, BB, vec![0xde, 0xad, 0xbe, 0xef], Text("deadbeef".into())),
+        ("bits", 1, BB, vec![0x00, 0x05], Bits((0..16).map(|i| i == 0 || i == 2).collect())),
+    ]
+}
+
+#[test]
+fn every_type_and_order_decodes() {
+    for (t, n, (bo, wo), bytes, want) in cases() {
+        let got = decode_registers(&bytes, &fmt(t, n, bo, wo)).unwrap_or_else(|e| panic!("{t} {bo:?}/{wo:?}: {e}"));
+        assert_eq!(got, want, "{t} x{n} {bo:?}/{wo:?} from {bytes:02x?}");
+    }
+}
+
+#[test]
+fn every_type_and_order_encodes_back_to_the_same_bytes() {
+    for (t, n, (bo, wo), bytes, want) in cases() {
+        let input = match want {
+            Decoded::Int(i) => Input::Int(i),
+            Decoded::Float(x) if x == u64::MAX as f64 => continue, // above i64: read-only
+            Decoded::Float(x) => Input::Float(x),
+            Decoded::Text(s) if t == "bytes" => {
+                let _ = s;
+                continue;
+            }
+            Decoded::Text(s) => Input::Text(s),
+            Decoded::Bits(b) => Input::Bits(b),
+            Decoded::Bool(b) => Input::Bool(b),
+        };
+        let got = encode_registers(&input, &fmt(t, n, bo, wo)).unwrap_or_else(|e| panic!("{t} {bo:?}/{wo:?}: {e}"));
+        // (Text is padded with NULs, as the device holds it in these cases.)
+        assert_eq!(got, bytes, "{t} x{n} {bo:?}/{wo:?} of {input:?}");
+    }
+}
+
+#[test]
+fn divider_multiplier_and_bit() {
+    let mut f = fmt("16int", 1, Order::Big, Order::Big);
+    f.divider = Some(10.0);
+    assert_eq!(decode_registers(&[0x00, 0xd7], &f).unwrap(), Decoded::Float(21.5));
+    assert_eq!(encode_registers(&Input::Float(21.5), &f).unwrap(), vec![0x00, 0xd7]);
+    f.divider = None;
+    f.multiplier = Some(3.0);
+    assert_eq!(decode_registers(&[0x00, 0x07], &f).unwrap(), Decoded::Int(21));
+    let mut b = fmt("bits", 1, Order::Big, Order::Big);
+    b.bit = Some(9);
+    assert_eq!(decode_registers(&[0x02, 0x00], &b).unwrap(), Decoded::Bool(true));
+    b.bits_as_bool = false;
+    assert_eq!(decode_registers(&[0xfd, 0xff], &b).unwrap(), Decoded::Int(0));
+    assert_eq!(
+        encode_registers(&Input::Int(70000), &fmt("16int", 1, Order::Big, Order::Big)).unwrap_err(),
+        "70000 is out of range for a 16-bit signed integer"
+    );
+}
+
+#[test]
+fn coils_decode_lsb_first() {
+    let bits = codec::unpack_bits(&[0b0000_0101, 0b1], 9);
+    assert_eq!(bits, [true, false, true, false, false, false, false, false, true]);
+    assert_eq!(codec::pack_bits(&bits), vec![0b0000_0101, 0b1]);
+    assert_eq!(decode_bits(&bits[2..], &fmt("bits", 1, Order::Big, Order::Big)).unwrap(), Decoded::Bool(true));
+    assert_eq!(
+        decode_bits(&bits, &fmt("bits", 3, Order::Big, Order::Big)).unwrap(),
+        Decoded::Bits(vec![true, false, true])
+    );
+}
+
+const SLAVE: &str = r#"{
+  "host": "127.0.0.1", "port": 5021, "type": "tcp", "method": "socket", "unitId": 7, "pollPeriod": 1000,
+  "deviceName": "Meter A", "deviceType": "meter", "byteOrder": "BIG", "wordOrder": "LITTLE",
+  "attributes": [{"tag": "serial", "type": "string", "functionCode": 3, "address": 10, "objectsCount": 2}],
+  "timeseries": [
+    {"tag": "temperature", "type": "16int", "functionCode": 3, "address": 0, "objectsCount": 1, "divider": 10},
+    {"tag": "energy", "type": "32uint", "functionCode": 3, "address": 1, "objectsCount": 2},
+    {"tag": "far", "type": "16int", "functionCode": 3, "address": 100},
+    {"tag": "relay", "type": "bits", "functionCode": 1, "address": 3, "objectsCount": 1}
+  ],
+  "attributeUpdates": [{"tag": "setpoint", "type": "16int", "functionCode": 6, "address": 20, "divider": 10}],
+  "rpc": [
+    {"tag": "setRelay", "type": "bits", "functionCode": 5, "address": 3, "objectsCount": 1},
+    {"tag": "setLimits", "type": "32float", "functionCode": 16, "address": 30, "objectsCount": 2},
+    {"tag": "getTemperature", "type": "16int", "functionCode": 3, "address": 0, "objectsCount": 1, "divider": 10}
+  ]
+}"#;
+
+#[test]
+fn a_block_becomes_the_tags_inside_it() {
+    let c = UplinkConverter::new(SLAVE).unwrap();
+    // Registers 0..12: temperature 21.5, energy 0x00010002 with LITTLE words, serial "AB12".
+    let mut payload = vec![0x00, 0xd7, 0x00, 0x02, 0x00, 0x01];
+    payload.extend(vec![0; 14]);
+    payload.extend(b"AB12");
+    let block = Block { unit_id: 7, function_code: 3, address: 0, count: 12 };
+    let out = c.convert(block, &payload).unwrap();
+    assert_eq!(out.updates.len(), 1);
+    let u = &out.updates[0];
+    assert_eq!((u.device.as_str(), u.device_type.as_deref()), ("Meter A", Some("meter")));
+    assert_eq!(u.attributes, [Entry { key: "serial".into(), value: Value::Text("AB12".into()) }]);
+    assert_eq!(
+        u.telemetry[0].values,
+        [
+            Entry { key: "temperature".into(), value: Value::Float(21.5) },
+            Entry { key: "energy".into(), value: Value::Int(0x0001_0002) },
+        ]
+    );
+    // Coils: only the coil tag.
+    let out = c.convert(Block { unit_id: 7, function_code: 1, address: 0, count: 8 }, &[0b1000]).unwrap();
+    assert_eq!(out.updates[0].telemetry[0].values, [Entry { key: "relay".into(), value: Value::Bool(true) }]);
+    // A short payload names what is missing.
+    assert_eq!(c.convert(block, &[0; 4]).unwrap_err(), "the block of 12 registers at 0 has 4 bytes, expected 24");
+}
+
+#[test]
+fn requests_become_writes() {
+    let c = DownlinkConverter::new(SLAVE).unwrap();
+    let m = c.rpc("Meter A", "setRelay", "true").unwrap();
+    assert_eq!((m[0].target.as_str(), m[0].payload.as_slice()), ("7/5/3/1", [1u8].as_slice()));
+    let m = c.rpc("Meter A", "setLimits", r#"{"value": 1.5}"#).unwrap();
+    assert_eq!((m[0].target.as_str(), m[0].payload.as_slice()), ("7/16/30/2", [0, 0, 0x3f, 0xc0].as_slice()));
+    let m = c.rpc("Meter A", "getTemperature", "null").unwrap();
+    assert_eq!(m[0].target, "7/3/0/1");
+    assert!(m[0].metadata[0].1.contains("\"divider\":10"), "{:?}", m[0].metadata);
+    assert_eq!(c.rpc("Meter A", "explode", "1").unwrap_err(), "no rpc entry has the tag `explode`");
+    let m = c.attribute_update("Meter A", &[Entry { key: "setpoint".into(), value: Value::Float(22.5) }]).unwrap();
+    assert_eq!((m[0].target.as_str(), m[0].payload.as_slice()), ("7/6/20/1", [0, 225].as_slice()));
+    assert!(c.attribute_update("Meter A", &[Entry { key: "other".into(), value: Value::Int(1) }]).is_err());
+    // Every slave of a connector in one converter: the device picks its slave.
+    let both = format!(
+        r#"{{"slaves": [{SLAVE}, {}]}}"#,
+        SLAVE.replace("Meter A", "Meter B").replace("\"unitId\": 7", "\"unitId\": 8")
+    );
+    let c = DownlinkConverter::new(&both).unwrap();
+    assert_eq!(c.rpc("Meter B", "setRelay", "false").unwrap()[0].target, "8/5/3/1");
+    assert_eq!(c.rpc("Meter C", "setRelay", "false").unwrap_err(), "no slave has the deviceName `Meter C`");
+}
+
+#[test]
+fn bad_tags_are_named_by_path() {
+    let bad = |json: &str| SlaveConfig::parse(json).unwrap_err().to_string();
+    let base = r#""deviceName": "D", "timeseries": "#;
+    assert!(
+        bad(&format!(
+            r#"{{{base}[{{"tag": "t", "type": "32int", "functionCode": 3, "address": 0, "objectsCount": 1}}]}}"#
+        ))
+        .starts_with("timeseries[0].objectsCount:")
+    );
+    assert!(
+        bad(&format!(r#"{{{base}[{{"tag": "t", "type": "24int", "functionCode": 3, "address": 0}}]}}"#))
+            .starts_with("timeseries[0].type: unknown type `24int`")
+    );
+    assert!(
+        bad(&format!(r#"{{{base}[{{"tag": "t", "type": "16int", "functionCode": 6, "address": 0}}]}}"#))
+            .starts_with("timeseries[0].functionCode: 6 does not fit here")
+    );
+    assert!(
+        bad(&format!(r#"{{{base}[{{"tag": "t", "type": "16int", "functionCode": 3, "adress": 0}}]}}"#))
+            .starts_with("timeseries[0].address: required; `adress` looks like a typo")
+    );
+    assert!(bad(r#"{"deviceName": "D", "byteOrder": "MIDDLE"}"#).starts_with("byteOrder:"));
+}

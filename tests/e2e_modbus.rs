@@ -1,0 +1,202 @@
+//! End to end with the real `tbgw` process: Modbus devices simulated on
+//! tokio-modbus's server side (one Modbus TCP, one with RTU framing over
+//! TCP), ThingsBoard's side a mosquitto broker. Values are checked as
+//! ThingsBoard receives them; writes as the device holds them.
+
+#[path = "e2e_common/mod.rs"]
+mod common;
+
+use common::Gateway;
+use serde_json::{Value, json};
+use std::time::Duration;
+use tbgw_test_support::modbus::{Framing, ModbusDevice};
+use tbgw_test_support::{Collector, Mosquitto, Received};
+
+fn slave(name: &str, port: u16, method: &str, unit: u8) -> Value {
+    json!({
+        "host": "127.0.0.1", "port": port, "type": "tcp", "method": method, "unitId": unit,
+        "deviceName": name, "deviceType": "meter", "pollPeriod": 100, "timeout": 1, "retries": 1,
+        "connectAttemptTimeMs": 500, "connectAttemptCount": 2, "waitAfterFailedAttemptsMs": 500,
+        "byteOrder": "BIG", "wordOrder": "LITTLE", "maxGap": 8,
+        "attributes": [{"tag": "serial", "type": "string", "functionCode": 3, "address": 10, "objectsCount": 2}],
+        "timeseries": [
+            {"tag": "temperature", "type": "16int", "functionCode": 3, "address": 0, "objectsCount": 1, "divider": 10},
+            {"tag": "energy", "type": "32uint", "functionCode": 3, "address": 1, "objectsCount": 2},
+            {"tag": "voltage", "type": "32float", "functionCode": 4, "address": 0, "objectsCount": 2},
+            {"tag": "relay", "type": "bits", "functionCode": 1, "address": 3, "objectsCount": 1}
+        ],
+        "attributeUpdates": [{"tag": "setpoint", "type": "16int", "functionCode": 6, "address": 20, "divider": 10}],
+        "rpc": [
+            {"tag": "setRelay", "type": "bits", "functionCode": 5, "address": 3, "objectsCount": 1},
+            {"tag": "setLimits", "type": "32float", "functionCode": 16, "address": 30, "objectsCount": 2},
+            {"tag": "getTemperature", "type": "16int", "functionCode": 3, "address": 0, "objectsCount": 1, "divider": 10}
+        ]
+    })
+}
+
+fn gateway_yaml(tb_port: u16, dir: &std::path::Path) -> String {
+    format!(
+        "thingsboard:\n  host: 127.0.0.1\n  port: {tb_port}\n  security: {{type: accessToken, accessToken: t}}\n\
+         storage: {{type: memory}}\n\
+         connectors:\n  - {{type: modbus, name: Meters, configuration: modbus.json}}\n\
+         tbgw:\n  cacheDir: {cache}\n",
+        cache = common::shared_cache().display(),
+    )
+    .replace("{dir}", &dir.display().to_string())
+}
+
+/// The latest value of `key` for `device` in what ThingsBoard received.
+fn latest(received: &[Received], device: &str, key: &str) -> Option<Value> {
+    let mut found = None;
+    for m in received.iter().filter(|m| m.topic == "v1/gateway/telemetry" || m.topic == "v1/gateway/attributes") {
+        let doc: Value = serde_json::from_slice(&m.payload).ok()?;
+        let Some(entry) = doc.get(device) else { continue };
+        let values: Vec<&Value> = match entry {
+            Value::Array(readings) => readings.iter().map(|r| &r["values"]).collect(),
+            attrs => vec![attrs],
+        };
+        for v in values {
+            if let Some(x) = v.get(key) {
+                found = Some(x.clone());
+            }
+        }
+    }
+    found
+}
+
+fn memory(d: &ModbusDevice, serial: &[u8; 4]) {
+    d.with(|m| {
+        m.holding[0] = 215;
+        // 70000 = 0x0001_1170 with LITTLE word order: low word first.
+        m.holding[1] = 0x1170;
+        m.holding[2] = 0x0001;
+        m.holding[10] = u16::from_be_bytes([serial[0], serial[1]]);
+        m.holding[11] = u16::from_be_bytes([serial[2], serial[3]]);
+        // 229.5f32 = 0x43658000, LITTLE words.
+        m.input[0] = 0x8000;
+        m.input[1] = 0x4365;
+        m.coils[3] = true;
+        // Nothing exists past 100: a read there is refused.
+        m.limit = 100;
+    });
+}
+
+struct Setup {
+    tb: Collector,
+    gw: Gateway,
+    tcp: ModbusDevice,
+    rtu: ModbusDevice,
+    _tb_broker: Mosquitto,
+    _dir: tempfile::TempDir,
+}
+
+fn setup(name: &str) -> Setup {
+    let tb_broker = Mosquitto::start_new();
+    let tb = Collector::connect(tb_broker.port, &format!("tb-{name}"), &["v1/gateway/#"]);
+    let (tcp, rtu) = (ModbusDevice::start(Framing::Tcp), ModbusDevice::start(Framing::RtuOverTcp));
+    memory(&tcp, b"AB12");
+    memory(&rtu, b"RT01");
+    let config = json!({"master": {"slaves": [
+        slave("Meter TCP", tcp.port, "socket", 1),
+        slave("Meter RTU", rtu.port, "rtu", 2),
+    ]}});
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gw = Gateway::start_modbus(dir.path(), &gateway_yaml(tb_broker.port, dir.path()), &config.to_string());
+    Setup { tb, gw, tcp, rtu, _tb_broker: tb_broker, _dir: dir }
+}
+
+#[test]
+fn every_tag_arrives_decoded_over_tcp_and_rtu_framing() {
+    let s = setup("read");
+    let got = s.tb.wait_until(Duration::from_secs(30), "both meters' values", |r| {
+        ["Meter TCP", "Meter RTU"].iter().all(|d| latest(r, d, "voltage").is_some() && latest(r, d, "serial").is_some())
+    });
+    for (device, serial) in [("Meter TCP", "AB12"), ("Meter RTU", "RT01")] {
+        assert_eq!(latest(&got, device, "temperature"), Some(json!(21.5)), "{device}");
+        assert_eq!(latest(&got, device, "energy"), Some(json!(70000)), "{device}");
+        assert_eq!(latest(&got, device, "voltage"), Some(json!(229.5)), "{device}");
+        assert_eq!(latest(&got, device, "relay"), Some(json!(true)), "{device}");
+        assert_eq!(latest(&got, device, "serial"), Some(json!(serial)), "{device}");
+    }
+    let connect = got.iter().find(|m| m.topic == "v1/gateway/connect" && m.text().contains("Meter TCP"));
+    assert_eq!(connect.map(Received::text).as_deref(), Some(r#"{"device":"Meter TCP","type":"meter"}"#));
+    // The planner's three reads per poll (registers 0-11 in one, the input
+    // registers, the coil), not one per tag: five tags.
+    let before = s.tcp.requests();
+    std::thread::sleep(Duration::from_millis(1000));
+    let per_poll = (s.tcp.requests() - before) as f64 / 10.0;
+    assert!((2.0..=3.5).contains(&per_poll), "{per_poll} requests per poll; expected 3");
+    // A value changed on the device arrives.
+    s.tcp.with(|m| m.holding[0] = 199);
+    s.tb.wait_until(Duration::from_secs(10), "the new temperature", |r| {
+        latest(r, "Meter TCP", "temperature") == Some(json!(19.9))
+    });
+}
+
+/// RPC replies ThingsBoard received: (device, id) → data.
+fn reply(received: &[Received], device: &str, id: i64) -> Option<Value> {
+    received
+        .iter()
+        .filter(|m| m.topic == "v1/gateway/rpc")
+        .filter_map(|m| serde_json::from_slice::<Value>(&m.payload).ok())
+        .find(|v| v["device"] == device && v["id"] == id)
+        .map(|v| v["data"].clone())
+}
+
+fn rpc(s: &Setup, device: &str, id: i64, method: &str, params: Value) -> Value {
+    let request = json!({"device": device, "data": {"id": id, "method": method, "params": params}});
+    s.tb.publish("v1/gateway/rpc", request.to_string());
+    let got =
+        s.tb.wait_until(Duration::from_secs(20), &format!("the reply to RPC {id}"), |r| reply(r, device, id).is_some());
+    reply(&got, device, id).expect("found")
+}
+
+#[test]
+fn rpcs_and_attribute_updates_write_and_read_the_device() {
+    let s = setup("write");
+    s.tb.wait_until(Duration::from_secs(30), "both meters connected", |r| {
+        ["Meter TCP", "Meter RTU"].iter().all(|d| latest(r, d, "voltage").is_some())
+    });
+    assert_eq!(rpc(&s, "Meter TCP", 1, "setRelay", json!(false)), json!({"success": true}));
+    assert!(!s.tcp.with(|m| m.coils[3]), "the coil was written");
+    assert_eq!(rpc(&s, "Meter RTU", 2, "setLimits", json!({"value": 1.5})), json!({"success": true}));
+    assert_eq!(s.rtu.with(|m| (m.holding[30], m.holding[31])), (0x0000, 0x3fc0), "1.5f32, LITTLE words");
+    assert_eq!(rpc(&s, "Meter TCP", 3, "getTemperature", json!(null)), json!({"getTemperature": 21.5}));
+    let data = rpc(&s, "Meter TCP", 4, "explode", json!(1));
+    assert!(data["error"].as_str().is_some_and(|e| e.contains("no rpc entry has the tag `explode`")), "{data}");
+    // A shared attribute update.
+    s.tb.publish("v1/gateway/attributes", json!({"device": "Meter RTU", "data": {"setpoint": 22.5}}).to_string());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.rtu.with(|m| m.holding[20]) != 225 {
+        assert!(std::time::Instant::now() < deadline, "the setpoint never reached the device");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_dead_device_is_isolated_and_comes_back() {
+    let mut s = setup("dead");
+    s.tb.wait_until(Duration::from_secs(30), "both meters polled", |r| {
+        ["Meter TCP", "Meter RTU"].iter().all(|d| latest(r, d, "voltage").is_some())
+    });
+    s.tcp.stop();
+    std::thread::sleep(Duration::from_millis(500));
+    // Its requests are answered at once; the other meter goes on.
+    let data = rpc(&s, "Meter TCP", 10, "setRelay", json!(true));
+    assert!(data["error"].as_str().is_some_and(|e| e.contains("not connected")), "{data}");
+    s.rtu.with(|m| m.holding[0] = 100);
+    s.tb.wait_until(Duration::from_secs(10), "the live meter's new value", |r| {
+        latest(r, "Meter RTU", "temperature") == Some(json!(10.0))
+    });
+    // Back: polled again.
+    s.tcp.with(|m| m.holding[0] = 300);
+    s.tcp.resume();
+    s.tb.wait_until(Duration::from_secs(20), "the meter back", |r| {
+        latest(r, "Meter TCP", "temperature") == Some(json!(30.0))
+    });
+    let log = s.gw.log();
+    // One line when it went (however many attempts failed), one when it came back.
+    let warnings = log.lines().filter(|l| l.contains("WARN") && l.contains("Meter TCP")).count();
+    assert_eq!(warnings, 1, "logged once per state change:\n{log}");
+    assert!(log.contains("connected again"), "{log}");
+}

@@ -1,0 +1,178 @@
+//! A Modbus device simulator on tokio-modbus's own server side: holding
+//! and input registers, coils and discrete inputs that a test sets and
+//! reads, served over Modbus TCP or RTU framing over TCP on a free loopback
+//! port. It counts the requests it answers, can refuse addresses (an
+//! exception, as a real device without them), and can be stopped and
+//! started again on the same port (a dead device that comes back).
+
+use std::future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio_modbus::prelude::*;
+use tokio_modbus::server::tcp::{Server, accept_tcp_connection};
+
+/// The device's memory.
+#[derive(Debug)]
+pub struct Memory {
+    pub holding: Vec<u16>,
+    pub input: Vec<u16>,
+    pub coils: Vec<bool>,
+    pub discrete: Vec<bool>,
+    /// Addresses (any table) at or above which reads and writes are refused
+    /// with IllegalDataAddress.
+    pub limit: u16,
+}
+
+impl Default for Memory {
+    fn default() -> Self {
+        Memory {
+            holding: vec![0; 65536],
+            input: vec![0; 65536],
+            coils: vec![false; 65536],
+            discrete: vec![false; 65536],
+            limit: u16::MAX,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Device {
+    memory: Arc<Mutex<Memory>>,
+    requests: Arc<AtomicU64>,
+}
+
+fn range(addr: u16, n: u16, limit: u16) -> Result<std::ops::Range<usize>, ExceptionCode> {
+    let end = u32::from(addr) + u32::from(n);
+    if end > u32::from(limit) || n == 0 {
+        return Err(ExceptionCode::IllegalDataAddress);
+    }
+    Ok(usize::from(addr)..end as usize)
+}
+
+impl tokio_modbus::server::Service for Device {
+    type Request = Request<'static>;
+    type Response = Response;
+    type Exception = ExceptionCode;
+    type Future = future::Ready<Result<Response, ExceptionCode>>;
+
+    fn call(&self, req: Request<'static>) -> Self::Future {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let mut m = self.memory.lock().unwrap();
+        let limit = m.limit;
+        let answer = (|| {
+            Ok(match req {
+                Request::ReadCoils(a, n) => Response::ReadCoils(m.coils[range(a, n, limit)?].to_vec()),
+                Request::ReadDiscreteInputs(a, n) => {
+                    Response::ReadDiscreteInputs(m.discrete[range(a, n, limit)?].to_vec())
+                }
+                Request::ReadHoldingRegisters(a, n) => {
+                    Response::ReadHoldingRegisters(m.holding[range(a, n, limit)?].to_vec())
+                }
+                Request::ReadInputRegisters(a, n) => {
+                    Response::ReadInputRegisters(m.input[range(a, n, limit)?].to_vec())
+                }
+                Request::WriteSingleCoil(a, v) => {
+                    let r = range(a, 1, limit)?;
+                    m.coils[r.start] = v;
+                    Response::WriteSingleCoil(a, v)
+                }
+                Request::WriteMultipleCoils(a, v) => {
+                    let r = range(a, v.len() as u16, limit)?;
+                    m.coils[r].copy_from_slice(&v);
+                    Response::WriteMultipleCoils(a, v.len() as u16)
+                }
+                Request::WriteSingleRegister(a, v) => {
+                    let r = range(a, 1, limit)?;
+                    m.holding[r.start] = v;
+                    Response::WriteSingleRegister(a, v)
+                }
+                Request::WriteMultipleRegisters(a, v) => {
+                    let r = range(a, v.len() as u16, limit)?;
+                    m.holding[r].copy_from_slice(&v);
+                    Response::WriteMultipleRegisters(a, v.len() as u16)
+                }
+                _ => return Err(ExceptionCode::IllegalFunction),
+            })
+        })();
+        future::ready(answer)
+    }
+}
+
+/// How the simulator frames its answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Tcp,
+    RtuOverTcp,
+}
+
+/// A simulated device on 127.0.0.1:`port`, stopped when dropped.
+pub struct ModbusDevice {
+    pub port: u16,
+    framing: Framing,
+    device: Device,
+    runtime: tokio::runtime::Runtime,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl ModbusDevice {
+    /// Start serving on a free port.
+    pub fn start(framing: Framing) -> ModbusDevice {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("tokio runtime");
+        let device = Device { memory: Arc::default(), requests: Arc::default() };
+        let mut d = ModbusDevice { port: crate::free_port(), framing, device, runtime, server: None };
+        d.resume();
+        d
+    }
+
+    /// Serve again on the same port (after [`ModbusDevice::stop`]).
+    pub fn resume(&mut self) {
+        assert!(self.server.is_none(), "already serving");
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let (device, framing) = (self.device.clone(), self.framing);
+        let listener = self.runtime.block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket.set_reuseaddr(true).expect("reuseaddr");
+            socket.bind(addr).expect("bind the simulator's port");
+            socket.listen(64).expect("listen")
+        });
+        self.server = Some(self.runtime.spawn(async move {
+            let on_connected = |stream, socket_addr| {
+                let device = device.clone();
+                async move { accept_tcp_connection(stream, socket_addr, move |_| Ok(Some(device.clone()))) }
+            };
+            let on_error = |_err| {};
+            let _ = match framing {
+                Framing::Tcp => Server::new(listener).serve(&on_connected, on_error).await,
+                Framing::RtuOverTcp => {
+                    tokio_modbus::server::rtu_over_tcp::Server::new(listener).serve(&on_connected, on_error).await
+                }
+            };
+        }));
+    }
+
+    /// Stop serving: connections drop, the port refuses (a dead device).
+    pub fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.abort();
+            let _ = self.runtime.block_on(s);
+        }
+    }
+
+    /// Change the device's memory.
+    pub fn with<T>(&self, f: impl FnOnce(&mut Memory) -> T) -> T {
+        f(&mut self.device.memory.lock().unwrap())
+    }
+
+    /// Requests answered so far.
+    pub fn requests(&self) -> u64 {
+        self.device.requests.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for ModbusDevice {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
