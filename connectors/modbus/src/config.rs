@@ -74,11 +74,34 @@ impl ModbusConfig {
         })
     }
 
-    /// The downlink converter's config: every slave.
-    pub fn downlink_config(&self) -> String {
-        let slaves: Vec<Value> =
-            self.slaves.iter().map(|s| serde_json::from_str(&s.converter_config).unwrap_or_default()).collect();
-        serde_json::json!({ "slaves": slaves }).to_string()
+    /// The `modbus` converters' config: every slave, in the compact form
+    /// where slaves with the same tags share one profile, so that a field
+    /// of identical meters costs the converter one tag list, not one each.
+    pub fn converter_config(&self) -> String {
+        const PROFILE_KEYS: [&str; 6] =
+            ["attributes", "timeseries", "attributeUpdates", "rpc", "byteOrder", "wordOrder"];
+        let mut profiles: Vec<(String, Value)> = Vec::new();
+        let mut slaves = Vec::new();
+        for s in &self.slaves {
+            let doc: Value = serde_json::from_str(&s.converter_config).unwrap_or_default();
+            let profile: serde_json::Map<String, Value> =
+                PROFILE_KEYS.iter().filter_map(|k| doc.get(*k).map(|v| (k.to_string(), v.clone()))).collect();
+            let key = Value::Object(profile.clone()).to_string();
+            let index = match profiles.iter().position(|(k, _)| *k == key) {
+                Some(i) => i,
+                None => {
+                    profiles.push((key, Value::Object(profile)));
+                    profiles.len() - 1
+                }
+            };
+            let mut slave = serde_json::json!({"deviceName": s.device_name, "unitId": s.unit_id, "profile": index});
+            if let Some(t) = doc.get("deviceType") {
+                slave["deviceType"] = t.clone();
+            }
+            slaves.push(slave);
+        }
+        let profiles: Vec<Value> = profiles.into_iter().map(|(_, p)| p).collect();
+        serde_json::json!({ "profiles": profiles, "slaves": slaves }).to_string()
     }
 }
 
@@ -185,7 +208,7 @@ fn slave(d: &mut Diagnostics, path: &str, item: &Value) -> Option<SlaveConfig> {
             let spans: Vec<(u8, u16, u16)> = tags
                 .attributes
                 .iter()
-                .chain(&tags.timeseries)
+                .chain(tags.timeseries.iter())
                 .map(|t| (t.function_code, t.address, t.format.objects))
                 .collect();
             if spans.is_empty() {

@@ -28,17 +28,18 @@ use tokio_modbus::client::{Client, Context, Reader, Writer};
 use tokio_modbus::{ExceptionCode, Slave};
 use tokio_util::sync::CancellationToken;
 
-/// A Modbus connector: the slaves, and the converter route of each.
+/// A Modbus connector: the slaves, and the route of their converter (one
+/// `modbus` converter serves every slave; a block says its slave in the
+/// `device` metadata).
 pub struct ModbusConnector {
     name: String,
     config: ModbusConfig,
-    routes: Vec<RouteId>,
+    route: RouteId,
 }
 
 impl ModbusConnector {
-    /// `routes[i]` is the uplink converter route of `config.slaves[i]`.
-    pub fn new(name: impl Into<String>, config: ModbusConfig, routes: Vec<RouteId>) -> ModbusConnector {
-        ModbusConnector { name: name.into(), config, routes }
+    pub fn new(name: impl Into<String>, config: ModbusConfig, route: RouteId) -> ModbusConnector {
+        ModbusConnector { name: name.into(), config, route }
     }
 }
 
@@ -65,13 +66,13 @@ async fn run(conn: ModbusConnector, mut ctx: ConnectorContext) {
     let shared = Arc::new(Shared::default());
     let mut slaves: HashMap<String, mpsc::Sender<DeviceJob>> = HashMap::new();
     let mut tasks = Vec::new();
-    for (slave, route) in conn.config.slaves.into_iter().zip(conn.routes) {
+    for slave in conn.config.slaves {
         let (tx, rx) = mpsc::channel(256);
         slaves.insert(slave.device_name.clone(), tx);
         let poller = Poller {
             connector: conn.name.clone(),
             slave,
-            route,
+            route: conn.route,
             sink: ctx.sink.clone(),
             stats: ctx.stats.clone(),
             shared: shared.clone(),
@@ -303,7 +304,7 @@ impl Poller {
                             count: r.count,
                         }),
                         payload: data.bytes(),
-                        metadata: Vec::new(),
+                        metadata: vec![("device".to_owned(), self.slave.device_name.clone())],
                         received_at: now_ms(),
                     };
                     // No source to confirm to: a poll is not redelivered.

@@ -44,7 +44,8 @@ impl GuestConverter for ModbusUplink {
                     address: b.address,
                     count: b.count,
                 };
-                self.0.convert(block, &msg.payload).map(output).map_err(|message| ConvertError { message })
+                let device = msg.metadata.iter().find(|(k, _)| k == "device").map(|(_, v)| v.as_str());
+                self.0.convert(device, block, &msg.payload).map(output).map_err(|message| ConvertError { message })
             })
             .collect()
     }

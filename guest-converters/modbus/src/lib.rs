@@ -20,17 +20,23 @@
 //!   address and count; the payload is the registers big-endian as on the
 //!   wire, or the coils packed LSB first) becomes one device update with
 //!   every configured tag that lies wholly inside the block.
+//!
+//! Both take one slave, or every slave of a connector as `{"slaves": [...]}`
+//! (one converter instance then serves them all; slaves whose tags are
+//! written alike share one tag list), the slave being the message's
+//! `device` metadata or the request's device.
 //! - [`DownlinkConverter`]: an RPC whose method is an `rpc[]` tag, or a
 //!   shared attribute update of `attributeUpdates[]` tags, becomes a write
 //!   (function codes 5, 6, 15, 16) with target `<unit>/<fc>/<address>/<count>`
 //!   and the bytes to write; an `rpc[]` tag with a read function code
-//!   (1-4) becomes a read of that block, with the tag's format in the
-//!   metadata (`format`) for the answer.
+//!   (1-4) becomes a read of that block, which the connector answers with
+//!   the value decoded by [`codec`].
 
 pub mod codec;
 
 use codec::{DataType, Decoded, Format, Input, Order};
 use serde_json::Value as Json;
+use std::sync::Arc;
 use tbgw_json_converter::config::{self, ConfigError, Obj};
 use tbgw_json_converter::{DeviceUpdate, DownlinkMessage, Dropped, Entry, Telemetry, UplinkOutput, Value};
 
@@ -41,8 +47,6 @@ pub struct Tag {
     pub function_code: u8,
     pub address: u16,
     pub format: Format,
-    /// The tag's config as written (for a read RPC's answer).
-    pub source: String,
 }
 
 /// The connection keys of a slave: the connector's, not the converter's.
@@ -77,16 +81,110 @@ const CONNECTION_KEYS: &[&str] = &[
     "id",
 ];
 
-/// The slave's tag lists and orders.
+/// The slave's tag lists and orders. The lists are shared between slaves
+/// configured alike (a field of identical meters costs one list).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SlaveConfig {
     pub unit_id: u8,
     pub device_name: String,
     pub device_type: Option<String>,
-    pub attributes: Vec<Tag>,
-    pub timeseries: Vec<Tag>,
-    pub attribute_updates: Vec<Tag>,
-    pub rpc: Vec<Tag>,
+    pub attributes: Arc<[Tag]>,
+    pub timeseries: Arc<[Tag]>,
+    pub attribute_updates: Arc<[Tag]>,
+    pub rpc: Arc<[Tag]>,
+}
+
+/// Every slave of a connector (`{"slaves": [...]}`) or one slave.
+#[derive(Debug)]
+pub struct Slaves(Vec<SlaveConfig>);
+
+impl Slaves {
+    /// Read `{"slaves": [...]}` (errors under `slaves[i]`), one slave, or
+    /// the compact form a connector hands over for many slaves:
+    /// `{"profiles": [<tags, orders>...], "slaves": [{"deviceName", "deviceType", "unitId", "profile": i}...]}`.
+    pub fn parse(text: &str) -> Result<Slaves, ConfigError> {
+        let doc = config::parse_document(text)?;
+        if let Some(Json::Array(profiles)) = doc.get("profiles") {
+            return Self::with_profiles(profiles, doc.get("slaves"));
+        }
+        let Some(Json::Array(slaves)) = doc.get("slaves") else {
+            return SlaveConfig::parse(text).map(|s| Slaves(vec![s]));
+        };
+        let mut all: Vec<SlaveConfig> = Vec::new();
+        let mut seen: Vec<(String, [Arc<[Tag]>; 4])> = Vec::new();
+        for (i, slave) in slaves.iter().enumerate() {
+            let mut parsed = SlaveConfig::parse(&slave.to_string()).map_err(|e| {
+                let field = e.field.map_or_else(|| format!("slaves[{i}]"), |f| format!("slaves[{i}].{f}"));
+                ConfigError::at(field, e.message)
+            })?;
+            // Share the lists of slaves whose tags are written alike.
+            let key: String = ["attributes", "timeseries", "attributeUpdates", "rpc", "byteOrder", "wordOrder"]
+                .iter()
+                .map(|k| slave.get(*k).map(Json::to_string).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("|");
+            match seen.iter().find(|(k, _)| *k == key) {
+                Some((_, [a, t, u, r])) => {
+                    (parsed.attributes, parsed.timeseries, parsed.attribute_updates, parsed.rpc) =
+                        (a.clone(), t.clone(), u.clone(), r.clone());
+                }
+                None => seen.push((
+                    key,
+                    [
+                        parsed.attributes.clone(),
+                        parsed.timeseries.clone(),
+                        parsed.attribute_updates.clone(),
+                        parsed.rpc.clone(),
+                    ],
+                )),
+            }
+            all.push(parsed);
+        }
+        Ok(Slaves(all))
+    }
+
+    fn with_profiles(profiles: &[Json], slaves: Option<&Json>) -> Result<Slaves, ConfigError> {
+        let mut parsed = Vec::new();
+        for (i, p) in profiles.iter().enumerate() {
+            let mut p = p.clone();
+            if let Json::Object(o) = &mut p {
+                o.insert("deviceName".into(), Json::String(format!("profile {i}")));
+            }
+            parsed.push(SlaveConfig::parse(&p.to_string()).map_err(|e| {
+                ConfigError::at(
+                    format!("profiles[{i}]{}", e.field.map(|f| format!(".{f}")).unwrap_or_default()),
+                    e.message,
+                )
+            })?);
+        }
+        let Some(Json::Array(slaves)) = slaves else {
+            return Err(ConfigError::at("slaves", "required with profiles"));
+        };
+        let mut all = Vec::new();
+        for (i, slave) in slaves.iter().enumerate() {
+            let mut o = Obj::new(format!("slaves[{i}]"), slave)?;
+            let device_name = o.req_str("deviceName")?.to_owned();
+            let device_type = o.opt_str("deviceType")?.map(str::to_owned);
+            let unit_id = o.opt_uint("unitId", 247)?.unwrap_or(1) as u8;
+            let profile = o.opt_uint("profile", u64::MAX)?.unwrap_or(0) as usize;
+            let p = parsed.get(profile).ok_or_else(|| ConfigError::at(o.field("profile"), "no such profile"))?;
+            o.finish()?;
+            all.push(SlaveConfig { device_name, device_type, unit_id, ..p.clone() });
+        }
+        Ok(Slaves(all))
+    }
+
+    /// The slave of `device` (the only one when there is one).
+    pub fn get(&self, device: Option<&str>) -> Result<&SlaveConfig, String> {
+        match (&self.0[..], device) {
+            ([one], _) => Ok(one),
+            (all, Some(device)) => all
+                .iter()
+                .find(|s| s.device_name == device)
+                .ok_or_else(|| format!("no slave has the deviceName `{device}`")),
+            (_, None) => Err("several slaves: the message must say which (metadata `device`)".into()),
+        }
+    }
 }
 
 impl SlaveConfig {
@@ -120,7 +218,7 @@ impl SlaveConfig {
         }
         root.allow(CONNECTION_KEYS);
         root.finish()?;
-        let [attributes, timeseries, attribute_updates, rpc] = lists;
+        let [attributes, timeseries, attribute_updates, rpc] = lists.map(Arc::from);
         Ok(SlaveConfig { unit_id, device_name, device_type, attributes, timeseries, attribute_updates, rpc })
     }
 }
@@ -201,7 +299,7 @@ fn tag(path: &str, item: &Json, codes: &[u8], byte_order: Order, word_order: Ord
     o.allow(&["reportStrategy", "round", "id"]);
     o.finish()?;
     let format = Format { data_type, objects, byte_order, word_order, bit, bits_as_bool, divider, multiplier };
-    Ok(Tag { tag: name, function_code, address, format, source: item.to_string() })
+    Ok(Tag { tag: name, function_code, address, format })
 }
 
 /// A polled block.
@@ -213,22 +311,20 @@ pub struct Block {
     pub count: u16,
 }
 
-/// The uplink converter.
+/// The uplink converter: one slave, or every slave of a connector
+/// (`{"slaves": [...]}`), a block going to the slave the connector names.
 #[derive(Debug)]
-pub struct UplinkConverter(SlaveConfig);
+pub struct UplinkConverter(Slaves);
 
 impl UplinkConverter {
     pub fn new(text: &str) -> Result<UplinkConverter, ConfigError> {
-        SlaveConfig::parse(text).map(UplinkConverter)
+        Slaves::parse(text).map(UplinkConverter)
     }
 
-    pub fn config(&self) -> &SlaveConfig {
-        &self.0
-    }
-
-    /// Decode every tag inside `block` from `payload`.
-    pub fn convert(&self, block: Block, payload: &[u8]) -> Result<UplinkOutput, String> {
-        let c = &self.0;
+    /// Decode every tag inside `block` from `payload`; `device` is the
+    /// slave's `deviceName` (the connector's `device` metadata).
+    pub fn convert(&self, device: Option<&str>, block: Block, payload: &[u8]) -> Result<UplinkOutput, String> {
+        let c = self.0.get(device)?;
         let coils = matches!(block.function_code, 1 | 2);
         let have = if coils { usize::from(block.count).div_ceil(8) } else { usize::from(block.count) * 2 };
         if payload.len() < have {
@@ -295,35 +391,15 @@ fn value(d: Decoded) -> Value {
 /// The downlink converter: one slave, or every slave of a connector
 /// (`{"slaves": [...]}`), a request going to the slave of its device.
 #[derive(Debug)]
-pub struct DownlinkConverter(Vec<SlaveConfig>);
+pub struct DownlinkConverter(Slaves);
 
 impl DownlinkConverter {
     pub fn new(text: &str) -> Result<DownlinkConverter, ConfigError> {
-        let doc = config::parse_document(text)?;
-        match doc.get("slaves") {
-            Some(Json::Array(slaves)) => {
-                let mut all = Vec::new();
-                for (i, slave) in slaves.iter().enumerate() {
-                    let parsed = SlaveConfig::parse(&slave.to_string()).map_err(|e| {
-                        let field = e.field.map_or_else(|| format!("slaves[{i}]"), |f| format!("slaves[{i}].{f}"));
-                        ConfigError::at(field, e.message)
-                    })?;
-                    all.push(parsed);
-                }
-                Ok(DownlinkConverter(all))
-            }
-            _ => SlaveConfig::parse(text).map(|s| DownlinkConverter(vec![s])),
-        }
+        Slaves::parse(text).map(DownlinkConverter)
     }
 
     fn slave(&self, device: &str) -> Result<&SlaveConfig, String> {
-        match &self.0[..] {
-            [one] => Ok(one),
-            all => all
-                .iter()
-                .find(|s| s.device_name == device)
-                .ok_or_else(|| format!("no slave has the deviceName `{device}`")),
-        }
+        self.0.get(Some(device))
     }
 
     /// An RPC for `device`: `method` names an `rpc[]` tag; `params` (JSON
@@ -336,7 +412,7 @@ impl DownlinkConverter {
             return Ok(vec![DownlinkMessage {
                 target: target(slave.unit_id, t),
                 payload: Vec::new(),
-                metadata: vec![("format".into(), t.source.clone())],
+                metadata: Vec::new(),
             }]);
         }
         let params: Json = serde_json::from_str(params).map_err(|e| format!("RPC params: {e}"))?;

@@ -152,7 +152,7 @@ fn a_block_becomes_the_tags_inside_it() {
     payload.extend(vec![0; 14]);
     payload.extend(b"AB12");
     let block = Block { unit_id: 7, function_code: 3, address: 0, count: 12 };
-    let out = c.convert(block, &payload).unwrap();
+    let out = c.convert(None, block, &payload).unwrap();
     assert_eq!(out.updates.len(), 1);
     let u = &out.updates[0];
     assert_eq!((u.device.as_str(), u.device_type.as_deref()), ("Meter A", Some("meter")));
@@ -165,10 +165,10 @@ fn a_block_becomes_the_tags_inside_it() {
         ]
     );
     // Coils: only the coil tag.
-    let out = c.convert(Block { unit_id: 7, function_code: 1, address: 0, count: 8 }, &[0b1000]).unwrap();
+    let out = c.convert(None, Block { unit_id: 7, function_code: 1, address: 0, count: 8 }, &[0b1000]).unwrap();
     assert_eq!(out.updates[0].telemetry[0].values, [Entry { key: "relay".into(), value: Value::Bool(true) }]);
     // A short payload names what is missing.
-    assert_eq!(c.convert(block, &[0; 4]).unwrap_err(), "the block of 12 registers at 0 has 4 bytes, expected 24");
+    assert_eq!(c.convert(None, block, &[0; 4]).unwrap_err(), "the block of 12 registers at 0 has 4 bytes, expected 24");
 }
 
 #[test]
@@ -180,7 +180,6 @@ fn requests_become_writes() {
     assert_eq!((m[0].target.as_str(), m[0].payload.as_slice()), ("7/16/30/2", [0, 0, 0x3f, 0xc0].as_slice()));
     let m = c.rpc("Meter A", "getTemperature", "null").unwrap();
     assert_eq!(m[0].target, "7/3/0/1");
-    assert!(m[0].metadata[0].1.contains("\"divider\":10"), "{:?}", m[0].metadata);
     assert_eq!(c.rpc("Meter A", "explode", "1").unwrap_err(), "no rpc entry has the tag `explode`");
     let m = c.attribute_update("Meter A", &[Entry { key: "setpoint".into(), value: Value::Float(22.5) }]).unwrap();
     assert_eq!((m[0].target.as_str(), m[0].payload.as_slice()), ("7/6/20/1", [0, 225].as_slice()));
@@ -218,4 +217,39 @@ fn bad_tags_are_named_by_path() {
             .starts_with("timeseries[0].address: required; `adress` looks like a typo")
     );
     assert!(bad(r#"{"deviceName": "D", "byteOrder": "MIDDLE"}"#).starts_with("byteOrder:"));
+}
+
+#[test]
+fn one_converter_serves_every_slave_of_a_connector() {
+    let b = SLAVE.replace("Meter A", "Meter B");
+    let c = UplinkConverter::new(&format!(r#"{{"slaves": [{SLAVE}, {b}]}}"#)).unwrap();
+    let block = Block { unit_id: 7, function_code: 3, address: 0, count: 1 };
+    let out = c.convert(Some("Meter B"), block, &[0, 100]).unwrap();
+    assert_eq!(out.updates[0].device, "Meter B");
+    assert_eq!(out.updates[0].telemetry[0].values[0].value, Value::Float(10.0));
+    assert_eq!(c.convert(Some("Meter C"), block, &[0, 1]).unwrap_err(), "no slave has the deviceName `Meter C`");
+    assert!(c.convert(None, block, &[0, 1]).unwrap_err().contains("metadata `device`"));
+    // Slaves written alike share their tag lists.
+    let s = Slaves::parse(&format!(r#"{{"slaves": [{SLAVE}, {b}]}}"#)).unwrap();
+    let (a, b) = (s.get(Some("Meter A")).unwrap(), s.get(Some("Meter B")).unwrap());
+    assert!(Arc::ptr_eq(&a.timeseries, &b.timeseries));
+    // A bad tag of the second slave is named under it.
+    let bad = SLAVE.replace("\"16int\"", "\"16nt\"");
+    let err = UplinkConverter::new(&format!(r#"{{"slaves": [{SLAVE}, {bad}]}}"#)).unwrap_err().to_string();
+    assert!(err.starts_with("slaves[1].timeseries[0].type:"), "{err}");
+}
+
+#[test]
+fn the_compact_form_shares_one_profile() {
+    let profile = SLAVE.replace(r#""deviceName": "Meter A","#, "");
+    let c = UplinkConverter::new(&format!(
+        r#"{{"profiles": [{profile}], "slaves": [{{"deviceName": "M1", "unitId": 3, "deviceType": "meter", "profile": 0}},
+                                                  {{"deviceName": "M2", "profile": 0}}]}}"#
+    ))
+    .unwrap();
+    let out = c.convert(Some("M2"), Block { unit_id: 1, function_code: 3, address: 0, count: 1 }, &[0, 50]).unwrap();
+    assert_eq!((out.updates[0].device.as_str(), out.updates[0].device_type.as_deref()), ("M2", None));
+    assert_eq!(out.updates[0].telemetry[0].values[0].value, Value::Float(5.0));
+    let err = UplinkConverter::new(r#"{"profiles": [], "slaves": [{"deviceName": "M", "profile": 2}]}"#).unwrap_err();
+    assert_eq!(err.to_string(), "slaves[0].profile: no such profile");
 }

@@ -118,7 +118,7 @@ fn load_downlink(connector: &ConnectorConfig, runtime: &Runtime) -> Result<Optio
             let path = format!("{}.master.slaves", connector.path);
             let component = converters::resolve("modbus", Direction::Downlink, None)
                 .map_err(|error| ServiceError::UnknownConverter { path: path.clone(), error })?;
-            let spec = ConverterSpec { component, config: m.downlink_config(), limits: Limits::default() };
+            let spec = ConverterSpec { component, config: m.converter_config(), limits: Limits::default() };
             let converter = runtime
                 .downlink(&format!("{}/modbus (downlink)", connector.name), spec)
                 .map_err(|error| ServiceError::Converter { path, error })?;
@@ -178,8 +178,10 @@ struct RouteSpec {
     converter: ConverterRef,
 }
 
-/// A connector's uplink routes: one per MQTT mapping, one per Modbus slave
-/// (the built-in `modbus` converter, configured with the slave).
+/// A connector's uplink routes: one per MQTT mapping; one for all the
+/// slaves of a Modbus connector (the built-in `modbus` converter, which
+/// tells them apart by the block's `device` metadata: one instance per
+/// worker however many slaves).
 fn route_specs(c: &ConnectorConfig) -> Vec<RouteSpec> {
     match &c.kind {
         ConnectorKind::Mqtt(m) => m
@@ -187,14 +189,10 @@ fn route_specs(c: &ConnectorConfig) -> Vec<RouteSpec> {
             .iter()
             .map(|m: &MappingConfig| RouteSpec { path: m.converter_path.clone(), converter: m.converter.clone() })
             .collect(),
-        ConnectorKind::Modbus(m) => m
-            .slaves
-            .iter()
-            .map(|s| RouteSpec {
-                path: s.path.clone(),
-                converter: ConverterRef::Builtin { name: "modbus".into(), config: s.converter_config.clone() },
-            })
-            .collect(),
+        ConnectorKind::Modbus(m) => vec![RouteSpec {
+            path: "master.slaves".into(),
+            converter: ConverterRef::Builtin { name: "modbus".into(), config: m.converter_config() },
+        }],
     }
 }
 
@@ -289,7 +287,7 @@ pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> Result<S
             ConnectorKind::Modbus(m) => Plan {
                 name: c.name.clone(),
                 kind: "modbus",
-                connector: Box::new(ModbusConnector::new(c.name.clone(), m.clone(), ids)),
+                connector: Box::new(ModbusConnector::new(c.name.clone(), m.clone(), ids[0])),
             },
         })
         .collect();

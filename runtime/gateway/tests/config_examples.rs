@@ -62,7 +62,11 @@ fn every_example_gateway_config_passes_check_config() {
         checked.push(path.file_name().unwrap_or_default().to_string_lossy().into_owned());
     }
     checked.sort();
-    assert_eq!(checked, ["tb_gateway.json", "tb_gateway.yaml"], "the gateway configs of config/");
+    assert_eq!(
+        checked,
+        ["tb_gateway.json", "tb_gateway.yaml", "tb_gateway_modbus.yaml"],
+        "the gateway configs of config/"
+    );
 }
 
 /// The Python gateway's own default `tb_gateway.json` with its default
