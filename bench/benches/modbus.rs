@@ -24,6 +24,8 @@ use tbgw_test_support::modbus::{Framing, ModbusDevice};
 
 const GATEWAY_MODE: &str = "TBGW_BENCH_GATEWAY";
 const POLLER_MODE: &str = "TBGW_BENCH_POLLER";
+/// The largest store backlog (events) tbgw's statistics reported.
+static PEAK_BACKLOG: AtomicU64 = AtomicU64::new(0);
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -75,6 +77,7 @@ fn main() -> anyhow::Result<()> {
         );
     }
     println!();
+    println!("tbgw's largest store backlog: {} events (blocks)", PEAK_BACKLOG.load(Ordering::Relaxed));
     println!(
         "tbgw / plain poller CPU: {:.2}x; targets for 100k tags at 1 s: < 25% of a core (got {:.1}), < 60 MB (got {:.1}); \
          the Python gateway: 60% of a core and 190 MB for 10 devices x 10 registers every 10 ms",
@@ -106,7 +109,7 @@ fn write_config(
         .map(|d| {
             serde_json::json!({
                 "host": "127.0.0.1", "port": sim_port, "type": "tcp", "method": "socket", "unitId": 1,
-                "deviceName": format!("meter-{d:03}"), "pollPeriod": 1000, "timeout": 5,
+                "deviceName": format!("meter-{d:03}"), "pollPeriod": env("TBGW_BENCH_POLL_MS", 1000), "timeout": 5,
                 "timeseries": timeseries,
             })
         })
@@ -116,11 +119,14 @@ fn write_config(
     std::fs::write(
         &config,
         format!(
-            "thingsboard: {{host: 127.0.0.1, port: {tb_port}, security: {{type: accessToken, accessToken: bench}}}}\n\
+            "thingsboard: {{host: 127.0.0.1, port: {tb_port}, security: {{type: accessToken, accessToken: bench}},\
+             statistics: {{enable: true, statsSendPeriodInSeconds: 1}}}}\n\
              storage: {{type: memory}}\n\
              connectors: [{{type: modbus, name: Meters, configuration: modbus.json}}]\n\
-             tbgw: {{cacheDir: {}}}\n",
-            dir.join("cache").display()
+             tbgw: {{cacheDir: {}, maxBatch: {}, queue: {}}}\n",
+            dir.join("cache").display(),
+            env("TBGW_BENCH_MAX_BATCH", 256),
+            env("TBGW_BENCH_QUEUE", 4096)
         ),
     )?;
     Ok(config)
@@ -132,15 +138,26 @@ async fn count_datapoints(port: u16, received: Arc<AtomicU64>) -> anyhow::Result
     o.set_max_packet_size(16 << 20, 1 << 20);
     let (c, mut el) = AsyncClient::new(o, 10);
     c.subscribe("v1/gateway/telemetry", QoS::AtLeastOnce).await?;
+    c.subscribe("v1/devices/me/telemetry", QoS::AtLeastOnce).await?;
+    let mut subacks = 0;
     loop {
         if let Event::Incoming(Packet::SubAck(_)) = el.poll().await? {
-            break;
+            subacks += 1;
+            if subacks == 2 {
+                break;
+            }
         }
     }
     tokio::spawn(async move {
         let _keep = c;
         while let Ok(ev) = el.poll().await {
             if let Event::Incoming(Packet::Publish(p)) = ev {
+                if p.topic == "v1/devices/me/telemetry" {
+                    let stats: serde_json::Value = serde_json::from_slice(&p.payload).unwrap_or_default();
+                    let backlog = stats["storageBacklog"].as_u64().unwrap_or(0);
+                    PEAK_BACKLOG.fetch_max(backlog, Ordering::Relaxed);
+                    continue;
+                }
                 let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&p.payload) else { continue };
                 let n: usize = doc
                     .as_object()

@@ -22,6 +22,7 @@
 
 use crate::planner::{self, Read};
 use serde_json::Value;
+use std::sync::Arc;
 use std::time::Duration;
 use tbgw_core::config::{Diagnostics, Obj};
 
@@ -54,8 +55,9 @@ pub struct SlaveConfig {
     pub wait_after_failed_attempts: Duration,
     /// The planned reads.
     pub reads: Vec<Read>,
-    /// The slave object: the `modbus` converters' config.
-    pub converter_config: String,
+    /// The slave object: the `modbus` converters' config. Shared by the
+    /// clones of the configuration (it can hold thousands of tags).
+    pub converter_config: Arc<str>,
 }
 
 /// The whole connector configuration.
@@ -236,7 +238,7 @@ fn slave(d: &mut Diagnostics, path: &str, item: &Value) -> Option<SlaveConfig> {
         connect_attempts,
         wait_after_failed_attempts,
         reads,
-        converter_config: item.to_string(),
+        converter_config: item.to_string().into(),
     })
 }
 
