@@ -18,6 +18,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use tbgw_bench::process::{cpu_seconds, status_kb};
 use tbgw_test_support::Mosquitto;
 
 const DEVICES: usize = 100;
@@ -286,22 +287,6 @@ async fn run_gateway(messages: usize, storage: &str, cache: &Path) -> anyhow::Re
     let _ = child.kill();
     let _ = child.wait();
     Ok(Run { span, cpu, peak_rss_mb: Some(peak as f64 / 1024.0) })
-}
-
-fn status_kb(pid: u32, key: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
-
-/// User + system CPU time of `pid` so far.
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) start at ") ".
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let (utime, stime): (f64, f64) = (fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?);
-    // Clock ticks: USER_HZ, 100 on every Linux of today.
-    Some((utime + stime) / 100.0)
 }
 
 /// Gateway mode: the real service on `config`, until killed.
