@@ -200,3 +200,35 @@ fn a_dead_device_is_isolated_and_comes_back() {
     assert_eq!(warnings, 1, "logged once per state change:\n{log}");
     assert!(log.contains("connected again"), "{log}");
 }
+
+/// RTU on a serial port: a pty pair stands in for the RS-485 line.
+#[test]
+fn a_serial_rtu_device_is_polled_and_written() {
+    let tb_broker = Mosquitto::start_new();
+    let tb = Collector::connect(tb_broker.port, "tb-serial", &["v1/gateway/#"]);
+    let device = ModbusDevice::start_serial();
+    memory(&device, b"SE01");
+    let mut slave = slave("Meter Serial", 0, "rtu", 3);
+    let path = device.serial_path().expect("a serial line").display().to_string();
+    let o = slave.as_object_mut().expect("object");
+    o.remove("host");
+    o.insert("type".into(), json!("serial"));
+    o.insert("port".into(), json!(path));
+    o.insert("baudrate".into(), json!(19200));
+    o.insert("parity".into(), json!("N"));
+    o.insert("stopbits".into(), json!(1));
+    o.insert("bytesize".into(), json!(8));
+    let config = json!({"master": {"slaves": [slave]}});
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gw = Gateway::start_modbus(dir.path(), &gateway_yaml(tb_broker.port, dir.path()), &config.to_string());
+    let got = tb.wait_until(Duration::from_secs(30), "the serial meter's values", |r| {
+        latest(r, "Meter Serial", "voltage").is_some() && latest(r, "Meter Serial", "serial").is_some()
+    });
+    assert_eq!(latest(&got, "Meter Serial", "temperature"), Some(json!(21.5)));
+    assert_eq!(latest(&got, "Meter Serial", "energy"), Some(json!(70000)));
+    assert_eq!(latest(&got, "Meter Serial", "serial"), Some(json!("SE01")));
+    let s = Setup { tb, gw, tcp: ModbusDevice::start(Framing::Tcp), rtu: device, _tb_broker: tb_broker, _dir: dir };
+    assert_eq!(rpc(&s, "Meter Serial", 1, "setLimits", json!(2.5)), json!({"success": true}));
+    // 2.5f32 = 0x40200000, LITTLE words.
+    assert_eq!(s.rtu.with(|m| (m.holding[30], m.holding[31])), (0x0000, 0x4020));
+}

@@ -4,6 +4,10 @@
 //! port. It counts the requests it answers, can refuse addresses (an
 //! exception, as a real device without them), and can be stopped and
 //! started again on the same port (a dead device that comes back).
+//!
+//! [`ModbusDevice::start_serial`] serves RTU on one end of a pair of
+//! pseudo-terminals linked by `socat`, the gateway taking the other end as
+//! its serial port: the serial code path without hardware.
 
 use std::future;
 use std::net::SocketAddr;
@@ -106,13 +110,16 @@ pub enum Framing {
     RtuOverTcp,
 }
 
-/// A simulated device on 127.0.0.1:`port`, stopped when dropped.
+/// A simulated device on 127.0.0.1:`port` (or a serial line), stopped
+/// when dropped.
 pub struct ModbusDevice {
     pub port: u16,
     framing: Framing,
     device: Device,
     runtime: tokio::runtime::Runtime,
     server: Option<tokio::task::JoinHandle<()>>,
+    /// With a serial line: the gateway's end, and what links the two.
+    serial: Option<(std::path::PathBuf, std::process::Child, tempfile::TempDir)>,
 }
 
 impl ModbusDevice {
@@ -121,9 +128,51 @@ impl ModbusDevice {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("tokio runtime");
         let device = Device { memory: Arc::default(), requests: Arc::default() };
-        let mut d = ModbusDevice { port: crate::free_port(), framing, device, runtime, server: None };
+        let mut d = ModbusDevice { port: crate::free_port(), framing, device, runtime, server: None, serial: None };
         d.resume();
         d
+    }
+
+    /// Serve RTU on a serial line: a pty pair linked by `socat` (installed
+    /// by `.ci/run`). The gateway opens [`ModbusDevice::serial_path`].
+    pub fn start_serial() -> ModbusDevice {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (gw, dev) = (dir.path().join("gateway-tty"), dir.path().join("device-tty"));
+        let socat = std::process::Command::new("socat")
+            .arg(format!("pty,raw,echo=0,link={}", gw.display()))
+            .arg(format!("pty,raw,echo=0,link={}", dev.display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start socat ({e}): install it, e.g. `apt-get install socat`"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !(gw.exists() && dev.exists()) {
+            assert!(std::time::Instant::now() < deadline, "socat made no pty pair");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("tokio runtime");
+        let device = Device { memory: Arc::default(), requests: Arc::default() };
+        let served = device.clone();
+        let path = dev.display().to_string();
+        let server = runtime.spawn(async move {
+            use tokio_serial::SerialPortBuilderExt;
+            let Ok(port) = tokio_serial::new(&path, 19200).open_native_async() else { return };
+            let _ = tokio_modbus::server::rtu::Server::new(port).serve_forever(served).await;
+        });
+        ModbusDevice {
+            port: 0,
+            framing: Framing::RtuOverTcp,
+            device,
+            runtime,
+            server: Some(server),
+            serial: Some((gw, socat, dir)),
+        }
+    }
+
+    /// The gateway's end of a serial device's line.
+    pub fn serial_path(&self) -> Option<&std::path::Path> {
+        self.serial.as_ref().map(|(p, _, _)| p.as_path())
     }
 
     /// Serve again on the same port (after [`ModbusDevice::stop`]).
@@ -174,5 +223,9 @@ impl ModbusDevice {
 impl Drop for ModbusDevice {
     fn drop(&mut self) {
         self.stop();
+        if let Some((_, mut socat, _)) = self.serial.take() {
+            let _ = socat.kill();
+            let _ = socat.wait();
+        }
     }
 }

@@ -27,13 +27,26 @@ use std::time::Duration;
 use tbgw_core::config::{Diagnostics, Obj};
 
 /// How requests are framed on the connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Framing {
     /// Modbus TCP (MBAP header): `method: socket`.
     Tcp,
     /// RTU frames (CRC) over a TCP connection, as serial servers forward
     /// them: `method: rtu`.
     RtuOverTcp,
+    /// RTU on a serial port (`type: serial`; `port` is its path).
+    Serial(SerialSettings),
+}
+
+/// A serial line's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SerialSettings {
+    pub path: String,
+    pub baudrate: u32,
+    /// `N`, `E` or `O`.
+    pub parity: char,
+    pub stopbits: u8,
+    pub bytesize: u8,
 }
 
 /// One slave: where it is and what to read.
@@ -126,6 +139,22 @@ pub fn parse(doc: &Value, d: &mut Diagnostics) -> Option<ModbusConfig> {
     root.unused(d, &[("slave", "tbgw does not serve as a Modbus slave"), ("logLevel", "set logging with RUST_LOG")]);
     root.allow(&["name", "id"]);
     root.finish(d);
+    // One task per slave owns its connection: two slaves cannot share a
+    // serial port yet (an RS-485 bus with several units).
+    let mut ports: Vec<&str> = slaves
+        .iter()
+        .filter_map(|s| match &s.framing {
+            Framing::Serial(p) => Some(p.path.as_str()),
+            _ => None,
+        })
+        .collect();
+    ports.sort_unstable();
+    if let Some(w) = ports.windows(2).find(|w| w[0] == w[1]) {
+        d.error(
+            "master.slaves",
+            format!("two slaves on the serial port `{}`: one slave per serial port is supported for now", w[0]),
+        );
+    }
     if slaves.is_empty() && d.is_ok() {
         d.error("master.slaves", "no slave: the connector would poll nothing");
     }
@@ -140,8 +169,14 @@ pub fn parse(doc: &Value, d: &mut Diagnostics) -> Option<ModbusConfig> {
 fn slave(d: &mut Diagnostics, path: &str, item: &Value) -> Option<SlaveConfig> {
     let mut s = Obj::new(d, path, item)?;
     let kind = s.string(d, "type").unwrap_or("tcp").to_ascii_lowercase();
-    let method = s.string(d, "method").unwrap_or("socket").to_ascii_lowercase();
+    let method = s.string(d, "method").unwrap_or(if kind == "serial" { "rtu" } else { "socket" }).to_ascii_lowercase();
+    let serial = kind == "serial";
     let framing = match (kind.as_str(), method.as_str()) {
+        ("serial", "rtu") => serial_settings(d, &mut s).map(Framing::Serial),
+        ("serial", other) => {
+            d.error(s.field("method"), format!("`{other}` on a serial port: tbgw speaks rtu"));
+            None
+        }
         ("tcp", "socket" | "tcp") => Some(Framing::Tcp),
         ("tcp", "rtu") => Some(Framing::RtuOverTcp),
         ("tcp", other) => {
@@ -152,20 +187,17 @@ fn slave(d: &mut Diagnostics, path: &str, item: &Value) -> Option<SlaveConfig> {
             d.error(s.field("type"), "udp is not available yet: use tcp");
             None
         }
-        ("serial", _) => {
-            d.error(
-                s.field("type"),
-                "serial ports are not available yet: use a serial-to-TCP server with type tcp, method rtu",
-            );
-            None
-        }
         (other, _) => {
             d.error(s.field("type"), format!("unknown type `{other}`; expected tcp, udp or serial"));
             None
         }
     };
-    let host = s.required_string(d, "host").map(str::to_owned);
-    let port = s.uint(d, "port", 1..=65535).unwrap_or(502) as u16;
+    // A serial slave has no host; its `port` is the device's path.
+    let (host, port) = if serial {
+        (Some(String::new()), 0)
+    } else {
+        (s.required_string(d, "host").map(str::to_owned), s.uint(d, "port", 1..=65535).unwrap_or(502) as u16)
+    };
     let unit_id = s.uint(d, "unitId", 0..=247).unwrap_or(1) as u8;
     let device_name = s.required_string(d, "deviceName").map(str::to_owned);
     let poll_period = Duration::from_millis(s.uint(d, "pollPeriod", 10..=86_400_000).unwrap_or(5000));
@@ -198,10 +230,6 @@ fn slave(d: &mut Diagnostics, path: &str, item: &Value) -> Option<SlaveConfig> {
         "rpc",
         "name",
         "id",
-        "baudrate",
-        "stopbits",
-        "bytesize",
-        "parity",
         "strict",
     ]);
     s.finish(d);
@@ -242,6 +270,24 @@ fn slave(d: &mut Diagnostics, path: &str, item: &Value) -> Option<SlaveConfig> {
     })
 }
 
+/// `port` (the path), `baudrate`, `parity`, `stopbits`, `bytesize`.
+fn serial_settings(d: &mut Diagnostics, s: &mut Obj) -> Option<SerialSettings> {
+    let path = s.required_string(d, "port").map(str::to_owned);
+    let baudrate = s.uint(d, "baudrate", 50..=4_000_000).unwrap_or(19200) as u32;
+    let parity = match s.string(d, "parity").unwrap_or("N").to_ascii_uppercase().as_str() {
+        "N" | "NONE" => 'N',
+        "E" | "EVEN" => 'E',
+        "O" | "ODD" => 'O',
+        other => {
+            d.error(s.field("parity"), format!("`{other}`: expected N, E or O"));
+            'N'
+        }
+    };
+    let stopbits = s.uint(d, "stopbits", 1..=2).unwrap_or(1) as u8;
+    let bytesize = s.uint(d, "bytesize", 5..=8).unwrap_or(8) as u8;
+    Some(SerialSettings { path: path?, baudrate, parity, stopbits, bytesize })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,7 +315,7 @@ mod tests {
         assert!(d.is_ok(), "{:?}", d.errors);
         let c = c.unwrap();
         let s = &c.slaves[0];
-        assert_eq!((s.host.as_str(), s.port, s.unit_id, s.framing), ("127.0.0.1", 5021, 1, Framing::Tcp));
+        assert_eq!((s.host.as_str(), s.port, s.unit_id, s.framing.clone()), ("127.0.0.1", 5021, 1, Framing::Tcp));
         assert_eq!((s.poll_period, s.timeout), (Duration::from_secs(1), Duration::from_secs(35)));
         assert_eq!(
             s.reads,
@@ -277,6 +323,30 @@ mod tests {
         );
         assert!(c.has_requests());
         assert_eq!(d.notices.len(), 2, "retryOnEmpty, retryOnInvalid: {:?}", d.notices);
+    }
+
+    #[test]
+    fn serial_slaves() {
+        let tag = r#""timeseries": [{"tag": "t", "type": "16int", "functionCode": 3, "address": 0}]"#;
+        let (c, d) = parse_str(&format!(
+            r#"{{"master": {{"slaves": [{{"type": "serial", "port": "/dev/ttyUSB0", "baudrate": 9600, "parity": "E",
+                "stopbits": 2, "bytesize": 7, "deviceName": "A", {tag}}}]}}}}"#
+        ));
+        assert!(d.is_ok(), "{:?}", d.errors);
+        let expected =
+            SerialSettings { path: "/dev/ttyUSB0".into(), baudrate: 9600, parity: 'E', stopbits: 2, bytesize: 7 };
+        assert_eq!(c.unwrap().slaves[0].framing, Framing::Serial(expected));
+        let (_, d) = parse_str(&format!(
+            r#"{{"master": {{"slaves": [{{"type": "serial", "port": "/dev/ttyS0", "parity": "X", "deviceName": "A", {tag}}},
+                {{"type": "serial", "port": "/dev/ttyS0", "method": "ascii", "deviceName": "B", {tag}}}]}}}}"#
+        ));
+        let errors: Vec<String> = d.errors.iter().map(ToString::to_string).collect();
+        for expected in [
+            "master.slaves[0].parity: `X`: expected N, E or O",
+            "master.slaves[1].method: `ascii` on a serial port: tbgw speaks rtu",
+        ] {
+            assert!(errors.contains(&expected.to_owned()), "missing `{expected}` in {errors:#?}");
+        }
     }
 
     #[test]

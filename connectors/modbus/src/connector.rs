@@ -11,7 +11,7 @@
 //! block is skipped, counted, and logged once per change of state, not per
 //! poll.
 
-use crate::config::{Framing, ModbusConfig, SlaveConfig};
+use crate::config::{Framing, ModbusConfig, SerialSettings, SlaveConfig};
 use crate::planner::Read;
 use std::collections::HashMap;
 use std::future::Future;
@@ -113,6 +113,30 @@ async fn run(conn: ModbusConnector, mut ctx: ConnectorContext) {
     tracing::info!(connector = %conn.name, "stopped");
 }
 
+/// Open a serial port with the slave's line settings, RTU framing.
+fn open_serial(s: &SerialSettings, slave: Slave) -> Result<Context, String> {
+    use tokio_serial::{DataBits, Parity, SerialPortBuilderExt, StopBits};
+    let parity = match s.parity {
+        'E' => Parity::Even,
+        'O' => Parity::Odd,
+        _ => Parity::None,
+    };
+    let data_bits = match s.bytesize {
+        5 => DataBits::Five,
+        6 => DataBits::Six,
+        7 => DataBits::Seven,
+        _ => DataBits::Eight,
+    };
+    let stop_bits = if s.stopbits == 2 { StopBits::Two } else { StopBits::One };
+    let port = tokio_serial::new(&s.path, s.baudrate)
+        .parity(parity)
+        .data_bits(data_bits)
+        .stop_bits(stop_bits)
+        .open_native_async()
+        .map_err(|e| format!("cannot open {}: {e}", s.path))?;
+    Ok(tokio_modbus::client::rtu::attach_slave(port, slave))
+}
+
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
@@ -159,10 +183,16 @@ struct Poller {
 
 impl Poller {
     fn target(&self) -> String {
-        format!("{}:{} unit {}", self.slave.host, self.slave.port, self.slave.unit_id)
+        match &self.slave.framing {
+            Framing::Serial(s) => format!("{} unit {}", s.path, self.slave.unit_id),
+            _ => format!("{}:{} unit {}", self.slave.host, self.slave.port, self.slave.unit_id),
+        }
     }
 
     async fn connect(&self) -> Result<Context, String> {
+        if let Framing::Serial(s) = &self.slave.framing {
+            return open_serial(s, Slave(self.slave.unit_id));
+        }
         let addr = format!("{}:{}", self.slave.host, self.slave.port);
         let stream = tokio::time::timeout(self.slave.connect_timeout, tokio::net::TcpStream::connect(&addr))
             .await
@@ -172,7 +202,7 @@ impl Poller {
         let slave = Slave(self.slave.unit_id);
         Ok(match self.slave.framing {
             Framing::Tcp => tokio_modbus::client::tcp::attach_slave(stream, slave),
-            Framing::RtuOverTcp => tokio_modbus::client::rtu::attach_slave(stream, slave),
+            Framing::RtuOverTcp | Framing::Serial(_) => tokio_modbus::client::rtu::attach_slave(stream, slave),
         })
     }
 

@@ -1,5 +1,6 @@
-//! The Modbus connector: a polling master for Modbus TCP (and RTU framing
-//! over TCP), configured as the ThingsBoard IoT Gateway's `modbus.json`.
+//! The Modbus connector: a polling master for Modbus TCP, RTU framing over
+//! TCP and RTU on serial ports, configured as the ThingsBoard IoT Gateway's
+//! `modbus.json`.
 //!
 //! - [`config`]: `master.slaves[]`, every problem by path; the tags are
 //!   checked with the `modbus` converter's own library.
