@@ -183,10 +183,7 @@ impl ClientHandle {
     /// is away, up to a bound; past it they are refused, not queued without
     /// end.
     pub fn send(&self, command: Command) -> Result<(), SendError> {
-        self.commands.try_send(command).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SendError::Full,
-            mpsc::error::TrySendError::Closed(_) => SendError::Stopped,
-        })
+        send(&self.commands, command)
     }
 
     /// A sender of commands that outlives borrows of the handle.
@@ -216,11 +213,15 @@ pub struct CommandSender(mpsc::Sender<Command>);
 
 impl CommandSender {
     pub fn send(&self, command: Command) -> Result<(), SendError> {
-        self.0.try_send(command).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SendError::Full,
-            mpsc::error::TrySendError::Closed(_) => SendError::Stopped,
-        })
+        send(&self.0, command)
     }
+}
+
+fn send(commands: &mpsc::Sender<Command>, command: Command) -> Result<(), SendError> {
+    commands.try_send(command).map_err(|e| match e {
+        mpsc::error::TrySendError::Full(_) => SendError::Full,
+        mpsc::error::TrySendError::Closed(_) => SendError::Stopped,
+    })
 }
 
 /// Commands waiting for the client (replies, announcements, statistics).
