@@ -232,3 +232,23 @@ fn a_serial_rtu_device_is_polled_and_written() {
     // 2.5f32 = 0x40200000, LITTLE words.
     assert_eq!(s.rtu.with(|m| (m.holding[30], m.holding[31])), (0x0000, 0x4020));
 }
+
+/// Modbus TCP frames in UDP datagrams (`type: udp`).
+#[test]
+fn a_udp_device_is_polled() {
+    let tb_broker = Mosquitto::start_new();
+    let tb = Collector::connect(tb_broker.port, "tb-udp", &["v1/gateway/#"]);
+    let device = ModbusDevice::start_udp();
+    memory(&device, b"UD01");
+    let mut slave = slave("Meter UDP", device.port, "socket", 4);
+    slave["type"] = json!("udp");
+    let config = json!({"master": {"slaves": [slave]}});
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _gw = Gateway::start_modbus(dir.path(), &gateway_yaml(tb_broker.port, dir.path()), &config.to_string());
+    let got = tb.wait_until(Duration::from_secs(30), "the UDP meter's values", |r| {
+        latest(r, "Meter UDP", "voltage").is_some() && latest(r, "Meter UDP", "serial").is_some()
+    });
+    assert_eq!(latest(&got, "Meter UDP", "temperature"), Some(json!(21.5)));
+    assert_eq!(latest(&got, "Meter UDP", "voltage"), Some(json!(229.5)));
+    assert_eq!(latest(&got, "Meter UDP", "serial"), Some(json!("UD01")));
+}

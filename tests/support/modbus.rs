@@ -170,6 +170,37 @@ impl ModbusDevice {
         }
     }
 
+    /// Serve Modbus TCP frames in UDP datagrams on `port`: a relay in
+    /// front of the TCP simulator, one datagram per frame each way.
+    pub fn start_udp() -> ModbusDevice {
+        let mut d = ModbusDevice::start(Framing::Tcp);
+        let tcp_port = d.port;
+        let socket = d.runtime.block_on(tokio::net::UdpSocket::bind(("127.0.0.1", 0))).expect("bind udp");
+        d.port = socket.local_addr().expect("udp address").port();
+        d.runtime.spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let Ok(mut tcp) = tokio::net::TcpStream::connect(("127.0.0.1", tcp_port)).await else { return };
+            let mut buf = vec![0u8; 1024];
+            loop {
+                let Ok((n, peer)) = socket.recv_from(&mut buf).await else { return };
+                if tcp.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+                // MBAP: 6 bytes, the last two the length of what follows.
+                let mut header = [0u8; 6];
+                if tcp.read_exact(&mut header).await.is_err() {
+                    return;
+                }
+                let mut rest = vec![0u8; usize::from(u16::from_be_bytes([header[4], header[5]]))];
+                if tcp.read_exact(&mut rest).await.is_err() {
+                    return;
+                }
+                let _ = socket.send_to(&[&header[..], &rest].concat(), peer).await;
+            }
+        });
+        d
+    }
+
     /// The gateway's end of a serial device's line.
     pub fn serial_path(&self) -> Option<&std::path::Path> {
         self.serial.as_ref().map(|(p, _, _)| p.as_path())

@@ -36,6 +36,10 @@ pub enum Framing {
     RtuOverTcp,
     /// RTU on a serial port (`type: serial`; `port` is its path).
     Serial(SerialSettings),
+    /// Modbus TCP frames in UDP datagrams (`type: udp`, `method: socket`).
+    Udp,
+    /// RTU frames in UDP datagrams (`type: udp`, `method: rtu`).
+    RtuOverUdp,
 }
 
 /// A serial line's settings.
@@ -183,8 +187,10 @@ fn slave(d: &mut Diagnostics, path: &str, item: &Value) -> Option<SlaveConfig> {
             d.error(s.field("method"), format!("unknown method `{other}`; expected socket or rtu"));
             None
         }
-        ("udp", _) => {
-            d.error(s.field("type"), "udp is not available yet: use tcp");
+        ("udp", "socket" | "tcp" | "udp") => Some(Framing::Udp),
+        ("udp", "rtu") => Some(Framing::RtuOverUdp),
+        ("udp", other) => {
+            d.error(s.field("method"), format!("unknown method `{other}`; expected socket or rtu"));
             None
         }
         (other, _) => {
@@ -352,13 +358,13 @@ mod tests {
     #[test]
     fn problems_are_named_by_path() {
         let (_, d) = parse_str(
-            r#"{"master": {"slaves": [{"type": "udp", "deviceName": "A", "pollPeriod": 1,
+            r#"{"master": {"slaves": [{"type": "can", "deviceName": "A", "pollPeriod": 1,
                 "timeseries": [{"tag": "t", "type": "32int", "functionCode": 3, "address": 0, "objectsCount": 1}]},
                 {"host": "h", "deviceName": "B", "method": "ascii", "prot": 1}]}}"#,
         );
         let errors: Vec<String> = d.errors.iter().map(ToString::to_string).collect();
         for expected in [
-            "master.slaves[0].type: udp is not available yet: use tcp",
+            "master.slaves[0].type: unknown type `can`; expected tcp, udp or serial",
             "master.slaves[0].host: required",
             "master.slaves[0].pollPeriod: expected a whole number from 10 to 86400000, found 1",
             "master.slaves[1].method: unknown method `ascii`; expected socket or rtu",

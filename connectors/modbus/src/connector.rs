@@ -190,19 +190,29 @@ impl Poller {
     }
 
     async fn connect(&self) -> Result<Context, String> {
-        if let Framing::Serial(s) = &self.slave.framing {
-            return open_serial(s, Slave(self.slave.unit_id));
-        }
+        let slave = Slave(self.slave.unit_id);
         let addr = format!("{}:{}", self.slave.host, self.slave.port);
+        match &self.slave.framing {
+            Framing::Serial(s) => return open_serial(s, slave),
+            Framing::Udp | Framing::RtuOverUdp => {
+                let udp = crate::udp::UdpStream::connect(&addr).await.map_err(|e| e.to_string())?;
+                return Ok(if self.slave.framing == Framing::Udp {
+                    tokio_modbus::client::tcp::attach_slave(udp, slave)
+                } else {
+                    tokio_modbus::client::rtu::attach_slave(udp, slave)
+                });
+            }
+            Framing::Tcp | Framing::RtuOverTcp => {}
+        }
         let stream = tokio::time::timeout(self.slave.connect_timeout, tokio::net::TcpStream::connect(&addr))
             .await
             .map_err(|_| format!("no connection within {:?}", self.slave.connect_timeout))?
             .map_err(|e| e.to_string())?;
         let _ = stream.set_nodelay(true);
-        let slave = Slave(self.slave.unit_id);
-        Ok(match self.slave.framing {
-            Framing::Tcp => tokio_modbus::client::tcp::attach_slave(stream, slave),
-            Framing::RtuOverTcp | Framing::Serial(_) => tokio_modbus::client::rtu::attach_slave(stream, slave),
+        Ok(if self.slave.framing == Framing::Tcp {
+            tokio_modbus::client::tcp::attach_slave(stream, slave)
+        } else {
+            tokio_modbus::client::rtu::attach_slave(stream, slave)
         })
     }
 

@@ -1,5 +1,5 @@
 //! The Modbus connector: a polling master for Modbus TCP, RTU framing over
-//! TCP and RTU on serial ports, configured as the ThingsBoard IoT Gateway's
+//! TCP, Modbus over UDP and RTU on serial ports, configured as the ThingsBoard IoT Gateway's
 //! `modbus.json`.
 //!
 //! - [`config`]: `master.slaves[]`, every problem by path; the tags are
@@ -7,6 +7,7 @@
 //! - [`planner`]: tags read with as few requests as the protocol allows.
 //! - [`connector`]: one task per slave: polls, reconnection, writes and
 //!   reads asked by ThingsBoard.
+//! - [`udp`]: Modbus frames in UDP datagrams, as a stream for tokio-modbus.
 //!
 //! Like every connector it does protocol I/O only: polled blocks go to the
 //! `modbus` converter (WebAssembly) untouched, and writes come from it
@@ -15,6 +16,7 @@
 pub mod config;
 pub mod connector;
 pub mod planner;
+pub mod udp;
 
 pub use config::{ModbusConfig, parse};
 pub use connector::ModbusConnector;
