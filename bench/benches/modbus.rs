@@ -8,7 +8,9 @@
 //!
 //! `cargo bench -p tbgw-bench --bench modbus` (needs `mosquitto`;
 //! `TBGW_BENCH_DEVICES` default 100, `TBGW_BENCH_TAGS` per device, default
-//! 1000, `TBGW_BENCH_SECONDS` default 30.)
+//! 1000, `TBGW_BENCH_SECONDS` default 30, `TBGW_BENCH_POLL_MS` default 1000;
+//! tbgw's pipeline: `TBGW_BENCH_MAX_BATCH` default 256, `TBGW_BENCH_QUEUE`
+//! default 4096.)
 //!
 //! All devices are one simulator (tokio-modbus's server) on one loopback
 //! port, one connection per device, as a gateway sees a field of devices
@@ -19,6 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use tbgw_bench::env_u64 as env;
 use tbgw_bench::process::{cpu_seconds, status_kb};
 use tbgw_test_support::Mosquitto;
 use tbgw_test_support::modbus::{Framing, ModbusDevice};
@@ -27,10 +30,6 @@ const GATEWAY_MODE: &str = "TBGW_BENCH_GATEWAY";
 const POLLER_MODE: &str = "TBGW_BENCH_POLLER";
 /// The largest store backlog (events) tbgw's statistics reported.
 static PEAK_BACKLOG: AtomicU64 = AtomicU64::new(0);
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 fn main() -> anyhow::Result<()> {
     if let Ok(config) = std::env::var(GATEWAY_MODE) {

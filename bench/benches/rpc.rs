@@ -36,8 +36,8 @@ fn main() -> anyhow::Result<()> {
         rt.block_on(tbgw::service::run(cfg, tokio_util::sync::CancellationToken::new()))?;
         return Ok(());
     }
-    let rate: u64 = std::env::var("TBGW_BENCH_RPC_RATE").ok().and_then(|n| n.parse().ok()).unwrap_or(100);
-    let seconds: u64 = std::env::var("TBGW_BENCH_RPC_SECONDS").ok().and_then(|n| n.parse().ok()).unwrap_or(10);
+    let rate = tbgw_bench::env_u64("TBGW_BENCH_RPC_RATE", 100);
+    let seconds = tbgw_bench::env_u64("TBGW_BENCH_RPC_SECONDS", 10);
     let count = (rate * seconds) as usize;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let cache = tempfile::tempdir()?;

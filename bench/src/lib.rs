@@ -8,3 +8,8 @@
 pub mod dataset;
 pub mod native;
 pub mod process;
+
+/// A whole-number setting of a bench from the environment, or `default`.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}

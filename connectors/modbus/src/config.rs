@@ -72,6 +72,8 @@ pub struct SlaveConfig {
     pub wait_after_failed_attempts: Duration,
     /// The planned reads.
     pub reads: Vec<Read>,
+    /// The `rpc[]` tags, to decode what a read RPC reads.
+    pub rpc: Arc<[tbgw_modbus_converter::Tag]>,
     /// The slave object: the `modbus` converters' config. Shared by the
     /// clones of the configuration (it can hold thousands of tags).
     pub converter_config: Arc<str>,
@@ -239,6 +241,7 @@ fn slave(d: &mut Diagnostics, path: &str, item: &Value) -> Option<SlaveConfig> {
         "strict",
     ]);
     s.finish(d);
+    let mut rpc: Arc<[tbgw_modbus_converter::Tag]> = Arc::from(Vec::new());
     let reads = match tbgw_modbus_converter::SlaveConfig::parse(&item.to_string()) {
         Ok(tags) => {
             let spans: Vec<(u8, u16, u16)> = tags
@@ -250,6 +253,7 @@ fn slave(d: &mut Diagnostics, path: &str, item: &Value) -> Option<SlaveConfig> {
             if spans.is_empty() {
                 d.notice(path, "no attributes or timeseries: nothing is polled (writes only)");
             }
+            rpc = tags.rpc.clone();
             planner::plan(&spans, max_gap, max_registers)
         }
         Err(e) => {
@@ -272,6 +276,7 @@ fn slave(d: &mut Diagnostics, path: &str, item: &Value) -> Option<SlaveConfig> {
         connect_attempts,
         wait_after_failed_attempts,
         reads,
+        rpc,
         converter_config: item.to_string().into(),
     })
 }

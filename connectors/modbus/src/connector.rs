@@ -424,10 +424,11 @@ impl Poller {
             JobKind::Rpc { method, .. } => method.as_str(),
             JobKind::AttributeUpdate => "",
         };
-        let tags = tbgw_modbus_converter::SlaveConfig::parse(&self.slave.converter_config).ok();
-        let tag = tags.as_ref().and_then(|t| {
-            t.rpc.iter().find(|t| t.tag == method && t.function_code == r.function_code && t.address == r.address)
-        });
+        let tag = self
+            .slave
+            .rpc
+            .iter()
+            .find(|t| t.tag == method && t.function_code == r.function_code && t.address == r.address);
         let Some(tag) = tag else {
             return serde_json::Value::String(data.bytes().iter().map(|b| format!("{b:02x}")).collect()).to_string();
         };

@@ -93,14 +93,6 @@ impl DeviceRequests {
     }
 }
 
-/// A link that receives nothing and whose requests go nowhere: for running
-/// a connector without a router (tools, tests of the uplink alone).
-pub fn detached() -> DownlinkLink {
-    let (_jobs_tx, jobs) = mpsc::channel(1);
-    let (tx, _rx) = mpsc::unbounded_channel();
-    DownlinkLink { jobs, requests: DeviceRequests::new("", tx) }
-}
-
 /// The devices ThingsBoard knows through this gateway and the connector of
 /// each: what routes a request to its device. The ThingsBoard client keeps
 /// it (it connects the devices); the router and the gateway RPCs read it.

@@ -212,22 +212,23 @@ fn from_thingsboard(shared: &Arc<Shared>, msg: Incoming) {
         }
         RPC_TOPIC => {
             shared.stats.requests.fetch_add(1, Ordering::Relaxed);
-            match codec::parse_request(&msg.payload) {
+            let why = match codec::parse_request(&msg.payload) {
                 Ok(DownlinkRequest::Rpc(rpc)) => {
                     tokio::spawn(device_rpc(shared.clone(), rpc));
+                    None
                 }
-                Ok(DownlinkRequest::AttributeUpdate(_)) | Err(_) => {
-                    shared.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    let why =
-                        codec::parse_request(&msg.payload).err().map_or("no `data.method`".into(), |e| e.to_string());
-                    // Answer it if it says who and which request it is.
-                    let doc: Json = serde_json::from_slice(&msg.payload).unwrap_or(Json::Null);
-                    let (device, id) = (doc["device"].as_str(), doc["data"]["id"].as_i64());
-                    tracing::warn!("an RPC from ThingsBoard that cannot be read: {why}");
-                    if let (Some(device), Some(id)) = (device, id) {
-                        let data = json!({"success": false, "error": format!("tbgw cannot read this RPC: {why}")});
-                        publish(shared, RPC_TOPIC.into(), codec::rpc_reply(device, id, &data));
-                    }
+                Ok(DownlinkRequest::AttributeUpdate(_)) => Some("no `data.method`".to_owned()),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(why) = why {
+                shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+                // Answer it if it says who and which request it is.
+                let doc: Json = serde_json::from_slice(&msg.payload).unwrap_or(Json::Null);
+                let (device, id) = (doc["device"].as_str(), doc["data"]["id"].as_i64());
+                tracing::warn!("an RPC from ThingsBoard that cannot be read: {why}");
+                if let (Some(device), Some(id)) = (device, id) {
+                    let data = json!({"success": false, "error": format!("tbgw cannot read this RPC: {why}")});
+                    publish(shared, RPC_TOPIC.into(), codec::rpc_reply(device, id, &data));
                 }
             }
         }
