@@ -99,14 +99,17 @@ impl ModbusConfig {
     /// where slaves with the same tags share one profile, so that a field
     /// of identical meters costs the converter one tag list, not one each.
     pub fn converter_config(&self) -> String {
-        const PROFILE_KEYS: [&str; 6] =
-            ["attributes", "timeseries", "attributeUpdates", "rpc", "byteOrder", "wordOrder"];
+        use tbgw_modbus_converter::PROFILE_KEYS;
         let mut profiles: Vec<(String, Value)> = Vec::new();
         let mut slaves = Vec::new();
         for s in &self.slaves {
             let doc: Value = serde_json::from_str(&s.converter_config).unwrap_or_default();
-            let profile: serde_json::Map<String, Value> =
-                PROFILE_KEYS.iter().filter_map(|k| doc.get(*k).map(|v| (k.to_string(), v.clone()))).collect();
+            let by_unit = s.converter_config.contains("${unitId}");
+            let profile: serde_json::Map<String, Value> = PROFILE_KEYS
+                .iter()
+                .filter(|k| **k != "unitId" || by_unit)
+                .filter_map(|k| doc.get(*k).map(|v| (k.to_string(), v.clone())))
+                .collect();
             let key = Value::Object(profile.clone()).to_string();
             let index = match profiles.iter().position(|(k, _)| *k == key) {
                 Some(i) => i,
@@ -334,6 +337,30 @@ mod tests {
         );
         assert!(c.has_requests());
         assert_eq!(d.notices.len(), 2, "retryOnEmpty, retryOnInvalid: {:?}", d.notices);
+    }
+
+    #[test]
+    fn address_ranges_are_planned_and_keyed_per_slave() {
+        let slave = |name: &str, unit: u8| {
+            format!(
+                r#"{{"host": "h", "deviceName": "{name}", "unitId": {unit}, "timeseries": [
+                    {{"tag": "u${{unitId}}_r${{address}}", "type": "16uint", "functionCode": 3, "address": "100-199"}},
+                    {{"tag": "flag", "type": "bits", "functionCode": 1, "address": "0-15"}}]}}"#
+            )
+        };
+        let (c, d) = parse_str(&format!(r#"{{"master": {{"slaves": [{}, {}]}}}}"#, slave("A", 1), slave("B", 2)));
+        assert!(d.is_ok(), "{:?}", d.errors);
+        let c = c.unwrap();
+        assert_eq!(
+            c.slaves[0].reads,
+            [Read { function_code: 1, address: 0, count: 16 }, Read { function_code: 3, address: 100, count: 100 }]
+        );
+        // The converter sees each slave's own unit in the keys.
+        let conv = tbgw_modbus_converter::UplinkConverter::new(&c.converter_config()).unwrap();
+        let block = tbgw_modbus_converter::Block { unit_id: 2, function_code: 3, address: 100, count: 100 };
+        let out = conv.convert(Some("B"), block, &[0; 200]).unwrap();
+        let keys: Vec<&str> = out.updates[0].telemetry[0].values.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!((keys.len(), keys[0], keys[99]), (100, "u2_r100", "u2_r199"));
     }
 
     #[test]

@@ -15,6 +15,10 @@
 //! the connector's and accepted here unread, so the whole slave object can
 //! be passed as is.
 //!
+//! An `attributes`/`timeseries` entry may name an address range
+//! (`"address": "0-9"`): it becomes one tag per value, keyed by its `tag`
+//! with `${address}` and the other placeholders filled in.
+//!
 //! - [`codec`]: values to and from bytes: every type, byte and word order.
 //! - [`UplinkConverter`]: a polled block (its unit, function code, first
 //!   address and count; the payload is the registers big-endian as on the
@@ -81,6 +85,11 @@ const CONNECTION_KEYS: &[&str] = &[
     "id",
 ];
 
+/// What makes two slaves' tag lists alike: the compact form's profile.
+/// `unitId` counts only where a range's keys name it (`${unitId}`).
+pub const PROFILE_KEYS: [&str; 7] =
+    ["attributes", "timeseries", "attributeUpdates", "rpc", "byteOrder", "wordOrder", "unitId"];
+
 /// The slave's tag lists and orders. The lists are shared between slaves
 /// configured alike (a field of identical meters costs one list).
 #[derive(Debug, Clone, PartialEq)]
@@ -117,9 +126,11 @@ impl Slaves {
                 let field = e.field.map_or_else(|| format!("slaves[{i}]"), |f| format!("slaves[{i}].{f}"));
                 ConfigError::at(field, e.message)
             })?;
-            // Share the lists of slaves whose tags are written alike.
-            let key: String = ["attributes", "timeseries", "attributeUpdates", "rpc", "byteOrder", "wordOrder"]
+            // Share the lists of slaves whose tags are written alike (and
+            // have the same unit, when range keys name it).
+            let key: String = PROFILE_KEYS
                 .iter()
+                .filter(|k| **k != "unitId" || slave.to_string().contains("${unitId}"))
                 .map(|k| slave.get(*k).map(Json::to_string).unwrap_or_default())
                 .collect::<Vec<_>>()
                 .join("|");
@@ -212,8 +223,10 @@ impl SlaveConfig {
         .into_iter()
         .enumerate()
         {
+            let ranges_allowed = i < 2;
             for (path, item) in config::array(&mut root, key)? {
-                lists[i].push(tag(&path, item, codes, byte_order, word_order)?);
+                let orders = (byte_order, word_order);
+                lists[i].extend(tags(&path, item, codes, orders, unit_id, ranges_allowed)?);
             }
         }
         root.allow(CONNECTION_KEYS);
@@ -234,7 +247,63 @@ fn number(o: &mut Obj, key: &'static str) -> Result<Option<f64>, ConfigError> {
     }
 }
 
-fn tag(path: &str, item: &Json, codes: &[u8], byte_order: Order, word_order: Order) -> Result<Tag, ConfigError> {
+/// Where a tag is: one address, or a range (`"0-9"`, both ends read) of
+/// values `objectsCount` apart, as the Python gateway's "wide range" tags.
+enum Address {
+    One(u16),
+    Range(u16, u16),
+}
+
+fn address(o: &mut Obj, ranges_allowed: bool) -> Result<Address, ConfigError> {
+    let bad =
+        |o: &Obj| ConfigError::at(o.field("address"), "expected an address from 0 to 65535, or a range `first-last`");
+    match o.get("address") {
+        Some(Json::Number(n)) => n.as_u64().and_then(|a| u16::try_from(a).ok()).map(Address::One).ok_or_else(|| bad(o)),
+        Some(Json::String(s)) => match s.split_once('-') {
+            None => s.trim().parse().map(Address::One).map_err(|_| bad(o)),
+            Some(_) if !ranges_allowed => Err(ConfigError::at(
+                o.field("address"),
+                format!("`{s}`: address ranges are for reading (attributes, timeseries); write one address"),
+            )),
+            Some((first, last)) => match (first.trim().parse::<u16>(), last.trim().parse::<u16>()) {
+                (Ok(first), Ok(last)) if first <= last => Ok(Address::Range(first, last)),
+                (Ok(first), Ok(last)) => Err(ConfigError::at(
+                    o.field("address"),
+                    format!("`{s}`: the range ends ({last}) before it starts ({first})"),
+                )),
+                _ => Err(bad(o)),
+            },
+        },
+        None => Err(o.missing("address")),
+        Some(_) => Err(bad(o)),
+    }
+}
+
+/// The key of a range's value at `address`: the tag with `${address}`,
+/// `${unitId}`, `${functionCode}`, `${type}` and `${objectsCount}` filled
+/// in; a tag without `${address}` gets `_${address}` appended, as the
+/// Python gateway does, so that every value has its own key.
+fn range_key(template: &str, address: u16, unit_id: u8, function_code: u8, type_text: &str, objects: u16) -> String {
+    let mut key = template.to_owned();
+    if !key.contains("${address}") {
+        key.push_str("_${address}");
+    }
+    key.replace("${address}", &address.to_string())
+        .replace("${unitId}", &unit_id.to_string())
+        .replace("${functionCode}", &function_code.to_string())
+        .replace("${type}", type_text)
+        .replace("${objectsCount}", &objects.to_string())
+}
+
+/// The tags of one config entry: one, or one per value of an address range.
+fn tags(
+    path: &str,
+    item: &Json,
+    codes: &[u8],
+    (byte_order, word_order): (Order, Order),
+    unit_id: u8,
+    ranges_allowed: bool,
+) -> Result<Vec<Tag>, ConfigError> {
     let mut o = Obj::new(path, item)?;
     let name = o.req_str("tag")?.to_owned();
     let type_text = o.req_str("type")?;
@@ -248,19 +317,35 @@ fn tag(path: &str, item: &Json, codes: &[u8], byte_order: Order, word_order: Ord
         }
         None => return Err(o.missing("functionCode")),
     };
-    let address = match o.get("address") {
-        Some(Json::Number(n)) => n.as_u64().and_then(|a| u16::try_from(a).ok()),
-        Some(Json::String(s)) if s.contains('-') => {
-            return Err(ConfigError::at(
-                o.field("address"),
-                format!("address ranges (`{s}`) are not supported yet: configure one tag per address"),
-            ));
-        }
-        Some(Json::String(s)) => s.trim().parse().ok(),
-        None => return Err(o.missing("address")),
-        Some(_) => None,
-    }
-    .ok_or_else(|| ConfigError::at(o.field("address"), "expected an address from 0 to 65535"))?;
+    let address = address(&mut o, ranges_allowed)?;
+    let format = format(&mut o, type_text, function_code, byte_order, word_order)?;
+    o.allow(&["reportStrategy", "round", "id"]);
+    o.finish()?;
+    Ok(match address {
+        Address::One(address) => vec![Tag { tag: name, function_code, address, format }],
+        // Whole values only: registers left over at the end of the range
+        // are not read (the Python gateway reads them and fails to decode).
+        Address::Range(first, last) => (u32::from(first)..=u32::from(last))
+            .step_by(usize::from(format.objects))
+            .filter(|a| a + u32::from(format.objects) - 1 <= u32::from(last))
+            .map(|a| {
+                let a = a as u16;
+                let tag = range_key(&name, a, unit_id, function_code, type_text, format.objects);
+                Tag { tag, function_code, address: a, format }
+            })
+            .collect(),
+    })
+}
+
+/// How an entry is decoded and encoded: `type`, `objectsCount`, `bit`,
+/// `bitTargetType`, `divider`, `multiplier`.
+fn format(
+    o: &mut Obj,
+    type_text: &str,
+    function_code: u8,
+    byte_order: Order,
+    word_order: Order,
+) -> Result<Format, ConfigError> {
     let mut count = None;
     for key in ["objectsCount", "registersCount", "registerCount"] {
         if let Some(c) = o.opt_uint(key, 2000)? {
@@ -291,15 +376,12 @@ fn tag(path: &str, item: &Json, codes: &[u8], byte_order: Order, word_order: Ord
             return Err(ConfigError::at(o.field("bitTargetType"), format!("`{other}`: expected bool or int")));
         }
     };
-    let divider = number(&mut o, "divider")?;
-    let multiplier = number(&mut o, "multiplier")?;
+    let divider = number(o, "divider")?;
+    let multiplier = number(o, "multiplier")?;
     if divider == Some(0.0) {
         return Err(ConfigError::at(o.field("divider"), "must not be 0"));
     }
-    o.allow(&["reportStrategy", "round", "id"]);
-    o.finish()?;
-    let format = Format { data_type, objects, byte_order, word_order, bit, bits_as_bool, divider, multiplier };
-    Ok(Tag { tag: name, function_code, address, format })
+    Ok(Format { data_type, objects, byte_order, word_order, bit, bits_as_bool, divider, multiplier })
 }
 
 /// A polled block.

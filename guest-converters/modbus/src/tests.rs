@@ -253,3 +253,65 @@ fn the_compact_form_shares_one_profile() {
     let err = UplinkConverter::new(r#"{"profiles": [], "slaves": [{"deviceName": "M", "profile": 2}]}"#).unwrap_err();
     assert_eq!(err.to_string(), "slaves[0].profile: no such profile");
 }
+
+#[test]
+fn an_address_range_is_one_key_per_value() {
+    // As the Python gateway's wide-range tags: `${address}` (appended when
+    // missing) and the other placeholders filled in per value.
+    let c = UplinkConverter::new(
+        r#"{"deviceName": "D", "unitId": 4, "timeseries": [
+            {"tag": "reg", "type": "16int", "functionCode": 3, "address": "10-13"},
+            {"tag": "u${unitId}_f${functionCode}_${address}_${type}", "type": "32uint", "functionCode": 4,
+             "address": "0-4", "objectsCount": 2}]}"#,
+    )
+    .unwrap();
+    let out = c
+        .convert(None, Block { unit_id: 4, function_code: 3, address: 10, count: 4 }, &[0, 1, 0, 2, 0, 3, 0xff, 0xff])
+        .unwrap();
+    let keys: Vec<(&str, &Value)> =
+        out.updates[0].telemetry[0].values.iter().map(|e| (e.key.as_str(), &e.value)).collect();
+    assert_eq!(
+        keys,
+        [
+            ("reg_10", &Value::Int(1)),
+            ("reg_11", &Value::Int(2)),
+            ("reg_12", &Value::Int(3)),
+            ("reg_13", &Value::Int(-1))
+        ]
+    );
+    // Two 32-bit values fit in 0-4; register 4 alone is not a value.
+    let s = SlaveConfig::parse(
+        r#"{"deviceName": "D", "unitId": 4, "timeseries": [{"tag": "u${unitId}_f${functionCode}_${address}_${type}",
+            "type": "32uint", "functionCode": 4, "address": "0-4", "objectsCount": 2}]}"#,
+    )
+    .unwrap();
+    let tags: Vec<(&str, u16)> = s.timeseries.iter().map(|t| (t.tag.as_str(), t.address)).collect();
+    assert_eq!(tags, [("u4_f4_0_32uint", 0), ("u4_f4_2_32uint", 2)]);
+    // Ranges are read-only, and must run forwards.
+    let bad = |json: &str| SlaveConfig::parse(json).unwrap_err().to_string();
+    assert_eq!(
+        bad(r#"{"deviceName": "D", "rpc": [{"tag": "w", "type": "16int", "functionCode": 6, "address": "0-3"}]}"#),
+        "rpc[0].address: `0-3`: address ranges are for reading (attributes, timeseries); write one address"
+    );
+    assert_eq!(
+        bad(
+            r#"{"deviceName": "D", "timeseries": [{"tag": "t", "type": "16int", "functionCode": 3, "address": "9-2"}]}"#
+        ),
+        "timeseries[0].address: `9-2`: the range ends (2) before it starts (9)"
+    );
+    assert!(
+        bad(
+            r#"{"deviceName": "D", "timeseries": [{"tag": "t", "type": "16int", "functionCode": 3, "address": "a-2"}]}"#
+        )
+        .starts_with("timeseries[0].address: expected an address")
+    );
+    // Slaves alike but for a unit named in range keys do not share lists.
+    let slave = |name: &str, unit: u8| {
+        format!(
+            r#"{{"deviceName": "{name}", "unitId": {unit}, "timeseries": [{{"tag": "t${{unitId}}", "type": "16int",
+                "functionCode": 3, "address": "0-1"}}]}}"#
+        )
+    };
+    let s = Slaves::parse(&format!(r#"{{"slaves": [{}, {}]}}"#, slave("A", 1), slave("B", 2))).unwrap();
+    assert_eq!(s.get(Some("B")).unwrap().timeseries[1].tag, "t2_1");
+}
