@@ -9,7 +9,7 @@ mod common;
 use common::Gateway;
 use serde_json::{Value, json};
 use std::time::Duration;
-use tbgw_test_support::modbus::{Framing, ModbusDevice};
+use tbgw_test_support::modbus::{Framing, ModbusDevice, SerialBus};
 use tbgw_test_support::{Collector, Mosquitto, Received};
 
 fn slave(name: &str, port: u16, method: &str, unit: u8) -> Value {
@@ -143,11 +143,11 @@ fn reply(received: &[Received], device: &str, id: i64) -> Option<Value> {
         .map(|v| v["data"].clone())
 }
 
-fn rpc(s: &Setup, device: &str, id: i64, method: &str, params: Value) -> Value {
+fn rpc(tb: &Collector, device: &str, id: i64, method: &str, params: Value) -> Value {
     let request = json!({"device": device, "data": {"id": id, "method": method, "params": params}});
-    s.tb.publish("v1/gateway/rpc", request.to_string());
+    tb.publish("v1/gateway/rpc", request.to_string());
     let got =
-        s.tb.wait_until(Duration::from_secs(20), &format!("the reply to RPC {id}"), |r| reply(r, device, id).is_some());
+        tb.wait_until(Duration::from_secs(20), &format!("the reply to RPC {id}"), |r| reply(r, device, id).is_some());
     reply(&got, device, id).expect("found")
 }
 
@@ -157,12 +157,12 @@ fn rpcs_and_attribute_updates_write_and_read_the_device() {
     s.tb.wait_until(Duration::from_secs(30), "both meters connected", |r| {
         ["Meter TCP", "Meter RTU"].iter().all(|d| latest(r, d, "voltage").is_some())
     });
-    assert_eq!(rpc(&s, "Meter TCP", 1, "setRelay", json!(false)), json!({"success": true}));
+    assert_eq!(rpc(&s.tb, "Meter TCP", 1, "setRelay", json!(false)), json!({"success": true}));
     assert!(!s.tcp.with(|m| m.coils[3]), "the coil was written");
-    assert_eq!(rpc(&s, "Meter RTU", 2, "setLimits", json!({"value": 1.5})), json!({"success": true}));
+    assert_eq!(rpc(&s.tb, "Meter RTU", 2, "setLimits", json!({"value": 1.5})), json!({"success": true}));
     assert_eq!(s.rtu.with(|m| (m.holding[30], m.holding[31])), (0x0000, 0x3fc0), "1.5f32, LITTLE words");
-    assert_eq!(rpc(&s, "Meter TCP", 3, "getTemperature", json!(null)), json!({"getTemperature": 21.5}));
-    let data = rpc(&s, "Meter TCP", 4, "explode", json!(1));
+    assert_eq!(rpc(&s.tb, "Meter TCP", 3, "getTemperature", json!(null)), json!({"getTemperature": 21.5}));
+    let data = rpc(&s.tb, "Meter TCP", 4, "explode", json!(1));
     assert!(data["error"].as_str().is_some_and(|e| e.contains("no rpc entry has the tag `explode`")), "{data}");
     // A shared attribute update.
     s.tb.publish("v1/gateway/attributes", json!({"device": "Meter RTU", "data": {"setpoint": 22.5}}).to_string());
@@ -182,7 +182,7 @@ fn a_dead_device_is_isolated_and_comes_back() {
     s.tcp.stop();
     std::thread::sleep(Duration::from_millis(500));
     // Its requests are answered at once; the other meter goes on.
-    let data = rpc(&s, "Meter TCP", 10, "setRelay", json!(true));
+    let data = rpc(&s.tb, "Meter TCP", 10, "setRelay", json!(true));
     assert!(data["error"].as_str().is_some_and(|e| e.contains("not connected")), "{data}");
     s.rtu.with(|m| m.holding[0] = 100);
     s.tb.wait_until(Duration::from_secs(10), "the live meter's new value", |r| {
@@ -227,10 +227,65 @@ fn a_serial_rtu_device_is_polled_and_written() {
     assert_eq!(latest(&got, "Meter Serial", "temperature"), Some(json!(21.5)));
     assert_eq!(latest(&got, "Meter Serial", "energy"), Some(json!(70000)));
     assert_eq!(latest(&got, "Meter Serial", "serial"), Some(json!("SE01")));
-    let s = Setup { tb, gw, tcp: ModbusDevice::start(Framing::Tcp), rtu: device, _tb_broker: tb_broker, _dir: dir };
-    assert_eq!(rpc(&s, "Meter Serial", 1, "setLimits", json!(2.5)), json!({"success": true}));
+    assert_eq!(rpc(&tb, "Meter Serial", 1, "setLimits", json!(2.5)), json!({"success": true}));
     // 2.5f32 = 0x40200000, LITTLE words.
-    assert_eq!(s.rtu.with(|m| (m.holding[30], m.holding[31])), (0x0000, 0x4020));
+    assert_eq!(device.with(|m| (m.holding[30], m.holding[31])), (0x0000, 0x4020));
+    drop((gw, dir));
+}
+
+/// An RS-485 bus: three units on one serial port take turns on it; one is
+/// off (it does not answer at all), which costs the others little, and
+/// comes back.
+#[test]
+fn units_on_one_serial_bus_take_turns() {
+    let tb_broker = Mosquitto::start_new();
+    let tb = Collector::connect(tb_broker.port, "tb-bus", &["v1/gateway/#"]);
+    let bus = SerialBus::start(&[1, 2, 3]);
+    for (unit, t) in [(1, 101), (2, 202), (3, 303)] {
+        bus.with(unit, |m| m.holding[0] = t);
+    }
+    bus.silence(3, true);
+    let path = bus.path().display().to_string();
+    let unit = |name: &str, id: u8| {
+        json!({"type": "serial", "port": path, "baudrate": 19200, "unitId": id, "deviceName": name,
+               "pollPeriod": 100, "timeout": 0.3, "retries": 1, "delayBetweenRequestsMs": 5,
+               "connectAttemptCount": 2, "waitAfterFailedAttemptsMs": 2000,
+               "timeseries": [{"tag": "temperature", "type": "16int", "functionCode": 3, "address": 0, "divider": 10}],
+               "rpc": [{"tag": "setTemperature", "type": "16int", "functionCode": 6, "address": 0, "divider": 10}]})
+    };
+    let config = json!({"master": {"slaves": [unit("Bus 1", 1), unit("Bus 2", 2), unit("Bus 3", 3)]}});
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gw = Gateway::start_modbus(dir.path(), &gateway_yaml(tb_broker.port, dir.path()), &config.to_string());
+    let got = tb.wait_until(Duration::from_secs(30), "the two live units' values", |r| {
+        latest(r, "Bus 1", "temperature").is_some() && latest(r, "Bus 2", "temperature").is_some()
+    });
+    assert_eq!(latest(&got, "Bus 1", "temperature"), Some(json!(10.1)));
+    assert_eq!(latest(&got, "Bus 2", "temperature"), Some(json!(20.2)));
+    assert_eq!(latest(&got, "Bus 3", "temperature"), None);
+    // The live units keep most of their pace (30 polls in 3 s at 100 ms;
+    // about 20 here): the silent unit costs two probes of 0.3 s every 2 s,
+    // not `retries` timeouts every poll (which would leave unit 1 about 4
+    // polls). The bound leaves room for a loaded machine.
+    let before = bus.requests(1);
+    std::thread::sleep(Duration::from_secs(3));
+    let polls = bus.requests(1) - before;
+    eprintln!("unit 1: {polls} polls in 3 s beside a silent unit");
+    assert!(polls >= 8, "unit 1 was polled {polls} times in 3 s at a 100 ms period");
+    // Writes reach the unit they name; the silent one's are answered with why.
+    assert_eq!(rpc(&tb, "Bus 2", 1, "setTemperature", json!(12.5)), json!({"success": true}));
+    assert_eq!(bus.with(2, |m| m.holding[0]), 125);
+    assert_eq!(bus.with(1, |m| m.holding[0]), 101);
+    let data = rpc(&tb, "Bus 3", 2, "setTemperature", json!(1));
+    assert!(data["error"].as_str().is_some_and(|e| e.contains("did not answer")), "{data}");
+    // Back: polled again.
+    bus.silence(3, false);
+    tb.wait_until(Duration::from_secs(20), "unit 3 back", |r| latest(r, "Bus 3", "temperature") == Some(json!(30.3)));
+    let log = gw.log();
+    let warnings = |device: &str| log.lines().filter(|l| l.contains("WARN") && l.contains(device)).count();
+    assert_eq!((warnings("Bus 1"), warnings("Bus 2")), (0, 0), "the live units are fine:\n{log}");
+    assert_eq!(warnings("Bus 3"), 1, "logged once per state change:\n{log}");
+    assert!(log.contains("unit 3 answers again"), "{log}");
+    drop((gw, dir));
 }
 
 /// Modbus TCP frames in UDP datagrams (`type: udp`).

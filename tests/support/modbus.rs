@@ -7,10 +7,14 @@
 //!
 //! [`ModbusDevice::start_serial`] serves RTU on one end of a pair of
 //! pseudo-terminals linked by `socat`, the gateway taking the other end as
-//! its serial port: the serial code path without hardware.
+//! its serial port: the serial code path without hardware; [`SerialBus`]
+//! puts several units, each with its own memory, on such a line (an RS-485
+//! bus), any of which can be silenced.
 
+use std::collections::HashSet;
 use std::future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio_modbus::prelude::*;
@@ -61,45 +65,162 @@ impl tokio_modbus::server::Service for Device {
     type Future = future::Ready<Result<Response, ExceptionCode>>;
 
     fn call(&self, req: Request<'static>) -> Self::Future {
+        future::ready(self.answer(req))
+    }
+}
+
+impl Device {
+    fn answer(&self, req: Request<'static>) -> Result<Response, ExceptionCode> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let mut m = self.memory.lock().unwrap();
         let limit = m.limit;
-        let answer = (|| {
-            Ok(match req {
-                Request::ReadCoils(a, n) => Response::ReadCoils(m.coils[range(a, n, limit)?].to_vec()),
-                Request::ReadDiscreteInputs(a, n) => {
-                    Response::ReadDiscreteInputs(m.discrete[range(a, n, limit)?].to_vec())
-                }
-                Request::ReadHoldingRegisters(a, n) => {
-                    Response::ReadHoldingRegisters(m.holding[range(a, n, limit)?].to_vec())
-                }
-                Request::ReadInputRegisters(a, n) => {
-                    Response::ReadInputRegisters(m.input[range(a, n, limit)?].to_vec())
-                }
-                Request::WriteSingleCoil(a, v) => {
-                    let r = range(a, 1, limit)?;
-                    m.coils[r.start] = v;
-                    Response::WriteSingleCoil(a, v)
-                }
-                Request::WriteMultipleCoils(a, v) => {
-                    let r = range(a, v.len() as u16, limit)?;
-                    m.coils[r].copy_from_slice(&v);
-                    Response::WriteMultipleCoils(a, v.len() as u16)
-                }
-                Request::WriteSingleRegister(a, v) => {
-                    let r = range(a, 1, limit)?;
-                    m.holding[r.start] = v;
-                    Response::WriteSingleRegister(a, v)
-                }
-                Request::WriteMultipleRegisters(a, v) => {
-                    let r = range(a, v.len() as u16, limit)?;
-                    m.holding[r].copy_from_slice(&v);
-                    Response::WriteMultipleRegisters(a, v.len() as u16)
-                }
-                _ => return Err(ExceptionCode::IllegalFunction),
-            })
-        })();
+        Ok(match req {
+            Request::ReadCoils(a, n) => Response::ReadCoils(m.coils[range(a, n, limit)?].to_vec()),
+            Request::ReadDiscreteInputs(a, n) => Response::ReadDiscreteInputs(m.discrete[range(a, n, limit)?].to_vec()),
+            Request::ReadHoldingRegisters(a, n) => {
+                Response::ReadHoldingRegisters(m.holding[range(a, n, limit)?].to_vec())
+            }
+            Request::ReadInputRegisters(a, n) => Response::ReadInputRegisters(m.input[range(a, n, limit)?].to_vec()),
+            Request::WriteSingleCoil(a, v) => {
+                let r = range(a, 1, limit)?;
+                m.coils[r.start] = v;
+                Response::WriteSingleCoil(a, v)
+            }
+            Request::WriteMultipleCoils(a, v) => {
+                let r = range(a, v.len() as u16, limit)?;
+                m.coils[r].copy_from_slice(&v);
+                Response::WriteMultipleCoils(a, v.len() as u16)
+            }
+            Request::WriteSingleRegister(a, v) => {
+                let r = range(a, 1, limit)?;
+                m.holding[r.start] = v;
+                Response::WriteSingleRegister(a, v)
+            }
+            Request::WriteMultipleRegisters(a, v) => {
+                let r = range(a, v.len() as u16, limit)?;
+                m.holding[r].copy_from_slice(&v);
+                Response::WriteMultipleRegisters(a, v.len() as u16)
+            }
+            _ => return Err(ExceptionCode::IllegalFunction),
+        })
+    }
+}
+
+/// Two pseudo-terminals linked by `socat`: the gateway's end, the
+/// device's end, the `socat` process and the directory of the links.
+fn pty_pair() -> (PathBuf, PathBuf, std::process::Child, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (gw, dev) = (dir.path().join("gateway-tty"), dir.path().join("device-tty"));
+    let socat = std::process::Command::new("socat")
+        .arg(format!("pty,raw,echo=0,link={}", gw.display()))
+        .arg(format!("pty,raw,echo=0,link={}", dev.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start socat ({e}): install it, e.g. `apt-get install socat`"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !(gw.exists() && dev.exists()) {
+        assert!(std::time::Instant::now() < deadline, "socat made no pty pair");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    (gw, dev, socat, dir)
+}
+
+/// Serve RTU on the device's end of a pty pair.
+async fn serve_serial(dev: PathBuf, service: BusService) {
+    use tokio_serial::SerialPortBuilderExt;
+    let Ok(port) = tokio_serial::new(dev.display().to_string(), 19200).open_native_async() else { return };
+    let _ = tokio_modbus::server::rtu::Server::new(port).serve_forever(service).await;
+}
+
+/// Several units on one serial line, as an RS-485 bus: each answers its own
+/// unit id from its own memory; a unit that is not there, or silenced,
+/// does not answer at all (as a device that is off).
+pub struct SerialBus {
+    units: Arc<Vec<(u8, Device)>>,
+    silent: Arc<Mutex<HashSet<u8>>>,
+    gateway_end: PathBuf,
+    // Dropped in order: the server, then the line.
+    runtime: tokio::runtime::Runtime,
+    socat: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+#[derive(Clone)]
+struct BusService {
+    units: Arc<Vec<(u8, Device)>>,
+    silent: Arc<Mutex<HashSet<u8>>>,
+    /// The first unit answers whatever unit id a request names.
+    any_unit: bool,
+}
+
+impl tokio_modbus::server::Service for BusService {
+    type Request = SlaveRequest<'static>;
+    type Response = Option<Response>;
+    type Exception = ExceptionCode;
+    type Future = future::Ready<Result<Option<Response>, ExceptionCode>>;
+
+    fn call(&self, req: SlaveRequest<'static>) -> Self::Future {
+        if self.silent.lock().unwrap().contains(&req.slave) {
+            return future::ready(Ok(None));
+        }
+        let answer = match self.units.iter().find(|(id, _)| self.any_unit || *id == req.slave) {
+            Some((_, device)) => device.answer(req.request).map(Some),
+            None => Ok(None),
+        };
         future::ready(answer)
+    }
+}
+
+impl SerialBus {
+    /// A bus with these unit ids on a pty pair (`socat`, installed by `.ci/run`).
+    pub fn start(unit_ids: &[u8]) -> SerialBus {
+        let (gateway_end, dev, socat, dir) = pty_pair();
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("tokio runtime");
+        let units: Arc<Vec<(u8, Device)>> = Arc::new(
+            unit_ids.iter().map(|id| (*id, Device { memory: Arc::default(), requests: Arc::default() })).collect(),
+        );
+        let silent = Arc::new(Mutex::new(HashSet::new()));
+        runtime.spawn(serve_serial(dev, BusService { units: units.clone(), silent: silent.clone(), any_unit: false }));
+        SerialBus { units, silent, gateway_end, runtime, socat, _dir: dir }
+    }
+
+    /// The gateway's end of the line.
+    pub fn path(&self) -> &std::path::Path {
+        &self.gateway_end
+    }
+
+    fn unit(&self, id: u8) -> &Device {
+        &self.units.iter().find(|(u, _)| *u == id).unwrap_or_else(|| panic!("no unit {id} on the bus")).1
+    }
+
+    /// Change unit `id`'s memory.
+    pub fn with<T>(&self, id: u8, f: impl FnOnce(&mut Memory) -> T) -> T {
+        f(&mut self.unit(id).memory.lock().unwrap())
+    }
+
+    /// Requests unit `id` answered so far.
+    pub fn requests(&self, id: u8) -> u64 {
+        self.unit(id).requests.load(Ordering::Relaxed)
+    }
+
+    /// Make unit `id` stop answering (`true`) or answer again.
+    pub fn silence(&self, id: u8, silent: bool) {
+        let mut s = self.silent.lock().unwrap();
+        if silent {
+            s.insert(id);
+        } else {
+            s.remove(&id);
+        }
+    }
+}
+
+impl Drop for SerialBus {
+    fn drop(&mut self) {
+        let _ = &self.runtime;
+        let _ = self.socat.kill();
+        let _ = self.socat.wait();
     }
 }
 
@@ -136,30 +257,13 @@ impl ModbusDevice {
     /// Serve RTU on a serial line: a pty pair linked by `socat` (installed
     /// by `.ci/run`). The gateway opens [`ModbusDevice::serial_path`].
     pub fn start_serial() -> ModbusDevice {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (gw, dev) = (dir.path().join("gateway-tty"), dir.path().join("device-tty"));
-        let socat = std::process::Command::new("socat")
-            .arg(format!("pty,raw,echo=0,link={}", gw.display()))
-            .arg(format!("pty,raw,echo=0,link={}", dev.display()))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start socat ({e}): install it, e.g. `apt-get install socat`"));
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !(gw.exists() && dev.exists()) {
-            assert!(std::time::Instant::now() < deadline, "socat made no pty pair");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        let (gw, dev, socat, dir) = pty_pair();
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("tokio runtime");
         let device = Device { memory: Arc::default(), requests: Arc::default() };
-        let served = device.clone();
-        let path = dev.display().to_string();
-        let server = runtime.spawn(async move {
-            use tokio_serial::SerialPortBuilderExt;
-            let Ok(port) = tokio_serial::new(&path, 19200).open_native_async() else { return };
-            let _ = tokio_modbus::server::rtu::Server::new(port).serve_forever(served).await;
-        });
+        // One device answering every unit id.
+        let bus = BusService { units: Arc::new(vec![(0, device.clone())]), silent: Arc::default(), any_unit: true };
+        let server = runtime.spawn(serve_serial(dev, bus));
         ModbusDevice {
             port: 0,
             framing: Framing::RtuOverTcp,

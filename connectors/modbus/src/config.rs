@@ -59,6 +59,7 @@ pub struct SlaveConfig {
     /// `master.slaves[i]`, for messages.
     pub path: String,
     pub device_name: String,
+    pub device_type: Option<String>,
     pub host: String,
     pub port: u16,
     pub framing: Framing,
@@ -67,6 +68,9 @@ pub struct SlaveConfig {
     pub timeout: Duration,
     /// Attempts of a read before the connection is considered lost.
     pub retries: u32,
+    /// Quiet time before each request to this slave (`delayBetweenRequestsMs`:
+    /// devices that need a pause between frames).
+    pub delay_between_requests: Duration,
     pub connect_timeout: Duration,
     pub connect_attempts: u32,
     pub wait_after_failed_attempts: Duration,
@@ -74,58 +78,76 @@ pub struct SlaveConfig {
     pub reads: Vec<Read>,
     /// The `rpc[]` tags, to decode what a read RPC reads.
     pub rpc: Arc<[tbgw_modbus_converter::Tag]>,
-    /// The slave object: the `modbus` converters' config. Shared by the
-    /// clones of the configuration (it can hold thousands of tags).
-    pub converter_config: Arc<str>,
 }
 
 /// The whole connector configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModbusConfig {
     pub slaves: Vec<SlaveConfig>,
-}
-
-impl ModbusConfig {
-    /// Whether any slave can be written to or asked (its downlink converter
-    /// has work).
-    pub fn has_requests(&self) -> bool {
-        self.slaves.iter().any(|s| {
-            let doc: Value = serde_json::from_str(&s.converter_config).unwrap_or_default();
-            ["attributeUpdates", "rpc"].iter().any(|k| doc[*k].as_array().is_some_and(|a| !a.is_empty()))
-        })
-    }
-
     /// The `modbus` converters' config: every slave, in the compact form
     /// where slaves with the same tags share one profile, so that a field
     /// of identical meters costs the converter one tag list, not one each.
+    /// Built once while reading: the slaves' own JSON is not kept (with
+    /// 100,000 tags it is megabytes).
+    converter_config: Arc<str>,
+    /// Whether any slave can be written to or asked (`attributeUpdates`,
+    /// `rpc`): its downlink converter has work.
+    has_requests: bool,
+}
+
+impl ModbusConfig {
+    pub fn has_requests(&self) -> bool {
+        self.has_requests
+    }
+
     pub fn converter_config(&self) -> String {
+        self.converter_config.to_string()
+    }
+}
+
+/// Builds the converters' compact config slave by slave.
+#[derive(Default)]
+struct Compact {
+    /// Each distinct profile, with its JSON text as the key.
+    profiles: Vec<(String, Value)>,
+    slaves: Vec<Value>,
+    has_requests: bool,
+}
+
+impl Compact {
+    fn add(&mut self, item: &Value, unit_id: u8) {
         use tbgw_modbus_converter::PROFILE_KEYS;
-        let mut profiles: Vec<(String, Value)> = Vec::new();
-        let mut slaves = Vec::new();
-        for s in &self.slaves {
-            let doc: Value = serde_json::from_str(&s.converter_config).unwrap_or_default();
-            let by_unit = s.converter_config.contains("${unitId}");
-            let profile: serde_json::Map<String, Value> = PROFILE_KEYS
-                .iter()
-                .filter(|k| **k != "unitId" || by_unit)
-                .filter_map(|k| doc.get(*k).map(|v| (k.to_string(), v.clone())))
-                .collect();
-            let key = Value::Object(profile.clone()).to_string();
-            let index = match profiles.iter().position(|(k, _)| *k == key) {
-                Some(i) => i,
-                None => {
-                    profiles.push((key, Value::Object(profile)));
-                    profiles.len() - 1
-                }
-            };
-            let mut slave = serde_json::json!({"deviceName": s.device_name, "unitId": s.unit_id, "profile": index});
-            if let Some(t) = doc.get("deviceType") {
-                slave["deviceType"] = t.clone();
+        // The unit is part of a profile only where range keys name it.
+        let by_unit = ["attributes", "timeseries"]
+            .iter()
+            .any(|k| item.get(*k).is_some_and(|v| v.to_string().contains("${unitId}")));
+        let profile: serde_json::Map<String, Value> = PROFILE_KEYS
+            .iter()
+            .filter(|k| **k != "unitId" || by_unit)
+            .filter_map(|k| item.get(*k).map(|v| (k.to_string(), v.clone())))
+            .collect();
+        self.has_requests |= ["attributeUpdates", "rpc"]
+            .iter()
+            .any(|k| profile.get(*k).and_then(Value::as_array).is_some_and(|a| !a.is_empty()));
+        let key = Value::Object(profile).to_string();
+        let index = match self.profiles.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                let profile = serde_json::from_str(&key).unwrap_or_default();
+                self.profiles.push((key, profile));
+                self.profiles.len() - 1
             }
-            slaves.push(slave);
+        };
+        let mut slave = serde_json::json!({"deviceName": item.get("deviceName"), "unitId": unit_id, "profile": index});
+        if let Some(t) = item.get("deviceType") {
+            slave["deviceType"] = t.clone();
         }
-        let profiles: Vec<Value> = profiles.into_iter().map(|(_, p)| p).collect();
-        serde_json::json!({ "profiles": profiles, "slaves": slaves }).to_string()
+        self.slaves.push(slave);
+    }
+
+    fn finish(self) -> (Arc<str>, bool) {
+        let profiles: Vec<Value> = self.profiles.into_iter().map(|(_, p)| p).collect();
+        (serde_json::json!({ "profiles": profiles, "slaves": self.slaves }).to_string().into(), self.has_requests)
     }
 }
 
@@ -133,10 +155,12 @@ impl ModbusConfig {
 pub fn parse(doc: &Value, d: &mut Diagnostics) -> Option<ModbusConfig> {
     let mut root = Obj::new(d, "", doc)?;
     let mut slaves = Vec::new();
+    let mut compact = Compact::default();
     match root.object(d, "master") {
         Some(mut master) => {
             for (path, item) in master.list(d, "slaves") {
                 if let Some(s) = slave(d, &path, item) {
+                    compact.add(item, s.unit_id);
                     slaves.push(s);
                 }
             }
@@ -148,22 +172,7 @@ pub fn parse(doc: &Value, d: &mut Diagnostics) -> Option<ModbusConfig> {
     root.unused(d, &[("slave", "tbgw does not serve as a Modbus slave"), ("logLevel", "set logging with RUST_LOG")]);
     root.allow(&["name", "id"]);
     root.finish(d);
-    // One task per slave owns its connection: two slaves cannot share a
-    // serial port yet (an RS-485 bus with several units).
-    let mut ports: Vec<&str> = slaves
-        .iter()
-        .filter_map(|s| match &s.framing {
-            Framing::Serial(p) => Some(p.path.as_str()),
-            _ => None,
-        })
-        .collect();
-    ports.sort_unstable();
-    if let Some(w) = ports.windows(2).find(|w| w[0] == w[1]) {
-        d.error(
-            "master.slaves",
-            format!("two slaves on the serial port `{}`: one slave per serial port is supported for now", w[0]),
-        );
-    }
+    check_lines(d, &slaves);
     if slaves.is_empty() && d.is_ok() {
         d.error("master.slaves", "no slave: the connector would poll nothing");
     }
@@ -172,7 +181,63 @@ pub fn parse(doc: &Value, d: &mut Diagnostics) -> Option<ModbusConfig> {
     if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
         d.error("master.slaves", format!("two slaves are named `{}`: requests could not tell them apart", w[0]));
     }
-    Some(ModbusConfig { slaves })
+    let (converter_config, has_requests) = compact.finish();
+    Some(ModbusConfig { slaves, converter_config, has_requests })
+}
+
+impl SlaveConfig {
+    /// The line this slave is polled on when it shares one: a serial port
+    /// (an RS-485 bus), or a serial device server reached with RTU frames
+    /// over TCP or UDP. Such a line carries one request at a time, and RTU
+    /// frames say nothing of which request they answer, so its slaves take
+    /// turns on one connection. A Modbus TCP (or UDP) slave has its own
+    /// connection (`None`): MBAP frames carry a transaction id and a device
+    /// or gateway answers each connection on its own.
+    pub fn line(&self) -> Option<String> {
+        match &self.framing {
+            Framing::Serial(s) => Some(s.path.clone()),
+            Framing::RtuOverTcp => Some(format!("{}:{} (rtu over tcp)", self.host, self.port)),
+            Framing::RtuOverUdp => Some(format!("{}:{} (rtu over udp)", self.host, self.port)),
+            Framing::Tcp | Framing::Udp => None,
+        }
+    }
+}
+
+/// Slaves sharing a line must agree on its settings and have their own
+/// unit ids (the only thing that tells their frames apart).
+fn check_lines(d: &mut Diagnostics, slaves: &[SlaveConfig]) {
+    for (i, s) in slaves.iter().enumerate() {
+        let Some(line) = s.line() else { continue };
+        let Some(first) = slaves[..i].iter().find(|o| o.line().as_deref() == Some(line.as_str())) else { continue };
+        if first.unit_id == s.unit_id {
+            d.error(
+                format!("{}.unitId", s.path),
+                format!(
+                    "{} on `{line}` has unitId {} too: units on one line need their own ids",
+                    first.path, s.unit_id
+                ),
+            );
+        }
+        if let (Framing::Serial(a), Framing::Serial(b)) = (&first.framing, &s.framing)
+            && a != b
+        {
+            d.error(
+                s.path.clone(),
+                format!(
+                    "`{line}` is set to {} {}{}{} by {}, here to {} {}{}{}: one port has one setting",
+                    a.baudrate,
+                    a.bytesize,
+                    a.parity,
+                    a.stopbits,
+                    first.path,
+                    b.baudrate,
+                    b.bytesize,
+                    b.parity,
+                    b.stopbits
+                ),
+            );
+        }
+    }
 }
 
 fn slave(d: &mut Diagnostics, path: &str, item: &Value) -> Option<SlaveConfig> {
@@ -211,10 +276,21 @@ fn slave(d: &mut Diagnostics, path: &str, item: &Value) -> Option<SlaveConfig> {
     };
     let unit_id = s.uint(d, "unitId", 0..=247).unwrap_or(1) as u8;
     let device_name = s.required_string(d, "deviceName").map(str::to_owned);
+    let device_type = s.string(d, "deviceType").map(str::to_owned);
     let poll_period = Duration::from_millis(s.uint(d, "pollPeriod", 10..=86_400_000).unwrap_or(5000));
-    // Seconds, as in the Python gateway (pymodbus's timeout).
-    let timeout = Duration::from_secs(s.uint(d, "timeout", 1..=3600).unwrap_or(5));
+    // Seconds, as in the Python gateway (pymodbus's timeout, a float).
+    let timeout = match s.get("timeout") {
+        None => Duration::from_secs(5),
+        Some(v) => match v.as_f64() {
+            Some(t) if (0.01..=3600.0).contains(&t) => Duration::from_secs_f64(t),
+            _ => {
+                d.error(s.field("timeout"), format!("expected seconds from 0.01 to 3600, found {v}"));
+                Duration::from_secs(5)
+            }
+        },
+    };
     let retries = s.uint(d, "retries", 0..=100).unwrap_or(3) as u32;
+    let delay_between_requests = Duration::from_millis(s.uint(d, "delayBetweenRequestsMs", 0..=60_000).unwrap_or(0));
     let connect_timeout = Duration::from_millis(s.uint(d, "connectAttemptTimeMs", 100..=600_000).unwrap_or(5000));
     let connect_attempts = s.uint(d, "connectAttemptCount", 1..=1000).unwrap_or(5) as u32;
     let wait_after_failed_attempts =
@@ -231,18 +307,7 @@ fn slave(d: &mut Diagnostics, path: &str, item: &Value) -> Option<SlaveConfig> {
         ],
     );
     // The rest is the converter's: checked with its own library.
-    s.allow(&[
-        "deviceType",
-        "byteOrder",
-        "wordOrder",
-        "attributes",
-        "timeseries",
-        "attributeUpdates",
-        "rpc",
-        "name",
-        "id",
-        "strict",
-    ]);
+    s.allow(&["byteOrder", "wordOrder", "attributes", "timeseries", "attributeUpdates", "rpc", "name", "id", "strict"]);
     s.finish(d);
     let mut rpc: Arc<[tbgw_modbus_converter::Tag]> = Arc::from(Vec::new());
     let reads = match tbgw_modbus_converter::SlaveConfig::parse(&item.to_string()) {
@@ -268,6 +333,7 @@ fn slave(d: &mut Diagnostics, path: &str, item: &Value) -> Option<SlaveConfig> {
     Some(SlaveConfig {
         path: path.to_owned(),
         device_name: device_name?,
+        device_type,
         host: host?,
         port,
         framing: framing?,
@@ -275,12 +341,12 @@ fn slave(d: &mut Diagnostics, path: &str, item: &Value) -> Option<SlaveConfig> {
         poll_period,
         timeout,
         retries,
+        delay_between_requests,
         connect_timeout,
         connect_attempts,
         wait_after_failed_attempts,
         reads,
         rpc,
-        converter_config: item.to_string().into(),
     })
 }
 
@@ -385,6 +451,51 @@ mod tests {
         ] {
             assert!(errors.contains(&expected.to_owned()), "missing `{expected}` in {errors:#?}");
         }
+    }
+
+    #[test]
+    fn slaves_on_one_bus_share_its_line() {
+        let unit = |name: &str, unit: u8, baud: u32| {
+            format!(
+                r#"{{"type": "serial", "port": "/dev/ttyUSB0", "baudrate": {baud}, "unitId": {unit}, "deviceName": "{name}",
+                    "delayBetweenRequestsMs": 20, "timeseries": [{{"tag": "t", "type": "16int", "functionCode": 3, "address": 0}}]}}"#
+            )
+        };
+        let rtu_tcp = |name: &str, unit: u8| {
+            format!(
+                r#"{{"host": "10.0.0.9", "port": 4001, "method": "rtu", "unitId": {unit}, "deviceName": "{name}"}}"#
+            )
+        };
+        let tcp = |name: &str| format!(r#"{{"host": "10.0.0.9", "port": 502, "unitId": 1, "deviceName": "{name}"}}"#);
+        let (c, d) = parse_str(&format!(
+            r#"{{"master": {{"slaves": [{}, {}, {}, {}, {}, {}]}}}}"#,
+            unit("A", 1, 9600),
+            unit("B", 2, 9600),
+            rtu_tcp("C", 1),
+            rtu_tcp("D", 2),
+            tcp("E"),
+            tcp("F")
+        ));
+        assert!(d.is_ok(), "{:?}", d.errors);
+        let lines: Vec<Option<String>> = c.unwrap().slaves.iter().map(SlaveConfig::line).collect();
+        let bus = Some("/dev/ttyUSB0".to_owned());
+        let server = Some("10.0.0.9:4001 (rtu over tcp)".to_owned());
+        assert_eq!(lines, [bus.clone(), bus, server.clone(), server, None, None]);
+        // One bus, one setting; one unit id per unit.
+        let (_, d) = parse_str(&format!(
+            r#"{{"master": {{"slaves": [{}, {}, {}]}}}}"#,
+            unit("A", 1, 9600),
+            unit("B", 1, 9600),
+            unit("C", 3, 19200)
+        ));
+        let errors: Vec<String> = d.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            errors,
+            [
+                "master.slaves[1].unitId: master.slaves[0] on `/dev/ttyUSB0` has unitId 1 too: units on one line need their own ids",
+                "master.slaves[2]: `/dev/ttyUSB0` is set to 9600 8N1 by master.slaves[0], here to 19200 8N1: one port has one setting",
+            ]
+        );
     }
 
     #[test]

@@ -1,15 +1,23 @@
-//! The running Modbus connector: one task per slave polls its planned reads
-//! every `pollPeriod` and hands each block to the slave's converter; writes
-//! and reads asked by ThingsBoard go to the slave's task, between polls.
+//! The running Modbus connector: one task per line (a connection) polls
+//! the slaves on it, each every `pollPeriod`, and hands each block to the
+//! converter; writes and reads asked by ThingsBoard go to the line's task,
+//! between polls.
 //!
-//! A slave that does not answer never delays another: each has its own
-//! task and connection, its own reconnection (`connectAttemptCount`
+//! A Modbus TCP slave is a line of its own: one that does not answer never
+//! delays another, and each reconnects on its own (`connectAttemptCount`
 //! attempts of `connectAttemptTimeMs`, then `waitAfterFailedAttemptsMs`).
-//! A read that fails (a timeout, a closed connection) is tried `retries`
-//! times, then the connection is dropped and made again. A Modbus exception
-//! (the device answered, refusing the read) is a data-quality event: the
-//! block is skipped, counted, and logged once per change of state, not per
-//! poll.
+//! Slaves on one serial port (an RS-485 bus), or behind one serial device
+//! server spoken to in RTU frames, share a line and take turns on it: a bus
+//! carries one request at a time. A read that fails (a timeout, a closed
+//! connection) is tried `retries` times; then a line of one slave is made
+//! again. On a shared line only that unit counts as silent (the port is
+//! fine): it is probed once a poll, `connectAttemptCount` times, then
+//! every `waitAfterFailedAttemptsMs`, so that a dead unit costs the others
+//! little bus time; the connection is opened again after its timeout so
+//! that a late answer cannot be taken for the next request's. A Modbus
+//! exception (the device answered, refusing the read) is a data-quality
+//! event: the block is skipped, counted (`ReadErrors`), and logged once per
+//! change of state, not per poll.
 
 use crate::config::{Framing, ModbusConfig, SerialSettings, SlaveConfig};
 use crate::planner::Read;
@@ -17,14 +25,15 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tbgw_core::connector::{Connector, ConnectorContext, ConnectorStats, RouteId, Uplink, UplinkSink};
-use tbgw_core::downlink::{DeviceJob, JobKind, ToConnector};
+use tbgw_core::downlink::{DeviceJob, DeviceRequest, DeviceRequests, JobKind, ToConnector};
 use tbgw_core::{RawUplink, RegisterBlock, Source};
 use tbgw_modbus_converter::codec;
 use tokio::sync::mpsc;
 use tokio_modbus::client::{Client, Context, Reader, Writer};
+use tokio_modbus::slave::SlaveContext;
 use tokio_modbus::{ExceptionCode, Slave};
 use tokio_util::sync::CancellationToken;
 
@@ -46,10 +55,8 @@ impl ModbusConnector {
 /// Counters shared by the slaves of one connector.
 #[derive(Default)]
 struct Shared {
-    /// Slaves connected now: the connector counts as connected while one is.
+    /// Lines connected now: the connector counts as connected while one is.
     connected: AtomicUsize,
-    /// Reads a device refused (Modbus exceptions) or that failed.
-    failed_reads: AtomicU64,
 }
 
 impl Connector for ModbusConnector {
@@ -64,23 +71,35 @@ impl Connector for ModbusConnector {
 
 async fn run(conn: ModbusConnector, mut ctx: ConnectorContext) {
     let shared = Arc::new(Shared::default());
+    // Slaves sharing a line go to one task, in the order configured.
+    let mut lines: Vec<(Option<String>, Vec<SlaveConfig>)> = Vec::new();
+    for slave in conn.config.slaves {
+        let key = slave.line();
+        match lines.iter_mut().find(|(k, _)| key.is_some() && *k == key) {
+            Some((_, slaves)) => slaves.push(slave),
+            None => lines.push((key, vec![slave])),
+        }
+    }
     let mut slaves: HashMap<String, mpsc::Sender<DeviceJob>> = HashMap::new();
     let mut tasks = Vec::new();
-    for slave in conn.config.slaves {
+    for (_, line) in lines {
         let (tx, rx) = mpsc::channel(256);
-        slaves.insert(slave.device_name.clone(), tx);
-        let poller = Poller {
+        for s in &line {
+            slaves.insert(s.device_name.clone(), tx.clone());
+        }
+        let line = Line {
             connector: conn.name.clone(),
-            slave,
+            units: line.into_iter().map(Unit::new).collect(),
+            requests: ctx.downlink.requests.clone(),
             route: conn.route,
             sink: ctx.sink.clone(),
             stats: ctx.stats.clone(),
             shared: shared.clone(),
             stop: ctx.stop_intake.clone(),
         };
-        tasks.push(tokio::spawn(poller.run(rx)));
+        tasks.push(tokio::spawn(line.run(rx)));
     }
-    // Requests to their slave's task; the rest answered here.
+    // Requests to their slave's line; the rest answered here.
     loop {
         tokio::select! {
             _ = ctx.finish.cancelled() => break,
@@ -171,9 +190,45 @@ impl Data {
     }
 }
 
-struct Poller {
-    connector: String,
+/// A slave on a line, and what the line's task knows of it.
+struct Unit {
     slave: SlaveConfig,
+    /// When it is polled next.
+    next: Instant,
+    /// Blocks whose last read failed, for one log line per change.
+    failing: HashMap<Read, String>,
+    /// On a shared line: failed polls in a row since it went silent.
+    silent: Option<u32>,
+}
+
+impl Unit {
+    fn new(slave: SlaveConfig) -> Unit {
+        Unit { slave, next: Instant::now(), failing: HashMap::new(), silent: None }
+    }
+}
+
+/// A connection, and when its last request ended (`delayBetweenRequestsMs`).
+struct Conn {
+    ctx: Context,
+    last: Option<Instant>,
+}
+
+/// Why a line stopped polling on its connection.
+enum Broken {
+    /// The connection is lost: made again as `connectAttempt*` say.
+    Lost(String),
+    /// A unit of a shared line did not answer: the connection is opened
+    /// again at once, so that a late answer is not read as the next one's.
+    Reopen,
+}
+
+/// One connection and the slaves polled over it.
+struct Line {
+    connector: String,
+    /// Never empty; the first slave's connection settings are the line's.
+    units: Vec<Unit>,
+    /// Where its devices are connected to ThingsBoard.
+    requests: DeviceRequests,
     route: RouteId,
     sink: UplinkSink,
     stats: Arc<ConnectorStats>,
@@ -181,22 +236,33 @@ struct Poller {
     stop: CancellationToken,
 }
 
-impl Poller {
+impl Line {
+    fn first(&self) -> &SlaveConfig {
+        &self.units[0].slave
+    }
+
     fn target(&self) -> String {
-        match &self.slave.framing {
-            Framing::Serial(s) => format!("{} unit {}", s.path, self.slave.unit_id),
-            _ => format!("{}:{} unit {}", self.slave.host, self.slave.port, self.slave.unit_id),
+        let s = self.first();
+        match &s.framing {
+            Framing::Serial(p) => p.path.clone(),
+            _ => format!("{}:{}", s.host, s.port),
         }
     }
 
+    /// The devices on the line, for its log lines.
+    fn devices(&self) -> String {
+        self.units.iter().map(|u| u.slave.device_name.as_str()).collect::<Vec<_>>().join(", ")
+    }
+
     async fn connect(&self) -> Result<Context, String> {
-        let slave = Slave(self.slave.unit_id);
-        let addr = format!("{}:{}", self.slave.host, self.slave.port);
-        match &self.slave.framing {
+        let first = self.first();
+        let slave = Slave(first.unit_id);
+        let addr = format!("{}:{}", first.host, first.port);
+        match &first.framing {
             Framing::Serial(s) => return open_serial(s, slave),
             Framing::Udp | Framing::RtuOverUdp => {
                 let udp = crate::udp::UdpStream::connect(&addr).await.map_err(|e| e.to_string())?;
-                return Ok(if self.slave.framing == Framing::Udp {
+                return Ok(if first.framing == Framing::Udp {
                     tokio_modbus::client::tcp::attach_slave(udp, slave)
                 } else {
                     tokio_modbus::client::rtu::attach_slave(udp, slave)
@@ -204,36 +270,38 @@ impl Poller {
             }
             Framing::Tcp | Framing::RtuOverTcp => {}
         }
-        let stream = tokio::time::timeout(self.slave.connect_timeout, tokio::net::TcpStream::connect(&addr))
+        let stream = tokio::time::timeout(first.connect_timeout, tokio::net::TcpStream::connect(&addr))
             .await
-            .map_err(|_| format!("no connection within {:?}", self.slave.connect_timeout))?
+            .map_err(|_| format!("no connection within {:?}", first.connect_timeout))?
             .map_err(|e| e.to_string())?;
         let _ = stream.set_nodelay(true);
-        Ok(if self.slave.framing == Framing::Tcp {
+        Ok(if first.framing == Framing::Tcp {
             tokio_modbus::client::tcp::attach_slave(stream, slave)
         } else {
             tokio_modbus::client::rtu::attach_slave(stream, slave)
         })
     }
 
-    async fn run(self, mut jobs: mpsc::Receiver<DeviceJob>) {
-        let (name, target) = (self.slave.device_name.clone(), self.target());
+    async fn run(mut self, mut jobs: mpsc::Receiver<DeviceJob>) {
+        let (devices, target) = (self.devices(), self.target());
+        let stop = self.stop.clone();
         let mut attempts = 0u32;
         let mut was_down = false;
-        // Blocks whose last read failed, for one log line per change.
-        let mut failing: HashMap<Read, String> = HashMap::new();
-        'connection: while !self.stop.is_cancelled() {
-            let mut ctx = match self.connect().await {
+        let mut reopening = false;
+        let mut announced = false;
+        'connection: while !stop.is_cancelled() {
+            let ctx = match self.connect().await {
                 Ok(c) => c,
                 Err(e) => {
                     attempts += 1;
                     if !was_down {
-                        tracing::warn!(connector = %self.connector, device = %name, "cannot connect to {target}: {e}; retrying");
+                        tracing::warn!(connector = %self.connector, device = %devices, "cannot connect to {target}: {e}; retrying");
                         was_down = true;
                     }
-                    let wait = if attempts >= self.slave.connect_attempts {
+                    let first = self.first();
+                    let wait = if attempts >= first.connect_attempts {
                         attempts = 0;
-                        self.slave.wait_after_failed_attempts
+                        first.wait_after_failed_attempts
                     } else {
                         Duration::from_millis(500 * u64::from(attempts)).min(Duration::from_secs(10))
                     };
@@ -244,26 +312,37 @@ impl Poller {
                 }
             };
             attempts = 0;
-            if was_down {
-                tracing::info!(connector = %self.connector, device = %name, "connected again to {target}");
-            } else {
-                tracing::info!(connector = %self.connector, device = %name, "connected to {target}");
+            if !announced {
+                // As the Python gateway: a slave's device is connected to
+                // ThingsBoard once its line is up, so that requests reach it
+                // (and are answered) whether or not it has sent data yet.
+                for u in &self.units {
+                    let device_type = u.slave.device_type.clone();
+                    self.requests.send(DeviceRequest::Connect { device: u.slave.device_name.clone(), device_type });
+                }
+                announced = true;
             }
+            if was_down {
+                tracing::info!(connector = %self.connector, device = %devices, "connected again to {target}");
+            } else if !reopening {
+                tracing::info!(connector = %self.connector, device = %devices, "connected to {target}");
+            }
+            (was_down, reopening) = (false, false);
+            let mut conn = Conn { ctx, last: None };
             self.shared.connected.fetch_add(1, Ordering::Relaxed);
             self.stats.connected.store(true, Ordering::Relaxed);
-            let mut ticker = tokio::time::interval(self.slave.poll_period);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let lost = loop {
+            let broken = loop {
+                let due = self.units.iter().map(|u| u.next).min().unwrap_or_else(Instant::now);
                 tokio::select! {
-                    _ = self.stop.cancelled() => break None,
-                    _ = ticker.tick() => {
-                        if let Err(e) = self.poll(&mut ctx, &mut failing).await {
-                            break Some(e);
+                    _ = stop.cancelled() => break None,
+                    _ = tokio::time::sleep_until(due.into()) => {
+                        if let Err(b) = self.poll_due(&mut conn).await {
+                            break Some(b);
                         }
                     }
                     Some(job) = jobs.recv() => {
-                        if let Err(e) = self.serve(&mut ctx, job).await {
-                            break Some(e);
+                        if let Err(b) = self.serve(&mut conn, job).await {
+                            break Some(b);
                         }
                     }
                 }
@@ -271,11 +350,12 @@ impl Poller {
             if self.shared.connected.fetch_sub(1, Ordering::Relaxed) == 1 {
                 self.stats.connected.store(false, Ordering::Relaxed);
             }
-            let _ = tokio::time::timeout(Duration::from_secs(1), ctx.disconnect()).await;
-            match lost {
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.ctx.disconnect()).await;
+            match broken {
                 None => break 'connection,
-                Some(e) => {
-                    tracing::warn!(connector = %self.connector, device = %name, "lost {target}: {e}; reconnecting");
+                Some(Broken::Reopen) => reopening = true,
+                Some(Broken::Lost(e)) => {
+                    tracing::warn!(connector = %self.connector, device = %devices, "lost {target}: {e}; reconnecting");
                     was_down = true;
                     if !self.idle(Duration::from_millis(500), &mut jobs).await {
                         break;
@@ -296,69 +376,110 @@ impl Poller {
                 _ = self.stop.cancelled() => return false,
                 Some(job) = jobs.recv() => {
                     self.stats.downlink_errors.fetch_add(1, Ordering::Relaxed);
-                    let why = format!("`{}` is not connected ({})", self.slave.device_name, self.target());
+                    let why = format!("`{}` is not connected ({})", job.device, self.target());
                     let _ = job.reply.send(Err(why));
                 }
             }
         }
     }
 
-    /// One read, with its retries; `Err` only when the connection is lost.
-    async fn read(&self, ctx: &mut Context, r: Read) -> Result<Result<Data, Failure>, String> {
-        let mut last = String::new();
-        for _ in 0..=self.slave.retries {
-            let answer = tokio::time::timeout(self.slave.timeout, async {
-                match r.function_code {
-                    1 => ctx.read_coils(r.address, r.count).await.map(|a| a.map(Data::Coils)),
-                    2 => ctx.read_discrete_inputs(r.address, r.count).await.map(|a| a.map(Data::Coils)),
-                    3 => ctx.read_holding_registers(r.address, r.count).await.map(|a| a.map(Data::Registers)),
-                    _ => ctx.read_input_registers(r.address, r.count).await.map(|a| a.map(Data::Registers)),
-                }
-            })
-            .await;
-            match answer {
-                Ok(Ok(Ok(data))) => return Ok(Ok(data)),
-                Ok(Ok(Err(exception))) => return Ok(Err(Failure::Exception(exception))),
-                Ok(Err(e)) => last = e.to_string(),
-                Err(_) => last = format!("no answer within {:?}", self.slave.timeout),
+    /// Poll every unit whose time has come, and schedule its next poll.
+    async fn poll_due(&mut self, conn: &mut Conn) -> Result<(), Broken> {
+        let now = Instant::now();
+        for i in 0..self.units.len() {
+            if self.units[i].next > now {
+                continue;
             }
+            let result = self.poll(i, conn).await;
+            let u = &mut self.units[i];
+            let after = Instant::now();
+            let period = match u.silent {
+                // A silent unit: `connectAttemptCount` probes a poll apart, then a pause.
+                Some(n) if n > 0 && n % u.slave.connect_attempts == 0 => u.slave.wait_after_failed_attempts,
+                _ => u.slave.poll_period,
+            };
+            // A poll that overran its period starts the next one late
+            // rather than polling twice in a row.
+            let planned = u.next + period;
+            u.next = if planned > after { planned } else { after + period };
+            result?;
         }
-        Err(last)
+        Ok(())
     }
 
-    /// Read every planned block and hand it over.
-    async fn poll(&self, ctx: &mut Context, failing: &mut HashMap<Read, String>) -> Result<(), String> {
-        for &r in &self.slave.reads {
-            let what = format!("fc {} at {} ({} objects)", r.function_code, r.address, r.count);
-            match self.read(ctx, r).await? {
-                Ok(data) => {
-                    if failing.remove(&r).is_some() {
-                        tracing::info!(connector = %self.connector, device = %self.slave.device_name, "{what}: read again");
+    /// A unit did not answer (`why`): on a line of its own the connection
+    /// is lost; on a shared line only the unit is, once.
+    fn no_answer(&mut self, i: usize, why: String) -> Broken {
+        if self.units.len() == 1 {
+            return Broken::Lost(why);
+        }
+        let target = self.target();
+        let u = &mut self.units[i];
+        if u.silent.is_none() {
+            tracing::warn!(
+                connector = %self.connector, device = %u.slave.device_name,
+                "unit {} on {target} does not answer: {why}; probing it once a poll",
+                u.slave.unit_id
+            );
+        }
+        u.silent = Some(u.silent.map_or(1, |n| n + 1));
+        Broken::Reopen
+    }
+
+    /// A unit answered: it is not silent (any more).
+    fn answered(&mut self, i: usize) {
+        let u = &mut self.units[i];
+        if u.silent.take().is_some() {
+            tracing::info!(connector = %self.connector, device = %u.slave.device_name, "unit {} answers again", u.slave.unit_id);
+        }
+    }
+
+    /// Read every planned block of unit `i` and hand it over.
+    async fn poll(&mut self, i: usize, conn: &mut Conn) -> Result<(), Broken> {
+        // A silent unit is probed once, not `retries` times: the bus is the others' too.
+        let attempts = if self.units[i].silent.is_some() { 1 } else { self.units[i].slave.retries + 1 };
+        for j in 0..self.units[i].slave.reads.len() {
+            let r = self.units[i].slave.reads[j];
+            let answer = read(conn, &self.units[i].slave, r, attempts).await;
+            let what = || format!("fc {} at {} ({} objects)", r.function_code, r.address, r.count);
+            match answer {
+                Err(why) => {
+                    self.stats.read_errors.fetch_add(1, Ordering::Relaxed);
+                    return Err(self.no_answer(i, why));
+                }
+                Ok(Ok(data)) => {
+                    self.answered(i);
+                    let u = &mut self.units[i];
+                    if u.failing.remove(&r).is_some() {
+                        tracing::info!(connector = %self.connector, device = %u.slave.device_name, "{}: read again", what());
                     }
                     self.stats.received.fetch_add(1, Ordering::Relaxed);
+                    let device = &u.slave.device_name;
                     let raw = RawUplink {
                         source: Source::Registers(RegisterBlock {
-                            unit_id: self.slave.unit_id,
+                            unit_id: u.slave.unit_id,
                             function_code: r.function_code,
                             address: r.address,
                             count: r.count,
                         }),
                         payload: data.bytes(),
-                        metadata: vec![("device".to_owned(), self.slave.device_name.clone())],
+                        metadata: vec![("device".to_owned(), device.clone())],
                         received_at: now_ms(),
                     };
                     // No source to confirm to: a poll is not redelivered.
                     let uplink = Uplink { route: self.route, raw, ack: None };
-                    if self.sink.send(&self.slave.device_name, uplink).await.is_err() {
+                    if self.sink.send(device, uplink).await.is_err() {
                         return Ok(());
                     }
                 }
-                Err(f) => {
-                    self.shared.failed_reads.fetch_add(1, Ordering::Relaxed);
+                Ok(Err(f)) => {
+                    self.answered(i);
+                    self.stats.read_errors.fetch_add(1, Ordering::Relaxed);
                     let why = f.to_string();
-                    if failing.get(&r) != Some(&why) {
-                        tracing::warn!(connector = %self.connector, device = %self.slave.device_name, "{what}: {why}");
-                        failing.insert(r, why);
+                    let u = &mut self.units[i];
+                    if u.failing.get(&r) != Some(&why) {
+                        tracing::warn!(connector = %self.connector, device = %u.slave.device_name, "{}: {why}", what());
+                        u.failing.insert(r, why);
                     }
                 }
             }
@@ -366,8 +487,14 @@ impl Poller {
         Ok(())
     }
 
-    /// A request from ThingsBoard; `Err` only when the connection is lost.
-    async fn serve(&self, ctx: &mut Context, job: DeviceJob) -> Result<(), String> {
+    /// A request from ThingsBoard, answered here in every case; `Err` when
+    /// the device did not answer.
+    async fn serve(&mut self, conn: &mut Conn, job: DeviceJob) -> Result<(), Broken> {
+        let Some(i) = self.units.iter().position(|u| u.slave.device_name == job.device) else {
+            self.stats.downlink_errors.fetch_add(1, Ordering::Relaxed);
+            let _ = job.reply.send(Err(format!("no slave named `{}` on {}", job.device, self.target())));
+            return Ok(());
+        };
         let mut answers = Vec::new();
         for m in &job.messages {
             let parsed: Option<Vec<u16>> = m.target.split('/').map(|p| p.parse().ok()).collect();
@@ -377,18 +504,19 @@ impl Poller {
                     job.reply.send(Err(format!("`{}` is not a Modbus target (unit/function/address/count)", m.target)));
                 return Ok(());
             };
-            if unit != u16::from(self.slave.unit_id) {
+            let slave = &self.units[i].slave;
+            if unit != u16::from(slave.unit_id) {
                 tracing::debug!(unit, "a request names another unit than the slave's; sent to the slave's");
             }
+            let attempts = slave.retries + 1;
             let outcome = match fc {
                 1..=4 => {
                     let r = Read { function_code: fc as u8, address, count };
-                    match self.read(ctx, r).await? {
-                        Ok(data) => Ok(Some((r, data))),
-                        Err(f) => Err(f),
-                    }
+                    read(conn, slave, r, attempts).await.map(|a| a.map(|data| Some((r, data))))
                 }
-                5 | 6 | 15 | 16 => self.write(ctx, fc as u8, address, count, &m.payload).await?.map(|()| None),
+                5 | 6 | 15 | 16 => {
+                    write(conn, slave, fc as u8, address, count, &m.payload, attempts).await.map(|a| a.map(|()| None))
+                }
                 other => {
                     self.stats.downlink_errors.fetch_add(1, Ordering::Relaxed);
                     let _ = job.reply.send(Err(format!("function code {other} is not a read or a write")));
@@ -396,17 +524,26 @@ impl Poller {
                 }
             };
             match outcome {
-                Ok(None) => self.stats.sent_to_devices.fetch_add(1, Ordering::Relaxed),
-                Ok(Some((r, data))) => {
-                    answers.push(self.decode_answer(&job, r, &data));
-                    0
+                Ok(Ok(None)) => {
+                    self.answered(i);
+                    self.stats.sent_to_devices.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(f) => {
+                Ok(Ok(Some((r, data)))) => {
+                    self.answered(i);
+                    answers.push(decode_answer(&self.units[i].slave, &job, r, &data));
+                }
+                Ok(Err(f)) => {
+                    self.answered(i);
                     self.stats.downlink_errors.fetch_add(1, Ordering::Relaxed);
                     let _ = job.reply.send(Err(f.to_string()));
                     return Ok(());
                 }
-            };
+                Err(why) => {
+                    self.stats.downlink_errors.fetch_add(1, Ordering::Relaxed);
+                    let _ = job.reply.send(Err(format!("`{}` did not answer: {why}", job.device)));
+                    return Err(self.no_answer(i, why));
+                }
+            }
         }
         let answer = match (answers.len(), &job.kind) {
             (0, _) => r#"{"success":true}"#.to_owned(),
@@ -416,65 +553,106 @@ impl Poller {
         let _ = job.reply.send(Ok(answer));
         Ok(())
     }
+}
 
-    /// What a read RPC answers: `{"<tag>": value}`, decoded with the tag's
-    /// format from the slave's `rpc[]`.
-    fn decode_answer(&self, job: &DeviceJob, r: Read, data: &Data) -> String {
-        let method = match &job.kind {
-            JobKind::Rpc { method, .. } => method.as_str(),
-            JobKind::AttributeUpdate => "",
-        };
-        let tag = self
-            .slave
-            .rpc
-            .iter()
-            .find(|t| t.tag == method && t.function_code == r.function_code && t.address == r.address);
-        let Some(tag) = tag else {
-            return serde_json::Value::String(data.bytes().iter().map(|b| format!("{b:02x}")).collect()).to_string();
-        };
-        let decoded = match data {
-            Data::Coils(c) => codec::decode_bits(c, &tag.format),
-            Data::Registers(_) => codec::decode_registers(&data.bytes(), &tag.format),
-        };
-        let value = match decoded {
-            Ok(codec::Decoded::Bool(b)) => serde_json::json!(b),
-            Ok(codec::Decoded::Int(i)) => serde_json::json!(i),
-            Ok(codec::Decoded::Float(x)) => serde_json::json!(x),
-            Ok(codec::Decoded::Text(s)) => serde_json::json!(s),
-            Ok(codec::Decoded::Bits(b)) => serde_json::json!(b),
-            Err(e) => serde_json::json!({ "error": e }),
-        };
-        serde_json::json!({ tag.tag.clone(): value }).to_string()
-    }
-
-    async fn write(
-        &self,
-        ctx: &mut Context,
-        fc: u8,
-        address: u16,
-        count: u16,
-        payload: &[u8],
-    ) -> Result<Result<(), Failure>, String> {
-        let words: Vec<u16> = payload.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])).collect();
-        let coils = codec::unpack_bits(payload, usize::from(count.max(1)));
-        let mut last = String::new();
-        for _ in 0..=self.slave.retries {
-            let answer = tokio::time::timeout(self.slave.timeout, async {
-                match fc {
-                    5 => ctx.write_single_coil(address, coils.first().copied().unwrap_or(false)).await,
-                    6 => ctx.write_single_register(address, words.first().copied().unwrap_or(0)).await,
-                    15 => ctx.write_multiple_coils(address, &coils).await,
-                    _ => ctx.write_multiple_registers(address, &words).await,
-                }
-            })
-            .await;
-            match answer {
-                Ok(Ok(Ok(()))) => return Ok(Ok(())),
-                Ok(Ok(Err(exception))) => return Ok(Err(Failure::Exception(exception))),
-                Ok(Err(e)) => last = e.to_string(),
-                Err(_) => last = format!("no answer within {:?}", self.slave.timeout),
-            }
+impl Conn {
+    /// Address `slave` and keep its quiet time since the last request.
+    async fn before(&mut self, slave: &SlaveConfig) {
+        self.ctx.set_slave(Slave(slave.unit_id));
+        if let Some(last) = self.last
+            && !slave.delay_between_requests.is_zero()
+        {
+            tokio::time::sleep_until((last + slave.delay_between_requests).into()).await;
         }
-        Err(last)
     }
+}
+
+/// One read of `slave`, tried `attempts` times; `Err` when it did not answer.
+async fn read(conn: &mut Conn, slave: &SlaveConfig, r: Read, attempts: u32) -> Result<Result<Data, Failure>, String> {
+    let mut last = String::new();
+    for _ in 0..attempts {
+        conn.before(slave).await;
+        let ctx = &mut conn.ctx;
+        let answer = tokio::time::timeout(slave.timeout, async {
+            match r.function_code {
+                1 => ctx.read_coils(r.address, r.count).await.map(|a| a.map(Data::Coils)),
+                2 => ctx.read_discrete_inputs(r.address, r.count).await.map(|a| a.map(Data::Coils)),
+                3 => ctx.read_holding_registers(r.address, r.count).await.map(|a| a.map(Data::Registers)),
+                _ => ctx.read_input_registers(r.address, r.count).await.map(|a| a.map(Data::Registers)),
+            }
+        })
+        .await;
+        conn.last = Some(Instant::now());
+        match answer {
+            Ok(Ok(Ok(data))) => return Ok(Ok(data)),
+            Ok(Ok(Err(exception))) => return Ok(Err(Failure::Exception(exception))),
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = format!("no answer within {:?}", slave.timeout),
+        }
+    }
+    Err(last)
+}
+
+/// One write to `slave` (function code 5, 6, 15 or 16), tried `attempts`
+/// times; `Err` when it did not answer.
+async fn write(
+    conn: &mut Conn,
+    slave: &SlaveConfig,
+    fc: u8,
+    address: u16,
+    count: u16,
+    payload: &[u8],
+    attempts: u32,
+) -> Result<Result<(), Failure>, String> {
+    let words: Vec<u16> = payload.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])).collect();
+    let coils = codec::unpack_bits(payload, usize::from(count.max(1)));
+    let mut last = String::new();
+    for _ in 0..attempts {
+        conn.before(slave).await;
+        let ctx = &mut conn.ctx;
+        let answer = tokio::time::timeout(slave.timeout, async {
+            match fc {
+                5 => ctx.write_single_coil(address, coils.first().copied().unwrap_or(false)).await,
+                6 => ctx.write_single_register(address, words.first().copied().unwrap_or(0)).await,
+                15 => ctx.write_multiple_coils(address, &coils).await,
+                _ => ctx.write_multiple_registers(address, &words).await,
+            }
+        })
+        .await;
+        conn.last = Some(Instant::now());
+        match answer {
+            Ok(Ok(Ok(()))) => return Ok(Ok(())),
+            Ok(Ok(Err(exception))) => return Ok(Err(Failure::Exception(exception))),
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = format!("no answer within {:?}", slave.timeout),
+        }
+    }
+    Err(last)
+}
+
+/// What a read RPC answers: `{"<tag>": value}`, decoded with the tag's
+/// format from the slave's `rpc[]`.
+fn decode_answer(slave: &SlaveConfig, job: &DeviceJob, r: Read, data: &Data) -> String {
+    let method = match &job.kind {
+        JobKind::Rpc { method, .. } => method.as_str(),
+        JobKind::AttributeUpdate => "",
+    };
+    let tag =
+        slave.rpc.iter().find(|t| t.tag == method && t.function_code == r.function_code && t.address == r.address);
+    let Some(tag) = tag else {
+        return serde_json::Value::String(data.bytes().iter().map(|b| format!("{b:02x}")).collect()).to_string();
+    };
+    let decoded = match data {
+        Data::Coils(c) => codec::decode_bits(c, &tag.format),
+        Data::Registers(_) => codec::decode_registers(&data.bytes(), &tag.format),
+    };
+    let value = match decoded {
+        Ok(codec::Decoded::Bool(b)) => serde_json::json!(b),
+        Ok(codec::Decoded::Int(i)) => serde_json::json!(i),
+        Ok(codec::Decoded::Float(x)) => serde_json::json!(x),
+        Ok(codec::Decoded::Text(s)) => serde_json::json!(s),
+        Ok(codec::Decoded::Bits(b)) => serde_json::json!(b),
+        Err(e) => serde_json::json!({ "error": e }),
+    };
+    serde_json::json!({ tag.tag.clone(): value }).to_string()
 }

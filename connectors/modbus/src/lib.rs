@@ -5,8 +5,9 @@
 //! - [`config`]: `master.slaves[]`, every problem by path; the tags are
 //!   checked with the `modbus` converter's own library.
 //! - [`planner`]: tags read with as few requests as the protocol allows.
-//! - [`connector`]: one task per slave: polls, reconnection, writes and
-//!   reads asked by ThingsBoard.
+//! - [`connector`]: one task per line (a Modbus TCP slave's connection, or
+//!   a serial bus its slaves share): polls, reconnection, writes and reads
+//!   asked by ThingsBoard.
 //! - [`udp`]: Modbus frames in UDP datagrams, as a stream for tokio-modbus.
 //!
 //! Like every connector it does protocol I/O only: polled blocks go to the

@@ -68,6 +68,7 @@ const CONNECTION_KEYS: &[&str] = &[
     "strict",
     "timeout",
     "retries",
+    "delayBetweenRequestsMs",
     "retryOnEmpty",
     "retryOnInvalid",
     "pollPeriod",

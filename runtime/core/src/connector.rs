@@ -97,6 +97,9 @@ pub struct ConnectorStats {
     /// Requests from ThingsBoard answered with an error (not connected,
     /// timed out, refused by the broker).
     pub downlink_errors: AtomicU64,
+    /// Polls of a device that failed: refused (a Modbus exception) or not
+    /// answered. Data quality, not a fault of the gateway.
+    pub read_errors: AtomicU64,
 }
 
 /// What a running connector gets.

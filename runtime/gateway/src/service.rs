@@ -454,6 +454,7 @@ pub fn statistics(
         put(format!("{key}Connected"), cs.connected.load(Ordering::Relaxed).into());
         put(format!("{key}SentToDevices"), cs.sent_to_devices.load(Ordering::Relaxed).into());
         put(format!("{key}DownlinkErrors"), cs.downlink_errors.load(Ordering::Relaxed).into());
+        put(format!("{key}ReadErrors"), cs.read_errors.load(Ordering::Relaxed).into());
     }
     put("requestsReceived".into(), router.requests.load(Ordering::Relaxed).into());
     put("requestErrors".into(), router.errors.load(Ordering::Relaxed).into());
