@@ -26,6 +26,8 @@ const GATEWAY_MODE: &str = "TBGW_BENCH_GATEWAY";
 
 fn main() -> anyhow::Result<()> {
     if let Ok(config) = std::env::var(GATEWAY_MODE) {
+        // As tbgw's own `main` does.
+        tbgw::memory::limit_arenas();
         return gateway_child(Path::new(&config));
     }
     let messages: usize = std::env::var("TBGW_BENCH_MESSAGES").ok().and_then(|n| n.parse().ok()).unwrap_or(100_000);

@@ -31,6 +31,8 @@ const GATEWAY_MODE: &str = "TBGW_BENCH_GATEWAY";
 
 fn main() -> anyhow::Result<()> {
     if let Ok(config) = std::env::var(GATEWAY_MODE) {
+        // As tbgw's own `main` does.
+        tbgw::memory::limit_arenas();
         let (cfg, _) = tbgw::config::load(Path::new(&config)).map_err(|d| anyhow::anyhow!("{:?}", d.errors))?;
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         rt.block_on(tbgw::service::run(cfg, tokio_util::sync::CancellationToken::new()))?;

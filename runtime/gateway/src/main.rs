@@ -39,6 +39,7 @@ enum ConverterCommand {
 }
 
 fn main() -> ExitCode {
+    tbgw::memory::limit_arenas();
     let cli = Cli::parse();
     cli::init_logging(match cli.command {
         Command::Run(_) => cli::Logging::Service,

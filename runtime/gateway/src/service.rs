@@ -323,7 +323,7 @@ pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> Result<S
         router_stop.clone(),
     )
     .map_err(ServiceError::Threads)?;
-    release_startup_memory();
+    crate::memory::release_startup_memory();
     let backlog = store.stats();
     tracing::info!(
         "tbgw {} started: {} connector(s), {} converter(s); {} events waiting for delivery",
@@ -400,19 +400,6 @@ pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> Result<S
     }
     drop(pipeline);
     Ok(stopped)
-}
-
-/// Start-up reads the configuration into JSON trees (73 MB for a
-/// `modbus.json` of 100,000 tags) and may compile converters: memory freed
-/// by now, which glibc's allocator would keep mapped as the process's
-/// high-water mark. Hand it back, so that the RSS is what the gateway uses.
-fn release_startup_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free heap pages to the system; it has
-    // no preconditions and touches no memory in use.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// The statistics published to `v1/devices/me/telemetry`: the Python
