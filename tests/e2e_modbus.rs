@@ -307,3 +307,44 @@ fn a_udp_device_is_polled() {
     assert_eq!(latest(&got, "Meter UDP", "voltage"), Some(json!(229.5)));
     assert_eq!(latest(&got, "Meter UDP", "serial"), Some(json!("UD01")));
 }
+
+/// The Python gateway's own example `modbus.json`, only its device's port
+/// changed to the simulator's: its tags arrive decoded as it configures
+/// them, and its attribute update and RPCs reach the device.
+#[test]
+fn the_python_gateways_modbus_json_runs_unchanged() {
+    let tb_broker = Mosquitto::start_new();
+    let tb = Collector::connect(tb_broker.port, "tb-python-modbus", &["v1/gateway/#"]);
+    let device = ModbusDevice::start(Framing::Tcp);
+    device.with(|m| {
+        m.holding[..4].copy_from_slice(&[215, 456, 2200, 500]);
+        m.coils[1] = true;
+    });
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/modbus_python_default.json");
+    let original = std::fs::read_to_string(file).expect("the Python gateway's modbus.json");
+    let text = original.replacen("\"port\": 5021", &format!("\"port\": {}", device.port), 1);
+    assert_ne!(text, original, "the device's port is in the file");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gw = Gateway::start_modbus(dir.path(), &gateway_yaml(tb_broker.port, dir.path()), &text);
+    let got = tb.wait_until(Duration::from_secs(30), "the demo device's values", |r| {
+        ["temperature", "humidity", "relay", "power", "frequency"].iter().all(|k| latest(r, "Demo Device", k).is_some())
+    });
+    let values: Vec<Option<Value>> = ["temperature", "humidity", "power", "frequency", "relay"]
+        .iter()
+        .map(|k| latest(&got, "Demo Device", k))
+        .collect();
+    assert_eq!(
+        values,
+        [Some(json!(21.5)), Some(json!(45.6)), Some(json!(220.0)), Some(json!(50.0)), Some(json!(true))]
+    );
+    assert_eq!(rpc(&tb, "Demo Device", 1, "setRelay", json!(false)), json!({"success": true}));
+    assert!(!device.with(|m| m.coils[1]));
+    assert_eq!(rpc(&tb, "Demo Device", 2, "getRelay", json!(null)), json!({"getRelay": false}));
+    tb.publish("v1/gateway/attributes", json!({"device": "Demo Device", "data": {"relay": true}}).to_string());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !device.with(|m| m.coils[1]) {
+        assert!(std::time::Instant::now() < deadline, "the attribute update did not set the coil");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop((gw, dir));
+}

@@ -289,7 +289,12 @@ fn slave(d: &mut Diagnostics, path: &str, item: &Value) -> Option<SlaveConfig> {
             }
         },
     };
-    let retries = s.uint(d, "retries", 0..=100).unwrap_or(3) as u32;
+    // The Python gateway's own examples say `"retries": true`: 3, as it reads it.
+    let retries = match s.get("retries") {
+        Some(Value::Bool(b)) => u32::from(*b) * 3,
+        Some(_) => s.uint(d, "retries", 0..=100).unwrap_or(3) as u32,
+        None => 3,
+    };
     let delay_between_requests = Duration::from_millis(s.uint(d, "delayBetweenRequestsMs", 0..=60_000).unwrap_or(0));
     let connect_timeout = Duration::from_millis(s.uint(d, "connectAttemptTimeMs", 100..=600_000).unwrap_or(5000));
     let connect_attempts = s.uint(d, "connectAttemptCount", 1..=1000).unwrap_or(5) as u32;

@@ -106,3 +106,36 @@ fn the_python_gateways_default_files_pass_check_config() {
     assert!(stdout.contains("1 connector(s)") && !stdout.contains(" 0 converter(s)"), "{stdout}");
     assert!(!stderr.contains("requestsMapping: read, not used"), "{stderr}");
 }
+
+/// The Python gateway's three example `modbus.json` files (TCP, serial,
+/// an energy meter set of seven slaves) pass `tbgw check-config` as
+/// shipped: what tbgw does not do is a notice, not an error.
+#[test]
+fn the_python_gateways_modbus_examples_pass_check_config() {
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    for (file, slaves) in [
+        ("modbus_python_default.json", 1),
+        ("modbus_serial_python_default.json", 1),
+        ("modbus_energy_python_default.json", 7),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::copy(data.join(file), dir.path().join("modbus.json")).expect("copy");
+        let gateway = "thingsboard: {host: 127.0.0.1, port: 1883, security: {type: accessToken, accessToken: x}}\n\
+                       storage: {type: memory}\n\
+                       connectors: [{type: modbus, name: Modbus, configuration: modbus.json}]\n";
+        std::fs::write(dir.path().join("tb_gateway.yaml"), gateway).expect("write");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tbgw"))
+            .arg("check-config")
+            .arg(dir.path().join("tb_gateway.yaml"))
+            .env("TBGW_CACHE_DIR", dir.path().join("cache"))
+            .output()
+            .expect("run tbgw check-config");
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{file}: {stdout}{stderr}");
+        assert!(stdout.contains(": OK (1 connector(s), 2 converter(s)"), "{file}: {stdout}");
+        assert!(!stderr.contains("error:"), "{file}: {stderr}");
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(data.join(file)).expect("read")).expect("JSON");
+        assert_eq!(doc["master"]["slaves"].as_array().map(Vec::len), Some(slaves), "{file}");
+    }
+}
