@@ -157,11 +157,14 @@ fn rpcs_and_attribute_updates_write_and_read_the_device() {
     s.tb.wait_until(Duration::from_secs(30), "both meters connected", |r| {
         ["Meter TCP", "Meter RTU"].iter().all(|d| latest(r, d, "voltage").is_some())
     });
-    assert_eq!(rpc(&s.tb, "Meter TCP", 1, "setRelay", json!(false)), json!({"success": true}));
+    assert_eq!(rpc(&s.tb, "Meter TCP", 1, "setRelay", json!(false)), json!({"result": {"value": false}}));
     assert!(!s.tcp.with(|m| m.coils[3]), "the coil was written");
-    assert_eq!(rpc(&s.tb, "Meter RTU", 2, "setLimits", json!({"value": 1.5})), json!({"success": true}));
+    assert_eq!(
+        rpc(&s.tb, "Meter RTU", 2, "setLimits", json!({"value": 1.5})),
+        json!({"result": {"value": {"value": 1.5}}})
+    );
     assert_eq!(s.rtu.with(|m| (m.holding[30], m.holding[31])), (0x0000, 0x3fc0), "1.5f32, LITTLE words");
-    assert_eq!(rpc(&s.tb, "Meter TCP", 3, "getTemperature", json!(null)), json!({"getTemperature": 21.5}));
+    assert_eq!(rpc(&s.tb, "Meter TCP", 3, "getTemperature", json!(null)), json!({"result": {"value": 21.5}}));
     let data = rpc(&s.tb, "Meter TCP", 4, "explode", json!(1));
     assert!(data["error"].as_str().is_some_and(|e| e.contains("no rpc entry has the tag `explode`")), "{data}");
     // A shared attribute update.
@@ -227,7 +230,7 @@ fn a_serial_rtu_device_is_polled_and_written() {
     assert_eq!(latest(&got, "Meter Serial", "temperature"), Some(json!(21.5)));
     assert_eq!(latest(&got, "Meter Serial", "energy"), Some(json!(70000)));
     assert_eq!(latest(&got, "Meter Serial", "serial"), Some(json!("SE01")));
-    assert_eq!(rpc(&tb, "Meter Serial", 1, "setLimits", json!(2.5)), json!({"success": true}));
+    assert_eq!(rpc(&tb, "Meter Serial", 1, "setLimits", json!(2.5)), json!({"result": {"value": 2.5}}));
     // 2.5f32 = 0x40200000, LITTLE words.
     assert_eq!(device.with(|m| (m.holding[30], m.holding[31])), (0x0000, 0x4020));
     drop((gw, dir));
@@ -272,7 +275,7 @@ fn units_on_one_serial_bus_take_turns() {
     eprintln!("unit 1: {polls} polls in 3 s beside a silent unit");
     assert!(polls >= 8, "unit 1 was polled {polls} times in 3 s at a 100 ms period");
     // Writes reach the unit they name; the silent one's are answered with why.
-    assert_eq!(rpc(&tb, "Bus 2", 1, "setTemperature", json!(12.5)), json!({"success": true}));
+    assert_eq!(rpc(&tb, "Bus 2", 1, "setTemperature", json!(12.5)), json!({"result": {"value": 12.5}}));
     assert_eq!(bus.with(2, |m| m.holding[0]), 125);
     assert_eq!(bus.with(1, |m| m.holding[0]), 101);
     let data = rpc(&tb, "Bus 3", 2, "setTemperature", json!(1));
@@ -337,9 +340,9 @@ fn the_python_gateways_modbus_json_runs_unchanged() {
         values,
         [Some(json!(21.5)), Some(json!(45.6)), Some(json!(220.0)), Some(json!(50.0)), Some(json!(true))]
     );
-    assert_eq!(rpc(&tb, "Demo Device", 1, "setRelay", json!(false)), json!({"success": true}));
+    assert_eq!(rpc(&tb, "Demo Device", 1, "setRelay", json!(false)), json!({"result": {"value": false}}));
     assert!(!device.with(|m| m.coils[1]));
-    assert_eq!(rpc(&tb, "Demo Device", 2, "getRelay", json!(null)), json!({"getRelay": false}));
+    assert_eq!(rpc(&tb, "Demo Device", 2, "getRelay", json!(null)), json!({"result": {"value": false}}));
     tb.publish("v1/gateway/attributes", json!({"device": "Demo Device", "data": {"relay": true}}).to_string());
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !device.with(|m| m.coils[1]) {

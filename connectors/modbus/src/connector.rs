@@ -545,10 +545,18 @@ impl Line {
                 }
             }
         }
-        let answer = match (answers.len(), &job.kind) {
-            (0, _) => r#"{"success":true}"#.to_owned(),
-            (1, _) => answers.remove(0),
-            (_, JobKind::Rpc { .. } | JobKind::AttributeUpdate) => format!("[{}]", answers.join(",")),
+        let answer = match &job.kind {
+            JobKind::AttributeUpdate => r#"{"success":true}"#.to_owned(),
+            // As the Python gateway answers an RPC: `{"result": {"value": v}}`,
+            // `v` being the value read, or for a write the params written.
+            JobKind::Rpc { params, .. } => {
+                let value = match answers.len() {
+                    0 => serde_json::from_str(params).unwrap_or_else(|_| serde_json::Value::String(params.clone())),
+                    1 => answers.remove(0),
+                    _ => serde_json::Value::Array(answers),
+                };
+                serde_json::json!({"result": {"value": value}}).to_string()
+            }
         };
         let _ = job.reply.send(Ok(answer));
         Ok(())
@@ -630,9 +638,9 @@ async fn write(
     Err(last)
 }
 
-/// What a read RPC answers: `{"<tag>": value}`, decoded with the tag's
-/// format from the slave's `rpc[]`.
-fn decode_answer(slave: &SlaveConfig, job: &DeviceJob, r: Read, data: &Data) -> String {
+/// The value a read RPC answers, decoded with the format of its tag in the
+/// slave's `rpc[]` (the bytes in hex when no tag matches).
+fn decode_answer(slave: &SlaveConfig, job: &DeviceJob, r: Read, data: &Data) -> serde_json::Value {
     let method = match &job.kind {
         JobKind::Rpc { method, .. } => method.as_str(),
         JobKind::AttributeUpdate => "",
@@ -640,19 +648,18 @@ fn decode_answer(slave: &SlaveConfig, job: &DeviceJob, r: Read, data: &Data) -> 
     let tag =
         slave.rpc.iter().find(|t| t.tag == method && t.function_code == r.function_code && t.address == r.address);
     let Some(tag) = tag else {
-        return serde_json::Value::String(data.bytes().iter().map(|b| format!("{b:02x}")).collect()).to_string();
+        return serde_json::Value::String(data.bytes().iter().map(|b| format!("{b:02x}")).collect());
     };
     let decoded = match data {
         Data::Coils(c) => codec::decode_bits(c, &tag.format),
         Data::Registers(_) => codec::decode_registers(&data.bytes(), &tag.format),
     };
-    let value = match decoded {
+    match decoded {
         Ok(codec::Decoded::Bool(b)) => serde_json::json!(b),
         Ok(codec::Decoded::Int(i)) => serde_json::json!(i),
         Ok(codec::Decoded::Float(x)) => serde_json::json!(x),
         Ok(codec::Decoded::Text(s)) => serde_json::json!(s),
         Ok(codec::Decoded::Bits(b)) => serde_json::json!(b),
         Err(e) => serde_json::json!({ "error": e }),
-    };
-    serde_json::json!({ tag.tag.clone(): value }).to_string()
+    }
 }

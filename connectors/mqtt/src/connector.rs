@@ -399,7 +399,7 @@ impl<P: Protocol> Downlink<'_, P> {
 
     fn job(&mut self, job: DeviceJob, connected: bool) {
         let what = match &job.kind {
-            JobKind::Rpc { id, method } => format!("RPC {method} (id {id}) for {}", job.device),
+            JobKind::Rpc { id, method, .. } => format!("RPC {method} (id {id}) for {}", job.device),
             JobKind::AttributeUpdate => format!("attribute update for {}", job.device),
         };
         if !connected {
@@ -490,7 +490,7 @@ impl<P: Protocol> Downlink<'_, P> {
         }
         let job = DeviceJob {
             device: String::new(),
-            kind: JobKind::Rpc { id: 0, method: "connector RPC".into() },
+            kind: JobKind::Rpc { id: 0, method: "connector RPC".into(), params: String::new() },
             messages: vec![DownlinkMessage { target: topic, payload, metadata }],
             reply,
         };

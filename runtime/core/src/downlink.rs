@@ -29,7 +29,12 @@ pub type Reply = oneshot::Sender<Outcome>;
 /// What a request from ThingsBoard is, for the connector's logs and replies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobKind {
-    Rpc { id: i64, method: String },
+    /// `params` is the RPC's params as JSON text.
+    Rpc {
+        id: i64,
+        method: String,
+        params: String,
+    },
     AttributeUpdate,
 }
 

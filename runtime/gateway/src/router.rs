@@ -279,7 +279,7 @@ fn is_request(payload: &[u8]) -> bool {
 /// A server-side RPC for a device, answered whatever happens.
 async fn device_rpc(shared: Arc<Shared>, rpc: tbgw_core::RpcRequest) {
     let (device, id) = (rpc.device.clone(), rpc.id);
-    let kind = JobKind::Rpc { id, method: rpc.method.clone() };
+    let kind = JobKind::Rpc { id, method: rpc.method.clone(), params: rpc.params.clone() };
     let data = match serve(&shared, DownlinkRequest::Rpc(rpc), kind).await {
         Ok(answer) => serde_json::from_str(&answer).unwrap_or(Json::String(answer)),
         Err(e) => {
