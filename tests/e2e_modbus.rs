@@ -167,6 +167,12 @@ fn rpcs_and_attribute_updates_write_and_read_the_device() {
     assert_eq!(rpc(&s.tb, "Meter TCP", 3, "getTemperature", json!(null)), json!({"result": {"value": 21.5}}));
     let data = rpc(&s.tb, "Meter TCP", 4, "explode", json!(1));
     assert!(data["error"].as_str().is_some_and(|e| e.contains("no rpc entry has the tag `explode`")), "{data}");
+    // The Python gateway's reserved get/set: any register, described in the params.
+    let set = "type=32uint;functionCode=16;objectsCount=2;address=40;value=123456;";
+    assert_eq!(rpc(&s.tb, "Meter TCP", 5, "set", json!(set)), json!({"result": {"value": set}}));
+    assert_eq!(s.tcp.with(|m| (m.holding[40], m.holding[41])), (0xe240, 0x0001), "123456, LITTLE words");
+    let get = "type=32uint;functionCode=3;objectsCount=2;address=40;";
+    assert_eq!(rpc(&s.tb, "Meter TCP", 6, "get", json!(get)), json!({"result": {"value": 123456}}));
     // A shared attribute update.
     s.tb.publish("v1/gateway/attributes", json!({"device": "Meter RTU", "data": {"setpoint": 22.5}}).to_string());
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -25,6 +25,7 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 use tbgw_core::config::{Diagnostics, Obj};
+use tbgw_modbus_converter::codec::Order;
 
 /// How requests are framed on the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +79,8 @@ pub struct SlaveConfig {
     pub reads: Vec<Read>,
     /// The `rpc[]` tags, to decode what a read RPC reads.
     pub rpc: Arc<[tbgw_modbus_converter::Tag]>,
+    /// `byteOrder`, `wordOrder`: to decode what a reserved `get` RPC reads.
+    pub orders: (Order, Order),
 }
 
 /// The whole connector configuration.
@@ -315,6 +318,7 @@ fn slave(d: &mut Diagnostics, path: &str, item: &Value) -> Option<SlaveConfig> {
     s.allow(&["byteOrder", "wordOrder", "attributes", "timeseries", "attributeUpdates", "rpc", "name", "id", "strict"]);
     s.finish(d);
     let mut rpc: Arc<[tbgw_modbus_converter::Tag]> = Arc::from(Vec::new());
+    let mut orders = (Order::Big, Order::Big);
     let reads = match tbgw_modbus_converter::SlaveConfig::parse(&item.to_string()) {
         Ok(tags) => {
             let spans: Vec<(u8, u16, u16)> = tags
@@ -327,6 +331,7 @@ fn slave(d: &mut Diagnostics, path: &str, item: &Value) -> Option<SlaveConfig> {
                 d.notice(path, "no attributes or timeseries: nothing is polled (writes only)");
             }
             rpc = tags.rpc.clone();
+            orders = (tags.byte_order, tags.word_order);
             planner::plan(&spans, max_gap, max_registers)
         }
         Err(e) => {
@@ -352,6 +357,7 @@ fn slave(d: &mut Diagnostics, path: &str, item: &Value) -> Option<SlaveConfig> {
         wait_after_failed_attempts,
         reads,
         rpc,
+        orders,
     })
 }
 

@@ -639,14 +639,21 @@ async fn write(
 }
 
 /// The value a read RPC answers, decoded with the format of its tag in the
-/// slave's `rpc[]` (the bytes in hex when no tag matches).
+/// slave's `rpc[]`, or of a reserved `get`'s params (the bytes in hex when
+/// neither says).
 fn decode_answer(slave: &SlaveConfig, job: &DeviceJob, r: Read, data: &Data) -> serde_json::Value {
-    let method = match &job.kind {
-        JobKind::Rpc { method, .. } => method.as_str(),
-        JobKind::AttributeUpdate => "",
+    let (method, params) = match &job.kind {
+        JobKind::Rpc { method, params, .. } => (method.as_str(), params.as_str()),
+        JobKind::AttributeUpdate => ("", ""),
     };
-    let tag =
-        slave.rpc.iter().find(|t| t.tag == method && t.function_code == r.function_code && t.address == r.address);
+    let reads = |t: &tbgw_modbus_converter::Tag| t.function_code == r.function_code && t.address == r.address;
+    let tag = match slave.rpc.iter().find(|t| t.tag == method && reads(t)) {
+        Some(t) => Some(t.clone()),
+        None => match tbgw_modbus_converter::reserved_rpc(method, params, slave.orders.0, slave.orders.1) {
+            Some(Ok((t, _))) if reads(&t) => Some(t),
+            _ => None,
+        },
+    };
     let Some(tag) = tag else {
         return serde_json::Value::String(data.bytes().iter().map(|b| format!("{b:02x}")).collect());
     };

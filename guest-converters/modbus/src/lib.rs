@@ -102,6 +102,8 @@ pub struct SlaveConfig {
     pub timeseries: Arc<[Tag]>,
     pub attribute_updates: Arc<[Tag]>,
     pub rpc: Arc<[Tag]>,
+    pub byte_order: Order,
+    pub word_order: Order,
 }
 
 /// Every slave of a connector (`{"slaves": [...]}`) or one slave.
@@ -233,7 +235,17 @@ impl SlaveConfig {
         root.allow(CONNECTION_KEYS);
         root.finish()?;
         let [attributes, timeseries, attribute_updates, rpc] = lists.map(Arc::from);
-        Ok(SlaveConfig { unit_id, device_name, device_type, attributes, timeseries, attribute_updates, rpc })
+        Ok(SlaveConfig {
+            unit_id,
+            device_name,
+            device_type,
+            attributes,
+            timeseries,
+            attribute_updates,
+            rpc,
+            byte_order,
+            word_order,
+        })
     }
 }
 
@@ -489,21 +501,31 @@ impl DownlinkConverter {
     /// text) is the value to write (or `{"value": ...}`).
     pub fn rpc(&self, device: &str, method: &str, params: &str) -> Result<Vec<DownlinkMessage>, String> {
         let slave = self.slave(device)?;
-        let t =
-            slave.rpc.iter().find(|t| t.tag == method).ok_or_else(|| format!("no rpc entry has the tag `{method}`"))?;
+        let (t, value) = match slave.rpc.iter().find(|t| t.tag == method) {
+            Some(t) => (t.clone(), None),
+            None => match reserved_rpc(method, params, slave.byte_order, slave.word_order) {
+                Some(reserved) => reserved?,
+                None => return Err(format!("no rpc entry has the tag `{method}`")),
+            },
+        };
         if matches!(t.function_code, 1..=4) {
             return Ok(vec![DownlinkMessage {
-                target: target(slave.unit_id, t),
+                target: target(slave.unit_id, &t),
                 payload: Vec::new(),
                 metadata: Vec::new(),
             }]);
         }
-        let params: Json = serde_json::from_str(params).map_err(|e| format!("RPC params: {e}"))?;
-        let v = match &params {
-            Json::Object(o) => o.get("value").ok_or("RPC params: give the value to write, or {\"value\": ...}")?,
-            other => other,
+        let v = match value {
+            // `set`'s value is text: a number or `true` as JSON reads them.
+            Some(text) => serde_json::from_str(&text).unwrap_or(Json::String(text)),
+            None => match serde_json::from_str(params).map_err(|e| format!("RPC params: {e}"))? {
+                Json::Object(mut o) => {
+                    o.remove("value").ok_or("RPC params: give the value to write, or {\"value\": ...}")?
+                }
+                other => other,
+            },
         };
-        Ok(vec![write(slave, t, &input(v)?)?])
+        Ok(vec![write(slave, &t, &input(&v)?)?])
     }
 
     /// A shared attribute update: one write per key with an
@@ -529,6 +551,61 @@ impl DownlinkConverter {
         }
         Ok(out)
     }
+}
+
+/// The Python gateway's reserved RPCs, for registers no `rpc[]` entry
+/// names: `get` with params `"type=<type>;functionCode=<1-4>;objectsCount=<n>;address=<a>;"`
+/// and `set` with `"type=..;functionCode=<5|6|15|16>;objectsCount=..;address=..;value=<v>;"`.
+/// `None` for other methods; else the tag (named after the method) and,
+/// for `set`, the value as written.
+pub fn reserved_rpc(
+    method: &str,
+    params: &str,
+    byte_order: Order,
+    word_order: Order,
+) -> Option<Result<(Tag, Option<String>), String>> {
+    let set = match method.to_ascii_lowercase().as_str() {
+        "get" => false,
+        "set" => true,
+        _ => return None,
+    };
+    let schema = if set {
+        "type=<type>;functionCode=<5|6|15|16>;objectsCount=<n>;address=<address>;value=<value>;"
+    } else {
+        "type=<type>;functionCode=<1-4>;objectsCount=<n>;address=<address>;"
+    };
+    // ThingsBoard sends the params as a JSON string; accept them bare too.
+    let text = match serde_json::from_str::<Json>(params) {
+        Ok(Json::String(s)) => s,
+        _ => params.trim().to_owned(),
+    };
+    let (spec, value) = match text.split_once("value=") {
+        Some((spec, value)) if set => (spec.to_owned(), Some(value.trim().trim_end_matches(';').to_owned())),
+        _ if set => return Some(Err(format!("`{method}` params: no value=; expected {schema}"))),
+        _ => (text, None),
+    };
+    let mut item = serde_json::Map::new();
+    item.insert("tag".into(), Json::String(method.to_owned()));
+    for part in spec.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((key, v)) = part.split_once('=') else {
+            return Some(Err(format!("`{method}` params: `{part}` is not key=value; expected {schema}")));
+        };
+        let v = v.trim();
+        let v = match key.trim() {
+            k @ ("functionCode" | "objectsCount" | "address") => match v.parse::<u64>() {
+                Ok(n) => (k, Json::from(n)),
+                Err(_) => return Some(Err(format!("`{method}` params: {k}={v} is not a whole number"))),
+            },
+            "type" => ("type", Json::String(v.to_owned())),
+            other => return Some(Err(format!("`{method}` params: unknown key `{other}`; expected {schema}"))),
+        };
+        item.insert(v.0.into(), v.1);
+    }
+    let codes: &[u8] = if set { &[5, 6, 15, 16] } else { &[1, 2, 3, 4] };
+    let tag = tags("params", &Json::Object(item), codes, (byte_order, word_order), 0, false)
+        .map_err(|e| format!("`{method}`: {e}; expected {schema}"))
+        .and_then(|mut t| t.pop().ok_or_else(|| format!("`{method}`: no register named")));
+    Some(tag.map(|t| (t, value)))
 }
 
 fn write(slave: &SlaveConfig, t: &Tag, v: &Input) -> Result<DownlinkMessage, String> {

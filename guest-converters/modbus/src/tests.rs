@@ -315,3 +315,28 @@ fn an_address_range_is_one_key_per_value() {
     let s = Slaves::parse(&format!(r#"{{"slaves": [{}, {}]}}"#, slave("A", 1), slave("B", 2))).unwrap();
     assert_eq!(s.get(Some("B")).unwrap().timeseries[1].tag, "t2_1");
 }
+
+#[test]
+fn reserved_get_and_set_reach_any_register() {
+    // As the Python gateway's `get`/`set` RPCs: the register in the params,
+    // the slave's byte and word order (BIG, LITTLE here).
+    let c = DownlinkConverter::new(SLAVE).unwrap();
+    let get = c.rpc("Meter A", "get", r#""type=32float;functionCode=4;objectsCount=2;address=40;""#).unwrap();
+    assert_eq!((get[0].target.as_str(), get[0].payload.len()), ("7/4/40/2", 0));
+    let set =
+        c.rpc("Meter A", "set", r#""type=32float;functionCode=16;objectsCount=2;address=50;value=1.5;""#).unwrap();
+    assert_eq!((set[0].target.as_str(), set[0].payload.as_slice()), ("7/16/50/2", [0, 0, 0x3f, 0xc0].as_slice()));
+    let set = c.rpc("Meter A", "SET", r#""type=bits;functionCode=5;objectsCount=1;address=9;value=true;""#).unwrap();
+    assert_eq!((set[0].target.as_str(), set[0].payload.as_slice()), ("7/5/9/1", [1u8].as_slice()));
+    // What is wrong is said, with the schema.
+    let err = |method: &str, params: &str| c.rpc("Meter A", method, params).unwrap_err();
+    assert!(
+        err("get", r#""type=16int;functionCode=6;objectsCount=1;address=0;""#).contains("functionCode: 6 does not fit")
+    );
+    assert!(err("set", r#""type=16int;functionCode=6;objectsCount=1;address=0;""#).contains("no value="));
+    assert!(err("get", r#""type=16int;functionCode=3;adress=0;""#).contains("unknown key `adress`"));
+    assert!(err("get", r#""type=16int;functionCode=3;address=x;""#).contains("address=x is not a whole number"));
+    // An `rpc[]` entry named `get` would win; other methods are not reserved.
+    assert_eq!(err("read", r#""address=1;""#), "no rpc entry has the tag `read`");
+    assert!(reserved_rpc("getTemperature", "null", Order::Big, Order::Big).is_none());
+}
