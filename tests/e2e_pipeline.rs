@@ -6,6 +6,7 @@
 mod common;
 
 use common::{Gateway, device, gateway_yaml, message, mqtt_json, readings, temperature};
+use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -290,4 +291,82 @@ fn a_python_gateway_users_files_run_unchanged() {
     for key in ["thingsboard.remoteShell", "grpc", "connectors[0].configuration.broker.maxNumberOfWorkers"] {
         assert_eq!(log.matches(&format!("{key}: ignored")).count(), 1, "one notice for {key}:\n{log}");
     }
+}
+
+/// A converter's `.wasm` replaced on disk while messages flow: the running
+/// gateway swaps the new version in (no restart), refuses a broken one
+/// (the current version keeps serving), and every message is converted.
+#[test]
+fn a_converter_file_replaced_while_running_is_swapped_in_and_nothing_is_lost() {
+    let (tb, source) = (Mosquitto::start_new(), Mosquitto::start_new());
+    let thingsboard = Collector::connect(tb.port, "tb-swap", &["v1/gateway/#", "v1/devices/me/rpc/response/+"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wasm = std::fs::read(tbgw_guests::PROBE).expect("the probe guest");
+    std::fs::write(dir.path().join("conv.wasm"), &wasm).expect("write conv.wasm");
+    let mqtt = format!(
+        r#"{{"broker": {{"host": "127.0.0.1", "port": {}, "clientId": "gw-swap", "version": 4, "cleanSession": false,
+                        "security": {{"type": "anonymous"}}}},
+            "mapping": [{{"topicFilter": "probe/in", "subscriptionQos": 1,
+                          "converter": {{"type": "custom", "extension": "conv.wasm", "extensionConfig": {{"tag": "P"}}}}}}]}}"#,
+        source.port
+    );
+    let yaml = gateway_yaml(tb.port, dir.path(), 60) + "  watchConverters: 1\n";
+    let mut gw = Gateway::start(dir.path(), &yaml, &mqtt);
+    let devices = Collector::connect(source.port, "probe-device", &[]);
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let (sent, stop) = (sent.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let n = sent.fetch_add(1, Ordering::Relaxed);
+                devices.publish("probe/in", format!("m{n}"));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    // A new version: the same component with a custom section appended
+    // (a different file, the same behaviour), written beside and renamed over.
+    std::thread::sleep(Duration::from_secs(1));
+    let mut v2 = wasm.clone();
+    let (name, payload) = (b"tbgw-test-version".as_slice(), b"2".as_slice());
+    v2.extend([0u8, (1 + name.len() + payload.len()) as u8, name.len() as u8]);
+    v2.extend(name.iter().chain(payload));
+    std::fs::write(dir.path().join("conv.wasm.new"), &v2).expect("write v2");
+    std::fs::rename(dir.path().join("conv.wasm.new"), dir.path().join("conv.wasm")).expect("rename v2");
+    gw.wait_for_log(Duration::from_secs(30), "the new version swapped in", |log| log.contains("swapped in"));
+    // A broken one: refused, and the running version goes on.
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::write(dir.path().join("conv.wasm"), b"not a component").expect("write junk");
+    gw.wait_for_log(Duration::from_secs(30), "the broken version refused", |log| log.contains("replacement refused"));
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    publisher.join().expect("publisher");
+    let total = sent.load(Ordering::Relaxed);
+    let payloads = |received: &[tbgw_test_support::Received]| -> std::collections::HashSet<String> {
+        received
+            .iter()
+            .filter(|m| m.topic == "v1/gateway/telemetry")
+            .filter_map(|m| serde_json::from_slice::<serde_json::Value>(&m.payload).ok())
+            .flat_map(|doc| doc["P"].as_array().cloned().unwrap_or_default())
+            .filter_map(|reading| reading["values"]["payload"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let got =
+        thingsboard.wait_until(Duration::from_secs(30), "every message converted", |r| payloads(r).len() >= total);
+    let missing: Vec<usize> = (0..total).filter(|n| !payloads(&got).contains(&format!("m{n}"))).collect();
+    assert!(missing.is_empty(), "{} of {total} messages lost across the swaps: {missing:?}", missing.len());
+    assert!(total > 150, "messages flowed during both swaps ({total})");
+    // The converter's own account: one swap, one refusal, generation 2.
+    thingsboard.publish("v1/devices/me/rpc/request/1", r#"{"method": "gateway_converters", "params": {}}"#);
+    let got = thingsboard.wait_until(Duration::from_secs(20), "the converters RPC's answer", |r| {
+        r.iter().any(|m| m.topic == "v1/devices/me/rpc/response/1")
+    });
+    let answer: serde_json::Value = got
+        .iter()
+        .find(|m| m.topic == "v1/devices/me/rpc/response/1")
+        .and_then(|m| serde_json::from_slice(&m.payload).ok())
+        .expect("an answer in JSON");
+    let c = &answer["resp"][0];
+    assert_eq!((&c["generation"], &c["swaps"], &c["refusedSwaps"]), (&json!(2), &json!(1), &json!(1)), "{answer}");
 }

@@ -13,9 +13,11 @@
 //! ```
 //!
 //! A slave's tags, orders and device are the `modbus` converter's config
-//! (the whole slave object is handed to it); this module reads the
-//! connection and checks the tags with the converter's own library, so that
-//! a bad tag is reported by path before anything starts. tbgw's own keys:
+//! (handed to it in a compact form: slaves with the same tags share one
+//! profile); this module reads the connection and checks the tags with the
+//! converter's own library, so that a bad tag is reported by path before
+//! anything starts. Slaves on one serial port or behind one RTU device
+//! server share a line ([`SlaveConfig::line`]). tbgw's own keys:
 //! `maxGap` (unused objects a read may span to join two tags, default 0:
 //! some devices refuse to read addresses they do not have) and
 //! `maxRegistersPerRequest` (default 125, the protocol's maximum).

@@ -21,6 +21,7 @@
 //! tbgw:                         # optional, tbgw only
 //!   workers: 2                  # converter threads
 //!   cacheDir: ./data/cache      # compiled converters
+//!   watchConverters: 1          # seconds between checks of .wasm files for hot swap; 0: off
 //! ```
 //!
 //! Every problem is reported, each with its path
@@ -53,6 +54,9 @@ pub struct GatewayConfig {
     pub pipeline: PipelineConfig,
     /// Where compiled converters are cached.
     pub cache_dir: Option<PathBuf>,
+    /// How often converter files are checked for a new version to swap in
+    /// (`tbgw.watchConverters`, seconds; zero: never).
+    pub watch_converters: Duration,
 }
 
 /// Where events wait for delivery.
@@ -152,7 +156,7 @@ pub fn from_document(doc: &Value, file: &Path, base: &Path, d: &mut Diagnostics)
             }
         }
     }
-    let (pipeline, cache_dir) = match root.object(d, "tbgw") {
+    let (pipeline, cache_dir, watch_converters) = match root.object(d, "tbgw") {
         Some(mut t) => {
             let mut p = PipelineConfig::default();
             if let Some(w) = t.uint(d, "workers", 1..=64) {
@@ -165,10 +169,11 @@ pub fn from_document(doc: &Value, file: &Path, base: &Path, d: &mut Diagnostics)
                 p.queue = q as usize;
             }
             let cache = t.string(d, "cacheDir").map(|c| base.join(c));
+            let watch = t.uint(d, "watchConverters", 0..=3600).unwrap_or(1);
             t.finish(d);
-            (p, cache)
+            (p, cache, Duration::from_secs(watch))
         }
-        None => (PipelineConfig::default(), None),
+        None => (PipelineConfig::default(), None, Duration::from_secs(1)),
     };
     root.unused(
         d,
@@ -187,6 +192,7 @@ pub fn from_document(doc: &Value, file: &Path, base: &Path, d: &mut Diagnostics)
         connectors,
         pipeline,
         cache_dir,
+        watch_converters,
     })
 }
 

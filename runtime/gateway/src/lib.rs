@@ -12,6 +12,7 @@
 //! - [`router`]: ThingsBoard's requests (RPC, attribute updates, RPCs to the
 //!   gateway) to connectors and back, devices' own requests to ThingsBoard.
 //! - [`service`]: everything wired, run, and stopped in order.
+//! - [`watch`]: converter files swapped in when they change (hot swap).
 //!
 //! The binary (`src/main.rs`, `src/cli/`) is a thin command line over this
 //! library.
@@ -23,3 +24,4 @@ pub mod memory;
 pub mod pipeline;
 pub mod router;
 pub mod service;
+pub mod watch;

@@ -25,6 +25,7 @@ use crate::config::{ConnectorConfig, ConnectorKind, GatewayConfig, StorageKind};
 use crate::converters;
 use crate::pipeline::{Pipeline, Route};
 use crate::router::{Port, Router};
+use crate::watch::Watched;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -267,6 +268,11 @@ pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> Result<S
         .await
         .map_err(|e| ServiceError::Threads(std::io::Error::other(e.to_string())))??
     };
+    let watched: Vec<Watched> = routes
+        .iter()
+        .map(|r| Watched::Uplink(r.converter.clone()))
+        .chain(downlinks.iter().flatten().map(|c| Watched::Downlink(c.clone())))
+        .collect();
     let new_data = Arc::new(Notify::new());
     let mut pipeline =
         Pipeline::start(routes, store.clone(), new_data.clone(), config.pipeline).map_err(ServiceError::Threads)?;
@@ -323,6 +329,8 @@ pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> Result<S
         router_stop.clone(),
     )
     .map_err(ServiceError::Threads)?;
+    let watch_stop = CancellationToken::new();
+    let watcher = crate::watch::spawn(watched, config.watch_converters, watch_stop.clone());
     crate::memory::release_startup_memory();
     let backlog = store.stats();
     tracing::info!(
@@ -364,6 +372,11 @@ pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> Result<S
     }
 
     tracing::info!("stopping: no new messages; converting and storing what was received");
+    watch_stop.cancel();
+    if let Some(w) = watcher {
+        // A swap in progress finishes first (it is short, and harmless).
+        let _ = w.await;
+    }
     stop_intake.cancel();
     let pipeline_done = tokio::task::spawn_blocking(move || {
         pipeline.drain();

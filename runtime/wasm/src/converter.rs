@@ -160,6 +160,12 @@ impl<C: Contract> Converter<C> {
         }
     }
 
+    /// The component and config of the version serving now (a file
+    /// component is read anew by [`Converter::replace`]).
+    pub fn spec(&self) -> ConverterSpec {
+        self.current().spec.clone()
+    }
+
     /// A worker for the calling thread.
     pub fn worker(&self) -> Worker<C> {
         Worker { converter: self.clone(), live: None }
