@@ -357,3 +357,42 @@ fn the_python_gateways_modbus_json_runs_unchanged() {
     }
     drop((gw, dir));
 }
+
+/// Report strategies, as the Python gateway's: a slave `ON_CHANGE` sends a
+/// value again only when it changes, however often it is polled; one tag
+/// of it `ON_RECEIVED` is sent every poll.
+#[test]
+fn a_slave_reporting_on_change_sends_only_changes() {
+    let tb_broker = Mosquitto::start_new();
+    let tb = Collector::connect(tb_broker.port, "tb-report", &["v1/gateway/#"]);
+    let device = ModbusDevice::start(Framing::Tcp);
+    device.with(|m| m.holding[..2].copy_from_slice(&[215, 1]));
+    let config = json!({"master": {"slaves": [{
+    "host": "127.0.0.1", "port": device.port, "unitId": 1, "deviceName": "Quiet Meter", "pollPeriod": 100,
+    "reportStrategy": {"type": "ON_CHANGE"},
+    "timeseries": [
+        {"tag": "temperature", "type": "16int", "functionCode": 3, "address": 0, "divider": 10},
+        {"tag": "heartbeat", "type": "16int", "functionCode": 3, "address": 1, "reportStrategy": {"type": "ON_RECEIVED"}}
+    ]}]}});
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gw = Gateway::start_modbus(dir.path(), &gateway_yaml(tb_broker.port, dir.path()), &config.to_string());
+    let values = |received: &[Received], key: &str| -> Vec<Value> {
+        received
+            .iter()
+            .filter(|m| m.topic == "v1/gateway/telemetry")
+            .filter_map(|m| serde_json::from_slice::<Value>(&m.payload).ok())
+            .flat_map(|doc| doc["Quiet Meter"].as_array().cloned().unwrap_or_default())
+            .filter_map(|reading| reading["values"].get(key).cloned())
+            .collect()
+    };
+    // Twenty polls of the same registers: the heartbeat each time, the
+    // temperature once.
+    tb.wait_until(Duration::from_secs(30), "20 heartbeats", |r| values(r, "heartbeat").len() >= 20);
+    device.with(|m| m.holding[0] = 216);
+    tb.wait_until(Duration::from_secs(10), "the changed temperature", |r| values(r, "temperature").len() >= 2);
+    std::thread::sleep(Duration::from_millis(500));
+    let got = tb.received();
+    assert_eq!(values(&got, "temperature"), [json!(21.5), json!(21.6)], "once, then on the change only");
+    assert!(values(&got, "heartbeat").len() >= 25, "the ON_RECEIVED tag every poll");
+    drop((gw, dir));
+}

@@ -10,7 +10,9 @@
 //! `TBGW_BENCH_DEVICES` default 100, `TBGW_BENCH_TAGS` per device, default
 //! 1000, `TBGW_BENCH_SECONDS` default 30, `TBGW_BENCH_POLL_MS` default 1000;
 //! tbgw's pipeline: `TBGW_BENCH_MAX_BATCH` default 256, `TBGW_BENCH_QUEUE`
-//! default 4096.)
+//! default 4096; `TBGW_BENCH_REPORT=ON_CHANGE` (or another report strategy
+//! type) sets the slaves' `reportStrategy`: the registers do not change, so
+//! after the first poll tbgw sends nothing and the cost of filtering shows.)
 //!
 //! All devices are one simulator (tokio-modbus's server) on one loopback
 //! port, one connection per device, as a gateway sees a field of devices
@@ -114,11 +116,13 @@ fn write_config(
     let timeseries: Vec<serde_json::Value> = (0..tags)
         .map(|a| serde_json::json!({"tag": format!("r{a}"), "type": "16int", "functionCode": 3, "address": a, "objectsCount": 1}))
         .collect();
+    let report = std::env::var("TBGW_BENCH_REPORT").unwrap_or_else(|_| "ON_RECEIVED".into());
     let slaves: Vec<serde_json::Value> = (0..devices)
         .map(|d| {
             serde_json::json!({
                 "host": "127.0.0.1", "port": sim_port, "type": "tcp", "method": "socket", "unitId": 1,
                 "deviceName": format!("meter-{d:03}"), "pollPeriod": env("TBGW_BENCH_POLL_MS", 1000), "timeout": 5,
+                "reportStrategy": {"type": report},
                 "timeseries": timeseries,
             })
         })

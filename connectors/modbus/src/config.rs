@@ -27,6 +27,7 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 use tbgw_core::config::{Diagnostics, Obj};
+use tbgw_core::report::{self, ReportPolicy, Strategy};
 use tbgw_modbus_converter::codec::Order;
 
 /// How requests are framed on the connection.
@@ -98,6 +99,9 @@ pub struct ModbusConfig {
     /// Whether any slave can be written to or asked (`attributeUpdates`,
     /// `rpc`): its downlink converter has work.
     has_requests: bool,
+    /// Report strategies: the file's `reportStrategy`, each slave's (or its
+    /// `sendDataOnlyOnChange`), each tag's.
+    pub report: ReportPolicy,
 }
 
 impl ModbusConfig {
@@ -161,11 +165,16 @@ pub fn parse(doc: &Value, d: &mut Diagnostics) -> Option<ModbusConfig> {
     let mut root = Obj::new(d, "", doc)?;
     let mut slaves = Vec::new();
     let mut compact = Compact::default();
+    let mut report = ReportPolicy {
+        route: root.get("reportStrategy").and_then(|v| report::parse(d, "reportStrategy", v)),
+        ..Default::default()
+    };
     match root.object(d, "master") {
         Some(mut master) => {
             for (path, item) in master.list(d, "slaves") {
                 if let Some(s) = slave(d, &path, item) {
                     compact.add(item, s.unit_id);
+                    slave_report(d, &path, item, &s, &mut report);
                     slaves.push(s);
                 }
             }
@@ -175,7 +184,7 @@ pub fn parse(doc: &Value, d: &mut Diagnostics) -> Option<ModbusConfig> {
         None => {}
     }
     root.unused(d, &[("slave", "tbgw does not serve as a Modbus slave"), ("logLevel", "set logging with RUST_LOG")]);
-    root.allow(&["name", "id"]);
+    root.allow(&["name", "id", "reportStrategy"]);
     root.finish(d);
     check_lines(d, &slaves);
     if slaves.is_empty() && d.is_ok() {
@@ -187,7 +196,32 @@ pub fn parse(doc: &Value, d: &mut Diagnostics) -> Option<ModbusConfig> {
         d.error("master.slaves", format!("two slaves are named `{}`: requests could not tell them apart", w[0]));
     }
     let (converter_config, has_requests) = compact.finish();
-    Some(ModbusConfig { slaves, converter_config, has_requests })
+    Some(ModbusConfig { slaves, converter_config, has_requests, report })
+}
+
+/// A slave's report strategies: its own `reportStrategy` (or the older
+/// `sendDataOnlyOnChange`), and its tags' (every key of an address range).
+fn slave_report(d: &mut Diagnostics, path: &str, item: &Value, s: &SlaveConfig, report: &mut ReportPolicy) {
+    let own = match item.get("reportStrategy") {
+        Some(v) => report::parse(d, &format!("{path}.reportStrategy"), v),
+        None => (item.get("sendDataOnlyOnChange") == Some(&Value::Bool(true))).then_some(Strategy::OnChange),
+    };
+    if let Some(own) = own {
+        report.devices.insert(s.device_name.clone(), own);
+    }
+    for section in ["attributes", "timeseries"] {
+        let Some(Value::Array(entries)) = item.get(section) else { continue };
+        for (i, e) in entries.iter().enumerate() {
+            let Some(v) = e.get("reportStrategy") else { continue };
+            let Some(strategy) = report::parse(d, &format!("{path}.{section}[{i}].reportStrategy"), v) else {
+                continue;
+            };
+            let keys = report.device_keys.entry(s.device_name.clone()).or_default();
+            for key in tbgw_modbus_converter::entry_keys(e, s.unit_id) {
+                keys.insert(key, strategy);
+            }
+        }
+    }
 }
 
 impl SlaveConfig {
@@ -312,12 +346,12 @@ fn slave(d: &mut Diagnostics, path: &str, item: &Value) -> Option<SlaveConfig> {
         &[
             ("retryOnEmpty", "tbgw retries every failed read `retries` times"),
             ("retryOnInvalid", "tbgw retries every failed read `retries` times"),
-            ("sendDataOnlyOnChange", "report strategies are not implemented yet; every value is sent"),
-            ("reportStrategy", "report strategies are not implemented yet; every value is sent"),
         ],
     );
-    // The rest is the converter's: checked with its own library.
+    // The rest is the converter's (checked with its own library), and the
+    // report strategy (read by `slave_report`).
     s.allow(&["byteOrder", "wordOrder", "attributes", "timeseries", "attributeUpdates", "rpc", "name", "id", "strict"]);
+    s.allow(&["reportStrategy", "sendDataOnlyOnChange"]);
     s.finish(d);
     let mut rpc: Arc<[tbgw_modbus_converter::Tag]> = Arc::from(Vec::new());
     let mut orders = (Order::Big, Order::Big);
@@ -440,6 +474,28 @@ mod tests {
         let out = conv.convert(Some("B"), block, &[0; 200]).unwrap();
         let keys: Vec<&str> = out.updates[0].telemetry[0].values.iter().map(|e| e.key.as_str()).collect();
         assert_eq!((keys.len(), keys[0], keys[99]), (100, "u2_r100", "u2_r199"));
+    }
+
+    #[test]
+    fn report_strategies_at_every_level() {
+        let (c, d) = parse_str(
+            r#"{"reportStrategy": {"type": "ON_REPORT_PERIOD", "reportPeriod": 60000},
+                "master": {"slaves": [
+                  {"host": "h", "deviceName": "A", "sendDataOnlyOnChange": true, "timeseries": [
+                    {"tag": "r${address}", "type": "16int", "functionCode": 3, "address": "0-1",
+                     "reportStrategy": {"type": "ON_CHANGE_OR_REPORT_PERIOD", "reportPeriod": 5000}}]},
+                  {"host": "h", "deviceName": "B", "reportStrategy": {"type": "ON_RECEIVED"}},
+                  {"host": "h", "deviceName": "C", "reportStrategy": {"type": "NEVER"}}]}}"#,
+        );
+        let errors: Vec<String> = d.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("master.slaves[2].reportStrategy.type: unknown report strategy `NEVER`"));
+        let r = c.unwrap().report;
+        assert_eq!(r.route, Some(Strategy::OnReportPeriod(60_000)));
+        assert_eq!(r.strategy(Strategy::OnReceived, "A", "other"), Strategy::OnChange);
+        assert_eq!(r.strategy(Strategy::OnReceived, "A", "r1"), Strategy::OnChangeOrReportPeriod(5000));
+        assert_eq!(r.strategy(Strategy::OnReceived, "B", "r1"), Strategy::OnReceived);
+        assert_eq!(r.strategy(Strategy::OnReceived, "D", "x"), Strategy::OnReportPeriod(60_000));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tbgw_core::config::{Diagnostics, Obj};
+use tbgw_core::report::{self, ReportPolicy, Strategy};
 use tbgw_tls::TlsFiles;
 
 /// MQTT protocol version.
@@ -67,6 +68,9 @@ pub struct MappingConfig {
     pub converter: ConverterRef,
     /// Where in the config (for messages): `mapping[2].converter`.
     pub converter_path: String,
+    /// Report strategies: the converter's `reportStrategy` (or
+    /// `sendDataOnlyOnChange`), else the file's; its keys' own.
+    pub report: ReportPolicy,
 }
 
 /// The whole connector configuration.
@@ -103,8 +107,14 @@ pub fn parse(doc: &Value, base_dir: &Path, name: &str, d: &mut Diagnostics) -> O
     let mut entries = root.list(d, "mapping");
     // 2.x files call it `dataMapping` sometimes.
     entries.extend(root.list(d, "dataMapping"));
+    // The file's report strategy: the mappings' default.
+    let file_report = match root.get("reportStrategy") {
+        Some(v) => report::parse(d, "reportStrategy", v),
+        None => (doc.pointer("/broker/sendDataOnlyOnChange") == Some(&Value::Bool(true))).then_some(Strategy::OnChange),
+    };
     for (path, item) in entries {
-        if let Some(m) = mapping(d, &path, item, base_dir) {
+        if let Some(mut m) = mapping(d, &path, item, base_dir) {
+            m.report.route = m.report.route.or(file_report);
             mappings.push(m);
         }
     }
@@ -128,6 +138,7 @@ pub fn parse(doc: &Value, base_dir: &Path, name: &str, d: &mut Diagnostics) -> O
     // serverSideRpc instead of the built-in `json` one.
     let downlink_converter = root.object(d, "downlinkConverter").and_then(|c| custom_converter(d, c, base_dir));
     root.unused(d, &[("logLevel", "set logging with RUST_LOG"), ("id", "tbgw names connectors by `name`")]);
+    root.allow(&["reportStrategy"]);
     root.finish(d);
     Some(MqttConfig { broker: broker?, mappings, requests_mapping, requests, downlink_converter })
 }
@@ -184,9 +195,10 @@ fn broker(mut b: Obj, base_dir: &Path, name: &str, d: &mut Diagnostics) -> Optio
         &[
             ("maxMessageNumberPerWorker", "tbgw converts on its own worker threads, in batches"),
             ("maxNumberOfWorkers", "tbgw converts on its own worker threads, in batches"),
-            ("sendDataOnlyOnChange", "report strategies are not implemented yet"),
         ],
     );
+    // Read by `parse`: the older spelling of the file's report strategy.
+    b.allow(&["sendDataOnlyOnChange"]);
     let (mut username, mut password, mut tls) = (None, None, None);
     if let Some(mut s) = b.object(d, "security") {
         let kind = s.string(d, "type").unwrap_or("anonymous").to_ascii_lowercase();
@@ -282,7 +294,34 @@ fn mapping(d: &mut Diagnostics, path: &str, item: &Value, base_dir: &Path) -> Op
         }
     };
     m.finish(d);
-    Some(MappingConfig { topic_filter: topic_filter?, qos: qos.min(1), converter: converter?, converter_path })
+    let report = item.get("converter").map(|c| report_policy(d, &converter_path, c)).unwrap_or_default();
+    Some(MappingConfig { topic_filter: topic_filter?, qos: qos.min(1), converter: converter?, converter_path, report })
+}
+
+/// A converter's report strategies: its own `reportStrategy` (or the older
+/// `sendDataOnlyOnChange`), and those of its `attributes[]`/`timeseries[]`
+/// entries, by key (keys made of `${...}` expressions cannot be named ahead).
+fn report_policy(d: &mut Diagnostics, path: &str, converter: &Value) -> ReportPolicy {
+    let route = match converter.get("reportStrategy") {
+        Some(v) => report::parse(d, &format!("{path}.reportStrategy"), v),
+        None => (converter.get("sendDataOnlyOnChange") == Some(&Value::Bool(true))).then_some(Strategy::OnChange),
+    };
+    let mut policy = ReportPolicy { route, ..Default::default() };
+    for section in ["attributes", "timeseries"] {
+        let Some(Value::Array(entries)) = converter.get(section) else { continue };
+        for (i, e) in entries.iter().enumerate() {
+            let (Some(v), Some(key)) = (e.get("reportStrategy"), e.get("key").and_then(Value::as_str)) else {
+                continue;
+            };
+            let at = format!("{path}.{section}[{i}].reportStrategy");
+            if key.contains("${") {
+                d.notice(at, "ignored: the key is made from the message, so it cannot be named ahead");
+            } else if let Some(s) = report::parse(d, &at, v) {
+                policy.keys.insert(key.to_owned(), s);
+            }
+        }
+    }
+    policy
 }
 
 /// `{"type": "custom", "extension": "x.wasm", "extensionConfig": {...}}`,
@@ -364,6 +403,30 @@ mod tests {
         let doc: Value = serde_json::from_str(text).unwrap();
         let mut d = Diagnostics::default();
         (parse(&doc, Path::new("/etc/tbgw"), "MQTT Broker", &mut d), d)
+    }
+
+    #[test]
+    fn report_strategies_of_the_file_the_mapping_and_its_keys() {
+        let (c, d) = parse_str(
+            r#"{"broker": {"host": "h", "sendDataOnlyOnChange": true},
+                "mapping": [
+                  {"topicFilter": "a", "converter": {"type": "json", "reportStrategy": {"type": "ON_REPORT_PERIOD", "reportPeriod": 2000},
+                    "timeseries": [{"type": "double", "key": "t", "value": "${t}", "reportStrategy": {"type": "ON_CHANGE"}},
+                                   {"type": "double", "key": "${name}", "value": "${v}", "reportStrategy": {"type": "ON_CHANGE"}}]}},
+                  {"topicFilter": "b", "converter": {"type": "json", "timeseries": []}}]}"#,
+        );
+        assert!(d.is_ok(), "{:?}", d.errors);
+        assert!(
+            d.notices.iter().any(|n| n.to_string().contains("timeseries[1].reportStrategy: ignored")),
+            "{:?}",
+            d.notices
+        );
+        let c = c.unwrap();
+        let (a, b) = (&c.mappings[0].report, &c.mappings[1].report);
+        assert_eq!(a.strategy(Strategy::OnReceived, "any", "t"), Strategy::OnChange);
+        assert_eq!(a.strategy(Strategy::OnReceived, "any", "h"), Strategy::OnReportPeriod(2000));
+        // The broker's older flag is the file's default.
+        assert_eq!(b.strategy(Strategy::OnReceived, "any", "h"), Strategy::OnChange);
     }
 
     #[test]

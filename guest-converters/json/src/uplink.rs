@@ -127,13 +127,13 @@ impl UplinkConverter {
         }
         root.ignore(
             &[
-                ("sendDataOnlyOnChange", "report strategies are not implemented yet; every value is sent"),
-                ("reportStrategy", "report strategies are not implemented yet; every value is sent"),
                 ("timeout", "conversion deadlines are set per converter in tbgw's own config"),
                 ("cached", "tbgw always reuses converter instances"),
             ],
             &mut notices,
         );
+        // Report strategies are the gateway's, applied after conversion.
+        root.allow(&["sendDataOnlyOnChange", "reportStrategy"]);
         let use_received_ts = root.opt_bool("useReceivedTs")?.unwrap_or(false);
 
         // The current `deviceInfo` block, or the older top-level keys.

@@ -553,6 +553,15 @@ impl DownlinkConverter {
     }
 }
 
+/// The keys an `attributes[]`/`timeseries[]` entry reports under: its
+/// `tag`, or one per value of an address range (none if the entry is not
+/// valid: [`SlaveConfig::parse`] says why).
+pub fn entry_keys(item: &Json, unit_id: u8) -> Vec<String> {
+    tags("", item, &[1, 2, 3, 4], (Order::Big, Order::Big), unit_id, true)
+        .map(|tags| tags.into_iter().map(|t| t.tag).collect())
+        .unwrap_or_default()
+}
+
 /// The Python gateway's reserved RPCs, for registers no `rpc[]` entry
 /// names: `get` with params `"type=<type>;functionCode=<1-4>;objectsCount=<n>;address=<a>;"`
 /// and `set` with `"type=..;functionCode=<5|6|15|16>;objectsCount=..;address=..;value=<v>;"`.

@@ -6,7 +6,8 @@
 //! - [`connector`]: what a connector is and how it hands messages over;
 //! - [`downlink`]: requests between ThingsBoard and devices (RPC, attribute
 //!   updates and requests, device announcements), and the device registry;
-//! - [`config`]: reading config documents with every error reported, by path.
+//! - [`config`]: reading config documents with every error reported, by path;
+//! - [`report`]: report strategies (which values go on to ThingsBoard).
 //!
 //! These types mirror the converter contract (`wit/converter.wit`) without
 //! depending on wasmtime, so that connectors and the store never see the
@@ -19,6 +20,7 @@ pub mod connector;
 mod data;
 pub mod downlink;
 mod json;
+pub mod report;
 
 pub use data::{
     AttributeUpdate, CanId, ConvertedMessage, DeviceRecord, DeviceUpdate, Direction, DownlinkMessage, DownlinkRequest,

@@ -38,6 +38,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tbgw_connector_mqtt::MqttConfig;
 use tbgw_core::config::{Diagnostics, Obj, join};
+use tbgw_core::report::{self, Strategy};
 use tbgw_store::{Durability, StoreLimits, WhenFull};
 use tbgw_thingsboard::{ClientConfig, Credentials, Secret, TlsFiles};
 
@@ -57,6 +58,9 @@ pub struct GatewayConfig {
     /// How often converter files are checked for a new version to swap in
     /// (`tbgw.watchConverters`, seconds; zero: never).
     pub watch_converters: Duration,
+    /// `thingsboard.reportStrategy`: the strategy of values whose
+    /// connector, device or key sets none.
+    pub report_strategy: Strategy,
 }
 
 /// Where events wait for delivery.
@@ -129,13 +133,13 @@ pub fn load(path: &Path) -> Result<(GatewayConfig, Diagnostics), Diagnostics> {
 /// against `base`.
 pub fn from_document(doc: &Value, file: &Path, base: &Path, d: &mut Diagnostics) -> Option<GatewayConfig> {
     let mut root = Obj::new(d, "", doc)?;
-    let (thingsboard, statistics) = match root.object(d, "thingsboard") {
+    let (thingsboard, statistics, report_strategy) = match root.object(d, "thingsboard") {
         Some(tb) => thingsboard(tb, base, d),
         None => {
             if !root.has("thingsboard") {
                 d.error("thingsboard", "required");
             }
-            (None, None)
+            (None, None, Strategy::OnReceived)
         }
     };
     let storage = match root.object(d, "storage") {
@@ -193,6 +197,7 @@ pub fn from_document(doc: &Value, file: &Path, base: &Path, d: &mut Diagnostics)
         pipeline,
         cache_dir,
         watch_converters,
+        report_strategy,
     })
 }
 
@@ -209,7 +214,7 @@ fn hostname() -> String {
         .unwrap_or_else(|| "host".into())
 }
 
-fn thingsboard(mut tb: Obj, base: &Path, d: &mut Diagnostics) -> (Option<ClientConfig>, Option<Duration>) {
+fn thingsboard(mut tb: Obj, base: &Path, d: &mut Diagnostics) -> (Option<ClientConfig>, Option<Duration>, Strategy) {
     let host = env("TB_GW_HOST").or_else(|| tb.required_string(d, "host").map(str::to_owned));
     let port = match env("TB_GW_PORT") {
         Some(p) => p.parse::<u16>().ok().or_else(|| {
@@ -243,6 +248,10 @@ fn thingsboard(mut tb: Obj, base: &Path, d: &mut Diagnostics) -> (Option<ClientC
         }
         None => Some(Duration::from_secs(60)),
     };
+    let report_strategy = match tb.get("reportStrategy") {
+        Some(v) => report::parse(d, &tb.field("reportStrategy"), v).unwrap_or_default(),
+        None => Strategy::OnReceived,
+    };
     let credentials = security(&mut tb, base, d);
     let why_limits = "tbgw follows the limits ThingsBoard announces for the session (getSessionLimits)";
     tb.unused(
@@ -256,7 +265,6 @@ fn thingsboard(mut tb: Obj, base: &Path, d: &mut Diagnostics) -> (Option<ClientC
             ("minPackSizeToSend", "tbgw packs as much as each publish can hold, at once"),
             ("checkConnectorsConfigurationInSeconds", "changes to connector files apply at the next start"),
             ("handleDeviceRenaming", "not implemented yet"),
-            ("reportStrategy", "report strategies are not implemented yet: every value is sent"),
             ("checkingDeviceActivity", "not implemented yet"),
             ("rateLimits", why_limits),
             ("dpRateLimits", why_limits),
@@ -275,7 +283,7 @@ fn thingsboard(mut tb: Obj, base: &Path, d: &mut Diagnostics) -> (Option<ClientC
     }
     tb.finish(d);
     let (Some(host), Some(port), Some((credentials, client_id, tls))) = (host, port, credentials) else {
-        return (None, statistics);
+        return (None, statistics, report_strategy);
     };
     let mut c = ClientConfig::new(host, port, credentials);
     c.client_id = client_id.unwrap_or_else(|| format!("tbgw-{}", hostname()));
@@ -283,7 +291,7 @@ fn thingsboard(mut tb: Obj, base: &Path, d: &mut Diagnostics) -> (Option<ClientC
     if let Some(max) = max_payload {
         c.max_payload_bytes = max;
     }
-    (Some(c), statistics)
+    (Some(c), statistics, report_strategy)
 }
 
 type Security = (Credentials, Option<String>, Option<TlsFiles>);
@@ -511,6 +519,15 @@ mod tests {
         for key in ["thingsboard.remoteShell", "thingsboard.rateLimits", "storage.max_file_count", "grpc"] {
             assert!(noticed.contains(&key), "no notice for {key}: {noticed:?}");
         }
+        // Its report strategy is read (ON_RECEIVED: every value).
+        assert_eq!(c.report_strategy, Strategy::OnReceived);
+        assert!(!noticed.iter().any(|n| n.starts_with("thingsboard.reportStrategy")), "{noticed:?}");
+        let (c, d) = check(
+            "thingsboard: {host: tb, security: {type: accessToken, accessToken: T}, \
+             reportStrategy: {type: ON_CHANGE_OR_REPORT_PERIOD, reportPeriod: 30000}}\n",
+        );
+        assert!(d.is_ok(), "{:?}", d.errors);
+        assert_eq!(c.map(|c| c.report_strategy), Some(Strategy::OnChangeOrReportPeriod(30_000)));
     }
 
     #[test]

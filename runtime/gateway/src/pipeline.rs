@@ -32,6 +32,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tbgw_core::Event;
 use tbgw_core::connector::{Ack, RouteId, Uplink, UplinkSink};
+use tbgw_core::report::{ReportFilter, ReportPolicy, Strategy};
 use tbgw_store::{EventStore, StoreError};
 use tbgw_wasm::{UplinkConverter, Worker};
 use tokio::sync::Notify;
@@ -42,6 +43,8 @@ pub struct Route {
     /// Where the route is configured, for messages: `connectors[0].configuration.mapping[1]`.
     pub origin: String,
     pub converter: UplinkConverter,
+    /// Which converted values go on to ThingsBoard; `None`: all of them.
+    pub report: Option<ReportPolicy>,
 }
 
 /// Sizes of the pipeline.
@@ -72,6 +75,9 @@ pub struct RouteStats {
     pub dropped_values: AtomicU64,
     /// Events stored.
     pub stored: AtomicU64,
+    /// Values held back by the report strategy (unchanged, or within
+    /// their report period).
+    pub not_reported: AtomicU64,
 }
 
 /// The running pipeline.
@@ -195,6 +201,9 @@ fn work(
     draining: &AtomicBool,
 ) {
     let mut instances: HashMap<RouteId, Worker<tbgw_wasm::Uplink>> = HashMap::new();
+    // What this worker last reported per route: a device's messages all
+    // come to one worker (its ordering key), so its keys' history is here.
+    let mut reported: HashMap<RouteId, ReportFilter> = HashMap::new();
     let mut quiet: HashMap<(RouteId, bool), Quiet> = HashMap::new();
     loop {
         let first = match rx.recv_timeout(Duration::from_millis(100)) {
@@ -252,6 +261,11 @@ fn work(
                             for t in &mut update.telemetry {
                                 t.ts.get_or_insert(raw.received_at);
                             }
+                            if let Some(policy) = &route.report {
+                                let filter = reported.entry(route_id).or_default();
+                                let held = report(policy, filter, &mut update, raw.received_at);
+                                st.not_reported.fetch_add(held, Ordering::Relaxed);
+                            }
                             update.telemetry.retain(|t| !t.values.is_empty());
                             if update.telemetry.is_empty() && update.attributes.is_empty() {
                                 continue;
@@ -281,6 +295,24 @@ fn work(
             break;
         }
     }
+}
+
+/// Keep the values of `update` its report strategies let through; the
+/// number held back.
+fn report(policy: &ReportPolicy, filter: &mut ReportFilter, update: &mut tbgw_core::DeviceUpdate, now_ms: i64) -> u64 {
+    let tbgw_core::DeviceUpdate { device, attributes, telemetry, .. } = update;
+    let mut held = 0;
+    let mut keep = |key: &str, value: &tbgw_core::Value, is_telemetry: bool| {
+        let strategy = policy.strategy(Strategy::OnReceived, device, key);
+        let kept = filter.keep(strategy, device, key, is_telemetry, value, now_ms);
+        held += u64::from(!kept);
+        kept
+    };
+    attributes.retain(|e| keep(&e.key, &e.value, false));
+    for t in telemetry.iter_mut() {
+        t.values.retain(|e| keep(&e.key, &e.value, true));
+    }
+    held
 }
 
 fn more(here: usize, held: u64) -> String {

@@ -36,6 +36,7 @@ use tbgw_connector_mqtt::config::{ConverterRef, MappingConfig};
 use tbgw_core::Direction;
 use tbgw_core::connector::{Connector, ConnectorContext, ConnectorStats};
 use tbgw_core::downlink::{DeviceRequests, DownlinkLink};
+use tbgw_core::report::{ReportPolicy, Strategy};
 use tbgw_store::{EventStore, FjallStore, MemoryStore, StoreError};
 use tbgw_wasm::{
     ComponentSource, ConverterInfo, ConverterSpec, DownlinkConverter, Limits, LoadError, Runtime, RuntimeError,
@@ -169,7 +170,7 @@ fn load_route(connector: &ConnectorConfig, route: &RouteSpec, runtime: &Runtime)
     let converter = runtime
         .uplink(&format!("{}/{}", connector.name, name), spec)
         .map_err(|error| ServiceError::Converter { path: path.clone(), error })?;
-    Ok(Route { connector: connector.name.as_str().into(), origin: path, converter })
+    Ok(Route { connector: connector.name.as_str().into(), origin: path, converter, report: route.report.clone() })
 }
 
 /// Where a connector's uplink converter is configured.
@@ -177,22 +178,37 @@ struct RouteSpec {
     /// In the connector's configuration: `mapping[2].converter`.
     path: String,
     converter: ConverterRef,
+    /// Its values' report strategies, the gateway's included; `None`: every
+    /// value is reported.
+    report: Option<ReportPolicy>,
 }
 
 /// A connector's uplink routes: one per MQTT mapping; one for all the
 /// slaves of a Modbus connector (the built-in `modbus` converter, which
 /// tells them apart by the block's `device` metadata: one instance per
 /// worker however many slaves).
-fn route_specs(c: &ConnectorConfig) -> Vec<RouteSpec> {
+fn route_specs(c: &ConnectorConfig, main: Strategy) -> Vec<RouteSpec> {
+    // The gateway's strategy where the route says none; nothing to filter
+    // when everything is reported.
+    let effective = |p: &ReportPolicy| {
+        let mut p = p.clone();
+        p.route = Some(p.route.unwrap_or(main));
+        (!p.reports_everything(Strategy::OnReceived)).then_some(p)
+    };
     match &c.kind {
         ConnectorKind::Mqtt(m) => m
             .mappings
             .iter()
-            .map(|m: &MappingConfig| RouteSpec { path: m.converter_path.clone(), converter: m.converter.clone() })
+            .map(|m: &MappingConfig| RouteSpec {
+                path: m.converter_path.clone(),
+                converter: m.converter.clone(),
+                report: effective(&m.report),
+            })
             .collect(),
         ConnectorKind::Modbus(m) => vec![RouteSpec {
             path: "master.slaves".into(),
             converter: ConverterRef::Builtin { name: "modbus".into(), config: m.converter_config() },
+            report: effective(&m.report),
         }],
     }
 }
@@ -204,7 +220,7 @@ pub fn load_routes(config: &GatewayConfig, runtime: &Runtime) -> Result<(Vec<Rou
     let mut per_connector = Vec::new();
     for c in &config.connectors {
         let mut ids = Vec::new();
-        for r in route_specs(c) {
+        for r in route_specs(c, config.report_strategy) {
             ids.push(routes.len());
             routes.push(load_route(c, &r, runtime)?);
         }
@@ -222,7 +238,7 @@ pub fn check_converters(config: &GatewayConfig, runtime: &Runtime) -> (usize, Ve
             Ok(None) => {}
             Err(e) => errors.push(e),
         }
-        for r in route_specs(c) {
+        for r in route_specs(c, config.report_strategy) {
             match load_route(c, &r, runtime) {
                 Ok(_) => ok += 1,
                 Err(e) => errors.push(e),
@@ -432,25 +448,27 @@ pub fn statistics(
         out.insert(k, v);
     };
     let mut produced_total = 0u64;
-    let mut per: HashMap<&str, [u64; 4]> = HashMap::new();
+    let mut per: HashMap<&str, [u64; 5]> = HashMap::new();
     for (route, st) in pipeline.routes().iter().zip(pipeline.stats()) {
         let e = per.entry(&route.connector).or_default();
         e[0] += st.converted.load(Ordering::Relaxed);
         e[1] += st.failed.load(Ordering::Relaxed);
         e[2] += st.dropped_values.load(Ordering::Relaxed);
         e[3] += st.stored.load(Ordering::Relaxed);
+        e[4] += st.not_reported.load(Ordering::Relaxed);
     }
     for (name, cs) in connectors {
         let key: String = name.chars().filter(|c| !c.is_whitespace()).collect();
         let received = cs.received.load(Ordering::Relaxed);
         produced_total += received;
-        let [converted, failed, dropped, stored] = per.get(name.as_str()).copied().unwrap_or_default();
+        let [converted, failed, dropped, stored, not_reported] = per.get(name.as_str()).copied().unwrap_or_default();
         put(format!("{key}EventsProduced"), received.into());
         put(format!("{key}EventsSent"), client.delivered_per_connector.get(name).copied().unwrap_or(0).into());
         put(format!("{key}MessagesConverted"), converted.into());
         put(format!("{key}ConversionErrors"), failed.into());
         put(format!("{key}ValuesDropped"), dropped.into());
         put(format!("{key}EventsStored"), stored.into());
+        put(format!("{key}ValuesNotReported"), not_reported.into());
         put(format!("{key}Connected"), cs.connected.load(Ordering::Relaxed).into());
         put(format!("{key}SentToDevices"), cs.sent_to_devices.load(Ordering::Relaxed).into());
         put(format!("{key}DownlinkErrors"), cs.downlink_errors.load(Ordering::Relaxed).into());
