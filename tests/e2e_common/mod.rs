@@ -59,6 +59,8 @@ pub struct Gateway {
     child: Option<Child>,
     log: PathBuf,
     starts: usize,
+    /// It has an MQTT connector: ready once subscribed to the devices' topics.
+    mqtt: bool,
 }
 
 impl Gateway {
@@ -79,7 +81,8 @@ impl Gateway {
             std::fs::write(dir.join(name), content).expect("write config");
         }
         let config = dir.join(files.first().expect("a gateway config").0);
-        let mut g = Gateway { dir: dir.to_owned(), config, child: None, log: dir.join("tbgw.log"), starts: 0 };
+        let mqtt = files.iter().any(|(name, _)| *name == "mqtt.json");
+        let mut g = Gateway { dir: dir.to_owned(), config, child: None, log: dir.join("tbgw.log"), starts: 0, mqtt };
         g.spawn();
         g
     }
@@ -103,12 +106,18 @@ impl Gateway {
             .spawn()
             .expect("start tbgw");
         self.child = Some(child);
-        // Both sides connected: the gateway is ready.
-        let starts = self.starts;
+        // Both sides connected, and the devices' messages flowing to it
+        // (subscribed, or a session the broker kept): the gateway is ready.
+        // Earlier, a message published with a new session would be lost.
+        let (starts, mqtt) = (self.starts, self.mqtt);
         self.wait_for_log(Duration::from_secs(60), "a ready gateway", |log| {
             let run = log.split("tbgw 0.1.0 starting").nth(starts).unwrap_or("");
-            run.contains("connected to ThingsBoard")
-                && (run.contains("connected to the MQTT broker") || run.contains("connector(s)"))
+            let devices_side = if mqtt {
+                run.contains("subscribed to") || run.contains("session_present=true")
+            } else {
+                run.contains("connector(s)")
+            };
+            run.contains("connected to ThingsBoard") && devices_side
         });
     }
 

@@ -106,6 +106,8 @@ enum Polled<P> {
         session_present: bool,
     },
     Message(P),
+    /// The broker took a SUBSCRIBE.
+    Subscribed,
     /// Our DISCONNECT went out.
     Disconnected,
     Error(String),
@@ -172,6 +174,7 @@ impl Protocol for V311 {
         match el.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(a))) => Polled::Connected { session_present: a.session_present },
             Ok(Event::Incoming(Packet::Publish(p))) => Polled::Message(p),
+            Ok(Event::Incoming(Packet::SubAck(_))) => Polled::Subscribed,
             Ok(Event::Outgoing(Outgoing::Disconnect)) => Polled::Disconnected,
             Ok(_) => Polled::Other,
             Err(e) => Polled::Error(e.to_string()),
@@ -245,6 +248,7 @@ impl Protocol for V5 {
         match el.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(a))) => Polled::Connected { session_present: a.session_present },
             Ok(Event::Incoming(Packet::Publish(p))) => Polled::Message(p),
+            Ok(Event::Incoming(Packet::SubAck(_))) => Polled::Subscribed,
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => Polled::Disconnected,
             Ok(_) => Polled::Other,
             Err(e) => Polled::Error(e.to_string()),
@@ -558,6 +562,8 @@ async fn run<P: Protocol>(conn: MqttConnector, mut ctx: ConnectorContext) {
     let mut sink: Option<UplinkSink> = Some(ctx.sink);
     let mut backoff = Duration::from_millis(500);
     let (mut connected_once, mut failures) = (false, 0u64);
+    // A SUBSCRIBE of the mappings' topics is waiting for its SUBACK.
+    let mut awaiting_suback = false;
     let mut connected = false;
     loop {
         let deadline = down.pending.next_deadline();
@@ -592,11 +598,19 @@ async fn run<P: Protocol>(conn: MqttConnector, mut ctx: ConnectorContext) {
                 if !session_present {
                     let mut all = subscriptions.clone();
                     all.extend(down.pending.topics().map(|t| (t.clone(), 1)));
-                    if let Err(e) = P::subscribe(&client, &all) {
-                        tracing::error!(connector = %name, "subscribing failed: {e}");
+                    match P::subscribe(&client, &all) {
+                        Ok(()) => awaiting_suback = true,
+                        Err(e) => tracing::error!(connector = %name, "subscribing failed: {e}"),
                     }
                 }
             }
+            // From here the broker delivers what is published on the
+            // mappings' topics (with a new session, not before).
+            Polled::Subscribed if awaiting_suback => {
+                awaiting_suback = false;
+                tracing::info!(connector = %name, "subscribed to {} topic filter(s) at {target}", subscriptions.len());
+            }
+            Polled::Subscribed => {}
             Polled::Message(p) => {
                 ctx.stats.received.fetch_add(1, Ordering::Relaxed);
                 let (topic, payload, q) = P::parts(&p);
