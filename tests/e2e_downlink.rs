@@ -243,6 +243,19 @@ fn gateway_rpcs_answer() {
     assert!(list.iter().any(|c| c["direction"] == "downlink"), "{converters}");
     assert_eq!(s.own_rpc(6, "gateway_nonsense", json!({}))["code"], 404);
     assert_eq!(s.own_rpc(7, "gateway_reboot", json!({}))["code"], 501);
+    // ThingsBoard deleted a device: forgotten until it sends data again,
+    // which connects it again (and ThingsBoard creates it anew).
+    assert_eq!(s.own_rpc(21, "gateway_device_deleted", json!(device(3))), json!({"success": true}));
+    let devices = s.own_rpc(22, "gateway_devices", json!({}));
+    assert!(devices["resp"].get(device(3)).is_none(), "{devices}");
+    let connects = |r: &[Received]| {
+        r.iter().filter(|m| m.topic == "v1/gateway/connect" && m.text().contains(&format!("\"{}\"", device(3)))).count()
+    };
+    Collector::connect(s.source.port, "deleted-device", &[])
+        .publish(&format!("sensor/{}/data", device(3)), r#"{"temp": 1}"#);
+    s.tb.wait_until(Duration::from_secs(20), "the deleted device connected again", |r| connects(r) >= 2);
+    // Renames are refused with the reason, not pretended.
+    assert_eq!(s.own_rpc(23, "gateway_device_renamed", json!({device(3): "renamed"}))["code"], 501);
 
     // A connector RPC: publish on the devices' broker.
     let answer =

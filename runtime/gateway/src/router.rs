@@ -435,6 +435,36 @@ async fn own_method(shared: &Shared, method: &str, params: Json) -> Json {
             });
             json!({"success": true})
         }
+        // ThingsBoard deleted one of the gateway's devices: forget it, so
+        // that its next data creates it again. Params: its name.
+        "gateway_device_deleted" => {
+            let device = match &params {
+                Json::String(name) => Some(name.clone()),
+                Json::Object(o) => {
+                    o.get("deviceName").or_else(|| o.get("device")).and_then(Json::as_str).map(str::to_owned)
+                }
+                _ => None,
+            };
+            let Some(device) = device else {
+                return json!({"error": "params: the deleted device's name", "code": 400});
+            };
+            tracing::info!(device, "ThingsBoard deleted the device: forgotten until it sends data again");
+            match shared.client.send(Command::Forget { device }) {
+                Ok(()) => json!({"success": true}),
+                Err(e) => json!({"error": e.to_string(), "code": 503}),
+            }
+        }
+        // Data would keep going under the old name and ThingsBoard would
+        // create that device again: say so rather than pretend.
+        "gateway_device_renamed" => {
+            tracing::warn!(
+                "ThingsBoard renamed a device ({params}); tbgw does not follow renames yet: rename it back, or rename it in the connector's configuration"
+            );
+            json!({
+                "error": "not supported yet: tbgw keeps sending under the configured name; rename the device in the connector's configuration",
+                "code": 501
+            })
+        }
         "gateway_reboot" => json!({
             "error": "not supported: tbgw does not reboot the machine it runs on; gateway_restart restarts tbgw",
             "code": 501

@@ -157,6 +157,10 @@ pub enum Command {
     Connect { device: String, device_type: Option<String>, connector: String },
     /// A device left: forget it and publish `v1/gateway/disconnect`.
     Disconnect { device: String },
+    /// ThingsBoard deleted the device (`gateway_device_deleted`): forget it,
+    /// so that its next data connects it again (and ThingsBoard creates it
+    /// anew), as the Python gateway does.
+    Forget { device: String },
 }
 
 /// Why [`ClientHandle::send`] did not take a command.
@@ -711,18 +715,24 @@ impl Delivery {
                 s.connected_devices.insert(device);
             }
             Command::Disconnect { device } => {
-                self.load_known(s).await;
-                if self.registry.remove(&device).is_some() {
-                    let name = device.clone();
-                    if let Err(e) = self.blocking(move |st| st.remove_device(&name)).await {
-                        tracing::error!(device, "forgetting a disconnected device failed: {e}");
-                    }
-                }
-                s.connected_devices.remove(&device);
+                self.forget(&device, s).await;
                 let payload = format!("{{\"device\":{}}}", pack::json_string(&device));
                 s.outbox.push_back(control(DISCONNECT_TOPIC, payload.into_bytes()));
             }
+            Command::Forget { device } => self.forget(&device, s).await,
         }
+    }
+
+    /// Forget a device: the registry, the store, this session.
+    async fn forget(&mut self, device: &str, s: &mut Session) {
+        self.load_known(s).await;
+        if self.registry.remove(device).is_some() {
+            let name = device.to_owned();
+            if let Err(e) = self.blocking(move |st| st.remove_device(&name)).await {
+                tracing::error!(device, "forgetting a device failed: {e}");
+            }
+        }
+        s.connected_devices.remove(device);
     }
 
     /// The devices the store remembers, once per process; each connected in
