@@ -10,7 +10,10 @@
 //!   `max_batch`, without waiting, so a batch grows with the load and adds no
 //!   latency when the gateway is idle. A batch is split by converter (route),
 //!   each part converted in one call. Missing timestamps are filled with the
-//!   receipt time. Wasm calls never run on tokio's threads.
+//!   receipt time. Wasm calls never run on tokio's threads. Then the
+//!   route's report strategies ([`tbgw_core::report`]) drop the values
+//!   that need not go on (unchanged, or within their report period); the
+//!   worker keeps what it last reported of each device's keys.
 //! - **The store writer** takes every converted batch that is waiting and
 //!   appends their events in one write (group commit), then confirms the
 //!   messages to their sources ([`tbgw_core::connector::Ack`]) and wakes the
