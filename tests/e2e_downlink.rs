@@ -233,6 +233,10 @@ fn gateway_rpcs_answer() {
     let stats = s.own_rpc(4, "gateway_stats", json!({}));
     assert!(stats["resp"]["DevicesEventsProduced"].as_u64().is_some(), "{stats}");
     assert!(stats["resp"]["uptimeSeconds"].as_u64().is_some(), "{stats}");
+    // The machine's state, under the Python gateway's keys.
+    for key in ["totalCpuUsage", "freeMemory", "diskUsage", "gwMemory"] {
+        assert!(stats["resp"][key].as_f64().is_some(), "{key} in {stats}");
+    }
     let converters = s.own_rpc(5, "gateway_converters", json!({}));
     let list = converters["resp"].as_array().expect("a list of converters");
     assert_eq!(list.len(), 2, "the mapping's uplink and the downlink converter: {converters}");

@@ -4,6 +4,7 @@
 //!   format), every problem reported by path.
 //! - [`demo`]: `tbgw demo`: an embedded broker, a device simulator and a
 //!   stand-in for ThingsBoard around the real gateway.
+//! - [`machine`]: the machine's and the process's state, for the statistics.
 //! - [`memory`]: how tbgw uses the C allocator (arenas, start-up memory).
 //! - [`converters`]: how configs name converters (a built-in name or a
 //!   `.wasm` path) and how the converter runtime is set up for this machine.
@@ -20,6 +21,7 @@
 pub mod config;
 pub mod converters;
 pub mod demo;
+pub mod machine;
 pub mod memory;
 pub mod pipeline;
 pub mod router;

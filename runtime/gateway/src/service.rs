@@ -363,6 +363,21 @@ pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> Result<S
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t
     });
+    // The machine, once (as the Python gateway: attributes of the gateway
+    // device); sent when the session starts.
+    let mut machine = crate::machine::Sampler::default();
+    if reports.is_some() {
+        let attributes = serde_json::Value::Object(crate::machine::once()).to_string();
+        let publish = tbgw_thingsboard::Command::Publish {
+            topic: "v1/devices/me/attributes".into(),
+            payload: attributes.into_bytes(),
+        };
+        if let Err(e) = client.send(publish) {
+            tracing::debug!("the machine's attributes were not sent: {e}");
+        }
+        // The first CPU sample: the first report's share starts here.
+        machine.sample();
+    }
     let mut stopped = Stopped::Normally;
     loop {
         tokio::select! {
@@ -372,12 +387,20 @@ pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> Result<S
                 break;
             }
             _ = async { reports.as_mut().expect("guarded").tick().await }, if reports.is_some() => {
-                let report = statistics(started, &*store, &pipeline, &connector_stats, &client.stats(), &router.stats);
+                let mut report = statistics(started, &*store, &pipeline, &connector_stats, &client.stats(), &router.stats);
+                if let serde_json::Value::Object(o) = &mut report {
+                    o.extend(machine.sample());
+                }
                 client.own_telemetry(report.to_string());
             }
             Some(query) = queries.recv() => match query {
                 ServiceQuery::Stats(reply) => {
-                    let _ = reply.send(statistics(started, &*store, &pipeline, &connector_stats, &client.stats(), &router.stats));
+                    let mut report = statistics(started, &*store, &pipeline, &connector_stats, &client.stats(), &router.stats);
+                    if let serde_json::Value::Object(o) = &mut report {
+                        // The machine now; the process's CPU share is the reports'.
+                        o.extend(crate::machine::Sampler::default().sample());
+                    }
+                    let _ = reply.send(report);
                 }
                 ServiceQuery::Converters(reply) => {
                     let list = pipeline.routes().iter().map(|r| converter_json(&r.converter.info(), &r.connector)).collect();
