@@ -183,7 +183,8 @@ pub fn decode_registers(bytes: &[u8], f: &Format) -> Result<Decoded, String> {
             let end = text.iter().rposition(|b| *b != 0 && *b != b' ').map_or(0, |i| i + 1);
             match std::str::from_utf8(&text[..end]) {
                 Ok(s) => Decoded::Text(s.to_owned()),
-                Err(e) => return Err(format!("not UTF-8 text (invalid byte at offset {})", e.valid_up_to())),
+                // Not text: its bytes in hex, as the Python gateway sends them.
+                Err(_) => Decoded::Text(raw.iter().map(|b| format!("{b:02x}")).collect()),
             }
         }
         DataType::Bytes => Decoded::Text(raw.iter().map(|b| format!("{b:02x}")).collect()),
