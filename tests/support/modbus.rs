@@ -106,6 +106,15 @@ impl Device {
     }
 }
 
+/// Bind `port` without listening: connecting to it is refused, and
+/// binding it fails for anyone else.
+fn hold(port: u16) -> Option<tokio::net::TcpSocket> {
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket.set_reuseaddr(true).ok()?;
+    socket.bind(([127, 0, 0, 1], port).into()).ok()?;
+    Some(socket)
+}
+
 /// Two pseudo-terminals linked by `socat`: the gateway's end, the
 /// device's end, the `socat` process and the directory of the links.
 fn pty_pair() -> (PathBuf, PathBuf, std::process::Child, tempfile::TempDir) {
@@ -239,6 +248,9 @@ pub struct ModbusDevice {
     device: Device,
     runtime: tokio::runtime::Runtime,
     server: Option<tokio::task::JoinHandle<()>>,
+    /// While stopped: the port bound but not listening, so connections are
+    /// refused and no other test's server takes the port meanwhile.
+    placeholder: Option<tokio::net::TcpSocket>,
     /// With a serial line: the gateway's end, and what links the two.
     serial: Option<(std::path::PathBuf, std::process::Child, tempfile::TempDir)>,
 }
@@ -249,7 +261,15 @@ impl ModbusDevice {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("tokio runtime");
         let device = Device { memory: Arc::default(), requests: Arc::default() };
-        let mut d = ModbusDevice { port: crate::free_port(), framing, device, runtime, server: None, serial: None };
+        let mut d = ModbusDevice {
+            port: crate::free_port(),
+            framing,
+            device,
+            runtime,
+            server: None,
+            serial: None,
+            placeholder: None,
+        };
         d.resume();
         d
     }
@@ -271,6 +291,7 @@ impl ModbusDevice {
             runtime,
             server: Some(server),
             serial: Some((gw, socat, dir)),
+            placeholder: None,
         }
     }
 
@@ -313,6 +334,7 @@ impl ModbusDevice {
     /// Serve again on the same port (after [`ModbusDevice::stop`]).
     pub fn resume(&mut self) {
         assert!(self.server.is_none(), "already serving");
+        self.placeholder = None;
         let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
         let (device, framing) = (self.device.clone(), self.framing);
         let listener = self.runtime.block_on(async {
@@ -341,6 +363,9 @@ impl ModbusDevice {
         if let Some(s) = self.server.take() {
             s.abort();
             let _ = self.runtime.block_on(s);
+            if self.serial.is_none() {
+                self.placeholder = hold(self.port);
+            }
         }
     }
 
