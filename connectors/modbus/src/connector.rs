@@ -661,6 +661,11 @@ fn decode_answer(slave: &SlaveConfig, job: &DeviceJob, r: Read, data: &Data) -> 
         Data::Coils(c) => codec::decode_bits(c, &tag.format),
         Data::Registers(_) => codec::decode_registers(&data.bytes(), &tag.format),
     };
+    if let Ok(v) = &decoded
+        && let Some(variant) = tag.variant(v)
+    {
+        return variant.clone();
+    }
     match decoded {
         Ok(codec::Decoded::Bool(b)) => serde_json::json!(b),
         Ok(codec::Decoded::Int(i)) => serde_json::json!(i),

@@ -106,6 +106,9 @@ pub struct Format {
     pub bits_as_bool: bool,
     pub divider: Option<f64>,
     pub multiplier: Option<f64>,
+    /// Decimals floats are rounded to (`round`; 6 by default, as the
+    /// Python gateway).
+    pub round: u8,
 }
 
 /// A decoded value.
@@ -221,21 +224,22 @@ fn scale(v: Decoded, f: &Format) -> Decoded {
         other => return other,
     };
     match (f.divider, f.multiplier) {
-        (Some(d), _) if d != 0.0 => Decoded::Float(round6(x / d)),
+        (Some(d), _) if d != 0.0 => Decoded::Float(round_to(x / d, f.round)),
         (None, Some(m)) => match v {
             Decoded::Int(i) if m.fract() == 0.0 && (m as i64).checked_mul(i).is_some() => Decoded::Int(i * m as i64),
-            _ => Decoded::Float(round6(x * m)),
+            _ => Decoded::Float(round_to(x * m, f.round)),
         },
         _ => match v {
-            Decoded::Float(x) => Decoded::Float(round6(x)),
+            Decoded::Float(x) => Decoded::Float(round_to(x, f.round)),
             other => other,
         },
     }
 }
 
-/// Six decimals, as the Python gateway rounds floats.
-fn round6(x: f64) -> f64 {
-    if x.is_finite() { (x * 1e6).round() / 1e6 } else { x }
+/// `decimals` decimals, as the Python gateway rounds floats.
+fn round_to(x: f64, decimals: u8) -> f64 {
+    let f = 10f64.powi(i32::from(decimals.min(15)));
+    if x.is_finite() { (x * f).round() / f } else { x }
 }
 
 fn half_to_f32(h: u16) -> f32 {

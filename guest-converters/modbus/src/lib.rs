@@ -51,6 +51,27 @@ pub struct Tag {
     pub function_code: u8,
     pub address: u16,
     pub format: Format,
+    /// `variants`: a decoded value (as the Python gateway writes it: `1`,
+    /// `2.5`, `True`) to what is sent instead, e.g. `{"0": "off", "1": "on"}`.
+    pub variants: Option<Arc<serde_json::Map<String, Json>>>,
+}
+
+impl Tag {
+    /// What is sent for `decoded`: its variant if it has one.
+    pub fn variant(&self, decoded: &Decoded) -> Option<&Json> {
+        let variants = self.variants.as_ref()?;
+        let key = match decoded {
+            Decoded::Bool(true) => "True".to_owned(),
+            Decoded::Bool(false) => "False".to_owned(),
+            Decoded::Int(i) => i.to_string(),
+            // Python's str() of a float: `2.0`, `2.5`.
+            Decoded::Float(x) if x.fract() == 0.0 && x.abs() < 1e16 => format!("{x:.1}"),
+            Decoded::Float(x) => x.to_string(),
+            Decoded::Text(s) => s.clone(),
+            Decoded::Bits(_) => return None,
+        };
+        variants.get(&key)
+    }
 }
 
 /// The connection keys of a slave: the connector's, not the converter's.
@@ -332,10 +353,20 @@ fn tags(
     };
     let address = address(&mut o, ranges_allowed)?;
     let format = format(&mut o, type_text, function_code, byte_order, word_order)?;
-    o.allow(&["reportStrategy", "round", "id"]);
+    let variants = match o.get("variants") {
+        None | Some(Json::Null) => None,
+        Some(Json::Object(m)) => Some(Arc::new(m.clone())),
+        Some(other) => {
+            return Err(ConfigError::at(
+                o.field("variants"),
+                format!("expected an object of value: replacement, found {}", config::kind(other)),
+            ));
+        }
+    };
+    o.allow(&["reportStrategy", "id"]);
     o.finish()?;
     Ok(match address {
-        Address::One(address) => vec![Tag { tag: name, function_code, address, format }],
+        Address::One(address) => vec![Tag { tag: name, function_code, address, format, variants }],
         // Whole values only: registers left over at the end of the range
         // are not read (the Python gateway reads them and fails to decode).
         Address::Range(first, last) => (u32::from(first)..=u32::from(last))
@@ -344,7 +375,7 @@ fn tags(
             .map(|a| {
                 let a = a as u16;
                 let tag = range_key(&name, a, unit_id, function_code, type_text, format.objects);
-                Tag { tag, function_code, address: a, format }
+                Tag { tag, function_code, address: a, format, variants: variants.clone() }
             })
             .collect(),
     })
@@ -394,7 +425,8 @@ fn format(
     if divider == Some(0.0) {
         return Err(ConfigError::at(o.field("divider"), "must not be 0"));
     }
-    Ok(Format { data_type, objects, byte_order, word_order, bit, bits_as_bool, divider, multiplier })
+    let round = o.opt_uint("round", 15)?.unwrap_or(6) as u8;
+    Ok(Format { data_type, objects, byte_order, word_order, bit, bits_as_bool, divider, multiplier, round })
 }
 
 /// A polled block.
@@ -450,7 +482,18 @@ impl UplinkConverter {
                     codec::decode_registers(&payload[offset * 2..], &t.format)
                 };
                 match decoded {
-                    Ok(v) => entries.push(Entry { key: t.tag.clone(), value: value(v) }),
+                    Ok(v) => {
+                        let value = match t.variant(&v) {
+                            Some(Json::String(s)) => Value::Text(s.clone()),
+                            Some(Json::Bool(b)) => Value::Bool(*b),
+                            Some(Json::Number(n)) => {
+                                n.as_i64().map_or(Value::Float(n.as_f64().unwrap_or(0.0)), Value::Int)
+                            }
+                            Some(other) => Value::Json(other.to_string()),
+                            None => value(v),
+                        };
+                        entries.push(Entry { key: t.tag.clone(), value });
+                    }
                     Err(reason) => dropped.push(Dropped { key: t.tag.clone(), reason }),
                 }
             }

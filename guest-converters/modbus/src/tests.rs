@@ -11,6 +11,7 @@ fn fmt(t: &str, objects: u16, bo: Order, wo: Order) -> Format {
         bits_as_bool: true,
         divider: None,
         multiplier: None,
+        round: 6,
     }
 }
 
@@ -339,4 +340,38 @@ fn reserved_get_and_set_reach_any_register() {
     // An `rpc[]` entry named `get` would win; other methods are not reserved.
     assert_eq!(err("read", r#""address=1;""#), "no rpc entry has the tag `read`");
     assert!(reserved_rpc("getTemperature", "null", Order::Big, Order::Big).is_none());
+}
+
+#[test]
+fn variants_and_round_as_the_python_gateway() {
+    let c = UplinkConverter::new(
+        r#"{"deviceName": "D", "timeseries": [
+            {"tag": "state", "type": "16uint", "functionCode": 3, "address": 0,
+             "variants": {"0": "stopped", "1": "running", "2": {"fault": true}}},
+            {"tag": "level", "type": "16uint", "functionCode": 3, "address": 1, "divider": 3, "round": 2},
+            {"tag": "scaled", "type": "16uint", "functionCode": 3, "address": 2, "divider": 2,
+             "variants": {"2.0": "two", "2.5": "two and a half"}}]}"#,
+    )
+    .unwrap();
+    let block = Block { unit_id: 1, function_code: 3, address: 0, count: 3 };
+    let values = |payload: &[u8]| -> Vec<Value> {
+        c.convert(None, block, payload).unwrap().updates[0].telemetry[0]
+            .values
+            .iter()
+            .map(|e| e.value.clone())
+            .collect()
+    };
+    assert_eq!(
+        values(&[0, 1, 0, 10, 0, 4]),
+        [Value::Text("running".into()), Value::Float(3.33), Value::Text("two".into())]
+    );
+    assert_eq!(values(&[0, 2, 0, 1, 0, 5])[0], Value::Json(r#"{"fault":true}"#.into()));
+    assert_eq!(values(&[0, 2, 0, 1, 0, 5])[2], Value::Text("two and a half".into()));
+    // No variant for the value: the value.
+    assert_eq!(values(&[0, 9, 0, 1, 0, 7]), [Value::Int(9), Value::Float(0.33), Value::Float(3.5)]);
+    let bad = SlaveConfig::parse(
+        r#"{"deviceName": "D", "timeseries": [{"tag": "s", "type": "16int", "functionCode": 3, "address": 0, "variants": [1]}]}"#,
+    )
+    .unwrap_err();
+    assert!(bad.to_string().starts_with("timeseries[0].variants: expected an object"), "{bad}");
 }
