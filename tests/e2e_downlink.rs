@@ -258,8 +258,8 @@ fn gateway_rpcs_answer() {
     Collector::connect(s.source.port, "deleted-device", &[])
         .publish(&format!("sensor/{}/data", device(3)), r#"{"temp": 1}"#);
     s.tb.wait_until(Duration::from_secs(20), "the deleted device connected again", |r| connects(r) >= 2);
-    // Renames are refused with the reason, not pretended.
-    assert_eq!(s.own_rpc(23, "gateway_device_renamed", json!({device(3): "renamed"}))["code"], 501);
+    // A rename of a device the gateway does not know is refused.
+    assert_eq!(s.own_rpc(23, "gateway_device_renamed", json!({"nobody": "renamed"}))["code"], 404);
 
     // A connector RPC: publish on the devices' broker.
     let answer =
@@ -380,4 +380,61 @@ fn a_thousand_concurrent_rpcs_to_a_hundred_devices_are_all_answered() {
         assert_eq!(data, &json!({"device": dev, "echo": {"n": id}}), "reply {id}");
     }
     println!("1,000 RPCs to 100 devices answered in {elapsed:?}");
+}
+
+/// A user renames a device in ThingsBoard (`gateway_device_renamed`): its
+/// data go under the new name, requests for the new name reach it, and the
+/// rename is kept across a restart; renaming it back undoes it.
+#[test]
+fn a_device_renamed_in_thingsboard_goes_by_its_new_name() {
+    let s = setup("rename");
+    let _responder = responder(s.source.port, "responder-rename");
+    let device = Collector::connect(s.source.port, "renamed-device", &[]);
+    let temperatures = |r: &[Received], name: &str| -> Vec<f64> {
+        r.iter()
+            .filter(|m| m.topic == "v1/gateway/telemetry")
+            .filter_map(|m| serde_json::from_slice::<Value>(&m.payload).ok())
+            .flat_map(|doc| doc[name].as_array().cloned().unwrap_or_default())
+            .filter_map(|reading| reading["values"]["temperature"].as_f64())
+            .collect()
+    };
+    device.publish("sensor/dev-004/data", r#"{"temp": 1}"#);
+    s.tb.wait_until(Duration::from_secs(20), "dev-004's first reading", |r| temperatures(r, "dev-004") == [1.0]);
+
+    let renamed = json!({"dev-004": "Boiler 4"});
+    assert_eq!(s.own_rpc(1, "gateway_device_renamed", renamed), json!({"success": true}));
+    assert_eq!(s.own_rpc(2, "gateway_device_renamed", json!({"nobody": "x"}))["code"], 404);
+    device.publish("sensor/dev-004/data", r#"{"temp": 2}"#);
+    s.tb.wait_until(Duration::from_secs(20), "the reading under the new name", |r| {
+        temperatures(r, "Boiler 4") == [2.0]
+    });
+    // Requests for the new name reach the device (on its own topics).
+    let reply = s.rpc("Boiler 4", 7, "echo", json!({"x": 1}));
+    assert_eq!(reply, json!({"device": "dev-004", "echo": {"x": 1}}));
+    let old = s.rpc("dev-004", 8, "echo", json!({}));
+    assert!(old["error"].as_str().is_some_and(|e| e.contains("unknown device")), "{old}");
+    let devices = s.own_rpc(3, "gateway_devices", json!({}));
+    assert_eq!(devices["resp"]["Boiler 4"], "Devices", "{devices}");
+
+    // Kept across a restart.
+    assert_eq!(s.own_rpc(4, "gateway_restart", json!({})), json!({"success": true}));
+    let mut gw = s.gw;
+    gw.wait_for_log(Duration::from_secs(60), "the gateway started again", |log| {
+        log.matches("tbgw 0.1.0 starting").count() == 2
+            && log.rsplit("tbgw 0.1.0 starting").next().is_some_and(|run| {
+                run.contains("connected to ThingsBoard")
+                    && (run.contains("subscribed to") || run.contains("session_present=true"))
+            })
+    });
+    let s = Setup { gw, ..s };
+    device.publish("sensor/dev-004/data", r#"{"temp": 3}"#);
+    s.tb.wait_until(Duration::from_secs(20), "after the restart, the new name", |r| {
+        temperatures(r, "Boiler 4") == [2.0, 3.0]
+    });
+    // Renamed back: its own name again.
+    assert_eq!(s.own_rpc(5, "gateway_device_renamed", json!({"Boiler 4": "dev-004"})), json!({"success": true}));
+    device.publish("sensor/dev-004/data", r#"{"temp": 4}"#);
+    let got = s.tb.wait_until(Duration::from_secs(20), "its own name again", |r| temperatures(r, "dev-004").len() == 2);
+    assert_eq!(temperatures(&got, "dev-004"), [1.0, 4.0]);
+    assert_eq!(temperatures(&got, "Boiler 4"), [2.0, 3.0]);
 }

@@ -156,6 +156,14 @@ impl DownlinkRequest {
             DownlinkRequest::AttributeUpdate(a) => &a.device,
         }
     }
+
+    /// Address it to `device` (the connector's name for a renamed device).
+    pub fn set_device(&mut self, device: String) {
+        match self {
+            DownlinkRequest::Rpc(r) => r.device = device,
+            DownlinkRequest::AttributeUpdate(a) => a.device = device,
+        }
+    }
 }
 
 /// One message for a connector to send to a device.
@@ -183,4 +191,8 @@ pub struct DeviceRecord {
     pub device_type: Option<String>,
     /// The connector that owns the device (where its requests go).
     pub connector: String,
+    /// The name ThingsBoard shows it under since a user renamed it there
+    /// (`gateway_device_renamed`): its data go under that name, and
+    /// requests for that name reach it. `None`: its own name.
+    pub renamed: Option<String>,
 }

@@ -101,46 +101,156 @@ impl DeviceRequests {
 /// The devices ThingsBoard knows through this gateway and the connector of
 /// each: what routes a request to its device. The ThingsBoard client keeps
 /// it (it connects the devices); the router and the gateway RPCs read it.
+/// Devices are kept by the connector's name for them; a device renamed in
+/// ThingsBoard is also found by its new name ([`DeviceRegistry::resolve`]).
 #[derive(Debug, Default)]
 pub struct DeviceRegistry {
-    devices: RwLock<HashMap<String, crate::DeviceRecord>>,
+    inner: RwLock<Devices>,
+}
+
+#[derive(Debug, Default)]
+struct Devices {
+    by_name: HashMap<String, crate::DeviceRecord>,
+    /// ThingsBoard's name of a renamed device, to the connector's name.
+    renamed: HashMap<String, String>,
 }
 
 impl DeviceRegistry {
+    /// The record of the device the connector calls `device`.
     pub fn get(&self, device: &str) -> Option<crate::DeviceRecord> {
-        self.read().get(device).cloned()
+        self.read().by_name.get(device).cloned()
     }
 
-    /// Insert or update; true when that changed anything.
-    pub fn put(&self, device: &str, record: crate::DeviceRecord) -> bool {
-        let mut map = self.devices.write().unwrap_or_else(|e| e.into_inner());
-        if map.get(device) == Some(&record) {
+    /// Insert or update; true when that changed anything. A rename already
+    /// known is kept when `record` says none (a connector does not know it).
+    pub fn put(&self, device: &str, mut record: crate::DeviceRecord) -> bool {
+        let mut d = self.write();
+        let old = d.by_name.get(device).cloned();
+        if record.renamed.is_none() {
+            record.renamed = old.as_ref().and_then(|o| o.renamed.clone());
+        }
+        if old.as_ref() == Some(&record) {
             return false;
         }
-        map.insert(device.to_owned(), record);
+        if let Some(old_name) = old.and_then(|o| o.renamed) {
+            d.renamed.remove(&old_name);
+        }
+        if let Some(new_name) = &record.renamed {
+            d.renamed.insert(new_name.clone(), device.to_owned());
+        }
+        d.by_name.insert(device.to_owned(), record);
         true
     }
 
     pub fn remove(&self, device: &str) -> Option<crate::DeviceRecord> {
-        self.devices.write().unwrap_or_else(|e| e.into_inner()).remove(device)
+        let mut d = self.write();
+        let record = d.by_name.remove(device)?;
+        if let Some(name) = &record.renamed {
+            d.renamed.remove(name);
+        }
+        Some(record)
+    }
+
+    /// The device ThingsBoard calls `name`: the connector's name for it and
+    /// its record. A renamed device is no longer found by its old name.
+    pub fn resolve(&self, name: &str) -> Option<(String, crate::DeviceRecord)> {
+        let d = self.read();
+        if let Some(local) = d.renamed.get(name) {
+            return d.by_name.get(local).map(|r| (local.clone(), r.clone()));
+        }
+        d.by_name.get(name).filter(|r| r.renamed.is_none()).map(|r| (name.to_owned(), r.clone()))
+    }
+
+    /// The name ThingsBoard shows the device the connector calls `device`
+    /// under, when it was renamed there.
+    pub fn renamed(&self, device: &str) -> Option<String> {
+        let d = self.read();
+        if d.renamed.is_empty() {
+            return None;
+        }
+        d.by_name.get(device).and_then(|r| r.renamed.clone())
+    }
+
+    /// Whether any device was renamed (nothing to look up otherwise).
+    pub fn any_renamed(&self) -> bool {
+        !self.read().renamed.is_empty()
+    }
+
+    /// ThingsBoard renamed the device it called `from` to `to`: its record
+    /// under the connector's name, to keep; `None` if no device is `from`.
+    /// Renaming it back to the connector's name undoes the rename.
+    pub fn rename(&self, from: &str, to: &str) -> Option<(String, crate::DeviceRecord)> {
+        let (local, mut record) = self.resolve(from)?;
+        record.renamed = (to != local).then(|| to.to_owned());
+        let mut d = self.write();
+        if let Some(old) = d.by_name.get(&local).and_then(|r| r.renamed.clone()) {
+            d.renamed.remove(&old);
+        }
+        if let Some(new_name) = &record.renamed {
+            d.renamed.insert(new_name.clone(), local.clone());
+        }
+        d.by_name.insert(local.clone(), record.clone());
+        Some((local, record))
     }
 
     /// Every device and its record, sorted by name.
     pub fn snapshot(&self) -> Vec<(String, crate::DeviceRecord)> {
-        let mut all: Vec<_> = self.read().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut all: Vec<_> = self.read().by_name.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
     }
 
     pub fn len(&self) -> usize {
-        self.read().len()
+        self.read().by_name.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, crate::DeviceRecord>> {
-        self.devices.read().unwrap_or_else(|e| e.into_inner())
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Devices> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Devices> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DeviceRecord;
+
+    fn record(connector: &str) -> DeviceRecord {
+        DeviceRecord { device_type: None, connector: connector.into(), renamed: None }
+    }
+
+    #[test]
+    fn a_renamed_device_is_found_by_its_new_name_only() {
+        let r = DeviceRegistry::default();
+        r.put("dev-1", record("mqtt"));
+        r.put("dev-2", record("mqtt"));
+        assert!(!r.any_renamed());
+        let (local, rec) = r.rename("dev-1", "Boiler").expect("known");
+        assert_eq!((local.as_str(), rec.renamed.as_deref()), ("dev-1", Some("Boiler")));
+        assert_eq!(r.resolve("Boiler").map(|(l, _)| l), Some("dev-1".into()));
+        assert!(r.resolve("dev-1").is_none(), "the old name is ThingsBoard's no more");
+        assert_eq!(r.renamed("dev-1").as_deref(), Some("Boiler"));
+        assert_eq!(r.renamed("dev-2"), None);
+        // A connector announcing it again does not undo the rename.
+        assert!(!r.put("dev-1", record("mqtt")));
+        assert_eq!(r.renamed("dev-1").as_deref(), Some("Boiler"));
+        // Renamed again, then back to its own name.
+        r.rename("Boiler", "Boiler 2").expect("known by its new name");
+        assert!(r.resolve("Boiler").is_none());
+        r.rename("Boiler 2", "dev-1").expect("known");
+        assert_eq!(r.resolve("dev-1").map(|(l, _)| l), Some("dev-1".into()));
+        assert!(!r.any_renamed());
+        assert!(r.rename("nobody", "x").is_none());
+        // Forgetting a renamed device forgets its new name too.
+        r.rename("dev-2", "Pump");
+        r.remove("dev-2");
+        assert!(r.resolve("Pump").is_none() && !r.any_renamed());
     }
 }

@@ -61,6 +61,9 @@ pub struct GatewayConfig {
     /// `thingsboard.reportStrategy`: the strategy of values whose
     /// connector, device or key sets none.
     pub report_strategy: Strategy,
+    /// `thingsboard.handleDeviceRenaming` (default true): follow devices
+    /// renamed in ThingsBoard (`gateway_device_renamed`).
+    pub handle_device_renaming: bool,
 }
 
 /// Where events wait for delivery.
@@ -188,6 +191,14 @@ pub fn from_document(doc: &Value, file: &Path, base: &Path, d: &mut Diagnostics)
         ],
     );
     root.finish(d);
+    let handle_device_renaming = match doc.pointer("/thingsboard/handleDeviceRenaming") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            d.error("thingsboard.handleDeviceRenaming", format!("expected true or false, found {other}"));
+            true
+        }
+    };
     Some(GatewayConfig {
         file: file.to_owned(),
         thingsboard: thingsboard?,
@@ -198,6 +209,7 @@ pub fn from_document(doc: &Value, file: &Path, base: &Path, d: &mut Diagnostics)
         cache_dir,
         watch_converters,
         report_strategy,
+        handle_device_renaming,
     })
 }
 
@@ -248,6 +260,8 @@ fn thingsboard(mut tb: Obj, base: &Path, d: &mut Diagnostics) -> (Option<ClientC
         }
         None => Some(Duration::from_secs(60)),
     };
+    // Read by `from_document` (`handle_device_renaming`).
+    tb.allow(&["handleDeviceRenaming"]);
     let report_strategy = match tb.get("reportStrategy") {
         Some(v) => report::parse(d, &tb.field("reportStrategy"), v).unwrap_or_default(),
         None => Strategy::OnReceived,
@@ -264,7 +278,6 @@ fn thingsboard(mut tb: Obj, base: &Path, d: &mut Diagnostics) -> (Option<ClientC
             ("minPackSendDelayMS", "tbgw packs as much as each publish can hold, at once"),
             ("minPackSizeToSend", "tbgw packs as much as each publish can hold, at once"),
             ("checkConnectorsConfigurationInSeconds", "changes to connector files apply at the next start"),
-            ("handleDeviceRenaming", "not implemented yet"),
             ("checkingDeviceActivity", "not implemented yet"),
             ("rateLimits", why_limits),
             ("dpRateLimits", why_limits),

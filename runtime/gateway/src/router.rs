@@ -96,6 +96,8 @@ struct Shared {
     service: mpsc::Sender<ServiceQuery>,
     restart: CancellationToken,
     stats: Arc<RouterStats>,
+    /// `thingsboard.handleDeviceRenaming`.
+    follow_renames: bool,
 }
 
 /// The running router.
@@ -118,6 +120,7 @@ impl Router {
         service: mpsc::Sender<ServiceQuery>,
         restart: CancellationToken,
         shutdown: CancellationToken,
+        follow_renames: bool,
     ) -> std::io::Result<Router> {
         let converters: Vec<Option<DownlinkConverter>> = ports.iter().map(|p| p.converter.clone()).collect();
         let (convert, jobs) = flume::bounded::<ConvertJob>(4096);
@@ -134,6 +137,7 @@ impl Router {
             service,
             restart,
             stats: stats.clone(),
+            follow_renames,
         });
         let task = tokio::spawn(route(shared, incoming, device_requests, shutdown));
         Ok(Router { task, thread: Some(thread), stats })
@@ -292,12 +296,14 @@ async fn device_rpc(shared: Arc<Shared>, rpc: tbgw_core::RpcRequest) {
 }
 
 /// Route a request to its device: registry, converter, connector.
-async fn serve(shared: &Shared, request: DownlinkRequest, kind: JobKind) -> Outcome {
-    let device = request.device().to_owned();
-    let record = shared
+async fn serve(shared: &Shared, mut request: DownlinkRequest, kind: JobKind) -> Outcome {
+    // ThingsBoard's name for the device; the connector's may differ (renamed).
+    let shown = request.device().to_owned();
+    let (device, record) = shared
         .registry
-        .get(&device)
-        .ok_or_else(|| format!("unknown device `{device}`: no connector of this gateway has connected it"))?;
+        .resolve(&shown)
+        .ok_or_else(|| format!("unknown device `{shown}`: no connector of this gateway has connected it"))?;
+    request.set_device(device.clone());
     let (index, port) = shared.ports.iter().enumerate().find(|(_, p)| p.name == record.connector).ok_or_else(|| {
         format!("device `{device}` belongs to connector `{}`, which is not running", record.connector)
     })?;
@@ -345,7 +351,8 @@ fn from_device(shared: &Arc<Shared>, connector: &str, request: DeviceRequest) {
         }
         DeviceRequest::Attributes { device, keys, client, reply } => {
             let id = shared.next_attribute_request.fetch_add(1, Ordering::Relaxed);
-            let payload = codec::attribute_request(id, &device, client, &keys);
+            let shown = shared.registry.renamed(&device).unwrap_or(device);
+            let payload = codec::attribute_request(id, &shown, client, &keys);
             shared.attribute_requests.lock().unwrap_or_else(|e| e.into_inner()).insert(id, (keys, reply));
             publish(shared, ATTRIBUTES_REQUEST_TOPIC.into(), payload);
             let shared = shared.clone();
@@ -406,8 +413,13 @@ async fn own_method(shared: &Shared, method: &str, params: Json) -> Json {
             json!({"code": 200, "resp": {"current_version": env!("CARGO_PKG_VERSION"), "name": "tbgw"}})
         }
         "gateway_devices" => {
-            let devices: serde_json::Map<String, Json> =
-                shared.registry.snapshot().into_iter().map(|(name, r)| (name, Json::String(r.connector))).collect();
+            // By ThingsBoard's names.
+            let devices: serde_json::Map<String, Json> = shared
+                .registry
+                .snapshot()
+                .into_iter()
+                .map(|(name, r)| (r.renamed.unwrap_or(name), Json::String(r.connector)))
+                .collect();
             json!({"code": 200, "resp": devices})
         }
         "gateway_stats" => match ask(shared, ServiceQuery::Stats).await {
@@ -445,25 +457,43 @@ async fn own_method(shared: &Shared, method: &str, params: Json) -> Json {
                 }
                 _ => None,
             };
-            let Some(device) = device else {
+            let Some(shown) = device else {
                 return json!({"error": "params: the deleted device's name", "code": 400});
             };
+            let device = shared.registry.resolve(&shown).map_or(shown, |(local, _)| local);
             tracing::info!(device, "ThingsBoard deleted the device: forgotten until it sends data again");
             match shared.client.send(Command::Forget { device }) {
                 Ok(()) => json!({"success": true}),
                 Err(e) => json!({"error": e.to_string(), "code": 503}),
             }
         }
-        // Data would keep going under the old name and ThingsBoard would
-        // create that device again: say so rather than pretend.
+        // A user renamed one of the gateway's devices in ThingsBoard:
+        // params `{"<old name>": "<new name>"}`. Its data go under the new
+        // name, and requests for the new name reach it, as the Python
+        // gateway does (the connector keeps calling it by its own name).
         "gateway_device_renamed" => {
-            tracing::warn!(
-                "ThingsBoard renamed a device ({params}); tbgw does not follow renames yet: rename it back, or rename it in the connector's configuration"
-            );
-            json!({
-                "error": "not supported yet: tbgw keeps sending under the configured name; rename the device in the connector's configuration",
-                "code": 501
-            })
+            let rename = match &params {
+                Json::Object(o) if o.len() == 1 => {
+                    o.iter().next().and_then(|(from, to)| Some((from.clone(), to.as_str()?.to_owned())))
+                }
+                _ => None,
+            };
+            let Some((from, to)) = rename else {
+                return json!({"error": "params: {\"<old name>\": \"<new name>\"}", "code": 400});
+            };
+            if !shared.follow_renames {
+                tracing::info!("ThingsBoard renamed `{from}` to `{to}`; not followed (handleDeviceRenaming: false)");
+                return json!({"success": true});
+            }
+            // In the registry at once, so the next request finds the new name.
+            let Some((device, _)) = shared.registry.rename(&from, &to) else {
+                return json!({"error": format!("unknown device `{from}`"), "code": 404});
+            };
+            tracing::info!(device, "ThingsBoard renamed `{from}` to `{to}`: its data go under the new name");
+            match shared.client.send(Command::Remember { device }) {
+                Ok(()) => json!({"success": true}),
+                Err(e) => json!({"error": e.to_string(), "code": 503}),
+            }
         }
         "gateway_reboot" => json!({
             "error": "not supported: tbgw does not reboot the machine it runs on; gateway_restart restarts tbgw",

@@ -343,6 +343,7 @@ pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> Result<S
         queries_tx,
         restart.clone(),
         router_stop.clone(),
+        config.handle_device_renaming,
     )
     .map_err(ServiceError::Threads)?;
     let watch_stop = CancellationToken::new();

@@ -65,6 +65,8 @@ pub fn encode_device(d: &DeviceRecord) -> Vec<u8> {
     let mut out = vec![VERSION];
     put_str(&mut out, &d.connector);
     put_opt_str(&mut out, d.device_type.as_deref());
+    // Added later: records written before it end here.
+    put_opt_str(&mut out, d.renamed.as_deref());
     out
 }
 
@@ -74,7 +76,9 @@ pub fn decode_device(bytes: &[u8]) -> Result<DeviceRecord, DecodeError> {
     if r.u8()? != VERSION {
         return Err(DecodeError("unknown device format version"));
     }
-    Ok(DeviceRecord { connector: r.string()?, device_type: r.opt_string()? })
+    let (connector, device_type) = (r.string()?, r.opt_string()?);
+    let renamed = if r.0.is_empty() { None } else { r.opt_string()? };
+    Ok(DeviceRecord { connector, device_type, renamed })
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -247,7 +251,16 @@ mod tests {
 
     #[test]
     fn devices_round_trip() {
-        let d = DeviceRecord { device_type: None, connector: "mqtt".into() };
+        let d = DeviceRecord { device_type: None, connector: "mqtt".into(), renamed: None };
         assert_eq!(decode_device(&encode_device(&d)), Ok(d));
+        let r =
+            DeviceRecord { device_type: Some("meter".into()), connector: "m".into(), renamed: Some("Boiler".into()) };
+        assert_eq!(decode_device(&encode_device(&r)), Ok(r));
+        // A record written before renames were kept reads as not renamed.
+        let mut old = vec![VERSION];
+        put_str(&mut old, "mqtt");
+        put_opt_str(&mut old, Some("thermometer"));
+        let read = decode_device(&old);
+        assert_eq!(read.map(|d| (d.device_type, d.renamed)), Ok((Some("thermometer".into()), None)));
     }
 }

@@ -126,7 +126,7 @@ fn a_batch_larger_than_the_store_is_refused() {
 #[test]
 fn devices_are_remembered() {
     each_store(limits(10, WhenFull::Block), |store| {
-        let d = DeviceRecord { device_type: Some("thermometer".into()), connector: "mqtt".into() };
+        let d = DeviceRecord { device_type: Some("thermometer".into()), connector: "mqtt".into(), renamed: None };
         store.put_device("SN-1", &d).expect("put");
         store.put_device("SN-2", &d).expect("put");
         store.remove_device("SN-2").expect("remove");
@@ -143,7 +143,9 @@ fn a_reopened_store_resumes_where_it_was() {
         let store = FjallStore::open(dir.path(), l, Durability::PerBatch).expect("open");
         seqs = store.append(&(0..100).map(|n| event("a", n)).collect::<Vec<_>>()).expect("append");
         store.remove(seqs.start..seqs.start + 40).expect("remove");
-        store.put_device("SN-1", &DeviceRecord { device_type: None, connector: "mqtt".into() }).expect("put");
+        store
+            .put_device("SN-1", &DeviceRecord { device_type: None, connector: "mqtt".into(), renamed: None })
+            .expect("put");
     }
     let store = FjallStore::open(dir.path(), l, Durability::PerBatch).expect("reopen");
     let stats = store.stats();

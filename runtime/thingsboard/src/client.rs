@@ -161,6 +161,9 @@ pub enum Command {
     /// so that its next data connects it again (and ThingsBoard creates it
     /// anew), as the Python gateway does.
     Forget { device: String },
+    /// The registry's record of `device` changed (renamed in ThingsBoard,
+    /// `gateway_device_renamed`): keep it across restarts.
+    Remember { device: String },
 }
 
 /// Why [`ClientHandle::send`] did not take a command.
@@ -704,22 +707,31 @@ impl Delivery {
             Command::Publish { topic, payload } => s.outbox.push_back(control(topic, payload)),
             Command::Connect { device, device_type, connector } => {
                 self.load_known(s).await;
-                let record = DeviceRecord { device_type: device_type.clone(), connector };
-                if self.registry.put(&device, record.clone()) {
-                    let name = device.clone();
-                    if let Err(e) = self.blocking(move |st| st.put_device(&name, &record)).await {
-                        tracing::error!(device, "remembering a connected device failed: {e}");
-                    }
+                let record = DeviceRecord { device_type: device_type.clone(), connector, renamed: None };
+                if self.registry.put(&device, record) {
+                    self.persist(&device).await;
                 }
-                s.outbox.push_back(connect_item(&device, device_type.as_deref()));
+                let shown = self.registry.renamed(&device).unwrap_or_else(|| device.clone());
+                s.outbox.push_back(connect_item(&shown, device_type.as_deref()));
                 s.connected_devices.insert(device);
             }
             Command::Disconnect { device } => {
+                let shown = self.registry.renamed(&device).unwrap_or_else(|| device.clone());
                 self.forget(&device, s).await;
-                let payload = format!("{{\"device\":{}}}", pack::json_string(&device));
+                let payload = format!("{{\"device\":{}}}", pack::json_string(&shown));
                 s.outbox.push_back(control(DISCONNECT_TOPIC, payload.into_bytes()));
             }
             Command::Forget { device } => self.forget(&device, s).await,
+            Command::Remember { device } => self.persist(&device).await,
+        }
+    }
+
+    /// Keep the registry's record of `device` in the store.
+    async fn persist(&self, device: &str) {
+        let Some(record) = self.registry.get(device) else { return };
+        let name = device.to_owned();
+        if let Err(e) = self.blocking(move |st| st.put_device(&name, &record)).await {
+            tracing::error!(device, "remembering a device failed: {e}");
         }
     }
 
@@ -746,7 +758,8 @@ impl Delivery {
                 self.loaded_known = true;
                 for (name, record) in devices {
                     if s.connected_devices.insert(name.clone()) {
-                        s.outbox.push_back(connect_item(&name, record.device_type.as_deref()));
+                        let shown = record.renamed.as_deref().unwrap_or(&name);
+                        s.outbox.push_back(connect_item(shown, record.device_type.as_deref()));
                     }
                     self.registry.put(&name, record);
                 }
@@ -783,7 +796,7 @@ impl Delivery {
             }
         };
         let max = self.read_batch;
-        let events: Vec<(Seq, StoredEvent)> = self.blocking(move |st| st.read(from, max)).await?;
+        let mut events: Vec<(Seq, StoredEvent)> = self.blocking(move |st| st.read(from, max)).await?;
         let (Some(first), Some(last)) = (events.first().map(|e| e.0), events.last().map(|e| e.0)) else {
             return Ok(false);
         };
@@ -794,12 +807,14 @@ impl Delivery {
         let mut new_records = Vec::new();
         for (_, e) in &events {
             let u = &e.update;
-            let record = DeviceRecord { device_type: u.device_type.clone(), connector: e.connector.clone() };
-            if self.registry.put(&u.device, record.clone()) {
-                new_records.push((u.device.clone(), record));
+            let record =
+                DeviceRecord { device_type: u.device_type.clone(), connector: e.connector.clone(), renamed: None };
+            if self.registry.put(&u.device, record) {
+                new_records.extend(self.registry.get(&u.device).map(|r| (u.device.clone(), r)));
             }
             if s.connected_devices.insert(u.device.clone()) {
-                s.outbox.push_back(connect_item(&u.device, u.device_type.as_deref()));
+                let shown = self.registry.renamed(&u.device).unwrap_or_else(|| u.device.clone());
+                s.outbox.push_back(connect_item(&shown, u.device_type.as_deref()));
             }
         }
         if !new_records.is_empty() {
@@ -812,6 +827,14 @@ impl Delivery {
             .await?;
         }
 
+        // Devices renamed in ThingsBoard: their data under the new name.
+        if self.registry.any_renamed() {
+            for (_, e) in &mut events {
+                if let Some(shown) = self.registry.renamed(&e.update.device) {
+                    e.update.device = shown;
+                }
+            }
+        }
         let (docs, oversized) = pack::pack(events.iter().map(|(_, e)| e), s.max_payload);
         for o in &oversized {
             tracing::error!(device = %o.device, key = %o.key, "dropping a value of {} bytes: larger than any publish may be", o.bytes);
