@@ -716,6 +716,7 @@ impl Delivery {
                 s.connected_devices.insert(device);
             }
             Command::Disconnect { device } => {
+                self.load_known(s).await;
                 let shown = self.registry.renamed(&device).unwrap_or_else(|| device.clone());
                 self.forget(&device, s).await;
                 let payload = format!("{{\"device\":{}}}", pack::json_string(&shown));
