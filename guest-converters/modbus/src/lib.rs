@@ -152,10 +152,14 @@ impl Slaves {
             })?;
             // Share the lists of slaves whose tags are written alike (and
             // have the same unit, when range keys name it).
+            let parts: Vec<String> =
+                PROFILE_KEYS.iter().map(|k| slave.get(*k).map(Json::to_string).unwrap_or_default()).collect();
+            let by_unit = parts[..2].iter().any(|p| p.contains("${unitId}"));
             let key: String = PROFILE_KEYS
                 .iter()
-                .filter(|k| **k != "unitId" || slave.to_string().contains("${unitId}"))
-                .map(|k| slave.get(*k).map(Json::to_string).unwrap_or_default())
+                .zip(parts)
+                .filter(|(k, _)| **k != "unitId" || by_unit)
+                .map(|(_, part)| part)
                 .collect::<Vec<_>>()
                 .join("|");
             match seen.iter().find(|(k, _)| *k == key) {
