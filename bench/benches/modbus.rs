@@ -18,6 +18,9 @@
 //! port, one connection per device, as a gateway sees a field of devices
 //! behind a Modbus TCP gateway.
 
+#[path = "common/gateway.rs"]
+mod gateway;
+
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::path::Path;
 use std::sync::Arc;
@@ -28,19 +31,13 @@ use tbgw_bench::process::{cpu_seconds, status_kb};
 use tbgw_test_support::Mosquitto;
 use tbgw_test_support::modbus::{Framing, ModbusDevice};
 
-const GATEWAY_MODE: &str = "TBGW_BENCH_GATEWAY";
 const POLLER_MODE: &str = "TBGW_BENCH_POLLER";
 /// The largest store backlog (events) tbgw's statistics reported.
 static PEAK_BACKLOG: AtomicU64 = AtomicU64::new(0);
 
 fn main() -> anyhow::Result<()> {
-    if let Ok(config) = std::env::var(GATEWAY_MODE) {
-        // As tbgw's own `main` does.
-        tbgw::memory::limit_arenas();
-        let (cfg, _) = tbgw::config::load(Path::new(&config)).map_err(|d| anyhow::anyhow!("{:?}", d.errors))?;
-        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-        rt.block_on(tbgw::service::run(cfg, tokio_util::sync::CancellationToken::new()))?;
-        return Ok(());
+    if let Some(gateway) = gateway::run_if_asked() {
+        return gateway;
     }
     let (devices, tags, seconds) =
         (env("TBGW_BENCH_DEVICES", 100), env("TBGW_BENCH_TAGS", 1000), env("TBGW_BENCH_SECONDS", 30));
@@ -65,7 +62,7 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let received = Arc::new(AtomicU64::new(0));
     rt.block_on(count_datapoints(tb.port, received.clone()))?;
-    let tbgw = run_child(&sim, &[(GATEWAY_MODE, config.display().to_string())], seconds, Some(&received))?;
+    let tbgw = run_child(&sim, &[(gateway::GATEWAY_MODE, config.display().to_string())], seconds, Some(&received))?;
 
     println!("{:<48} {:>9} {:>10} {:>12} {:>12}", "", "reads/s", "tags/s", "CPU % core", "peak RSS MB");
     for (name, r) in [

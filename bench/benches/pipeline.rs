@@ -13,6 +13,9 @@
 //! or the bench fails. tbgw runs as a child process (this binary again, in
 //! gateway mode) so that its RSS and CPU are its own.
 
+#[path = "common/gateway.rs"]
+mod gateway;
+
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::path::Path;
 use std::sync::Arc;
@@ -22,13 +25,10 @@ use tbgw_bench::process::{cpu_seconds, status_kb};
 use tbgw_test_support::Mosquitto;
 
 const DEVICES: usize = 100;
-const GATEWAY_MODE: &str = "TBGW_BENCH_GATEWAY";
 
 fn main() -> anyhow::Result<()> {
-    if let Ok(config) = std::env::var(GATEWAY_MODE) {
-        // As tbgw's own `main` does.
-        tbgw::memory::limit_arenas();
-        return gateway_child(Path::new(&config));
+    if let Some(gateway) = gateway::run_if_asked() {
+        return gateway;
     }
     let messages: usize = std::env::var("TBGW_BENCH_MESSAGES").ok().and_then(|n| n.parse().ok()).unwrap_or(100_000);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -268,7 +268,7 @@ async fn run_gateway(messages: usize, storage: &str, cache: &Path) -> anyhow::Re
     ready.await?;
 
     let mut child = std::process::Command::new(std::env::current_exe()?)
-        .env(GATEWAY_MODE, &config)
+        .env(gateway::GATEWAY_MODE, &config)
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .spawn()?;
@@ -289,12 +289,4 @@ async fn run_gateway(messages: usize, storage: &str, cache: &Path) -> anyhow::Re
     let _ = child.kill();
     let _ = child.wait();
     Ok(Run { span, cpu, peak_rss_mb: Some(peak as f64 / 1024.0) })
-}
-
-/// Gateway mode: the real service on `config`, until killed.
-fn gateway_child(config: &Path) -> anyhow::Result<()> {
-    let (cfg, _) = tbgw::config::load(config).map_err(|d| anyhow::anyhow!("{:?}", d.errors))?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(tbgw::service::run(cfg, tokio_util::sync::CancellationToken::new()))?;
-    Ok(())
 }

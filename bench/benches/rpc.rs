@@ -10,6 +10,9 @@
 //! `TBGW_BENCH_RPC_RATE`, default 100 per second, `TBGW_BENCH_RPC_SECONDS`,
 //! default 10.)
 
+#[path = "common/gateway.rs"]
+mod gateway;
+
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::collections::HashMap;
 use std::path::Path;
@@ -27,16 +30,10 @@ fn client(id: &str, port: u16, inflight: u16) -> (AsyncClient, rumqttc::EventLoo
 }
 
 const DEVICES: usize = 100;
-const GATEWAY_MODE: &str = "TBGW_BENCH_GATEWAY";
 
 fn main() -> anyhow::Result<()> {
-    if let Ok(config) = std::env::var(GATEWAY_MODE) {
-        // As tbgw's own `main` does.
-        tbgw::memory::limit_arenas();
-        let (cfg, _) = tbgw::config::load(Path::new(&config)).map_err(|d| anyhow::anyhow!("{:?}", d.errors))?;
-        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-        rt.block_on(tbgw::service::run(cfg, tokio_util::sync::CancellationToken::new()))?;
-        return Ok(());
+    if let Some(gateway) = gateway::run_if_asked() {
+        return gateway;
     }
     let rate = tbgw_bench::env_u64("TBGW_BENCH_RPC_RATE", 100);
     let seconds = tbgw_bench::env_u64("TBGW_BENCH_RPC_SECONDS", 10);
@@ -231,7 +228,7 @@ async fn run(rate: u64, count: usize, between: Between, cache: &Path) -> anyhow:
         anyhow::ensure!(errors.is_empty(), "bench converters: {errors:?}");
         child = Some(
             std::process::Command::new(std::env::current_exe()?)
-                .env(GATEWAY_MODE, &config)
+                .env(gateway::GATEWAY_MODE, &config)
                 .env("RUST_LOG", "warn")
                 .stdout(std::process::Stdio::null())
                 .spawn()?,

@@ -1,0 +1,22 @@
+//! The benches' gateway mode: the bench binary runs itself as a child with
+//! `TBGW_BENCH_GATEWAY=<config>`, so that tbgw's CPU and memory are its own
+//! process's. Set up as tbgw's `main` sets itself up.
+
+use std::path::Path;
+
+pub const GATEWAY_MODE: &str = "TBGW_BENCH_GATEWAY";
+
+/// In gateway mode, run the gateway until killed and return `Some`; else
+/// `None` (this is the bench itself).
+pub fn run_if_asked() -> Option<anyhow::Result<()>> {
+    let config = std::env::var(GATEWAY_MODE).ok()?;
+    tbgw::memory::limit_arenas();
+    Some(run(Path::new(&config)))
+}
+
+fn run(config: &Path) -> anyhow::Result<()> {
+    let (cfg, _) = tbgw::config::load(config).map_err(|d| anyhow::anyhow!("{:?}", d.errors))?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(tbgw::service::run(cfg, tokio_util::sync::CancellationToken::new()))?;
+    Ok(())
+}
