@@ -34,15 +34,24 @@ fn slave(name: &str, port: u16, method: &str, unit: u8) -> Value {
     })
 }
 
-fn gateway_yaml(tb_port: u16, dir: &std::path::Path) -> String {
-    format!(
-        "thingsboard:\n  host: 127.0.0.1\n  port: {tb_port}\n  security: {{type: accessToken, accessToken: t}}\n\
+/// ThingsBoard's side (a broker, and a collector of what it receives) and
+/// tbgw polling `modbus_json`; the broker and the configuration's directory
+/// live as long as the guard returned first (bound first, dropped last:
+/// after the gateway, whose log is in that directory).
+fn start(client_id: &str, modbus_json: &str) -> ((Mosquitto, tempfile::TempDir), Collector, Gateway) {
+    let tb_broker = Mosquitto::start_new();
+    let tb = Collector::connect(tb_broker.port, client_id, &["v1/gateway/#"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        "thingsboard:\n  host: 127.0.0.1\n  port: {port}\n  security: {{type: accessToken, accessToken: t}}\n\
          storage: {{type: memory}}\n\
          connectors:\n  - {{type: modbus, name: Meters, configuration: modbus.json}}\n\
          tbgw:\n  cacheDir: {cache}\n",
+        port = tb_broker.port,
         cache = common::shared_cache().display(),
-    )
-    .replace("{dir}", &dir.display().to_string())
+    );
+    let gw = Gateway::start_modbus(dir.path(), &yaml, modbus_json);
+    ((tb_broker, dir), tb, gw)
 }
 
 /// The latest value of `key` for `device` in what ThingsBoard received.
@@ -86,13 +95,10 @@ struct Setup {
     gw: Gateway,
     tcp: ModbusDevice,
     rtu: ModbusDevice,
-    _tb_broker: Mosquitto,
-    _dir: tempfile::TempDir,
+    _keep: (Mosquitto, tempfile::TempDir),
 }
 
 fn setup(name: &str) -> Setup {
-    let tb_broker = Mosquitto::start_new();
-    let tb = Collector::connect(tb_broker.port, &format!("tb-{name}"), &["v1/gateway/#"]);
     let (tcp, rtu) = (ModbusDevice::start(Framing::Tcp), ModbusDevice::start(Framing::RtuOverTcp));
     memory(&tcp, b"AB12");
     memory(&rtu, b"RT01");
@@ -100,9 +106,8 @@ fn setup(name: &str) -> Setup {
         slave("Meter TCP", tcp.port, "socket", 1),
         slave("Meter RTU", rtu.port, "rtu", 2),
     ]}});
-    let dir = tempfile::tempdir().expect("tempdir");
-    let gw = Gateway::start_modbus(dir.path(), &gateway_yaml(tb_broker.port, dir.path()), &config.to_string());
-    Setup { tb, gw, tcp, rtu, _tb_broker: tb_broker, _dir: dir }
+    let (_keep, tb, gw) = start(&format!("tb-{name}"), &config.to_string());
+    Setup { tb, gw, tcp, rtu, _keep }
 }
 
 #[test]
@@ -213,8 +218,6 @@ fn a_dead_device_is_isolated_and_comes_back() {
 /// RTU on a serial port: a pty pair stands in for the RS-485 line.
 #[test]
 fn a_serial_rtu_device_is_polled_and_written() {
-    let tb_broker = Mosquitto::start_new();
-    let tb = Collector::connect(tb_broker.port, "tb-serial", &["v1/gateway/#"]);
     let device = ModbusDevice::start_serial();
     memory(&device, b"SE01");
     let mut slave = slave("Meter Serial", 0, "rtu", 3);
@@ -228,8 +231,7 @@ fn a_serial_rtu_device_is_polled_and_written() {
     o.insert("stopbits".into(), json!(1));
     o.insert("bytesize".into(), json!(8));
     let config = json!({"master": {"slaves": [slave]}});
-    let dir = tempfile::tempdir().expect("tempdir");
-    let gw = Gateway::start_modbus(dir.path(), &gateway_yaml(tb_broker.port, dir.path()), &config.to_string());
+    let (_keep, tb, _gw) = start("tb-serial", &config.to_string());
     let got = tb.wait_until(Duration::from_secs(30), "the serial meter's values", |r| {
         latest(r, "Meter Serial", "voltage").is_some() && latest(r, "Meter Serial", "serial").is_some()
     });
@@ -239,7 +241,6 @@ fn a_serial_rtu_device_is_polled_and_written() {
     assert_eq!(rpc(&tb, "Meter Serial", 1, "setLimits", json!(2.5)), json!({"result": {"value": 2.5}}));
     // 2.5f32 = 0x40200000, LITTLE words.
     assert_eq!(device.with(|m| (m.holding[30], m.holding[31])), (0x0000, 0x4020));
-    drop((gw, dir));
 }
 
 /// An RS-485 bus: three units on one serial port take turns on it; one is
@@ -247,8 +248,6 @@ fn a_serial_rtu_device_is_polled_and_written() {
 /// comes back.
 #[test]
 fn units_on_one_serial_bus_take_turns() {
-    let tb_broker = Mosquitto::start_new();
-    let tb = Collector::connect(tb_broker.port, "tb-bus", &["v1/gateway/#"]);
     let bus = SerialBus::start(&[1, 2, 3]);
     for (unit, t) in [(1, 101), (2, 202), (3, 303)] {
         bus.with(unit, |m| m.holding[0] = t);
@@ -263,8 +262,7 @@ fn units_on_one_serial_bus_take_turns() {
                "rpc": [{"tag": "setTemperature", "type": "16int", "functionCode": 6, "address": 0, "divider": 10}]})
     };
     let config = json!({"master": {"slaves": [unit("Bus 1", 1), unit("Bus 2", 2), unit("Bus 3", 3)]}});
-    let dir = tempfile::tempdir().expect("tempdir");
-    let gw = Gateway::start_modbus(dir.path(), &gateway_yaml(tb_broker.port, dir.path()), &config.to_string());
+    let (_keep, tb, gw) = start("tb-bus", &config.to_string());
     let got = tb.wait_until(Duration::from_secs(30), "the two live units' values", |r| {
         latest(r, "Bus 1", "temperature").is_some() && latest(r, "Bus 2", "temperature").is_some()
     });
@@ -294,21 +292,17 @@ fn units_on_one_serial_bus_take_turns() {
     assert_eq!((warnings("Bus 1"), warnings("Bus 2")), (0, 0), "the live units are fine:\n{log}");
     assert_eq!(warnings("Bus 3"), 1, "logged once per state change:\n{log}");
     assert!(log.contains("unit 3 answers again"), "{log}");
-    drop((gw, dir));
 }
 
 /// Modbus TCP frames in UDP datagrams (`type: udp`).
 #[test]
 fn a_udp_device_is_polled() {
-    let tb_broker = Mosquitto::start_new();
-    let tb = Collector::connect(tb_broker.port, "tb-udp", &["v1/gateway/#"]);
     let device = ModbusDevice::start_udp();
     memory(&device, b"UD01");
     let mut slave = slave("Meter UDP", device.port, "socket", 4);
     slave["type"] = json!("udp");
     let config = json!({"master": {"slaves": [slave]}});
-    let dir = tempfile::tempdir().expect("tempdir");
-    let _gw = Gateway::start_modbus(dir.path(), &gateway_yaml(tb_broker.port, dir.path()), &config.to_string());
+    let (_keep, tb, _gw) = start("tb-udp", &config.to_string());
     let got = tb.wait_until(Duration::from_secs(30), "the UDP meter's values", |r| {
         latest(r, "Meter UDP", "voltage").is_some() && latest(r, "Meter UDP", "serial").is_some()
     });
@@ -322,8 +316,6 @@ fn a_udp_device_is_polled() {
 /// them, and its attribute update and RPCs reach the device.
 #[test]
 fn the_python_gateways_modbus_json_runs_unchanged() {
-    let tb_broker = Mosquitto::start_new();
-    let tb = Collector::connect(tb_broker.port, "tb-python-modbus", &["v1/gateway/#"]);
     let device = ModbusDevice::start(Framing::Tcp);
     device.with(|m| {
         m.holding[..4].copy_from_slice(&[215, 456, 2200, 500]);
@@ -333,8 +325,7 @@ fn the_python_gateways_modbus_json_runs_unchanged() {
     let original = std::fs::read_to_string(file).expect("the Python gateway's modbus.json");
     let text = original.replacen("\"port\": 5021", &format!("\"port\": {}", device.port), 1);
     assert_ne!(text, original, "the device's port is in the file");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let gw = Gateway::start_modbus(dir.path(), &gateway_yaml(tb_broker.port, dir.path()), &text);
+    let (_keep, tb, _gw) = start("tb-python-modbus", &text);
     let got = tb.wait_until(Duration::from_secs(30), "the demo device's values", |r| {
         ["temperature", "humidity", "relay", "power", "frequency"].iter().all(|k| latest(r, "Demo Device", k).is_some())
     });
@@ -355,7 +346,6 @@ fn the_python_gateways_modbus_json_runs_unchanged() {
         assert!(std::time::Instant::now() < deadline, "the attribute update did not set the coil");
         std::thread::sleep(Duration::from_millis(50));
     }
-    drop((gw, dir));
 }
 
 /// Report strategies, as the Python gateway's: a slave `ON_CHANGE` sends a
@@ -363,8 +353,6 @@ fn the_python_gateways_modbus_json_runs_unchanged() {
 /// of it `ON_RECEIVED` is sent every poll.
 #[test]
 fn a_slave_reporting_on_change_sends_only_changes() {
-    let tb_broker = Mosquitto::start_new();
-    let tb = Collector::connect(tb_broker.port, "tb-report", &["v1/gateway/#"]);
     let device = ModbusDevice::start(Framing::Tcp);
     device.with(|m| m.holding[..2].copy_from_slice(&[215, 1]));
     let config = json!({"master": {"slaves": [{
@@ -374,8 +362,7 @@ fn a_slave_reporting_on_change_sends_only_changes() {
         {"tag": "temperature", "type": "16int", "functionCode": 3, "address": 0, "divider": 10},
         {"tag": "heartbeat", "type": "16int", "functionCode": 3, "address": 1, "reportStrategy": {"type": "ON_RECEIVED"}}
     ]}]}});
-    let dir = tempfile::tempdir().expect("tempdir");
-    let gw = Gateway::start_modbus(dir.path(), &gateway_yaml(tb_broker.port, dir.path()), &config.to_string());
+    let (_keep, tb, _gw) = start("tb-report", &config.to_string());
     let values = |received: &[Received], key: &str| -> Vec<Value> {
         received
             .iter()
@@ -394,5 +381,4 @@ fn a_slave_reporting_on_change_sends_only_changes() {
     let got = tb.received();
     assert_eq!(values(&got, "temperature"), [json!(21.5), json!(21.6)], "once, then on the change only");
     assert!(values(&got, "heartbeat").len() >= 25, "the ON_RECEIVED tag every poll");
-    drop((gw, dir));
 }
