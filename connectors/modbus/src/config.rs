@@ -138,11 +138,11 @@ impl Compact {
         self.has_requests |= ["attributeUpdates", "rpc"]
             .iter()
             .any(|k| profile.get(*k).and_then(Value::as_array).is_some_and(|a| !a.is_empty()));
-        let key = Value::Object(profile).to_string();
+        let profile = Value::Object(profile);
+        let key = profile.to_string();
         let index = match self.profiles.iter().position(|(k, _)| *k == key) {
             Some(i) => i,
             None => {
-                let profile = serde_json::from_str(&key).unwrap_or_default();
                 self.profiles.push((key, profile));
                 self.profiles.len() - 1
             }
