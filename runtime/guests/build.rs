@@ -41,6 +41,8 @@ fn main() {
         packages.extend(TEST_GUESTS.iter());
     }
 
+    ensure_wasm_target(&guests);
+
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&guests)
@@ -57,11 +59,7 @@ fn main() {
     }
     let status = cmd.status().unwrap_or_else(|e| panic!("cannot run cargo to build the guest converters: {e}"));
     if !status.success() {
-        panic!(
-            "building the guest converters in {} failed (see above). If the wasm32-wasip2 target is missing, \
-             run `rustup target add wasm32-wasip2`.",
-            guests.display()
-        );
+        panic!("building the guest converters in {} failed (see above)", guests.display());
     }
 
     let built = target_dir.join("wasm32-wasip2").join("release");
@@ -94,6 +92,58 @@ fn main() {
     }
     for dep in deps {
         println!("cargo:rerun-if-changed={dep}");
+    }
+}
+
+/// The guests are built for `wasm32-wasip2`. rustup installs the targets
+/// that `rust-toolchain.toml` lists only when it installs the toolchain, so
+/// a machine whose Rust 1.95 was there before lacks it, and the guest build
+/// would stop with "can't find crate for `core`". Add it with rustup when
+/// rustup is there, saying so; otherwise stop with the command to run.
+fn ensure_wasm_target(guests: &Path) {
+    const TARGET: &str = "wasm32-wasip2";
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let installed = Command::new(&rustc)
+        .args(["--print", "target-libdir", "--target", TARGET])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .and_then(|dir| fs::read_dir(dir).ok())
+        .is_some_and(|mut files| {
+            files.any(|f| f.is_ok_and(|f| f.file_name().to_string_lossy().starts_with("libcore-")))
+        });
+    if installed {
+        return;
+    }
+    // The toolchain cargo runs with (rustup's proxies say which).
+    let toolchain = env::var("RUSTUP_TOOLCHAIN").ok().filter(|t| !t.is_empty());
+    let mut add = vec!["target", "add"];
+    if let Some(t) = &toolchain {
+        add.extend(["--toolchain", t.as_str()]);
+    }
+    add.push(TARGET);
+    let command = format!("rustup {}", add.join(" "));
+    let has_rustup = Command::new("rustup").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !has_rustup {
+        panic!(
+            "the guest converters are WebAssembly components built for the {TARGET} target, which this Rust \
+             toolchain ({}) does not have, and there is no rustup to add it. Install the target for this \
+             toolchain (with rustup: `rustup target add {TARGET}`) and build again.",
+            rustc.to_string_lossy()
+        );
+    }
+    let message = format!(
+        "the {TARGET} target is missing: installing it with `{command}` (the guest converters are built for it)"
+    );
+    // On stderr now (cargo shows a build script's warnings only when it ends).
+    eprintln!("{message}");
+    println!("cargo::warning={message}");
+    let status = Command::new("rustup").args(&add).current_dir(guests).status();
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => panic!("`{command}` failed ({s}): run it yourself, then build again"),
+        Err(e) => panic!("cannot run `{command}`: {e}"),
     }
 }
 
