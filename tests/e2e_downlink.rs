@@ -239,12 +239,15 @@ fn gateway_rpcs_answer() {
     }
     let converters = s.own_rpc(5, "gateway_converters", json!({}));
     let list = converters["resp"].as_array().expect("a list of converters");
-    assert_eq!(list.len(), 2, "the mapping's uplink and the downlink converter: {converters}");
+    assert_eq!(list.len(), 3, "the mapping's, the device requests' and the downlink converter: {converters}");
     for c in list {
         assert_eq!(c["sha256"].as_str().map(str::len), Some(64), "{c}");
         assert_eq!(c["connector"], "Devices", "{c}");
     }
     assert!(list.iter().any(|c| c["direction"] == "downlink"), "{converters}");
+    // The connect request above went through the requests' converter.
+    let requests = list.iter().find(|c| c["name"] == "Devices/json (requests)").expect("the requests' converter");
+    assert!(requests["messages"].as_u64() >= Some(1), "{requests}");
     assert_eq!(s.own_rpc(6, "gateway_nonsense", json!({}))["code"], 404);
     assert_eq!(s.own_rpc(7, "gateway_reboot", json!({}))["code"], 501);
     // ThingsBoard deleted a device: forgotten until it sends data again,

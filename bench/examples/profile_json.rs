@@ -24,7 +24,7 @@ fn main() {
                     None => ComponentSource::Builtin { name: "json", wasm: tbgw_guests::JSON_UPLINK },
                 },
                 config: dataset::CONFIG.into(),
-                limits: Limits { timeout: Duration::from_secs(5), ..Limits::default() },
+                limits: Limits { per_message: Duration::from_secs(5), ..Limits::default() },
             },
         )
         .expect("load");

@@ -14,7 +14,7 @@ pub fn wasm_converter() -> (Runtime, UplinkConverter) {
     let spec = ConverterSpec {
         component: ComponentSource::Builtin { name: "json", wasm: tbgw_guests::JSON_UPLINK },
         config: CONFIG.into(),
-        limits: Limits { timeout: Duration::from_secs(10), ..Limits::default() },
+        limits: Limits { per_message: Duration::from_secs(10), ..Limits::default() },
     };
     let converter = rt.uplink("json", spec).expect("load the json converter");
     (rt, converter)
@@ -107,9 +107,10 @@ pub fn messages(n: usize) -> Vec<RawUplink> {
                 bat = rng.float(2.8, 3.6),
             );
             RawUplink {
-                source: Source::Topic(format!("building/sensors/SN-{device:05}/data")),
+                source: Source::mqtt(format!("building/sensors/SN-{device:05}/data")),
+                device: None,
                 payload: payload.into_bytes(),
-                metadata: vec![("qos".into(), "1".into())],
+                metadata: Vec::new(),
                 received_at: 1_700_000_000_000 + i as i64,
             }
         })

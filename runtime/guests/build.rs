@@ -1,6 +1,8 @@
 //! Builds the guest workspace (`guest-converters/`) for `wasm32-wasip2` and
 //! exposes the components to this crate: the built-in converters embedded as
-//! bytes, the test guests (feature `test-guests`) as file paths.
+//! bytes, with the table that names them ([`BUILTINS`] is the one list of
+//! built-in converters), the test guests (feature `test-guests`) as file
+//! paths.
 //!
 //! The pattern of wasmtime's `crates/test-programs/artifacts`: a nested cargo
 //! with its own target directory (so the two builds never wait on each
@@ -14,16 +16,19 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// (package, artifact stem, const name) of the built-in converters.
-const BUILTINS: &[(&str, &str, &str)] = &[
-    ("tbgw-json-uplink", "tbgw_json_uplink", "JSON_UPLINK"),
-    ("tbgw-json-downlink", "tbgw_json_downlink", "JSON_DOWNLINK"),
-    ("tbgw-modbus-uplink", "tbgw_modbus_uplink", "MODBUS_UPLINK"),
-    ("tbgw-modbus-downlink", "tbgw_modbus_downlink", "MODBUS_DOWNLINK"),
-];
+/// The built-in converters: the name configs use, the direction; each is
+/// the guest package `tbgw-<name>-<direction>`, embedded as
+/// `<NAME>_<DIRECTION>`. Adding one here is all the host needs.
+const BUILTINS: &[(&str, &str)] =
+    &[("json", "uplink"), ("json", "downlink"), ("modbus", "uplink"), ("modbus", "downlink")];
 
-/// Test guests: (package, artifact stem, const name).
-const TEST_GUESTS: &[(&str, &str, &str)] = &[("tbgw-probe", "tbgw_probe", "PROBE")];
+/// A guest to build: its package, the const that names it, and for a
+/// built-in converter its name and direction.
+type Guest = (String, String, Option<(&'static str, &'static str)>);
+
+/// Test guests: (package, const name of its path).
+const TEST_GUESTS: &[(&str, &str)] =
+    &[("tbgw-probe", "PROBE"), ("tbgw-probe-0-1", "PROBE_V0_1"), ("tbgw-downlink-0-1", "DOWNLINK_V0_1")];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
@@ -36,9 +41,12 @@ fn main() {
     // debug and release host builds.
     let target_dir = out_dir.ancestors().nth(4).unwrap_or(&out_dir).join("guest-converters");
 
-    let mut packages: Vec<&(&str, &str, &str)> = BUILTINS.iter().collect();
+    let mut packages: Vec<Guest> = BUILTINS
+        .iter()
+        .map(|&(name, dir)| (format!("tbgw-{name}-{dir}"), format!("{name}_{dir}").to_uppercase(), Some((name, dir))))
+        .collect();
     if with_tests {
-        packages.extend(TEST_GUESTS.iter());
+        packages.extend(TEST_GUESTS.iter().map(|&(p, c)| (p.to_owned(), c.to_owned(), None)));
     }
 
     ensure_wasm_target(&guests);
@@ -64,27 +72,38 @@ fn main() {
 
     let built = target_dir.join("wasm32-wasip2").join("release");
     let mut generated = String::new();
+    let mut table = String::from("/// Every built-in converter.\npub const BUILTINS: &[Builtin] = &[\n");
     let mut deps = BTreeSet::new();
-    for (package, stem, name) in &packages {
+    for (package, name, builtin) in &packages {
+        let stem = package.replace('-', "_");
         let artifact = built.join(format!("{stem}.wasm"));
         let copy = out_dir.join(format!("{stem}.wasm"));
         fs::copy(&artifact, &copy).unwrap_or_else(|e| panic!("{package}: cannot copy {}: {e}", artifact.display()));
         read_deps(&built.join(format!("{stem}.d")), &mut deps);
-        let is_builtin = BUILTINS.iter().any(|(p, _, _)| p == package);
-        if is_builtin {
-            let _ = writeln!(
-                generated,
-                "/// The `{package}` component.\npub const {name}: &[u8] = include_bytes!({:?});",
-                copy.display().to_string()
-            );
-        } else {
-            let _ = writeln!(
-                generated,
-                "/// Path of the `{package}` test component.\npub const {name}: &str = {:?};",
-                copy.display().to_string()
-            );
+        match builtin {
+            Some((builtin, dir)) => {
+                let _ = writeln!(
+                    generated,
+                    "/// The `{package}` component.\npub const {name}: &[u8] = include_bytes!({:?});",
+                    copy.display().to_string()
+                );
+                let direction = if *dir == "uplink" { "Uplink" } else { "Downlink" };
+                let _ = writeln!(
+                    table,
+                    "    Builtin {{ name: {builtin:?}, direction: Direction::{direction}, wasm: {name} }},"
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    generated,
+                    "/// Path of the `{package}` test component.\npub const {name}: &str = {:?};",
+                    copy.display().to_string()
+                );
+            }
         }
     }
+    table.push_str("];\n");
+    generated.push_str(&table);
     fs::write(out_dir.join("artifacts.rs"), generated).expect("write artifacts.rs");
 
     for file in ["Cargo.toml", "Cargo.lock"] {

@@ -28,9 +28,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tbgw_core::connector::{Connector, ConnectorContext, ConnectorStats, RouteId, Uplink, UplinkSink};
-use tbgw_core::downlink::{DeviceJob, DeviceRequest, DeviceRequests, JobKind, ToConnector};
-use tbgw_core::{RawUplink, RegisterBlock, Source};
-use tbgw_modbus_converter::codec;
+use tbgw_core::downlink::{DeviceJob, DeviceRequests, ToConnector};
+use tbgw_core::{DeviceRequest, DownlinkMessage, ModbusRequest, RawUplink, RegisterBlock, Source};
 use tokio::sync::mpsc;
 use tokio_modbus::client::{Client, Context, Reader, Writer};
 use tokio_modbus::slave::SlaveContext;
@@ -38,8 +37,8 @@ use tokio_modbus::{ExceptionCode, Slave};
 use tokio_util::sync::CancellationToken;
 
 /// A Modbus connector: the slaves, and the route of their converter (one
-/// `modbus` converter serves every slave; a block says its slave in the
-/// `device` metadata).
+/// `modbus` converter serves every slave; a block says its slave as its
+/// `device`).
 pub struct ModbusConnector {
     name: String,
     config: ModbusConfig,
@@ -185,9 +184,19 @@ impl Data {
     fn bytes(&self) -> Vec<u8> {
         match self {
             Data::Registers(r) => r.iter().flat_map(|w| w.to_be_bytes()).collect(),
-            Data::Coils(c) => codec::pack_bits(c),
+            Data::Coils(c) => pack_bits(c),
         }
     }
+}
+
+/// Coils as the contract carries them: eight to a byte, the first in the
+/// least significant bit (as on the wire).
+fn pack_bits(bits: &[bool]) -> Vec<u8> {
+    bits.chunks(8).map(|c| c.iter().enumerate().fold(0u8, |b, (i, on)| b | (u8::from(*on) << i))).collect()
+}
+
+fn unpack_bits(bytes: &[u8], n: usize) -> Vec<bool> {
+    (0..n).map(|i| bytes.get(i / 8).is_some_and(|b| b >> (i % 8) & 1 == 1)).collect()
 }
 
 /// A slave on a line, and what the line's task knows of it.
@@ -462,8 +471,9 @@ impl Line {
                             address: r.address,
                             count: r.count,
                         }),
+                        device: Some(device.clone()),
                         payload: data.bytes(),
-                        metadata: vec![("device".to_owned(), device.clone())],
+                        metadata: Vec::new(),
                         received_at: now_ms(),
                     };
                     // No source to confirm to: a poll is not redelivered.
@@ -487,8 +497,9 @@ impl Line {
         Ok(())
     }
 
-    /// A request from ThingsBoard, answered here in every case; `Err` when
-    /// the device did not answer.
+    /// A request from ThingsBoard, answered here in every case (with what
+    /// its reads read, for the converter's reply); `Err` when the device did
+    /// not answer.
     async fn serve(&mut self, conn: &mut Conn, job: DeviceJob) -> Result<(), Broken> {
         let Some(i) = self.units.iter().position(|u| u.slave.device_name == job.device) else {
             self.stats.downlink_errors.fetch_add(1, Ordering::Relaxed);
@@ -497,40 +508,50 @@ impl Line {
         };
         let mut answers = Vec::new();
         for m in &job.messages {
-            let parsed: Option<Vec<u16>> = m.target.split('/').map(|p| p.parse().ok()).collect();
-            let Some([unit, fc, address, count]) = parsed.as_deref().and_then(|p| <[u16; 4]>::try_from(p).ok()) else {
-                self.stats.downlink_errors.fetch_add(1, Ordering::Relaxed);
-                let _ =
-                    job.reply.send(Err(format!("`{}` is not a Modbus target (unit/function/address/count)", m.target)));
-                return Ok(());
+            let request = match m {
+                DownlinkMessage::Modbus(r) => check(r),
+                other => Err(format!(
+                    "the downlink converter made an {} message for `{}`: the modbus connector sends Modbus requests",
+                    other.kind(),
+                    job.device
+                )),
             };
-            let slave = &self.units[i].slave;
-            if unit != u16::from(slave.unit_id) {
-                tracing::debug!(unit, "a request names another unit than the slave's; sent to the slave's");
-            }
-            let attempts = slave.retries + 1;
-            let outcome = match fc {
-                1..=4 => {
-                    let r = Read { function_code: fc as u8, address, count };
-                    read(conn, slave, r, attempts).await.map(|a| a.map(|data| Some((r, data))))
-                }
-                5 | 6 | 15 | 16 => {
-                    write(conn, slave, fc as u8, address, count, &m.payload, attempts).await.map(|a| a.map(|()| None))
-                }
-                other => {
+            let r = match request {
+                Ok(r) => r,
+                Err(why) => {
                     self.stats.downlink_errors.fetch_add(1, Ordering::Relaxed);
-                    let _ = job.reply.send(Err(format!("function code {other} is not a read or a write")));
+                    let _ = job.reply.send(Err(why));
                     return Ok(());
                 }
+            };
+            let slave = &self.units[i].slave;
+            let attempts = slave.retries + 1;
+            let outcome = if r.is_read() {
+                let read_of = Read { function_code: r.function_code, address: r.address, count: r.count };
+                read(conn, slave, read_of, attempts).await.map(|a| a.map(Some))
+            } else {
+                write(conn, slave, r, attempts).await.map(|a| a.map(|()| None))
             };
             match outcome {
                 Ok(Ok(None)) => {
                     self.answered(i);
                     self.stats.sent_to_devices.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(Ok(Some((r, data)))) => {
+                Ok(Ok(Some(data))) => {
                     self.answered(i);
-                    answers.push(decode_answer(&self.units[i].slave, &job, r, &data));
+                    let slave = &self.units[i].slave;
+                    answers.push(RawUplink {
+                        source: Source::Registers(RegisterBlock {
+                            unit_id: slave.unit_id,
+                            function_code: r.function_code,
+                            address: r.address,
+                            count: r.count,
+                        }),
+                        device: Some(slave.device_name.clone()),
+                        payload: data.bytes(),
+                        metadata: Vec::new(),
+                        received_at: now_ms(),
+                    });
                 }
                 Ok(Err(f)) => {
                     self.answered(i);
@@ -545,21 +566,44 @@ impl Line {
                 }
             }
         }
-        let answer = match &job.kind {
-            JobKind::AttributeUpdate => r#"{"success":true}"#.to_owned(),
-            // As the Python gateway answers an RPC: `{"result": {"value": v}}`,
-            // `v` being the value read, or for a write the params written.
-            JobKind::Rpc { params, .. } => {
-                let value = match answers.len() {
-                    0 => serde_json::from_str(params).unwrap_or_else(|_| serde_json::Value::String(params.clone())),
-                    1 => answers.remove(0),
-                    _ => serde_json::Value::Array(answers),
-                };
-                serde_json::json!({"result": {"value": value}}).to_string()
-            }
-        };
-        let _ = job.reply.send(Ok(answer));
+        let _ = job.reply.send(Ok(answers));
         Ok(())
+    }
+}
+
+/// A request as the protocol allows it: a function code tbgw sends, a count
+/// within the protocol's limits, a payload of the size the count says.
+fn check(r: &ModbusRequest) -> Result<&ModbusRequest, String> {
+    let what = |limit: u16, unit: &str| {
+        format!(
+            "function code {} at {}: count {} is out of range (1 to {limit} {unit})",
+            r.function_code, r.address, r.count
+        )
+    };
+    let (max, unit, bytes) = match r.function_code {
+        1 | 2 => (2000, "coils", None),
+        3 | 4 => (125, "registers", None),
+        5 => (1, "coil", Some(1)),
+        6 => (1, "register", Some(2)),
+        15 => (1968, "coils", Some(usize::from(r.count).div_ceil(8))),
+        16 => (123, "registers", Some(usize::from(r.count) * 2)),
+        other => return Err(format!("function code {other} is not a Modbus read (1-4) or write (5, 6, 15, 16)")),
+    };
+    if r.count == 0 || r.count > max {
+        return Err(what(max, unit));
+    }
+    match bytes {
+        Some(n) if r.payload.len() != n => Err(format!(
+            "function code {} at {}: {} bytes to write {} {unit}, expected {n}",
+            r.function_code,
+            r.address,
+            r.payload.len(),
+            r.count
+        )),
+        None if !r.payload.is_empty() => {
+            Err(format!("function code {} at {} reads: it carries no payload", r.function_code, r.address))
+        }
+        _ => Ok(r),
     }
 }
 
@@ -601,19 +645,17 @@ async fn read(conn: &mut Conn, slave: &SlaveConfig, r: Read, attempts: u32) -> R
     Err(last)
 }
 
-/// One write to `slave` (function code 5, 6, 15 or 16), tried `attempts`
-/// times; `Err` when it did not answer.
+/// One write to `slave` (function code 5, 6, 15 or 16, [`check`]ed), tried
+/// `attempts` times; `Err` when it did not answer.
 async fn write(
     conn: &mut Conn,
     slave: &SlaveConfig,
-    fc: u8,
-    address: u16,
-    count: u16,
-    payload: &[u8],
+    r: &ModbusRequest,
     attempts: u32,
 ) -> Result<Result<(), Failure>, String> {
-    let words: Vec<u16> = payload.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])).collect();
-    let coils = codec::unpack_bits(payload, usize::from(count.max(1)));
+    let (fc, address) = (r.function_code, r.address);
+    let words: Vec<u16> = r.payload.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])).collect();
+    let coils = unpack_bits(&r.payload, usize::from(r.count.max(1)));
     let mut last = String::new();
     for _ in 0..attempts {
         conn.before(slave).await;
@@ -636,42 +678,4 @@ async fn write(
         }
     }
     Err(last)
-}
-
-/// The value a read RPC answers, decoded with the format of its tag in the
-/// slave's `rpc[]`, or of a reserved `get`'s params (the bytes in hex when
-/// neither says).
-fn decode_answer(slave: &SlaveConfig, job: &DeviceJob, r: Read, data: &Data) -> serde_json::Value {
-    let (method, params) = match &job.kind {
-        JobKind::Rpc { method, params, .. } => (method.as_str(), params.as_str()),
-        JobKind::AttributeUpdate => ("", ""),
-    };
-    let reads = |t: &tbgw_modbus_converter::Tag| t.function_code == r.function_code && t.address == r.address;
-    let tag = match slave.rpc.iter().find(|t| t.tag == method && reads(t)) {
-        Some(t) => Some(t.clone()),
-        None => match tbgw_modbus_converter::reserved_rpc(method, params, slave.orders.0, slave.orders.1) {
-            Some(Ok((t, _))) if reads(&t) => Some(t),
-            _ => None,
-        },
-    };
-    let Some(tag) = tag else {
-        return serde_json::Value::String(data.bytes().iter().map(|b| format!("{b:02x}")).collect());
-    };
-    let decoded = match data {
-        Data::Coils(c) => codec::decode_bits(c, &tag.format),
-        Data::Registers(_) => codec::decode_registers(&data.bytes(), &tag.format),
-    };
-    if let Ok(v) = &decoded
-        && let Some(variant) = tag.variant(v)
-    {
-        return variant.clone();
-    }
-    match decoded {
-        Ok(codec::Decoded::Bool(b)) => serde_json::json!(b),
-        Ok(codec::Decoded::Int(i)) => serde_json::json!(i),
-        Ok(codec::Decoded::Float(x)) => serde_json::json!(x),
-        Ok(codec::Decoded::Text(s)) => serde_json::json!(s),
-        Ok(codec::Decoded::Bits(b)) => serde_json::json!(b),
-        Err(e) => serde_json::json!({ "error": e }),
-    }
 }

@@ -12,7 +12,6 @@
 //! }
 //! ```
 
-use crate::requests::RequestsConfig;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -79,10 +78,14 @@ pub struct MqttConfig {
     pub broker: BrokerConfig,
     pub mappings: Vec<MappingConfig>,
     /// `requestsMapping` (or its 2.x top-level sections): the built-in
-    /// downlink converter's config (`attributeUpdates`, `serverSideRpc`).
+    /// `json` converters' config, the downlink one's (`attributeUpdates`,
+    /// `serverSideRpc`, answers to `attributeRequests`) and the uplink one's
+    /// that recognises devices' requests (`connectRequests`,
+    /// `disconnectRequests`, `attributeRequests`).
     pub requests_mapping: Option<Value>,
-    /// Its device-request sections, which the connector serves itself.
-    pub requests: RequestsConfig,
+    /// The topic filters of the device-request sections: their messages go
+    /// to the requests route.
+    pub request_filters: Vec<String>,
     /// `downlinkConverter`: a custom component for `attributeUpdates` and
     /// `serverSideRpc`, configured with its `extensionConfig`.
     pub downlink_converter: Option<ConverterRef>,
@@ -130,9 +133,9 @@ pub fn parse(doc: &Value, base_dir: &Path, name: &str, d: &mut Diagnostics) -> O
         }
     }
     let requests_mapping = requests_mapping.or((!legacy.is_empty()).then_some(Value::Object(legacy)));
-    let requests = match &requests_mapping {
-        Some(m) => crate::requests::parse(d, "requestsMapping", m),
-        None => RequestsConfig::default(),
+    let request_filters = match &requests_mapping {
+        Some(m) => request_filters(d, "requestsMapping", m),
+        None => Vec::new(),
     };
     // tbgw's own: a custom downlink converter for attributeUpdates and
     // serverSideRpc instead of the built-in `json` one.
@@ -140,7 +143,43 @@ pub fn parse(doc: &Value, base_dir: &Path, name: &str, d: &mut Diagnostics) -> O
     root.unused(d, &[("logLevel", "set logging with RUST_LOG"), ("id", "tbgw names connectors by `name`")]);
     root.allow(&["reportStrategy"]);
     root.finish(d);
-    Some(MqttConfig { broker: broker?, mappings, requests_mapping, requests, downlink_converter })
+    Some(MqttConfig { broker: broker?, mappings, requests_mapping, request_filters, downlink_converter })
+}
+
+/// The topic filters of `mapping`'s device-request sections (the rest of
+/// each entry is the `json` converter's, which checks it).
+fn request_filters(d: &mut Diagnostics, path: &str, mapping: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(obj) = mapping.as_object() else {
+        d.error(path, "expected an object");
+        return out;
+    };
+    for section in ["connectRequests", "disconnectRequests", "attributeRequests"] {
+        let items = match obj.get(section) {
+            None | Some(Value::Null) => continue,
+            Some(Value::Array(items)) => items,
+            Some(other) => {
+                d.error(
+                    format!("{path}.{section}"),
+                    format!("expected a list, found {}", tbgw_core::config::kind(other)),
+                );
+                continue;
+            }
+        };
+        for (i, item) in items.iter().enumerate() {
+            let at = format!("{path}.{section}[{i}].topicFilter");
+            match item.get("topicFilter") {
+                Some(Value::String(f)) => match check_filter(f) {
+                    Ok(()) if !out.contains(f) => out.push(f.clone()),
+                    Ok(()) => {}
+                    Err(e) => d.error(at, e),
+                },
+                Some(other) => d.error(at, format!("expected text, found {}", tbgw_core::config::kind(other))),
+                None => d.error(at, "required"),
+            }
+        }
+    }
+    out
 }
 
 fn broker(mut b: Obj, base_dir: &Path, name: &str, d: &mut Diagnostics) -> Option<BrokerConfig> {
@@ -456,6 +495,24 @@ mod tests {
         let notices: Vec<String> = d.notices.iter().map(|n| n.path.clone()).collect();
         assert!(notices.contains(&"broker.maxNumberOfWorkers".to_owned()), "{notices:?}");
         assert!(cfg.requests_mapping.is_some());
+    }
+
+    #[test]
+    fn device_request_sections_give_their_topic_filters() {
+        let (cfg, d) = parse_str(
+            r#"{"broker":{"host":"h"},"mapping":[{"topicFilter":"t","converter":{"type":"json"}}],
+              "requestsMapping":{"connectRequests":[{"topicFilter":"sensor/+/connect"},{"topicFilter":"a/#/b"}],
+                "attributeRequests":[{"topicFilter":"sensor/+/connect"},{}]}}"#,
+        );
+        let errors: Vec<String> = d.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            errors,
+            [
+                "requestsMapping.connectRequests[1].topicFilter: `#` must be a whole level at the end, in `a/#/b`",
+                "requestsMapping.attributeRequests[1].topicFilter: required"
+            ]
+        );
+        assert_eq!(cfg.unwrap().request_filters, ["sensor/+/connect"]);
     }
 
     #[test]

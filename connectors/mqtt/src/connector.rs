@@ -18,24 +18,23 @@
 //!
 //! # Requests from ThingsBoard
 //!
-//! The router hands the connector messages for a device (already made by the
-//! downlink converter), each with metadata `qos`, `retain` and, for a
-//! two-way RPC, `response-topic`, `response-timeout-ms`, `response-qos`. The
+//! The router hands the connector publishes for a device (made by the
+//! downlink converter), a two-way RPC's with the response it waits for. The
 //! receive loop publishes them; for a two-way RPC it first subscribes to the
 //! response topic (one subscription per topic however many RPCs wait on it),
 //! then publishes the request. MQTT brokers handle one connection's packets
 //! in order, so the subscription is in place before the device can see the
 //! request, and there is no SUBACK to wait for. The first message on that
-//! exact topic answers the oldest RPC waiting on it; a deadline answers it
-//! with an error otherwise. A message on a pending response topic goes to
-//! the RPC even if a mapping matches it too.
+//! exact topic answers the oldest RPC waiting on it, as it came (the
+//! converter makes ThingsBoard's reply of it); a deadline answers it with an
+//! error otherwise. A message on a pending response topic goes to the RPC
+//! even if a mapping matches it too.
 //!
-//! Devices' own requests (`connectRequests`, `disconnectRequests`,
-//! `attributeRequests`, see [`crate::requests`]) are recognised by topic
-//! after the mappings, handed to the router, and acknowledged.
+//! Devices' own requests (the topics of `connectRequests`,
+//! `disconnectRequests`, `attributeRequests`) go, after the mappings, to the
+//! requests route, whose converter recognises them like any message.
 
 use crate::config::{BrokerConfig, MappingConfig, MqttConfig, MqttVersion, match_filter};
-use crate::requests::{Recognised, Requests};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::future::Future;
@@ -44,8 +43,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tbgw_core::connector::{Ack, Connector, ConnectorContext, ConnectorStats, RouteId, Uplink, UplinkSink};
-use tbgw_core::downlink::{DeviceJob, DeviceRequest, JobKind, Reply, ToConnector};
-use tbgw_core::{DownlinkMessage, RawUplink, Source};
+use tbgw_core::downlink::{Answered, Answers, DeviceJob, Reply, ToConnector};
+use tbgw_core::{DownlinkMessage, MqttMessage, MqttPublish, MqttResponse, RawUplink, RpcAnswer, RpcRequest, Source};
 use tbgw_tls::rustls::ClientConfig;
 use tokio::sync::mpsc;
 
@@ -53,22 +52,27 @@ use tokio::sync::mpsc;
 pub struct MqttConnector {
     name: String,
     config: MqttConfig,
-    /// (filter to match incoming topics with, route), in mapping order.
+    /// (filter to match incoming topics with, route): the mappings, in their
+    /// order, then the device-request topics.
     routes: Vec<(String, RouteId)>,
-    requests: Requests,
 }
 
 impl MqttConnector {
-    /// `routes[i]` is the converter route of `config.mappings[i]`.
+    /// `routes[i]` is the converter route of `config.mappings[i]`; the one
+    /// after them, of the device-request topics (`config.request_filters`).
     pub fn new(name: impl Into<String>, config: MqttConfig, routes: Vec<RouteId>) -> MqttConnector {
-        let routes =
-            config.mappings.iter().zip(routes).map(|(m, r)| (match_filter(&m.topic_filter).to_owned(), r)).collect();
-        let requests = Requests::new(config.requests.clone());
-        MqttConnector { name: name.into(), config, routes, requests }
+        let mut filters: Vec<&str> = config.mappings.iter().map(|m| match_filter(&m.topic_filter)).collect();
+        let requests = routes.get(config.mappings.len()).copied();
+        let mut routes: Vec<(String, RouteId)> =
+            filters.drain(..).zip(routes.iter().copied()).map(|(f, r)| (f.to_owned(), r)).collect();
+        if let Some(r) = requests {
+            routes.extend(config.request_filters.iter().map(|f| (match_filter(f).to_owned(), r)));
+        }
+        MqttConnector { name: name.into(), config, routes }
     }
 
     /// The first mapping whose filter matches `topic`, as the Python gateway
-    /// picks it.
+    /// picks it; else the device-request route if a request filter matches.
     fn route_for(&self, topic: &str) -> Option<RouteId> {
         self.routes.iter().find(|(filter, _)| rumqttc::matches(topic, filter)).map(|(_, r)| *r)
     }
@@ -76,9 +80,9 @@ impl MqttConnector {
     fn subscriptions(&self) -> Vec<(String, u8)> {
         let mut all: Vec<(String, u8)> =
             self.config.mappings.iter().map(|m: &MappingConfig| (m.topic_filter.clone(), m.qos)).collect();
-        for f in self.config.requests.filters() {
+        for f in &self.config.request_filters {
             if !all.iter().any(|(g, _)| g == f) {
-                all.push((f.to_owned(), 1));
+                all.push((f.clone(), 1));
             }
         }
         all
@@ -131,6 +135,8 @@ trait Protocol: Send + 'static {
     fn disconnect(client: &Self::Client) -> impl Future<Output = ()> + Send;
     /// Topic, payload, QoS of a message.
     fn parts(p: &Self::Publish) -> (&str, &[u8], u8);
+    /// Whether the broker sent it as retained.
+    fn retained(p: &Self::Publish) -> bool;
     /// What an ack needs of a message (its packet id and QoS), without the payload.
     fn ack_handle(p: &Self::Publish) -> Self::Publish;
 }
@@ -204,6 +210,10 @@ impl Protocol for V311 {
 
     fn parts(p: &Self::Publish) -> (&str, &[u8], u8) {
         (&p.topic, &p.payload, p.qos as u8)
+    }
+
+    fn retained(p: &Self::Publish) -> bool {
+        p.retain
     }
 
     fn ack_handle(p: &Self::Publish) -> Self::Publish {
@@ -280,6 +290,10 @@ impl Protocol for V5 {
         (std::str::from_utf8(&p.topic).unwrap_or(""), &p.payload, p.qos as u8)
     }
 
+    fn retained(p: &Self::Publish) -> bool {
+        p.retain
+    }
+
     fn ack_handle(p: &Self::Publish) -> Self::Publish {
         let mut h = rumqttc::v5::mqttbytes::v5::Publish::new("", p.qos, Vec::new(), None);
         h.pkid = p.pkid;
@@ -299,7 +313,7 @@ fn now_ms() -> i64 {
 /// deadlines.
 #[derive(Default)]
 struct Pending {
-    by_topic: HashMap<String, VecDeque<(u64, Reply)>>,
+    by_topic: HashMap<String, VecDeque<(u64, Answers)>>,
     deadlines: BinaryHeap<Reverse<(tokio::time::Instant, u64, String)>>,
     next_id: u64,
 }
@@ -307,7 +321,7 @@ struct Pending {
 impl Pending {
     /// Wait for an answer on `topic`: its id, and true when the topic is
     /// new (subscribe).
-    fn add(&mut self, topic: &str, timeout: Duration, reply: Reply) -> (u64, bool) {
+    fn add(&mut self, topic: &str, timeout: Duration, reply: Answers) -> (u64, bool) {
         let id = self.next_id;
         self.next_id += 1;
         self.deadlines.push(Reverse((tokio::time::Instant::now() + timeout, id, topic.to_owned())));
@@ -317,7 +331,7 @@ impl Pending {
     }
 
     /// Stop waiting for `id`: its reply, and whether `topic` has no RPC left.
-    fn cancel(&mut self, topic: &str, id: u64) -> Option<(Reply, bool)> {
+    fn cancel(&mut self, topic: &str, id: u64) -> Option<(Answers, bool)> {
         let queue = self.by_topic.get_mut(topic)?;
         let pos = queue.iter().position(|(i, _)| *i == id)?;
         let (_, reply) = queue.remove(pos)?;
@@ -329,7 +343,7 @@ impl Pending {
     }
 
     /// The oldest RPC waiting on `topic`, and whether none is left (unsubscribe).
-    fn take(&mut self, topic: &str) -> Option<(Reply, bool)> {
+    fn take(&mut self, topic: &str) -> Option<(Answers, bool)> {
         let queue = self.by_topic.get_mut(topic)?;
         let (_, reply) = queue.pop_front()?;
         let empty = queue.is_empty();
@@ -345,7 +359,7 @@ impl Pending {
 
     /// The RPCs past their deadline: (topic, reply, whether the topic has
     /// no RPC left).
-    fn expired(&mut self) -> Vec<(String, Reply, bool)> {
+    fn expired(&mut self) -> Vec<(String, Answers, bool)> {
         let now = tokio::time::Instant::now();
         let mut out = Vec::new();
         while let Some(Reverse((t, _, _))) = self.deadlines.peek()
@@ -370,21 +384,40 @@ impl Pending {
     }
 }
 
-/// A message's metadata value.
-fn meta<'a>(m: &'a DownlinkMessage, key: &str) -> Option<&'a str> {
-    m.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+/// What a connector RPC's params ask to publish.
+fn publish_of(params: &str) -> Result<MqttPublish, &'static str> {
+    let doc: serde_json::Value = match serde_json::from_str(params) {
+        Ok(serde_json::Value::Object(o)) => serde_json::Value::Object(o),
+        _ => return Err("params: expected an object with requestTopicExpression"),
+    };
+    let text = |keys: [&str; 2]| keys.iter().find_map(|k| doc.get(*k)).cloned();
+    let Some(serde_json::Value::String(topic)) = text(["requestTopicExpression", "topic"]) else {
+        return Err("params.requestTopicExpression: required (the topic to publish to)");
+    };
+    let payload = match text(["valueExpression", "value"]) {
+        Some(serde_json::Value::String(s)) => s.into_bytes(),
+        Some(other) => other.to_string().into_bytes(),
+        None => Vec::new(),
+    };
+    let response = match text(["responseTopicExpression", "responseTopic"]) {
+        Some(serde_json::Value::String(rt)) => Some(MqttResponse {
+            topic: rt,
+            qos: 1,
+            timeout_ms: doc
+                .get("responseTimeout")
+                .and_then(|t| t.as_u64())
+                .map_or(10_000, |t| t.min(u64::from(u32::MAX)) as u32),
+        }),
+        _ => None,
+    };
+    Ok(MqttPublish {
+        topic,
+        payload,
+        qos: doc.get("qos").and_then(|q| q.as_u64()).unwrap_or(0).min(1) as u8,
+        retain: doc.get("retain") == Some(&serde_json::Value::Bool(true)),
+        response,
+    })
 }
-
-/// What a device answered, as the JSON ThingsBoard gets: the payload if it
-/// is JSON, else the text as a JSON string.
-fn answer_json(payload: &[u8]) -> String {
-    match serde_json::from_slice::<serde_json::Value>(payload) {
-        Ok(v) => v.to_string(),
-        Err(_) => serde_json::Value::String(String::from_utf8_lossy(payload).into_owned()).to_string(),
-    }
-}
-
-const SENT: &str = r#"{"success":true}"#;
 
 /// The connector's side of requests from ThingsBoard.
 struct Downlink<'a, P: Protocol> {
@@ -396,45 +429,47 @@ struct Downlink<'a, P: Protocol> {
 }
 
 impl<P: Protocol> Downlink<'_, P> {
-    fn fail(&self, reply: Reply, why: String) {
+    fn fail(&self, reply: Answers, why: String) {
         self.stats.downlink_errors.fetch_add(1, Ordering::Relaxed);
         let _ = reply.send(Err(why));
     }
 
     fn job(&mut self, job: DeviceJob, connected: bool) {
-        let what = match &job.kind {
-            JobKind::Rpc { id, method, .. } => format!("RPC {method} (id {id}) for {}", job.device),
-            JobKind::AttributeUpdate => format!("attribute update for {}", job.device),
-        };
+        let what = format!("{} for {}", job.kind, job.device);
         if !connected {
             let why = format!("the connector `{}` is not connected to its broker at {}", self.name, self.target);
             tracing::debug!(connector = %self.name, "{what}: {why}");
             return self.fail(job.reply, why);
         }
-        // At most one message waits for an answer: the RPC's request.
-        let wait = job.messages.iter().find_map(|m| {
-            let topic = meta(m, "response-topic")?;
-            let timeout = meta(m, "response-timeout-ms").and_then(|t| t.parse().ok()).unwrap_or(10_000u64);
-            let q = meta(m, "response-qos").and_then(|q| q.parse().ok()).unwrap_or(1u8);
-            Some((topic.to_owned(), Duration::from_millis(timeout.max(1)), q))
-        });
+        let mut publishes = Vec::with_capacity(job.messages.len());
+        for m in job.messages {
+            match m {
+                DownlinkMessage::Mqtt(p) => publishes.push(p),
+                other => {
+                    let why = format!(
+                        "the downlink converter made an {} message for `{}`: the mqtt connector sends MQTT publishes",
+                        other.kind(),
+                        job.device
+                    );
+                    return self.fail(job.reply, why);
+                }
+            }
+        }
+        // At most one publish waits for an answer: the RPC's request.
+        let wait = publishes.iter().find_map(|p| p.response.clone());
         // Subscribe before publishing the request: the broker handles our
         // packets in order, so the answer cannot come before we listen.
-        if let Some((topic, timeout, q)) = wait {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let (id, new_topic) = self.pending.add(&topic, timeout, tx);
-            if new_topic && let Err(e) = P::subscribe(self.client, &[(topic.clone(), q)]) {
-                let _ = self.pending.cancel(&topic, id);
-                return self.fail(job.reply, format!("cannot subscribe to the response topic `{topic}`: {e}"));
+        if let Some(MqttResponse { topic, qos, timeout_ms }) = wait {
+            let timeout = Duration::from_millis(u64::from(timeout_ms.max(1)));
+            let (id, new_topic) = self.pending.add(&topic, timeout, job.reply);
+            if new_topic && let Err(e) = P::subscribe(self.client, &[(topic.clone(), qos.min(1))]) {
+                if let Some((reply, _)) = self.pending.cancel(&topic, id) {
+                    self.fail(reply, format!("cannot subscribe to the response topic `{topic}`: {e}"));
+                }
+                return;
             }
-            // Answer the job from the pending RPC's outcome.
-            let reply = job.reply;
-            tokio::spawn(async move {
-                let outcome = rx.await.unwrap_or_else(|_| Err("the connector stopped".into()));
-                let _ = reply.send(outcome);
-            });
-            for m in job.messages {
-                if let Err(e) = self.send(m) {
+            for p in publishes {
+                if let Err(e) = self.send(p) {
                     // Nothing will answer a request that did not go out.
                     if let Some((reply, last)) = self.pending.cancel(&topic, id) {
                         if last {
@@ -447,19 +482,17 @@ impl<P: Protocol> Downlink<'_, P> {
             }
             return;
         }
-        for m in job.messages {
-            if let Err(e) = self.send(m) {
+        for p in publishes {
+            if let Err(e) = self.send(p) {
                 return self.fail(job.reply, e);
             }
         }
-        let _ = job.reply.send(Ok(SENT.into()));
+        let _ = job.reply.send(Ok(Vec::new()));
     }
 
-    fn send(&self, m: DownlinkMessage) -> Result<(), String> {
-        let q = meta(&m, "qos").and_then(|q| q.parse().ok()).unwrap_or(0u8);
-        let retain = meta(&m, "retain") == Some("true");
-        P::publish(self.client, &m.target, q, retain, m.payload)
-            .map_err(|e| format!("publishing to `{}` failed: {e}", m.target))?;
+    fn send(&self, p: MqttPublish) -> Result<(), String> {
+        P::publish(self.client, &p.topic, p.qos.min(1), p.retain, p.payload)
+            .map_err(|e| format!("publishing to `{}` failed: {e}", p.topic))?;
         self.stats.sent_to_devices.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -468,43 +501,47 @@ impl<P: Protocol> Downlink<'_, P> {
     /// publish `params` as the Python gateway's connector RPC does, with
     /// `requestTopicExpression` (or `topic`), `valueExpression` (or
     /// `value`), and optionally `responseTopicExpression` and
-    /// `responseTimeout` (ms) to wait for an answer.
-    fn connector_rpc(&mut self, params: &str, reply: Reply, connected: bool) {
-        let doc: serde_json::Value = match serde_json::from_str(params) {
-            Ok(serde_json::Value::Object(o)) => serde_json::Value::Object(o),
-            _ => return self.fail(reply, "params: expected an object with requestTopicExpression".into()),
+    /// `responseTimeout` (ms) to wait for an answer, which is the reply.
+    fn connector_rpc(&mut self, method: &str, params: &str, reply: Reply, connected: bool) {
+        let publish = match publish_of(params) {
+            Ok(p) => p,
+            Err(why) => {
+                self.stats.downlink_errors.fetch_add(1, Ordering::Relaxed);
+                let _ = reply.send(Err(why.to_owned()));
+                return;
+            }
         };
-        let text = |keys: [&str; 2]| keys.iter().find_map(|k| doc.get(*k)).cloned();
-        let Some(serde_json::Value::String(topic)) = text(["requestTopicExpression", "topic"]) else {
-            return self.fail(reply, "params.requestTopicExpression: required (the topic to publish to)".into());
-        };
-        let payload = match text(["valueExpression", "value"]) {
-            Some(serde_json::Value::String(s)) => s.into_bytes(),
-            Some(other) => other.to_string().into_bytes(),
-            None => Vec::new(),
-        };
-        let mut metadata = vec![
-            ("qos".to_owned(), doc.get("qos").and_then(|q| q.as_u64()).unwrap_or(0).to_string()),
-            ("retain".to_owned(), (doc.get("retain") == Some(&serde_json::Value::Bool(true))).to_string()),
-        ];
-        if let Some(serde_json::Value::String(rt)) = text(["responseTopicExpression", "responseTopic"]) {
-            metadata.push(("response-topic".into(), rt));
-            let timeout = doc.get("responseTimeout").and_then(|t| t.as_u64()).unwrap_or(10_000);
-            metadata.push(("response-timeout-ms".into(), timeout.to_string()));
-        }
+        // Answered as a device's RPC is, the answer being the reply.
+        let request = RpcRequest { device: String::new(), id: 0, method: method.to_owned(), params: params.to_owned() };
+        let (tx, rx) = tokio::sync::oneshot::channel::<Answered>();
+        tokio::spawn(async move {
+            let outcome = match rx.await {
+                Ok(Ok(answers)) => Ok(RpcAnswer { request, answers }.plain_reply()),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err("the connector stopped".into()),
+            };
+            let _ = reply.send(outcome);
+        });
         let job = DeviceJob {
             device: String::new(),
-            kind: JobKind::Rpc { id: 0, method: "connector RPC".into(), params: String::new() },
-            messages: vec![DownlinkMessage { target: topic, payload, metadata }],
-            reply,
+            kind: tbgw_core::downlink::JobKind::Rpc { id: 0, method: format!("mqtt_{method}") },
+            messages: vec![DownlinkMessage::Mqtt(publish)],
+            reply: tx,
         };
         self.job(job, connected);
     }
 
     /// A message on `topic` answers a pending RPC: true when it did.
-    fn answered(&mut self, topic: &str, payload: &[u8]) -> bool {
+    fn answered(&mut self, topic: &str, payload: &[u8], qos: u8) -> bool {
         let Some((reply, last)) = self.pending.take(topic) else { return false };
-        let _ = reply.send(Ok(answer_json(payload)));
+        let answer = RawUplink {
+            source: Source::Mqtt(MqttMessage { topic: topic.to_owned(), qos, retain: false }),
+            device: None,
+            payload: payload.to_vec(),
+            metadata: Vec::new(),
+            received_at: now_ms(),
+        };
+        let _ = reply.send(Ok(vec![answer]));
         if last {
             let _ = P::unsubscribe(self.client, topic);
         }
@@ -573,7 +610,9 @@ async fn run<P: Protocol>(conn: MqttConnector, mut ctx: ConnectorContext) {
             Some(job) = ctx.downlink.jobs.recv() => {
                 match job {
                     ToConnector::Device(job) => down.job(job, connected),
-                    ToConnector::ConnectorRpc { params, reply, .. } => down.connector_rpc(&params, reply, connected),
+                    ToConnector::ConnectorRpc { method, params, reply } => {
+                        down.connector_rpc(&method, &params, reply, connected)
+                    }
                 }
                 continue;
             }
@@ -614,7 +653,7 @@ async fn run<P: Protocol>(conn: MqttConnector, mut ctx: ConnectorContext) {
             Polled::Message(p) => {
                 ctx.stats.received.fetch_add(1, Ordering::Relaxed);
                 let (topic, payload, q) = P::parts(&p);
-                if down.answered(topic, payload) {
+                if down.answered(topic, payload, q) {
                     ack_now(&p, q);
                     continue;
                 }
@@ -627,22 +666,18 @@ async fn run<P: Protocol>(conn: MqttConnector, mut ctx: ConnectorContext) {
                     })
                 });
                 let Some(route) = conn.route_for(topic) else {
-                    match conn.requests.recognise(topic, payload) {
-                        Some(r) => device_request::<P>(&conn, &ctx.downlink.requests, &ctx.stats, r, topic, &client),
-                        None => {
-                            ctx.stats.unmatched.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(connector = %name, topic, "no mapping matches this topic; message dropped");
-                        }
-                    }
+                    ctx.stats.unmatched.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(connector = %name, topic, "no mapping matches this topic; message dropped");
                     if let Some(ack) = ack {
                         ack.confirm();
                     }
                     continue;
                 };
                 let raw = RawUplink {
-                    source: Source::Topic(topic.to_owned()),
+                    source: Source::Mqtt(MqttMessage { topic: topic.to_owned(), qos: q, retain: P::retained(&p) }),
+                    device: None,
                     payload: payload.to_vec(),
-                    metadata: vec![("qos".to_owned(), q.to_string())],
+                    metadata: Vec::new(),
                     received_at: now_ms(),
                 };
                 if s.send(topic, Uplink { route, raw, ack }).await.is_err() {
@@ -668,7 +703,9 @@ async fn run<P: Protocol>(conn: MqttConnector, mut ctx: ConnectorContext) {
                         _ = ctx.finish.cancelled() => break,
                         Some(job) = ctx.downlink.jobs.recv() => match job {
                             ToConnector::Device(job) => down.job(job, false),
-                            ToConnector::ConnectorRpc { params, reply, .. } => down.connector_rpc(&params, reply, false),
+                            ToConnector::ConnectorRpc { method, params, reply } => {
+                                down.connector_rpc(&method, &params, reply, false)
+                            }
                         },
                     }
                 }
@@ -709,71 +746,6 @@ async fn run<P: Protocol>(conn: MqttConnector, mut ctx: ConnectorContext) {
     tracing::info!(connector = %name, "stopped");
 }
 
-/// A device's own request: to the router; an attribute request's answer is
-/// published back to the device when it comes.
-fn device_request<P: Protocol>(
-    conn: &MqttConnector,
-    requests: &tbgw_core::downlink::DeviceRequests,
-    stats: &Arc<ConnectorStats>,
-    recognised: Result<Recognised, String>,
-    topic: &str,
-    client: &P::Client,
-) {
-    let name = &conn.name;
-    let request = match recognised {
-        Err(e) => {
-            tracing::warn!(connector = %name, topic, "a device request that cannot be served: {e}");
-            return;
-        }
-        Ok(Recognised::Connect { device, device_type }) => {
-            tracing::info!(connector = %name, device, "device connected (on {topic})");
-            DeviceRequest::Connect { device, device_type }
-        }
-        Ok(Recognised::Disconnect { device }) => {
-            tracing::info!(connector = %name, device, "device disconnected (on {topic})");
-            DeviceRequest::Disconnect { device }
-        }
-        Ok(Recognised::Attributes { rule, device, keys }) => {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let client_side = conn.requests.config.attributes.get(rule).is_some_and(|r| r.client);
-            let request = DeviceRequest::Attributes {
-                device: device.clone(),
-                keys: keys.clone(),
-                client: client_side,
-                reply: tx,
-            };
-            let Some(answering) = conn.requests.config.attributes.get(rule).cloned() else { return };
-            let (client, name, stats) = (client.clone(), name.clone(), stats.clone());
-            tokio::spawn(async move {
-                let values = match rx.await {
-                    Ok(Ok(v)) => match serde_json::from_str::<serde_json::Value>(&v) {
-                        Ok(serde_json::Value::Object(o)) => o,
-                        _ => serde_json::Map::new(),
-                    },
-                    Ok(Err(e)) => {
-                        tracing::warn!(connector = %name, device, "attribute request {keys:?}: {e}");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-                let (topic, payload, q, retain) = answering.answer(&device, &keys, &values);
-                match P::publish(&client, &topic, q, retain, payload) {
-                    Ok(()) => {
-                        stats.sent_to_devices.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        tracing::warn!(connector = %name, device, "answering an attribute request on `{topic}`: {e}")
-                    }
-                }
-            });
-            request
-        }
-    };
-    if !requests.send(request) {
-        tracing::debug!(connector = %name, "the gateway is stopping; device request dropped");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -790,8 +762,8 @@ mod tests {
         // The first answer on `t` is the oldest RPC's.
         let (reply, last) = p.take("t").expect("waiting");
         assert!(!last);
-        reply.send(Ok("1".into())).unwrap();
-        assert_eq!(ra.try_recv().unwrap(), Ok("1".into()));
+        reply.send(Ok(Vec::new())).unwrap();
+        assert_eq!(ra.try_recv().unwrap(), Ok(Vec::new()));
         // A request that could not be sent stops waiting.
         let (reply, last) = p.cancel("u", id_c).expect("waiting");
         assert!(last, "nothing left on u: unsubscribe");

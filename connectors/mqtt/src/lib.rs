@@ -5,15 +5,14 @@
 //! - [`connector`]: subscriptions, manual acknowledgements once stored,
 //!   reconnection, persistent sessions, MQTT 3.1.1 and 5; requests from
 //!   ThingsBoard sent to devices, and two-way RPCs' answers awaited.
-//! - [`requests`]: devices' own requests (connect, disconnect, attribute
-//!   requests), recognised by topic.
 //!
 //! Like every connector, it does protocol I/O only: payloads go to the
-//! converters untouched.
+//! converters untouched, devices' own requests (connect, disconnect,
+//! attribute requests) included: their topics go to a route of their own,
+//! whose converter recognises them.
 
 pub mod config;
 pub mod connector;
-pub mod requests;
 
 pub use config::{MqttConfig, parse};
 pub use connector::MqttConnector;

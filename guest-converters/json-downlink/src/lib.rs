@@ -1,79 +1,27 @@
-//! The built-in `json` downlink converter: the `downlink-converter` world
-//! over the mapping in `tbgw-json-converter`. This file only moves data
-//! between the contract's types and the library's.
+//! The built-in `json` downlink converter: [`tbgw_json_converter::DownlinkConverter`]
+//! (an MQTT `requestsMapping`) over the guest SDK.
 
-wit_bindgen::generate!({ path: "../../wit", world: "downlink-converter" });
+use tbgw_converter_sdk::{self as sdk, ConfigError, DownlinkMessage, DownlinkRequest, RpcAnswer};
+use tbgw_json_converter::DownlinkConverter;
 
-use exports::tbgw::converter::downlink::{Converter, Guest, GuestConverter};
-use tbgw::converter::log::{Level, log};
-use tbgw::converter::types::{ConfigError, ConvertError, DownlinkMessage, DownlinkRequest, Value};
-use tbgw_json_converter as lib;
+struct Json(DownlinkConverter);
 
-#[global_allocator]
-static ALLOC: tbgw_guest_alloc::Alloc = tbgw_guest_alloc::Alloc::new();
-
-struct Component;
-
-export!(Component);
-
-impl Guest for Component {
-    type Converter = JsonDownlink;
-}
-
-struct JsonDownlink(lib::DownlinkConverter);
-
-impl GuestConverter for JsonDownlink {
-    fn create(config: String) -> Result<Converter, ConfigError> {
-        match lib::DownlinkConverter::new(&config) {
-            Ok((converter, notices)) => {
-                for notice in notices {
-                    log(Level::Info, &notice);
-                }
-                Ok(Converter::new(JsonDownlink(converter)))
-            }
-            Err(e) => Err(ConfigError { field: e.field, message: e.message }),
+impl sdk::Downlink for Json {
+    fn create(config: &str) -> Result<Self, ConfigError> {
+        let (converter, notices) = DownlinkConverter::new(config)?;
+        for notice in notices {
+            sdk::log(sdk::Level::Info, &notice);
         }
+        Ok(Json(converter))
     }
 
-    fn convert(&self, batch: Vec<DownlinkRequest>) -> Vec<Result<Vec<DownlinkMessage>, ConvertError>> {
-        batch
-            .into_iter()
-            .map(|request| {
-                let result = match request {
-                    DownlinkRequest::Rpc(rpc) => self.0.convert(&lib::Request::Rpc {
-                        device: &rpc.device,
-                        id: rpc.id,
-                        method: &rpc.method,
-                        params: &rpc.params,
-                    }),
-                    DownlinkRequest::AttributeUpdate(update) => {
-                        let entries: Vec<lib::Entry> = update
-                            .entries
-                            .into_iter()
-                            .map(|e| lib::Entry { key: e.key, value: value(e.value) })
-                            .collect();
-                        self.0.convert(&lib::Request::AttributeUpdate { device: &update.device, entries: &entries })
-                    }
-                };
-                result
-                    .map(|messages| {
-                        messages
-                            .into_iter()
-                            .map(|m| DownlinkMessage { target: m.target, payload: m.payload, metadata: m.metadata })
-                            .collect()
-                    })
-                    .map_err(|message| ConvertError { message })
-            })
-            .collect()
+    fn convert(&self, request: &DownlinkRequest) -> Result<Vec<DownlinkMessage>, String> {
+        self.0.convert(request)
+    }
+
+    fn reply(&self, answer: &RpcAnswer) -> Result<String, String> {
+        self.0.reply(answer)
     }
 }
 
-fn value(v: Value) -> lib::Value {
-    match v {
-        Value::Boolean(b) => lib::Value::Bool(b),
-        Value::Integer(i) => lib::Value::Int(i),
-        Value::Double(f) => lib::Value::Float(f),
-        Value::Text(s) => lib::Value::Text(s),
-        Value::Json(s) => lib::Value::Json(s),
-    }
-}
+sdk::export_downlink!(Json);

@@ -119,6 +119,14 @@ def format_value(value):
     return MqttConnector._format_value(value)
 
 
+def mqtt(topic, payload, qos, retain, response=None):
+    """A message as tbgw's cases write it (`{"mqtt": {...}}`)."""
+    message = {"topic": topic, "payload": payload, "qos": int(qos), "retain": bool(retain)}
+    if response:
+        message["response"] = response
+    return {"mqtt": message}
+
+
 def python_downlink(case):
     config = case["config"]
     request = case["request"]
@@ -139,12 +147,12 @@ def python_downlink(case):
                 payload = expression.replace("${deviceName}", device)
                 for tag, value in zip(tags, values):
                     payload = payload.replace("${" + tag + "}", orjson.dumps(value).decode("utf-8"))
-                meta = {"qos": str(rpc.get("qos", 0)), "retain": str(rpc.get("retain", False)).lower()}
+                response = None
                 if rpc.get("responseTopicExpression") and rpc.get("responseTimeout"):
-                    meta["response-topic"] = fill(rpc["responseTopicExpression"])
-                    meta["response-timeout-ms"] = str(rpc["responseTimeout"])
-                    meta["response-qos"] = str(rpc.get("responseTopicQoS", 1))
-                messages.append({"target": topic, "payload": payload, "metadata": meta})
+                    response = {"topic": fill(rpc["responseTopicExpression"]),
+                                "qos": int(rpc.get("responseTopicQoS", 1)),
+                                "timeoutMs": int(rpc["responseTimeout"])}
+                messages.append(mqtt(topic, payload, rpc.get("qos", 0), rpc.get("retain", False), response))
                 break
     else:
         for update in config.get("attributeUpdates", []):
@@ -156,8 +164,8 @@ def python_downlink(case):
                 text = format_value(value)
                 def fill(t):
                     return t.replace("${deviceName}", device).replace("${attributeKey}", key).replace("${attributeValue}", text)
-                meta = {"qos": str(update.get("qos", 0)), "retain": str(update.get("retain", False)).lower()}
-                messages.append({"target": fill(update["topicExpression"]), "payload": fill(update["valueExpression"]), "metadata": meta})
+                messages.append(mqtt(fill(update["topicExpression"]), fill(update["valueExpression"]),
+                                     update.get("qos", 0), update.get("retain", False)))
     return messages
 
 

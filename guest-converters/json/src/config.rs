@@ -6,37 +6,8 @@
 //! this converter has no use for, so that users' configs load unchanged.
 
 use serde_json::{Map, Value};
-use std::fmt;
 
-/// An invalid configuration: where and what.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// The path of the offending field (`timeseries[2].type`); `None` when
-    /// the whole document is at fault.
-    pub field: Option<String>,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub fn at(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { field: Some(field.into()), message: message.into() }
-    }
-
-    pub fn whole(message: impl Into<String>) -> Self {
-        ConfigError { field: None, message: message.into() }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.field {
-            Some(field) => write!(f, "{field}: {}", self.message),
-            None => f.write_str(&self.message),
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
+pub use tbgw_data::ConfigError;
 
 /// Parse the config text as a JSON document.
 pub fn parse_document(text: &str) -> Result<Value, ConfigError> {

@@ -19,9 +19,18 @@
 //! }
 //! ```
 //!
-//! The other sections of `requestsMapping` (`connectRequests`,
-//! `disconnectRequests`, `attributeRequests`) are read by the connector and
-//! accepted here unread, so the whole `requestsMapping` can be passed as is.
+//! It also answers devices' attribute requests: an `attributeRequests`
+//! entry's `topicExpression` (`${deviceName}`, `${attributeKey}`) and, for
+//! one attribute, `valueExpression` (`${attributeKey}`, `${attributeValue}`
+//! as JSON, `${deviceName}`), or for several a JSON object of every value,
+//! as the Python gateway does; `retain` and `qos` too. Its other keys, and
+//! the `connectRequests`/`disconnectRequests` sections, recognise the
+//! requests ([`crate::requests`]) and are accepted here unread, so that the
+//! whole `requestsMapping` is passed to both.
+//!
+//! The reply to an RPC ([`DownlinkConverter::reply`]): a two-way RPC's is
+//! the device's response, as JSON when it is JSON and as a JSON string of
+//! its text otherwise; a one-way RPC's is `{"success": true}` once sent.
 //!
 //! As in the Python gateway: `deviceNameFilter` and `attributeFilter` of an
 //! attribute update must match from the start of the name (`re.match`);
@@ -41,36 +50,25 @@ use crate::json::{Json, write_f64};
 use crate::template::Template;
 use crate::{Entry, Value};
 use fancy_regex::Regex;
-
-/// A request from ThingsBoard.
-#[derive(Debug, Clone, Copy)]
-pub enum Request<'a> {
-    Rpc {
-        device: &'a str,
-        id: i64,
-        method: &'a str,
-        /// The parameters as JSON text.
-        params: &'a str,
-    },
-    AttributeUpdate {
-        device: &'a str,
-        entries: &'a [Entry],
-    },
-}
-
-/// One message for the device.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DownlinkMessage {
-    pub target: String,
-    pub payload: Vec<u8>,
-    pub metadata: Vec<(String, String)>,
-}
+use tbgw_data::{
+    AttributeResponse, DownlinkMessage, DownlinkRequest, MqttPublish, MqttResponse, RpcAnswer, RpcRequest,
+};
 
 /// A configured JSON downlink converter.
 #[derive(Debug)]
 pub struct DownlinkConverter {
     attribute_updates: Vec<AttributeRule>,
     rpcs: Vec<RpcRule>,
+    /// The answers to `attributeRequests`, by index.
+    attribute_answers: Vec<AnswerRule>,
+}
+
+#[derive(Debug)]
+struct AnswerRule {
+    topic: Template,
+    value: Template,
+    qos: u8,
+    retain: bool,
 }
 
 #[derive(Debug)]
@@ -97,14 +95,14 @@ struct RpcRule {
 #[derive(Debug)]
 struct Response {
     topic: Template,
-    timeout_ms: u64,
+    timeout_ms: u32,
     qos: u8,
 }
 
 const ATTRIBUTE_NAMES: &[&str] = &["deviceName", "attributeKey", "attributeValue"];
 const RPC_NAMES: &[&str] = &["deviceName", "methodName", "requestId", "params"];
 /// What a two-way RPC waits for its answer when `responseTimeout` is absent.
-const DEFAULT_RESPONSE_TIMEOUT_MS: u64 = 10_000;
+const DEFAULT_RESPONSE_TIMEOUT_MS: u32 = 10_000;
 
 impl DownlinkConverter {
     /// Build a converter from its JSON config (a `requestsMapping` object).
@@ -112,7 +110,7 @@ impl DownlinkConverter {
         let doc = config::parse_document(config_text)?;
         let mut notices = Vec::new();
         let mut root = Obj::new("", &doc)?;
-        root.allow(&["connectRequests", "disconnectRequests", "attributeRequests"]);
+        root.allow(&["connectRequests", "disconnectRequests"]);
         let mut attribute_updates = Vec::new();
         for (path, item) in config::array(&mut root, "attributeUpdates")? {
             attribute_updates.push(attribute_rule(&path, item)?);
@@ -121,19 +119,85 @@ impl DownlinkConverter {
         for (path, item) in config::array(&mut root, "serverSideRpc")? {
             rpcs.push(rpc_rule(&path, item, &mut notices)?);
         }
-        root.finish()?;
-        if attribute_updates.is_empty() && rpcs.is_empty() {
-            notices.push("neither attributeUpdates nor serverSideRpc has an entry: every request will fail".into());
+        let mut attribute_answers = Vec::new();
+        for (path, item) in config::array(&mut root, "attributeRequests")? {
+            attribute_answers.push(answer_rule(&path, item)?);
         }
-        Ok((DownlinkConverter { attribute_updates, rpcs }, notices))
+        root.finish()?;
+        if attribute_updates.is_empty() && rpcs.is_empty() && attribute_answers.is_empty() {
+            notices.push(
+                "neither attributeUpdates, serverSideRpc nor attributeRequests has an entry: every request will fail"
+                    .into(),
+            );
+        }
+        Ok((DownlinkConverter { attribute_updates, rpcs, attribute_answers }, notices))
     }
 
     /// The messages that serve `request`, or why it cannot be served.
-    pub fn convert(&self, request: &Request<'_>) -> Result<Vec<DownlinkMessage>, String> {
-        match *request {
-            Request::Rpc { device, id, method, params } => self.rpc(device, id, method, params),
-            Request::AttributeUpdate { device, entries } => self.attribute_update(device, entries),
+    pub fn convert(&self, request: &DownlinkRequest) -> Result<Vec<DownlinkMessage>, String> {
+        match request {
+            DownlinkRequest::Rpc(RpcRequest { device, id, method, params }) => self.rpc(device, *id, method, params),
+            DownlinkRequest::AttributeUpdate(u) => self.attribute_update(&u.device, &u.entries),
+            DownlinkRequest::AttributeResponse(r) => self.attribute_answer(r).map(|m| vec![m]),
         }
+    }
+
+    /// ThingsBoard's reply to an RPC: the device's response (JSON, or its
+    /// text as a JSON string), or `{"success": true}` for a one-way RPC.
+    pub fn reply(&self, answer: &RpcAnswer) -> Result<String, String> {
+        Ok(answer.plain_reply())
+    }
+
+    fn attribute_answer(&self, r: &AttributeResponse) -> Result<DownlinkMessage, String> {
+        let rule = r
+            .context
+            .strip_prefix("attributeRequests[")
+            .and_then(|rest| rest.strip_suffix(']'))
+            .and_then(|i| i.parse::<usize>().ok())
+            .and_then(|i| self.attribute_answers.get(i))
+            .ok_or_else(|| format!("`{}` names no attributeRequests entry of this converter", r.context))?;
+        let first = r.keys.first().map_or("", String::as_str);
+        let json_of = |key: &str| {
+            r.values.iter().find(|e| e.key == key).map_or_else(|| "null".to_owned(), |e| value_json(&e.value))
+        };
+        let topic = rule.topic.render(|path, out: &mut String| {
+            match path.text() {
+                "deviceName" => out.push_str(&r.device),
+                "attributeKey" => out.push_str(first),
+                other => return Err(format!("topicExpression: `${{{other}}}` is not known here")),
+            }
+            Ok(())
+        })?;
+        let payload = if r.keys.len() == 1 {
+            rule.value.render(|path, out: &mut String| {
+                match path.text() {
+                    "deviceName" => out.push_str(&r.device),
+                    "attributeKey" => out.push_str(first),
+                    "attributeValue" => out.push_str(&json_of(first)),
+                    other => return Err(format!("valueExpression: `${{{other}}}` is not known here")),
+                }
+                Ok(())
+            })?
+        } else {
+            let mut out = String::from("{");
+            for (i, e) in r.values.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                crate::json::write_json_string(&e.key, &mut out);
+                out.push(':');
+                out.push_str(&value_json(&e.value));
+            }
+            out.push('}');
+            out
+        };
+        Ok(DownlinkMessage::Mqtt(MqttPublish {
+            topic,
+            payload: payload.into_bytes(),
+            qos: rule.qos,
+            retain: rule.retain,
+            response: None,
+        }))
     }
 
     fn rpc(&self, device: &str, id: i64, method: &str, params_text: &str) -> Result<Vec<DownlinkMessage>, String> {
@@ -148,17 +212,23 @@ impl DownlinkConverter {
             Json::parse(params_text.as_bytes()).map_err(|e| format!("RPC params: {e}"))?
         };
         let ctx = RpcContext { device, id, method, params: &params };
-        let target = ctx.render(&rule.request_topic, false).map_err(|e| format!("requestTopicExpression: {e}"))?;
+        let topic = ctx.render(&rule.request_topic, false).map_err(|e| format!("requestTopicExpression: {e}"))?;
         let payload = ctx.render(&rule.value, true).map_err(|e| format!("valueExpression: {e}"))?;
-        let mut metadata =
-            vec![("qos".to_owned(), rule.qos.to_string()), ("retain".to_owned(), rule.retain.to_string())];
-        if let Some(response) = &rule.response {
-            let topic = ctx.render(&response.topic, false).map_err(|e| format!("responseTopicExpression: {e}"))?;
-            metadata.push(("response-topic".to_owned(), topic));
-            metadata.push(("response-timeout-ms".to_owned(), response.timeout_ms.to_string()));
-            metadata.push(("response-qos".to_owned(), response.qos.to_string()));
-        }
-        Ok(vec![DownlinkMessage { target, payload: payload.into_bytes(), metadata }])
+        let response = match &rule.response {
+            Some(r) => Some(MqttResponse {
+                topic: ctx.render(&r.topic, false).map_err(|e| format!("responseTopicExpression: {e}"))?,
+                qos: r.qos,
+                timeout_ms: r.timeout_ms,
+            }),
+            None => None,
+        };
+        Ok(vec![DownlinkMessage::Mqtt(MqttPublish {
+            topic,
+            payload: payload.into_bytes(),
+            qos: rule.qos,
+            retain: rule.retain,
+            response,
+        })])
     }
 
     fn attribute_update(&self, device: &str, entries: &[Entry]) -> Result<Vec<DownlinkMessage>, String> {
@@ -181,14 +251,13 @@ impl DownlinkConverter {
                         Ok::<_, String>(())
                     })
                 };
-                out.push(DownlinkMessage {
-                    target: render(&rule.topic)?,
+                out.push(DownlinkMessage::Mqtt(MqttPublish {
+                    topic: render(&rule.topic)?,
                     payload: render(&rule.value)?.into_bytes(),
-                    metadata: vec![
-                        ("qos".to_owned(), rule.qos.to_string()),
-                        ("retain".to_owned(), rule.retain.to_string()),
-                    ],
-                });
+                    qos: rule.qos,
+                    retain: rule.retain,
+                    response: None,
+                }));
             }
         }
         if out.is_empty() {
@@ -230,6 +299,17 @@ impl RpcContext<'_, '_> {
     }
 }
 
+/// An attribute value as JSON text.
+fn value_json(v: &Value) -> String {
+    let mut out = String::new();
+    match v {
+        Value::Text(s) => crate::json::write_json_string(s, &mut out),
+        Value::Json(s) => out.push_str(s),
+        other => out.push_str(&value_text(other)),
+    }
+    out
+}
+
 /// An attribute value as plain text: text as it is, JSON as JSON text.
 fn value_text(v: &Value) -> String {
     match v {
@@ -262,6 +342,27 @@ fn attribute_rule(path: &str, item: &serde_json::Value) -> Result<AttributeRule,
     Ok(rule)
 }
 
+/// What answers an `attributeRequests` entry (its other keys recognise
+/// the request: [`crate::requests`]).
+fn answer_rule(path: &str, item: &serde_json::Value) -> Result<AnswerRule, ConfigError> {
+    let mut obj = Obj::new(path, item)?;
+    let names = ["deviceName", "attributeKey", "attributeValue"];
+    let rule = AnswerRule {
+        topic: names_template(&mut obj, "topicExpression", &names[..2], false)?,
+        value: match obj.opt_str("valueExpression")? {
+            Some(_) => names_template(&mut obj, "valueExpression", &names, false)?,
+            None => {
+                Template::parse("${attributeValue}").map_err(|e| ConfigError::at(obj.field("valueExpression"), e))?
+            }
+        },
+        qos: qos(&mut obj, "qos")?.unwrap_or(0).min(1),
+        retain: obj.opt_bool("retain")?.unwrap_or(false),
+    };
+    obj.allow(&crate::requests::RECOGNISE_KEYS);
+    obj.finish()?;
+    Ok(rule)
+}
+
 fn rpc_rule(path: &str, item: &serde_json::Value, notices: &mut Vec<String>) -> Result<RpcRule, ConfigError> {
     let mut obj = Obj::new(path, item)?;
     let kind = obj.opt_str("type")?;
@@ -273,7 +374,7 @@ fn rpc_rule(path: &str, item: &serde_json::Value, notices: &mut Vec<String>) -> 
         Some(_) => Some(names_template(&mut obj, "responseTopicExpression", RPC_NAMES, true)?),
         None => None,
     };
-    let timeout = obj.opt_uint("responseTimeout", 24 * 3_600_000)?;
+    let timeout = obj.opt_uint("responseTimeout", 24 * 3_600_000)?.map(|t| t as u32);
     let response_qos = qos(&mut obj, "responseTopicQoS")?;
     let response = match (kind, response_topic) {
         (Some("oneWay"), Some(_)) => {
@@ -367,10 +468,12 @@ mod tests {
                 "requestTopicExpression":"d/${deviceName}/${params.mode}/${requestId}",
                 "valueExpression":"{\"m\":${params.mode},\"all\":${params}}"}]}"#,
         );
-        let out =
-            c.convert(&Request::Rpc { device: "A", id: 7, method: "setMode", params: r#"{"mode":"eco"}"# }).unwrap();
-        assert_eq!(out[0].target, "d/A/eco/7");
-        assert_eq!(String::from_utf8(out[0].payload.clone()).unwrap(), r#"{"m":"eco","all":{"mode":"eco"}}"#);
+        let rpc =
+            RpcRequest { device: "A".into(), id: 7, method: "setMode".into(), params: r#"{"mode":"eco"}"#.into() };
+        let out = c.convert(&DownlinkRequest::Rpc(rpc)).unwrap();
+        let [DownlinkMessage::Mqtt(p)] = &out[..] else { panic!("{out:?}") };
+        assert_eq!(p.topic, "d/A/eco/7");
+        assert_eq!(String::from_utf8(p.payload.clone()).unwrap(), r#"{"m":"eco","all":{"mode":"eco"}}"#);
     }
 
     #[test]
@@ -379,9 +482,14 @@ mod tests {
             r#"{"attributeUpdates":[{"deviceNameFilter":"dev","attributeFilter":"relay",
                 "topicExpression":"t/${deviceName}","valueExpression":"${attributeValue}"}]}"#,
         );
-        let entries = [Entry { key: "relay".into(), value: Value::Bool(true) }];
-        assert!(c.convert(&Request::AttributeUpdate { device: "dev-1", entries: &entries }).is_ok());
-        let err = c.convert(&Request::AttributeUpdate { device: "my-dev", entries: &entries }).unwrap_err();
+        let update = |device: &str| {
+            DownlinkRequest::AttributeUpdate(tbgw_data::AttributeUpdate {
+                device: device.into(),
+                entries: vec![Entry::new("relay", Value::Bool(true))],
+            })
+        };
+        assert!(c.convert(&update("dev-1")).is_ok());
+        let err = c.convert(&update("my-dev")).unwrap_err();
         assert_eq!(err, "no attributeUpdates entry matches device `my-dev`");
     }
 
@@ -394,5 +502,35 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.field.as_deref(), Some("attributeUpdates[0].topicExpression"));
         assert!(err.message.contains("unknown placeholder `${device}`"), "{}", err.message);
+    }
+
+    #[test]
+    fn attribute_requests_are_answered_with_their_entry() {
+        let c = conv(
+            r#"{"attributeRequests":[{"topicFilter":"req","deviceInfo":{"deviceNameExpressionSource":"constant","deviceNameExpression":"D"},
+                "attributeNameExpressionSource":"constant","attributeNameExpression":"a",
+                "topicExpression":"devices/${deviceName}/${attributeKey}","valueExpression":"{\"${attributeKey}\":${attributeValue}}"}]}"#,
+        );
+        let answer = |keys: &[&str]| {
+            let r = AttributeResponse {
+                device: "D".into(),
+                keys: keys.iter().map(|k| k.to_string()).collect(),
+                values: vec![Entry::new("a", Value::Text("on".into())), Entry::new("b", Value::Int(2))],
+                context: "attributeRequests[0]".into(),
+            };
+            match c.convert(&DownlinkRequest::AttributeResponse(r)).unwrap().remove(0) {
+                DownlinkMessage::Mqtt(p) => (p.topic, String::from_utf8(p.payload).unwrap()),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(answer(&["a"]), ("devices/D/a".into(), r#"{"a":"on"}"#.into()));
+        assert_eq!(answer(&["a", "b"]).1, r#"{"a":"on","b":2}"#);
+        let r = AttributeResponse {
+            device: "D".into(),
+            keys: vec![],
+            values: vec![],
+            context: "attributeRequests[4]".into(),
+        };
+        assert!(c.convert(&DownlinkRequest::AttributeResponse(r)).unwrap_err().contains("no attributeRequests entry"));
     }
 }

@@ -6,9 +6,14 @@
 //! unit-tested natively and measured natively as the benchmark's baseline.
 //!
 //! - [`uplink`]: device JSON to ThingsBoard data, configured as the
-//!   ThingsBoard IoT Gateway's JSON converter (3.x).
-//! - [`downlink`]: RPCs and shared attribute updates to device messages,
-//!   configured as the ThingsBoard IoT Gateway's MQTT `requestsMapping`.
+//!   ThingsBoard IoT Gateway's JSON converter (3.x);
+//! - [`requests`]: devices' own requests (connect, disconnect, attribute
+//!   requests) recognised on their topics, configured as the `connectRequests`,
+//!   `disconnectRequests` and `attributeRequests` of an MQTT `requestsMapping`;
+//! - [`downlink`]: RPCs, shared attribute updates and the answers to
+//!   attribute requests to device messages, and the devices' answers to
+//!   ThingsBoard's replies, configured as the ThingsBoard IoT Gateway's MQTT
+//!   `requestsMapping`.
 //!
 //! The building blocks: [`json`] (a payload tree that borrows its strings),
 //! [`path`] and [`template`] (the `${...}` expressions), [`coerce`] (value
@@ -19,58 +24,43 @@ pub mod config;
 pub mod downlink;
 pub mod json;
 pub mod path;
+pub mod requests;
 pub mod template;
 pub mod time;
 pub mod uplink;
 
 pub use config::ConfigError;
-pub use downlink::{DownlinkConverter, DownlinkMessage, Request};
+pub use downlink::DownlinkConverter;
 pub use uplink::{Message, UplinkConverter};
 
-/// A ThingsBoard value.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Value {
-    Bool(bool),
-    Int(i64),
-    Float(f64),
-    Text(String),
-    /// JSON text.
-    Json(String),
+/// The data model, tbgw's own ([`tbgw_data`]): the converters' results are
+/// the very values the host hands on.
+pub use tbgw_data::{ConvertedMessage, DeviceRequest, DeviceUpdate, Dropped, Entry, Key, Telemetry, Value};
+
+/// The `json` uplink converter as configs name it: a mapping's `converter`
+/// object ([`UplinkConverter`]), or `{"requestsMapping": {...}}` for the
+/// devices' request topics ([`requests::RequestConverter`]).
+#[derive(Debug)]
+pub enum JsonUplink {
+    Mapping(Box<UplinkConverter>),
+    Requests(requests::RequestConverter),
 }
 
-/// A key and its value.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Entry {
-    pub key: String,
-    pub value: Value,
-}
+impl JsonUplink {
+    /// Build it from its config; the notices are about keys accepted unused.
+    pub fn new(config_text: &str) -> Result<(JsonUplink, Vec<String>), ConfigError> {
+        let doc = config::parse_document(config_text)?;
+        if doc.get("requestsMapping").is_some() {
+            return requests::RequestConverter::new(config_text).map(|r| (JsonUplink::Requests(r), Vec::new()));
+        }
+        UplinkConverter::new(config_text).map(|(c, notices)| (JsonUplink::Mapping(Box::new(c)), notices))
+    }
 
-/// Telemetry values sharing a timestamp (`None`: the time of receipt).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Telemetry {
-    pub ts: Option<i64>,
-    pub values: Vec<Entry>,
-}
-
-/// What one message says about one device.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeviceUpdate {
-    pub device: String,
-    pub device_type: Option<String>,
-    pub attributes: Vec<Entry>,
-    pub telemetry: Vec<Telemetry>,
-}
-
-/// A value left out of a converted message, and why.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Dropped {
-    pub key: String,
-    pub reason: String,
-}
-
-/// What one message converted into.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct UplinkOutput {
-    pub updates: Vec<DeviceUpdate>,
-    pub dropped: Vec<Dropped>,
+    /// Convert one message.
+    pub fn convert(&self, msg: &Message<'_>) -> Result<ConvertedMessage, String> {
+        match self {
+            JsonUplink::Mapping(c) => c.convert(msg),
+            JsonUplink::Requests(r) => r.convert(msg),
+        }
+    }
 }

@@ -34,7 +34,7 @@ use crate::json::Json;
 use crate::path::Path;
 use crate::template::Template;
 use crate::time::{self, DateOrder};
-use crate::{DeviceUpdate, Dropped, Entry, Telemetry, UplinkOutput, Value};
+use crate::{ConvertedMessage, DeviceUpdate, Dropped, Entry, Key, Telemetry, Value};
 use fancy_regex::Regex;
 use serde_json::Value as ConfigValue;
 
@@ -44,6 +44,12 @@ pub struct Message<'a> {
     /// The MQTT topic, when the message has one.
     pub topic: Option<&'a str>,
     pub payload: &'a [u8],
+}
+
+impl<'a> From<&'a tbgw_data::RawUplink> for Message<'a> {
+    fn from(m: &'a tbgw_data::RawUplink) -> Self {
+        Message { topic: m.source.topic(), payload: &m.payload }
+    }
 }
 
 /// A configured JSON uplink converter.
@@ -92,7 +98,7 @@ struct KeyRule {
 
 #[derive(Debug)]
 enum KeyExpr {
-    Constant(String),
+    Constant(Key),
     Template(Template),
     Topic(TopicRegex),
 }
@@ -182,9 +188,9 @@ impl UplinkConverter {
     /// Convert one message. An error means nothing could be converted (the
     /// payload is not JSON, the device name cannot be resolved, ...); values
     /// left out of a converted message are listed in `dropped`.
-    pub fn convert(&self, msg: &Message<'_>) -> Result<UplinkOutput, String> {
+    pub fn convert(&self, msg: &Message<'_>) -> Result<ConvertedMessage, String> {
         let doc = Json::parse(msg.payload)?;
-        let mut out = UplinkOutput::default();
+        let mut out = ConvertedMessage::default();
         match &doc {
             Json::Object(_) => {
                 if let Some(update) = self.convert_object(&doc, msg.topic, "", &mut out.dropped)? {
@@ -359,14 +365,14 @@ impl KeyRule {
         let key = match &self.key {
             KeyExpr::Constant(k) => k.clone(),
             KeyExpr::Template(t) => match render_text(t, obj) {
-                Ok(k) => k,
+                Ok(k) => Key::from(k),
                 Err(reason) => {
                     dropped.push(Dropped { key: format!("{prefix}{}", t.source()), reason: format!("key: {reason}") });
                     return None;
                 }
             },
             KeyExpr::Topic(re) => match topic_match(re, topic) {
-                Ok(k) => k,
+                Ok(k) => Key::from(k),
                 Err(reason) => {
                     dropped.push(Dropped { key: format!("{prefix}{}", re.source), reason: format!("key: {reason}") });
                     return None;
@@ -405,7 +411,7 @@ fn push_all(
             continue;
         }
         match coerce::natural(v) {
-            Some(value) => out.push(Entry { key: k.to_string(), value }),
+            Some(value) => out.push(Entry { key: Key::from(k.as_ref()), value }),
             None => dropped.push(Dropped { key: format!("{prefix}{k}"), reason: "is null".into() }),
         }
     }
@@ -571,7 +577,7 @@ fn key_rule(
         "message" | "constant" => {
             let t = template(&obj.field("key"), key_text)?;
             match t.constant() {
-                Some(c) if !c.is_empty() => KeyExpr::Constant(c.to_owned()),
+                Some(c) if !c.is_empty() => KeyExpr::Constant(Key::from(c)),
                 Some(_) => return Err(ConfigError::at(obj.field("key"), "must not be empty")),
                 None => KeyExpr::Template(t),
             }
@@ -631,7 +637,7 @@ fn key_rule(
 mod tests {
     use super::*;
 
-    fn convert(config: &str, topic: &str, payload: &str) -> Result<UplinkOutput, String> {
+    fn convert(config: &str, topic: &str, payload: &str) -> Result<ConvertedMessage, String> {
         let (c, _) = UplinkConverter::new(config).unwrap();
         c.convert(&Message { topic: Some(topic), payload: payload.as_bytes() })
     }

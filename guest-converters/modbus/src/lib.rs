@@ -41,13 +41,16 @@ pub mod codec;
 use codec::{DataType, Decoded, Format, Input, Order};
 use serde_json::Value as Json;
 use std::sync::Arc;
+use tbgw_data::{
+    ConvertedMessage, DeviceUpdate, DownlinkMessage, DownlinkRequest, Dropped, Entry, Key, ModbusRequest, RawUplink,
+    RpcAnswer, Source, Telemetry, Value,
+};
 use tbgw_json_converter::config::{self, ConfigError, Obj};
-use tbgw_json_converter::{DeviceUpdate, DownlinkMessage, Dropped, Entry, Telemetry, UplinkOutput, Value};
 
 /// One configured tag.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tag {
-    pub tag: String,
+    pub tag: Key,
     pub function_code: u8,
     pub address: u16,
     pub format: Format,
@@ -370,7 +373,7 @@ fn tags(
     o.allow(&["reportStrategy", "id"]);
     o.finish()?;
     Ok(match address {
-        Address::One(address) => vec![Tag { tag: name, function_code, address, format, variants }],
+        Address::One(address) => vec![Tag { tag: Key::from(name), function_code, address, format, variants }],
         // Whole values only: registers left over at the end of the range
         // are not read (the Python gateway reads them and fails to decode).
         Address::Range(first, last) => (u32::from(first)..=u32::from(last))
@@ -378,7 +381,7 @@ fn tags(
             .filter(|a| a + u32::from(format.objects) - 1 <= u32::from(last))
             .map(|a| {
                 let a = a as u16;
-                let tag = range_key(&name, a, unit_id, function_code, type_text, format.objects);
+                let tag = Key::from(range_key(&name, a, unit_id, function_code, type_text, format.objects));
                 Tag { tag, function_code, address: a, format, variants: variants.clone() }
             })
             .collect(),
@@ -452,9 +455,19 @@ impl UplinkConverter {
         Slaves::parse(text).map(UplinkConverter)
     }
 
+    /// Convert a polled block: the message's source is the block, its
+    /// device the slave's `deviceName`.
+    pub fn convert_message(&self, msg: &RawUplink) -> Result<ConvertedMessage, String> {
+        let Source::Registers(b) = &msg.source else {
+            return Err(format!("the modbus converter takes polled register blocks, not {}", msg.source));
+        };
+        let block = Block { unit_id: b.unit_id, function_code: b.function_code, address: b.address, count: b.count };
+        self.convert(msg.device.as_deref(), block, &msg.payload)
+    }
+
     /// Decode every tag inside `block` from `payload`; `device` is the
-    /// slave's `deviceName` (the connector's `device` metadata).
-    pub fn convert(&self, device: Option<&str>, block: Block, payload: &[u8]) -> Result<UplinkOutput, String> {
+    /// slave's `deviceName`.
+    pub fn convert(&self, device: Option<&str>, block: Block, payload: &[u8]) -> Result<ConvertedMessage, String> {
         let c = self.0.get(device)?;
         let coils = matches!(block.function_code, 1 | 2);
         let have = if coils { usize::from(block.count).div_ceil(8) } else { usize::from(block.count) * 2 };
@@ -467,7 +480,7 @@ impl UplinkConverter {
                 payload.len()
             ));
         }
-        let mut out = UplinkOutput::default();
+        let mut out = ConvertedMessage::default();
         let decode = |tags: &[Tag], dropped: &mut Vec<Dropped>| -> Vec<Entry> {
             let mut entries = Vec::new();
             for t in tags {
@@ -498,7 +511,7 @@ impl UplinkConverter {
                         };
                         entries.push(Entry { key: t.tag.clone(), value });
                     }
-                    Err(reason) => dropped.push(Dropped { key: t.tag.clone(), reason }),
+                    Err(reason) => dropped.push(Dropped { key: t.tag.to_string(), reason }),
                 }
             }
             entries
@@ -544,9 +557,37 @@ impl DownlinkConverter {
         self.0.get(Some(device))
     }
 
+    /// The requests that serve a request from ThingsBoard.
+    pub fn convert(&self, request: &DownlinkRequest) -> Result<Vec<DownlinkMessage>, String> {
+        let requests = match request {
+            DownlinkRequest::Rpc(r) => self.rpc(&r.device, &r.method, &r.params)?,
+            DownlinkRequest::AttributeUpdate(u) => self.attribute_update(&u.device, &u.entries)?,
+            DownlinkRequest::AttributeResponse(_) => {
+                return Err("Modbus devices make no attribute requests: nothing to answer".into());
+            }
+        };
+        Ok(requests.into_iter().map(DownlinkMessage::Modbus).collect())
+    }
+
+    /// ThingsBoard's reply to an RPC, as the Python gateway gives it:
+    /// `{"result": {"value": v}}`, `v` being the value read (decoded as its
+    /// `rpc[]` tag, or the reserved `get`'s params, say), or for a write the
+    /// params written.
+    pub fn reply(&self, answer: &RpcAnswer) -> Result<String, String> {
+        let request = &answer.request;
+        let slave = self.slave(&request.device)?;
+        let mut values: Vec<Json> = answer.answers.iter().map(|a| decode_answer(slave, request, a)).collect();
+        let value = match values.len() {
+            0 => serde_json::from_str(&request.params).unwrap_or_else(|_| Json::String(request.params.clone())),
+            1 => values.remove(0),
+            _ => Json::Array(values),
+        };
+        Ok(serde_json::json!({"result": {"value": value}}).to_string())
+    }
+
     /// An RPC for `device`: `method` names an `rpc[]` tag; `params` (JSON
     /// text) is the value to write (or `{"value": ...}`).
-    pub fn rpc(&self, device: &str, method: &str, params: &str) -> Result<Vec<DownlinkMessage>, String> {
+    pub fn rpc(&self, device: &str, method: &str, params: &str) -> Result<Vec<ModbusRequest>, String> {
         let slave = self.slave(device)?;
         let (t, value) = match slave.rpc.iter().find(|t| t.tag == method) {
             Some(t) => (t.clone(), None),
@@ -556,11 +597,7 @@ impl DownlinkConverter {
             },
         };
         if matches!(t.function_code, 1..=4) {
-            return Ok(vec![DownlinkMessage {
-                target: target(slave.unit_id, &t),
-                payload: Vec::new(),
-                metadata: Vec::new(),
-            }]);
+            return Ok(vec![request(&t, Vec::new())]);
         }
         let v = match value {
             // `set`'s value is text: a number or `true` as JSON reads them.
@@ -572,12 +609,12 @@ impl DownlinkConverter {
                 other => other,
             },
         };
-        Ok(vec![write(slave, &t, &input(&v)?)?])
+        Ok(vec![write(&t, &input(&v)?)?])
     }
 
     /// A shared attribute update: one write per key with an
     /// `attributeUpdates[]` tag.
-    pub fn attribute_update(&self, device: &str, entries: &[Entry]) -> Result<Vec<DownlinkMessage>, String> {
+    pub fn attribute_update(&self, device: &str, entries: &[Entry]) -> Result<Vec<ModbusRequest>, String> {
         let slave = self.slave(device)?;
         let mut out = Vec::new();
         for e in entries {
@@ -589,7 +626,7 @@ impl DownlinkConverter {
                     Value::Text(s) => Input::Text(s.clone()),
                     Value::Json(j) => input(&serde_json::from_str(j).map_err(|err| format!("`{}`: {err}", e.key))?)?,
                 };
-                out.push(write(slave, t, &v).map_err(|err| format!("`{}`: {err}", e.key))?);
+                out.push(write(t, &v).map_err(|err| format!("`{}`: {err}", e.key))?);
             }
         }
         if out.is_empty() {
@@ -605,7 +642,7 @@ impl DownlinkConverter {
 /// valid: [`SlaveConfig::parse`] says why).
 pub fn entry_keys(item: &Json, unit_id: u8) -> Vec<String> {
     tags("", item, &[1, 2, 3, 4], (Order::Big, Order::Big), unit_id, true)
-        .map(|tags| tags.into_iter().map(|t| t.tag).collect())
+        .map(|tags| tags.into_iter().map(|t| t.tag.to_string()).collect())
         .unwrap_or_default()
 }
 
@@ -664,16 +701,51 @@ pub fn reserved_rpc(
     Some(tag.map(|t| (t, value)))
 }
 
-fn write(slave: &SlaveConfig, t: &Tag, v: &Input) -> Result<DownlinkMessage, String> {
+fn write(t: &Tag, v: &Input) -> Result<ModbusRequest, String> {
     let payload = match t.function_code {
         5 | 15 => codec::pack_bits(&codec::encode_bits(v, &t.format)?),
         _ => codec::encode_registers(v, &t.format)?,
     };
-    Ok(DownlinkMessage { target: target(slave.unit_id, t), payload, metadata: Vec::new() })
+    Ok(request(t, payload))
 }
 
-fn target(unit: u8, t: &Tag) -> String {
-    format!("{unit}/{}/{}/{}", t.function_code, t.address, t.format.objects)
+fn request(t: &Tag, payload: Vec<u8>) -> ModbusRequest {
+    ModbusRequest { function_code: t.function_code, address: t.address, count: t.format.objects, payload }
+}
+
+/// The value a read answers, decoded with the format of its tag in the
+/// slave's `rpc[]`, or of a reserved `get`'s params (the bytes in hex when
+/// neither says, or the answer is not a block).
+fn decode_answer(slave: &SlaveConfig, request: &tbgw_data::RpcRequest, answer: &RawUplink) -> Json {
+    let hex = || Json::String(answer.payload.iter().map(|b| format!("{b:02x}")).collect());
+    let Source::Registers(block) = &answer.source else { return hex() };
+    let reads = |t: &Tag| t.function_code == block.function_code && t.address == block.address;
+    let tag = match slave.rpc.iter().find(|t| t.tag == request.method.as_str() && reads(t)) {
+        Some(t) => Some(t.clone()),
+        None => match reserved_rpc(&request.method, &request.params, slave.byte_order, slave.word_order) {
+            Some(Ok((t, _))) if reads(&t) => Some(t),
+            _ => None,
+        },
+    };
+    let Some(tag) = tag else { return hex() };
+    let decoded = if matches!(block.function_code, 1 | 2) {
+        codec::decode_bits(&codec::unpack_bits(&answer.payload, usize::from(block.count)), &tag.format)
+    } else {
+        codec::decode_registers(&answer.payload, &tag.format)
+    };
+    if let Ok(v) = &decoded
+        && let Some(variant) = tag.variant(v)
+    {
+        return variant.clone();
+    }
+    match decoded {
+        Ok(Decoded::Bool(b)) => Json::from(b),
+        Ok(Decoded::Int(i)) => Json::from(i),
+        Ok(Decoded::Float(x)) => serde_json::Number::from_f64(x).map_or(Json::Null, Json::Number),
+        Ok(Decoded::Text(s)) => Json::String(s),
+        Ok(Decoded::Bits(b)) => Json::from(b),
+        Err(e) => serde_json::json!({ "error": e }),
+    }
 }
 
 fn input(v: &Json) -> Result<Input, String> {

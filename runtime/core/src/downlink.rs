@@ -1,41 +1,64 @@
 //! Requests between ThingsBoard and devices, as the gateway's router and the
 //! connectors hand them to each other.
 //!
-//! ThingsBoard → device: the router turns a server-side RPC or a shared
-//! attribute update into [`DownlinkMessage`]s with the device's downlink
-//! converter, and hands them to the connector that owns the device as a
-//! [`DeviceJob`]. The connector sends them and answers the job's [`Reply`]
-//! exactly once: with the device's answer (a two-way RPC), with success once
-//! sent, or with why it could not (not connected, timed out). The router
-//! answers ThingsBoard from that; nothing is left without an answer.
+//! ThingsBoard → device: the router turns a server-side RPC, a shared
+//! attribute update or the answer to a device's attribute request into
+//! [`DownlinkMessage`]s with the device's downlink converter, and hands them
+//! to the connector that owns the device as a [`DeviceJob`]. The connector
+//! sends them and answers the job's [`Answers`] exactly once: with what the
+//! device answered to the messages that expect an answer (a two-way RPC's
+//! response, a Modbus read), in their order (none for writes), or with why
+//! it could not (not connected, timed out, a message of another connector's
+//! kind). The router makes ThingsBoard's reply from that with the converter
+//! (`reply`); nothing is left without an answer.
 //!
-//! Device → ThingsBoard: a connector that recognises a device's own request
-//! (connect me, disconnect me, send me my attributes) hands it to the router
-//! as a [`DeviceRequest`].
+//! Device → ThingsBoard: devices' own requests ("connect me", "send me my
+//! attributes": [`DeviceRequest`]) are recognised by converters in the
+//! devices' messages and handed to the router by the pipeline; a connector
+//! that knows its devices without their saying (Modbus slaves) announces
+//! them through [`DeviceRequests`] too.
 
-use crate::DownlinkMessage;
+use crate::{DeviceRequest, DownlinkMessage, RawUplink};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use tokio::sync::{mpsc, oneshot};
 
-/// How a request ended: the answer (JSON text), or why it failed (words
-/// for a user, which the router sends to ThingsBoard as the error).
+/// How a connector RPC ended: the answer (JSON text), or why it failed
+/// (words for a user, which the router sends to ThingsBoard as the error).
 pub type Outcome = Result<String, String>;
 
-/// Where an [`Outcome`] goes. Dropping it unanswered counts as a failure
-/// ("the connector dropped the request"), so nothing waits forever.
+/// Where a connector RPC's [`Outcome`] goes. Dropping it unanswered counts
+/// as a failure ("the connector dropped the request"), so nothing waits
+/// forever.
 pub type Reply = oneshot::Sender<Outcome>;
 
-/// What a request from ThingsBoard is, for the connector's logs and replies.
+/// What a device answered to a job's messages that expect an answer, in
+/// order, or why the job failed.
+pub type Answered = Result<Vec<RawUplink>, String>;
+
+/// Where a [`DeviceJob`]'s [`Answered`] goes; dropped unanswered, it fails.
+pub type Answers = oneshot::Sender<Answered>;
+
+/// What a request from ThingsBoard is, for the connector's logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobKind {
-    /// `params` is the RPC's params as JSON text.
     Rpc {
         id: i64,
         method: String,
-        params: String,
     },
     AttributeUpdate,
+    /// The answer to the device's attribute request.
+    AttributeResponse,
+}
+
+impl std::fmt::Display for JobKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JobKind::Rpc { id, method } => write!(f, "RPC {method} (id {id})"),
+            JobKind::AttributeUpdate => f.write_str("attribute update"),
+            JobKind::AttributeResponse => f.write_str("answer to an attribute request"),
+        }
+    }
 }
 
 /// Messages for one device, from one ThingsBoard request.
@@ -44,7 +67,7 @@ pub struct DeviceJob {
     pub device: String,
     pub kind: JobKind,
     pub messages: Vec<DownlinkMessage>,
-    pub reply: Reply,
+    pub reply: Answers,
 }
 
 /// What the router hands a connector.
@@ -60,27 +83,14 @@ pub enum ToConnector {
     },
 }
 
-/// What a connector asks of ThingsBoard for one of its devices.
-#[derive(Debug)]
-pub enum DeviceRequest {
-    /// `v1/gateway/connect`: ThingsBoard creates the device if new, and
-    /// sends its requests to this gateway.
-    Connect { device: String, device_type: Option<String> },
-    /// `v1/gateway/disconnect`.
-    Disconnect { device: String },
-    /// `v1/gateway/attributes/request`: the device's shared (or client)
-    /// attributes `keys`. The reply is a JSON object of the values found.
-    Attributes { device: String, keys: Vec<String>, client: bool, reply: Reply },
-}
-
-/// A connector's end of the router: what it receives, and where it sends
-/// its devices' requests (tagged with the connector's name).
+/// A connector's end of the router: what it receives, and where it
+/// announces its devices (tagged with the connector's name).
 pub struct DownlinkLink {
     pub jobs: mpsc::Receiver<ToConnector>,
     pub requests: DeviceRequests,
 }
 
-/// Where a connector sends its devices' requests.
+/// Where devices' requests go, tagged with the connector they belong to.
 #[derive(Clone)]
 pub struct DeviceRequests {
     connector: Arc<str>,

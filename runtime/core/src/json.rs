@@ -2,7 +2,7 @@
 //! (device first, keys in the converter's order), for `tbgw converter test`
 //! and the logs.
 
-use crate::{DeviceUpdate, DownlinkMessage, Entry, Value};
+use crate::{BleRequest, DeviceUpdate, DownlinkMessage, Entry, OpcuaRequest, Value};
 use std::fmt::Write;
 
 /// `{"device":"SN-1","type":"thermometer","attributes":{..},"telemetry":[{"ts":..,"values":{..}}]}`;
@@ -34,36 +34,99 @@ pub fn device_update_json(u: &DeviceUpdate) -> String {
     out
 }
 
-/// `{"target":"..","payload":"..","metadata":{..}}`; a payload that is not
-/// UTF-8 is given as `"payloadHex"`.
+/// One message for a device, keyed by its connector kind:
+/// `{"mqtt":{"topic":..,"payload":..,"qos":..,"retain":..}}`,
+/// `{"modbus":{"functionCode":..,"address":..,"count":..,"payloadHex":".."}}`, ...
+/// A payload that is not UTF-8 text is given as `"payloadHex"`.
 pub fn downlink_message_json(m: &DownlinkMessage) -> String {
-    let mut out = String::with_capacity(64 + m.payload.len());
-    out.push_str("{\"target\":");
-    push_str(&mut out, &m.target);
-    match std::str::from_utf8(&m.payload) {
-        Ok(text) => {
-            out.push_str(",\"payload\":");
-            push_str(&mut out, text);
+    use serde_json::{Map, Value as J, json};
+    let payload = |o: &mut Map<String, J>, bytes: &[u8], text_ok: bool| match std::str::from_utf8(bytes) {
+        Ok(text) if text_ok => {
+            o.insert("payload".into(), J::String(text.to_owned()));
         }
-        Err(_) => {
-            out.push_str(",\"payloadHex\":\"");
-            for b in &m.payload {
-                let _ = write!(out, "{b:02x}");
+        _ => {
+            o.insert("payloadHex".into(), J::String(hex(bytes)));
+        }
+    };
+    let inner = match m {
+        DownlinkMessage::Mqtt(p) => {
+            let mut o = Map::new();
+            o.insert("topic".into(), json!(p.topic));
+            payload(&mut o, &p.payload, true);
+            o.insert("qos".into(), json!(p.qos));
+            o.insert("retain".into(), json!(p.retain));
+            if let Some(r) = &p.response {
+                o.insert("response".into(), json!({"topic": r.topic, "qos": r.qos, "timeoutMs": r.timeout_ms}));
             }
-            out.push('"');
+            J::Object(o)
         }
-    }
-    out.push_str(",\"metadata\":{");
-    for (i, (k, v)) in m.metadata.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
+        DownlinkMessage::Modbus(r) => {
+            let mut o = Map::new();
+            o.insert("functionCode".into(), json!(r.function_code));
+            o.insert("address".into(), json!(r.address));
+            o.insert("count".into(), json!(r.count));
+            if !r.payload.is_empty() {
+                payload(&mut o, &r.payload, false);
+            }
+            J::Object(o)
         }
-        push_str(&mut out, k);
-        out.push(':');
-        push_str(&mut out, v);
+        DownlinkMessage::Opcua(r) => match r {
+            OpcuaRequest::Read(node) => json!({ "read": node }),
+            OpcuaRequest::Write { node, value } => json!({"write": {"node": node, "value": value_json(value)}}),
+            OpcuaRequest::Call { object, method, arguments } => json!({"call": {
+                "object": object, "method": method,
+                "arguments": arguments.iter().map(value_json).collect::<Vec<_>>()}}),
+        },
+        DownlinkMessage::Ble(r) => match r {
+            BleRequest::Read(c) => json!({ "read": c }),
+            BleRequest::Write { characteristic, payload: bytes, with_response } => {
+                let mut o = Map::new();
+                o.insert("characteristic".into(), json!(characteristic));
+                payload(&mut o, bytes, false);
+                o.insert("withResponse".into(), json!(with_response));
+                json!({ "write": o })
+            }
+            BleRequest::Scan => json!("scan"),
+        },
+        DownlinkMessage::Can(c) => {
+            let f = &c.frame;
+            let mut o = Map::new();
+            for (k, v) in [
+                ("id", json!(f.id)),
+                ("extended", json!(f.extended)),
+                ("rtr", json!(f.rtr)),
+                ("fd", json!(f.fd)),
+                ("brs", json!(f.brs)),
+            ] {
+                o.insert(k.into(), v);
+            }
+            payload(&mut o, &c.payload, false);
+            if let Some(r) = &c.response {
+                o.insert("response".into(), json!({"id": r.id, "extended": r.extended, "timeoutMs": r.timeout_ms}));
+            }
+            J::Object(o)
+        }
+    };
+    json!({ m.kind(): inner }).to_string()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
     }
-    out.push_str("}}");
     out
+}
+
+/// A value as JSON (a `Json` value's own document; invalid JSON as text).
+pub fn value_json(v: &Value) -> serde_json::Value {
+    match v {
+        Value::Bool(b) => (*b).into(),
+        Value::Int(i) => (*i).into(),
+        Value::Float(f) => serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, serde_json::Value::Number),
+        Value::Text(s) => s.clone().into(),
+        Value::Json(s) => serde_json::from_str(s).unwrap_or_else(|_| s.clone().into()),
+    }
 }
 
 fn push_entries(out: &mut String, entries: &[Entry]) {
@@ -124,12 +187,24 @@ mod tests {
     }
 
     #[test]
-    fn binary_payloads_are_hex() {
-        let m = DownlinkMessage {
-            target: "t".into(),
+    fn messages_are_keyed_by_connector_and_binary_payloads_are_hex() {
+        let m = DownlinkMessage::Mqtt(crate::MqttPublish {
+            topic: "t".into(),
             payload: vec![0xff, 0x01],
-            metadata: vec![("qos".into(), "1".into())],
-        };
-        assert_eq!(downlink_message_json(&m), r#"{"target":"t","payloadHex":"ff01","metadata":{"qos":"1"}}"#);
+            qos: 1,
+            retain: false,
+            response: None,
+        });
+        assert_eq!(downlink_message_json(&m), r#"{"mqtt":{"topic":"t","payloadHex":"ff01","qos":1,"retain":false}}"#);
+        let m = DownlinkMessage::Modbus(crate::ModbusRequest {
+            function_code: 6,
+            address: 10,
+            count: 1,
+            payload: vec![0, 215],
+        });
+        assert_eq!(
+            downlink_message_json(&m),
+            r#"{"modbus":{"functionCode":6,"address":10,"count":1,"payloadHex":"00d7"}}"#
+        );
     }
 }

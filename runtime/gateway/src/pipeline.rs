@@ -13,7 +13,10 @@
 //!   receipt time. Wasm calls never run on tokio's threads. Then the
 //!   route's report strategies ([`tbgw_core::report`]) drop the values
 //!   that need not go on (unchanged, or within their report period); the
-//!   worker keeps what it last reported of each device's keys.
+//!   worker keeps what it last reported of each device's keys. Devices' own
+//!   requests that a converter recognised ("connect me", "send me my
+//!   attributes") go to the router at once, tagged with the route's
+//!   connector.
 //! - **The store writer** takes every converted batch that is waiting and
 //!   appends their events in one write (group commit), then confirms the
 //!   messages to their sources ([`tbgw_core::connector::Ack`]) and wakes the
@@ -33,12 +36,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tbgw_core::Event;
 use tbgw_core::connector::{Ack, RouteId, Uplink, UplinkSink};
 use tbgw_core::report::{ReportFilter, ReportPolicy, Strategy};
+use tbgw_core::{DeviceRequest, Event};
 use tbgw_store::{EventStore, StoreError};
 use tbgw_wasm::{UplinkConverter, Worker};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
+
+/// Where devices' own requests go (the router), with their connector.
+pub type RequestSender = mpsc::UnboundedSender<(Arc<str>, DeviceRequest)>;
 
 /// A converter and the connector it serves.
 pub struct Route {
@@ -107,6 +113,7 @@ impl Pipeline {
         routes: Vec<Route>,
         store: Arc<dyn EventStore>,
         new_data: Arc<Notify>,
+        requests: RequestSender,
         config: PipelineConfig,
     ) -> std::io::Result<Pipeline> {
         let routes: Arc<[Route]> = routes.into();
@@ -118,13 +125,13 @@ impl Pipeline {
         for i in 0..config.workers.max(1) {
             let (tx, rx) = flume::bounded::<Uplink>(config.queue.max(1));
             senders.push(tx);
-            let (routes, stats, to_writer, draining) =
-                (routes.clone(), stats.clone(), to_writer.clone(), draining.clone());
+            let (routes, stats, to_writer, draining, requests) =
+                (routes.clone(), stats.clone(), to_writer.clone(), draining.clone(), requests.clone());
             let max_batch = config.max_batch.max(1);
             workers.push(
                 std::thread::Builder::new()
                     .name(format!("tbgw-convert-{i}"))
-                    .spawn(move || work(rx, &routes, &stats, to_writer, max_batch, &draining))?,
+                    .spawn(move || work(rx, &routes, &stats, to_writer, &requests, max_batch, &draining))?,
             );
         }
         drop(to_writer);
@@ -200,6 +207,7 @@ fn work(
     routes: &[Route],
     stats: &[RouteStats],
     to_writer: SyncSender<Converted>,
+    requests: &RequestSender,
     max_batch: usize,
     draining: &AtomicBool,
 ) {
@@ -252,13 +260,17 @@ fn work(
                             {
                                 tracing::warn!(
                                     route = %route.origin,
-                                    source = %describe(&raw.source),
+                                    source = %raw.source,
                                     "left out `{}`: {}{}",
                                     first.key,
                                     first.reason,
                                     more(converted.dropped.len() - 1, held)
                                 );
                             }
+                        }
+                        for request in converted.requests {
+                            // Dropped only when the gateway is stopping.
+                            let _ = requests.send((route.connector.clone(), request));
                         }
                         for mut update in converted.updates {
                             for t in &mut update.telemetry {
@@ -284,7 +296,7 @@ fn work(
                         {
                             tracing::warn!(
                                 route = %route.origin,
-                                source = %describe(&raw.source),
+                                source = %raw.source,
                                 "message not converted: {e}{}",
                                 more(0, held)
                             );
@@ -327,13 +339,6 @@ fn more(here: usize, held: u64) -> String {
         s.push_str(&format!(" ({held} more such messages since the last report)"));
     }
     s
-}
-
-fn describe(source: &tbgw_core::Source) -> String {
-    match source {
-        tbgw_core::Source::Topic(t) => format!("topic {t}"),
-        other => format!("{other:?}"),
-    }
 }
 
 /// How many events one append takes at most.

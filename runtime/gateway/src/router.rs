@@ -3,14 +3,15 @@
 //!
 //! ```text
 //! ThingsBoard ─▶ client ─(Incoming)─▶ router ─▶ device registry: which connector owns the device?
-//!     ─▶ downlink converter (wasm, on the downlink thread) ─▶ connector (DeviceJob) ─▶ device
-//!     ◀─ v1/gateway/rpc {"device","id","data"} ◀─ the job's outcome (the device's answer, or why not)
+//!     ─▶ downlink converter `convert` (wasm, on the downlink thread) ─▶ connector (DeviceJob) ─▶ device
+//!     ◀─ v1/gateway/rpc {"device","id","data"} ◀─ downlink converter `reply` ◀─ the device's answers (or why not)
 //! ```
 //!
-//! - `v1/gateway/rpc` (server-side RPC): answered always, with the device's
-//!   answer, `{"success":true}` once sent (one-way), or
+//! - `v1/gateway/rpc` (server-side RPC): answered always, with the reply
+//!   the downlink converter makes of the device's answers (`reply`: the
+//!   value read, `{"success":true}` once sent, ...), or
 //!   `{"success":false,"error":"..."}` saying why not: an unknown device, a
-//!   connector without a `requestsMapping`, a request no entry matches, a
+//!   connector without a downlink converter, a request no entry matches, a
 //!   connector not connected to its broker (at once, not after a timeout),
 //!   no answer from the device in time.
 //! - `v1/gateway/attributes` (shared attribute update): sent to the device;
@@ -20,13 +21,15 @@
 //!   `gateway_converters`, `gateway_restart`; `<type>_<method>` (e.g.
 //!   `mqtt_publish`) goes to the first connector of that type (or the one
 //!   named by `params.connector`).
-//! - devices' own requests from connectors: connect and disconnect
-//!   announcements, and attribute requests, whose answer
-//!   (`v1/gateway/attributes/response`, either shape) goes back to the
-//!   connector that asked.
+//! - devices' own requests (from the converters, through the pipeline, and
+//!   from connectors that announce their devices): connect and disconnect,
+//!   and attribute requests, whose answer (`v1/gateway/attributes/response`,
+//!   either shape) goes through the downlink converter of the connector that
+//!   asked (`attribute-response`) back to the device.
 //!
 //! Downlink converters run on one dedicated thread (wasm calls never run on
-//! tokio's threads), taking every request queued as one batch per converter.
+//! tokio's threads), taking every request (and answer to reply to) queued as
+//! one batch per converter.
 //! Each request is served by a task of its own, so a slow device never
 //! delays another's request.
 
@@ -37,8 +40,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tbgw_core::connector::ConnectorStats;
-use tbgw_core::downlink::{DeviceJob, DeviceRegistry, DeviceRequest, JobKind, Outcome, Reply, ToConnector};
-use tbgw_core::{DownlinkMessage, DownlinkRequest};
+use tbgw_core::downlink::{DeviceJob, DeviceRegistry, JobKind, ToConnector};
+use tbgw_core::{
+    AttributeRequest, AttributeResponse, DeviceRequest, DownlinkMessage, DownlinkRequest, RawUplink, RpcAnswer,
+    RpcRequest,
+};
 use tbgw_thingsboard::codec;
 use tbgw_thingsboard::{Command, CommandSender, Incoming};
 use tbgw_wasm::DownlinkConverter;
@@ -78,11 +84,17 @@ pub struct RouterStats {
     pub errors: AtomicU64,
 }
 
-/// A request for the downlink converter thread.
+/// Work for the downlink converter thread.
 struct ConvertJob {
     converter: usize,
-    request: DownlinkRequest,
-    reply: oneshot::Sender<Result<Vec<DownlinkMessage>, String>>,
+    work: Work,
+}
+
+enum Work {
+    /// The messages for a request.
+    Convert(DownlinkRequest, oneshot::Sender<Result<Vec<DownlinkMessage>, String>>),
+    /// ThingsBoard's reply to an RPC from the device's answers.
+    Reply(RpcAnswer, oneshot::Sender<Result<String, String>>),
 }
 
 struct Shared {
@@ -90,8 +102,9 @@ struct Shared {
     registry: Arc<DeviceRegistry>,
     ports: Vec<Port>,
     convert: flume::Sender<ConvertJob>,
-    /// Attribute requests waiting for ThingsBoard: id → (keys, reply).
-    attribute_requests: Mutex<HashMap<u64, (Vec<String>, Reply)>>,
+    /// Devices' attribute requests waiting for ThingsBoard: id → (the
+    /// connector that asked, the request).
+    attribute_requests: Mutex<HashMap<u64, (Arc<str>, AttributeRequest)>>,
     next_attribute_request: AtomicU64,
     service: mpsc::Sender<ServiceQuery>,
     restart: CancellationToken,
@@ -152,8 +165,8 @@ impl Router {
     }
 }
 
-/// The downlink converters' thread: every queued request, one call per
-/// converter.
+/// The downlink converters' thread: every queued request, one `convert`
+/// call per converter; every queued answer, one `reply` call.
 fn convert_thread(jobs: flume::Receiver<ConvertJob>, converters: Vec<Option<DownlinkConverter>>) {
     let mut workers: Vec<_> = converters.iter().map(|c| c.as_ref().map(|c| c.worker())).collect();
     while let Ok(first) = jobs.recv() {
@@ -165,15 +178,30 @@ fn convert_thread(jobs: flume::Receiver<ConvertJob>, converters: Vec<Option<Down
             if mine.is_empty() {
                 continue;
             }
-            let Some(worker) = worker else {
-                for j in mine {
-                    let _ = j.reply.send(Err("no downlink converter".into()));
+            let mut requests = Vec::new();
+            let mut answers = Vec::new();
+            for job in mine {
+                match job.work {
+                    Work::Convert(request, reply) => requests.push((request, reply)),
+                    Work::Reply(answer, reply) => answers.push((answer, reply)),
                 }
+            }
+            let Some(worker) = worker else {
+                requests.into_iter().for_each(|(_, r)| drop(r.send(Err("no downlink converter".into()))));
+                answers.into_iter().for_each(|(_, r)| drop(r.send(Err("no downlink converter".into()))));
                 continue;
             };
-            let (requests, replies): (Vec<_>, Vec<_>) = mine.into_iter().map(|j| (j.request, j.reply)).unzip();
-            for (result, reply) in worker.convert(&requests).into_iter().zip(replies) {
-                let _ = reply.send(result.map_err(|e| e.to_string()));
+            if !requests.is_empty() {
+                let (requests, replies): (Vec<_>, Vec<_>) = requests.into_iter().unzip();
+                for (result, reply) in worker.convert(&requests).into_iter().zip(replies) {
+                    let _ = reply.send(result.map_err(|e| e.to_string()));
+                }
+            }
+            if !answers.is_empty() {
+                let (answers, replies): (Vec<_>, Vec<_>) = answers.into_iter().unzip();
+                for (result, reply) in worker.reply(&answers).into_iter().zip(replies) {
+                    let _ = reply.send(result.map_err(|e| e.to_string()));
+                }
             }
         }
     }
@@ -195,8 +223,8 @@ async fn route(
     }
     // Whatever waits for ThingsBoard now gets no answer: say so.
     let waiting: Vec<_> = shared.attribute_requests.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
-    for (_, (_, reply)) in waiting {
-        let _ = reply.send(Err("the gateway is stopping".into()));
+    for (_, (connector, request)) in waiting {
+        tracing::debug!(connector = %connector, device = request.device, "attribute request unanswered: the gateway is stopping");
     }
 }
 
@@ -221,7 +249,7 @@ fn from_thingsboard(shared: &Arc<Shared>, msg: Incoming) {
                     tokio::spawn(device_rpc(shared.clone(), rpc));
                     None
                 }
-                Ok(DownlinkRequest::AttributeUpdate(_)) => Some("no `data.method`".to_owned()),
+                Ok(_) => Some("no `data.method`".to_owned()),
                 Err(e) => Some(e.to_string()),
             };
             if let Some(why) = why {
@@ -249,7 +277,7 @@ fn from_thingsboard(shared: &Arc<Shared>, msg: Incoming) {
                         }
                     });
                 }
-                Ok(DownlinkRequest::Rpc(_)) => {}
+                Ok(_) => {}
                 Err(e) => {
                     shared.stats.errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!("a shared attribute update from ThingsBoard that cannot be read: {e}");
@@ -281,11 +309,10 @@ fn is_request(payload: &[u8]) -> bool {
 }
 
 /// A server-side RPC for a device, answered whatever happens.
-async fn device_rpc(shared: Arc<Shared>, rpc: tbgw_core::RpcRequest) {
+async fn device_rpc(shared: Arc<Shared>, rpc: RpcRequest) {
     let (device, id) = (rpc.device.clone(), rpc.id);
-    let kind = JobKind::Rpc { id, method: rpc.method.clone(), params: rpc.params.clone() };
-    let data = match serve(&shared, DownlinkRequest::Rpc(rpc), kind).await {
-        Ok(answer) => serde_json::from_str(&answer).unwrap_or(Json::String(answer)),
+    let data = match rpc_reply(&shared, rpc).await {
+        Ok(reply) => serde_json::from_str(&reply).unwrap_or(Json::String(reply)),
         Err(e) => {
             shared.stats.errors.fetch_add(1, Ordering::Relaxed);
             tracing::info!(device, id, "RPC answered with an error: {e}");
@@ -295,23 +322,54 @@ async fn device_rpc(shared: Arc<Shared>, rpc: tbgw_core::RpcRequest) {
     publish(&shared, RPC_TOPIC.into(), codec::rpc_reply(&device, id, &data));
 }
 
-/// Route a request to its device: registry, converter, connector.
-async fn serve(shared: &Shared, mut request: DownlinkRequest, kind: JobKind) -> Outcome {
+/// An RPC served and its reply made by the device's downlink converter.
+async fn rpc_reply(shared: &Shared, rpc: RpcRequest) -> Result<String, String> {
+    let kind = JobKind::Rpc { id: rpc.id, method: rpc.method.clone() };
+    let (port, request, answers) = serve(shared, DownlinkRequest::Rpc(rpc), kind).await?;
+    let DownlinkRequest::Rpc(request) = request else { unreachable!("served as it came") };
+    let (tx, rx) = oneshot::channel();
+    let work = Work::Reply(RpcAnswer { request, answers }, tx);
+    shared
+        .convert
+        .send_async(ConvertJob { converter: port, work })
+        .await
+        .map_err(|_| "the gateway is stopping".to_owned())?;
+    rx.await.map_err(|_| "the downlink converter thread stopped".to_owned())?
+}
+
+/// Route a request to its device: registry, converter, connector. Returns
+/// the connector's index, the request as its converter saw it (under the
+/// connector's name for the device) and what the device answered.
+async fn serve(
+    shared: &Shared,
+    mut request: DownlinkRequest,
+    kind: JobKind,
+) -> Result<(usize, DownlinkRequest, Vec<RawUplink>), String> {
     // ThingsBoard's name for the device; the connector's may differ (renamed).
     let shown = request.device().to_owned();
     let (device, record) = shared
         .registry
         .resolve(&shown)
         .ok_or_else(|| format!("unknown device `{shown}`: no connector of this gateway has connected it"))?;
-    request.set_device(device.clone());
-    let (index, port) = shared.ports.iter().enumerate().find(|(_, p)| p.name == record.connector).ok_or_else(|| {
-        format!("device `{device}` belongs to connector `{}`, which is not running", record.connector)
+    request.set_device(device);
+    let index = shared.ports.iter().position(|p| p.name == record.connector).ok_or_else(|| {
+        format!("device `{}` belongs to connector `{}`, which is not running", request.device(), record.connector)
     })?;
+    let answers = serve_on(shared, index, &request, kind).await?;
+    Ok((index, request, answers))
+}
+
+/// Serve `request` on the connector `index`: its downlink converter makes
+/// the messages, the connector sends them and says what the device answered.
+async fn serve_on(
+    shared: &Shared,
+    index: usize,
+    request: &DownlinkRequest,
+    kind: JobKind,
+) -> Result<Vec<RawUplink>, String> {
+    let port = &shared.ports[index];
     if port.converter.is_none() {
-        return Err(format!(
-            "connector `{}` has no requestsMapping (attributeUpdates, serverSideRpc): it sends nothing to devices",
-            port.name
-        ));
+        return Err(format!("connector `{}` has no downlink converter: it sends nothing to devices", port.name));
     }
     if !port.stats.connected.load(Ordering::Relaxed) {
         return Err(format!("connector `{}` is not connected to its devices", port.name));
@@ -319,12 +377,12 @@ async fn serve(shared: &Shared, mut request: DownlinkRequest, kind: JobKind) -> 
     let (tx, rx) = oneshot::channel();
     shared
         .convert
-        .send_async(ConvertJob { converter: index, request, reply: tx })
+        .send_async(ConvertJob { converter: index, work: Work::Convert(request.clone(), tx) })
         .await
         .map_err(|_| "the gateway is stopping".to_owned())?;
     let messages = rx.await.map_err(|_| "the downlink converter thread stopped".to_owned())??;
     let (tx, rx) = oneshot::channel();
-    let job = DeviceJob { device, kind, messages, reply: tx };
+    let job = DeviceJob { device: request.device().to_owned(), kind, messages, reply: tx };
     port.jobs.try_send(ToConnector::Device(job)).map_err(|e| match e {
         mpsc::error::TrySendError::Full(_) => format!("connector `{}` has too many requests waiting", port.name),
         mpsc::error::TrySendError::Closed(_) => format!("connector `{}` has stopped", port.name),
@@ -336,38 +394,51 @@ async fn serve(shared: &Shared, mut request: DownlinkRequest, kind: JobKind) -> 
     }
 }
 
-fn from_device(shared: &Arc<Shared>, connector: &str, request: DeviceRequest) {
+fn from_device(shared: &Arc<Shared>, connector: &Arc<str>, request: DeviceRequest) {
     match request {
         DeviceRequest::Connect { device, device_type } => {
-            let command = Command::Connect { device: device.clone(), device_type, connector: connector.to_owned() };
+            tracing::debug!(connector = %connector, device, "device connects");
+            let command = Command::Connect { device: device.clone(), device_type, connector: connector.to_string() };
             if let Err(e) = shared.client.send(command) {
-                tracing::warn!(device, connector, "cannot connect the device in ThingsBoard: {e}");
+                tracing::warn!(device, connector = %connector, "cannot connect the device in ThingsBoard: {e}");
             }
         }
         DeviceRequest::Disconnect { device } => {
+            tracing::debug!(connector = %connector, device, "device disconnects");
             if let Err(e) = shared.client.send(Command::Disconnect { device: device.clone() }) {
-                tracing::warn!(device, connector, "cannot disconnect the device in ThingsBoard: {e}");
+                tracing::warn!(device, connector = %connector, "cannot disconnect the device in ThingsBoard: {e}");
             }
         }
-        DeviceRequest::Attributes { device, keys, client, reply } => {
+        DeviceRequest::Attributes(request) => {
             let id = shared.next_attribute_request.fetch_add(1, Ordering::Relaxed);
-            let shown = shared.registry.renamed(&device).unwrap_or(device);
-            let payload = codec::attribute_request(id, &shown, client, &keys);
-            shared.attribute_requests.lock().unwrap_or_else(|e| e.into_inner()).insert(id, (keys, reply));
+            let shown = shared.registry.renamed(&request.device).unwrap_or_else(|| request.device.clone());
+            let payload = codec::attribute_request(id, &shown, request.client, &request.keys);
+            shared
+                .attribute_requests
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id, (connector.clone(), request));
             publish(shared, ATTRIBUTES_REQUEST_TOPIC.into(), payload);
             let shared = shared.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(ATTRIBUTE_REQUEST_TIMEOUT).await;
                 let late = shared.attribute_requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-                if let Some((_, reply)) = late {
-                    let _ = reply.send(Err(format!("ThingsBoard did not answer in {ATTRIBUTE_REQUEST_TIMEOUT:?}")));
+                if let Some((connector, request)) = late {
+                    tracing::warn!(
+                        connector = %connector,
+                        device = request.device,
+                        "attribute request {:?}: ThingsBoard did not answer in {ATTRIBUTE_REQUEST_TIMEOUT:?}",
+                        request.keys
+                    );
                 }
             });
         }
     }
 }
 
-fn attribute_response(shared: &Shared, payload: &[u8]) {
+/// ThingsBoard answered a device's attribute request: the answer goes to
+/// the device through its connector's downlink converter.
+fn attribute_response(shared: &Arc<Shared>, payload: &[u8]) {
     let response = match codec::parse_attribute_response(payload) {
         Ok(r) => r,
         Err(e) => {
@@ -376,16 +447,31 @@ fn attribute_response(shared: &Shared, payload: &[u8]) {
         }
     };
     let waiting = shared.attribute_requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&response.id);
-    let Some((keys, reply)) = waiting else {
+    let Some((connector, request)) = waiting else {
         tracing::debug!(id = response.id, "an answer to an attribute request nobody waits for");
         return;
     };
     let values = match (response.values, response.value) {
         (Some(values), _) => values,
-        (None, Some(value)) => keys.first().map(|k| [(k.clone(), value)].into_iter().collect()).unwrap_or_default(),
+        (None, Some(value)) => {
+            request.keys.first().map(|k| [(k.clone(), value)].into_iter().collect()).unwrap_or_default()
+        }
         (None, None) => Default::default(),
     };
-    let _ = reply.send(Ok(Json::Object(values).to_string()));
+    let Some(index) = shared.ports.iter().position(|p| *p.name == *connector) else { return };
+    let answer = DownlinkRequest::AttributeResponse(AttributeResponse {
+        device: request.device.clone(),
+        keys: request.keys,
+        values: codec::entries(&values),
+        context: request.context,
+    });
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        if let Err(e) = serve_on(&shared, index, &answer, JobKind::AttributeResponse).await {
+            shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(connector = %connector, device = answer.device(), "answering an attribute request: {e}");
+        }
+    });
 }
 
 /// An RPC to the gateway device itself.

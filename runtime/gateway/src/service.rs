@@ -137,7 +137,7 @@ fn load_downlink(connector: &ConnectorConfig, runtime: &Runtime) -> Result<Optio
         (Some(ConverterRef::Builtin { .. }), _) | (None, None) => return Ok(None),
         (None, Some(mapping)) => {
             let has = |k: &str| mapping.get(k).and_then(|v| v.as_array()).is_some_and(|a| !a.is_empty());
-            if !has("attributeUpdates") && !has("serverSideRpc") {
+            if !has("attributeUpdates") && !has("serverSideRpc") && !has("attributeRequests") {
                 return Ok(None);
             }
             let path = format!("{}.requestsMapping", connector.path);
@@ -155,7 +155,7 @@ fn load_downlink(connector: &ConnectorConfig, runtime: &Runtime) -> Result<Optio
 
 /// Load the converter of one route (an MQTT mapping, a Modbus slave).
 fn load_route(connector: &ConnectorConfig, route: &RouteSpec, runtime: &Runtime) -> Result<Route, ServiceError> {
-    let path = format!("{}.{}", connector.path, route.path);
+    let path = tbgw_core::config::join(&connector.path, &route.path);
     let (component, converter_config, name) = match &route.converter {
         ConverterRef::Builtin { name, config } => {
             let source = converters::resolve(name, Direction::Uplink, None)
@@ -167,6 +167,7 @@ fn load_route(connector: &ConnectorConfig, route: &RouteSpec, runtime: &Runtime)
         }
     };
     let spec = ConverterSpec { component, config: converter_config, limits: Limits::default() };
+    let name = if route.path.is_empty() { format!("{name} (requests)") } else { name };
     let converter = runtime
         .uplink(&format!("{}/{}", connector.name, name), spec)
         .map_err(|error| ServiceError::Converter { path: path.clone(), error })?;
@@ -196,15 +197,29 @@ fn route_specs(c: &ConnectorConfig, main: Strategy) -> Vec<RouteSpec> {
         (!p.reports_everything(Strategy::OnReceived)).then_some(p)
     };
     match &c.kind {
-        ConnectorKind::Mqtt(m) => m
-            .mappings
-            .iter()
-            .map(|m: &MappingConfig| RouteSpec {
-                path: m.converter_path.clone(),
-                converter: m.converter.clone(),
-                report: effective(&m.report),
-            })
-            .collect(),
+        ConnectorKind::Mqtt(m) => {
+            let mut routes: Vec<RouteSpec> = m
+                .mappings
+                .iter()
+                .map(|m: &MappingConfig| RouteSpec {
+                    path: m.converter_path.clone(),
+                    converter: m.converter.clone(),
+                    report: effective(&m.report),
+                })
+                .collect();
+            // Devices' own requests: recognised by the `json` converter.
+            if let (false, Some(mapping)) = (m.request_filters.is_empty(), &m.requests_mapping) {
+                routes.push(RouteSpec {
+                    path: String::new(),
+                    converter: ConverterRef::Builtin {
+                        name: "json".into(),
+                        config: serde_json::json!({ "requestsMapping": mapping }).to_string(),
+                    },
+                    report: None,
+                });
+            }
+            routes
+        }
         ConnectorKind::Modbus(m) => vec![RouteSpec {
             path: "master.slaves".into(),
             converter: ConverterRef::Builtin { name: "modbus".into(), config: m.converter_config() },
@@ -290,8 +305,11 @@ pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> Result<S
         .chain(downlinks.iter().flatten().map(|c| Watched::Downlink(c.clone())))
         .collect();
     let new_data = Arc::new(Notify::new());
+    // Devices' own requests, from the converters and from connectors, to the router.
+    let (device_requests_tx, device_requests) = mpsc::unbounded_channel();
     let mut pipeline =
-        Pipeline::start(routes, store.clone(), new_data.clone(), config.pipeline).map_err(ServiceError::Threads)?;
+        Pipeline::start(routes, store.clone(), new_data.clone(), device_requests_tx.clone(), config.pipeline)
+            .map_err(ServiceError::Threads)?;
     let client_stop = CancellationToken::new();
     let mut client =
         tbgw_thingsboard::spawn(config.thingsboard.clone(), store.clone(), new_data.clone(), client_stop.clone())?;
@@ -317,7 +335,6 @@ pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> Result<S
     let finish = CancellationToken::new();
     let mut connector_stats = Vec::new();
     let mut tasks = Vec::new();
-    let (device_requests_tx, device_requests) = mpsc::unbounded_channel();
     let mut ports = Vec::new();
     for (plan, converter) in plans.into_iter().zip(downlinks) {
         let stats = Arc::new(ConnectorStats::default());

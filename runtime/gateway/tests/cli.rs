@@ -159,9 +159,9 @@ fn downlink_requests_become_device_messages() {
     let lines: Vec<serde_json::Value> =
         stdout(&o).lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
     assert_eq!(lines.len(), 3);
-    assert_eq!(lines[1]["target"], "sensor/SN-001/rpc/getState/7");
-    assert_eq!(lines[1]["metadata"]["response-topic"], "sensor/SN-001/rpc/getState/7/response");
-    assert_eq!(lines[2]["payload"], "\"on\"");
+    assert_eq!(lines[1]["mqtt"]["topic"], "sensor/SN-001/rpc/getState/7");
+    assert_eq!(lines[1]["mqtt"]["response"]["topic"], "sensor/SN-001/rpc/getState/7/response");
+    assert_eq!(lines[2]["mqtt"]["payload"], "\"on\"");
 
     let dir = tempfile::tempdir().expect("tempdir");
     let input = write(dir.path(), "r.jsonl", "{\"device\":\"A\",\"data\":{\"id\":1}}\n{\"data\":{}}\n");
@@ -222,11 +222,15 @@ fn inspect_names_the_world_and_the_imports() {
     let o = tbgw(cache.path(), &["converter", "inspect", tbgw_guests::PROBE]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let out = stdout(&o);
-    assert!(out.contains("implements: uplink-converter (tbgw:converter@0.1.0, supported"), "{out}");
+    assert!(out.contains("implements: uplink-converter (tbgw:converter@0.2.0, supported"), "{out}");
     assert!(
         out.lines().any(|l| l.contains("wasi:filesystem/preopens@") && l.contains("denied: no directories")),
         "{out}"
     );
+
+    // A component built against 0.1.0 is served too.
+    let o = tbgw(cache.path(), &["converter", "inspect", tbgw_guests::PROBE_V0_1]);
+    assert!(stdout(&o).contains("implements: uplink-converter (tbgw:converter@0.1.0, supported"), "{}", stdout(&o));
 
     let o = tbgw(cache.path(), &["converter", "inspect", "json", "--json"]);
     assert_eq!(o.status.code(), Some(0));

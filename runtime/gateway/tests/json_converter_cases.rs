@@ -96,7 +96,8 @@ fn uplink_cases() {
         }
         let converter = loaded.map_err(|e| e.to_string())?;
         let msg = RawUplink {
-            source: Source::Topic(case["topic"].as_str().unwrap_or_default().to_owned()),
+            source: Source::mqtt(case["topic"].as_str().unwrap_or_default()),
+            device: None,
             payload: payload(case),
             metadata: vec![],
             received_at: 1_700_000_999_999,

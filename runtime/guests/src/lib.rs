@@ -2,9 +2,12 @@
 //! components by this crate's build script.
 //!
 //! - The built-in converters, embedded in the `tbgw` binary and selected by
-//!   name in configs: [`builtin`].
-//! - With the `test-guests` feature, the paths of test guests that misbehave
-//!   on request ([`PROBE`]), for the runtime's tests.
+//!   name in configs: [`builtin`]; [`BUILTINS`] is generated from the one
+//!   list in `build.rs`.
+//! - With the `test-guests` feature, the paths of test guests: one that
+//!   misbehaves on request ([`PROBE`]), and components built against
+//!   contract 0.1.0 ([`PROBE_V0_1`], [`DOWNLINK_V0_1`]), for the runtime's
+//!   tests.
 
 use tbgw_core::Direction;
 
@@ -19,14 +22,6 @@ pub struct Builtin {
     /// The component.
     pub wasm: &'static [u8],
 }
-
-/// Every built-in converter.
-pub const BUILTINS: &[Builtin] = &[
-    Builtin { name: "json", direction: Direction::Uplink, wasm: JSON_UPLINK },
-    Builtin { name: "json", direction: Direction::Downlink, wasm: JSON_DOWNLINK },
-    Builtin { name: "modbus", direction: Direction::Uplink, wasm: MODBUS_UPLINK },
-    Builtin { name: "modbus", direction: Direction::Downlink, wasm: MODBUS_DOWNLINK },
-];
 
 /// The built-in converter called `name` for `direction`.
 pub fn builtin(name: &str, direction: Direction) -> Option<&'static Builtin> {

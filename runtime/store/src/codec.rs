@@ -194,7 +194,7 @@ impl Reader<'_> {
                 5 => Value::Json(self.string()?),
                 _ => return Err(DecodeError("bad value tag")),
             };
-            out.push(Entry { key, value });
+            out.push(Entry { key: key.into(), value });
         }
         Ok(out)
     }

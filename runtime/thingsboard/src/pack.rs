@@ -54,7 +54,11 @@ pub fn pack<'a>(events: impl IntoIterator<Item = &'a Event>, max_bytes: usize) -
             for entry in &t.values {
                 let pair = pair(entry);
                 if head.len() + pair.len() + 2 > room {
-                    oversized.push(Oversized { device: u.device.clone(), key: entry.key.clone(), bytes: pair.len() });
+                    oversized.push(Oversized {
+                        device: u.device.clone(),
+                        key: entry.key.to_string(),
+                        bytes: pair.len(),
+                    });
                     continue;
                 }
                 if count > 0 && fragment.len() + pair.len() + 3 > room {
@@ -76,7 +80,7 @@ pub fn pack<'a>(events: impl IntoIterator<Item = &'a Event>, max_bytes: usize) -
         for entry in &u.attributes {
             let pair = pair(entry);
             if pair.len() + device.len() + 8 > max_bytes {
-                oversized.push(Oversized { device: u.device.clone(), key: entry.key.clone(), bytes: pair.len() });
+                oversized.push(Oversized { device: u.device.clone(), key: entry.key.to_string(), bytes: pair.len() });
                 continue;
             }
             attributes.add(&device, pair, Some(&entry.key), 0);

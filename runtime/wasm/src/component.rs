@@ -1,7 +1,7 @@
 //! Components as tbgw receives them: where they come from, what they
 //! implement, what they import.
 
-use crate::bindings::{CONTRACT_PACKAGE, CONTRACT_VERSION};
+use crate::bindings::{CONTRACT_PACKAGE, CONTRACT_VERSIONS, version_family};
 use crate::error::LoadError;
 use std::borrow::Cow;
 use std::path::PathBuf;
@@ -56,7 +56,7 @@ pub(crate) fn contract_exports(component: &Component, engine: &Engine) -> Vec<(D
     component.component_type().exports(engine).filter_map(|(name, _)| parse_contract_export(name)).collect()
 }
 
-fn parse_contract_export(name: &str) -> Option<(Direction, String)> {
+pub(crate) fn parse_contract_export(name: &str) -> Option<(Direction, String)> {
     let rest = name.strip_prefix(CONTRACT_PACKAGE)?.strip_prefix('/')?;
     let (iface, version) = rest.split_once('@')?;
     let direction = match iface {
@@ -71,8 +71,10 @@ fn parse_contract_export(name: &str) -> Option<(Direction, String)> {
 pub(crate) fn world_mismatch(component: &Component, engine: &Engine, direction: Direction) -> String {
     let exports = contract_exports(component, engine);
     if let Some((_, version)) = exports.iter().find(|(d, _)| *d == direction) {
+        let served: Vec<String> = CONTRACT_VERSIONS.iter().map(|v| format!("{v}.x")).collect();
         return format!(
-            "it was built against {CONTRACT_PACKAGE}@{version}, and this tbgw implements {CONTRACT_PACKAGE}@{CONTRACT_VERSION}"
+            "it was built against {CONTRACT_PACKAGE}@{version}, and this tbgw implements {CONTRACT_PACKAGE} {}",
+            served.join(" and ")
         );
     }
     if let Some((other, version)) = exports.first() {
@@ -135,7 +137,7 @@ impl Inspection {
 /// Classify an import by name, as the runtime's linker serves it.
 pub(crate) fn import_status(name: &str) -> ImportStatus {
     let (iface, version) = name.split_once('@').unwrap_or((name, ""));
-    if version.starts_with("0.1.") {
+    if CONTRACT_VERSIONS.contains(&version_family(version)) {
         match iface {
             "tbgw:converter/log" => return ImportStatus::Provided("to tbgw's log, tagged with the converter's name"),
             "tbgw:converter/types" => return ImportStatus::Provided("the contract's types"),
@@ -183,7 +185,8 @@ mod tests {
         assert!(matches!(import_status("wasi:sockets/tcp@0.2.3"), ImportStatus::Denied(_)));
         assert!(matches!(import_status("wasi:filesystem/preopens@0.2.0"), ImportStatus::Denied(_)));
         assert!(matches!(import_status("tbgw:converter/log@0.1.0"), ImportStatus::Provided(_)));
+        assert!(matches!(import_status("tbgw:converter/log@0.2.1"), ImportStatus::Provided(_)));
         assert_eq!(import_status("wasi:http/outgoing-handler@0.2.0"), ImportStatus::Missing);
-        assert_eq!(import_status("tbgw:converter/log@0.2.0"), ImportStatus::Missing);
+        assert_eq!(import_status("tbgw:converter/log@0.3.0"), ImportStatus::Missing);
     }
 }

@@ -16,7 +16,7 @@
 //! After a trap, a timeout or a memory exhaustion the instance is dropped and
 //! the next call starts a fresh one: guest state is only ever a cache.
 
-use crate::bindings::Contract;
+use crate::bindings::{Contract, Downlink};
 use crate::cache::CompileSource;
 use crate::component::{Compiled, ComponentSource, contract_exports, world_mismatch};
 use crate::error::{CallError, LoadError, MessageError};
@@ -25,7 +25,8 @@ use crate::limits::Limits;
 use crate::runtime::Runtime;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use tbgw_core::Direction;
+use std::time::Instant;
+use tbgw_core::{Direction, RpcAnswer};
 use wasmtime::component::{InstancePre, ResourceAny};
 use wasmtime::{Store, Trap};
 
@@ -79,6 +80,8 @@ struct Stats {
     instances: AtomicU64,
     swaps: AtomicU64,
     refused_swaps: AtomicU64,
+    /// Time spent in calls.
+    busy_nanos: AtomicU64,
 }
 
 /// A converter's identity and counters, for statistics and the
@@ -112,6 +115,8 @@ pub struct ConverterInfo {
     pub instances: u64,
     pub swaps: u64,
     pub refused_swaps: u64,
+    /// Time spent in calls, µs.
+    pub busy_micros: u64,
 }
 
 impl<C: Contract> Converter<C> {
@@ -192,6 +197,7 @@ impl<C: Contract> Converter<C> {
             instances: get(&s.instances),
             swaps: get(&s.swaps),
             refused_swaps: get(&s.refused_swaps),
+            busy_micros: get(&s.busy_nanos) / 1000,
         }
     }
 
@@ -215,7 +221,7 @@ fn prepare<C: Contract>(
             runtime.config().max_memory_bytes
         )));
     }
-    if spec.limits.timeout.is_zero() || spec.limits.create_timeout.is_zero() {
+    if spec.limits.per_message.is_zero() || spec.limits.create_timeout.is_zero() {
         return Err(limit_err("timeouts must be greater than zero".into()));
     }
     let origin = spec.component.describe();
@@ -231,10 +237,16 @@ fn prepare<C: Contract>(
         expected: C::DIRECTION.world(),
         found: world_mismatch(&compiled.component, runtime.engine(), C::DIRECTION),
     })?;
-    let contract_version = contract_exports(&compiled.component, runtime.engine())
+    // The version served: the newest the component exports (as `indices` picks).
+    let exported: Vec<String> = contract_exports(&compiled.component, runtime.engine())
         .into_iter()
-        .find(|(d, _)| *d == C::DIRECTION)
+        .filter(|(d, _)| *d == C::DIRECTION)
         .map(|(_, v)| v)
+        .collect();
+    let contract_version = crate::bindings::CONTRACT_VERSIONS
+        .iter()
+        .find_map(|family| exported.iter().find(|v| crate::bindings::version_family(v) == *family))
+        .cloned()
         .unwrap_or_default();
     let version = Arc::new(Version { generation, spec, compiled, contract_version, pre, indices });
     // The config is validated now, in a probe instance, not on the hot path.
@@ -354,7 +366,7 @@ pub struct Worker<C: Contract> {
 }
 
 /// After this many timeouts in a row, the one-by-one retry of a failed batch
-/// stops and fails the rest: each costs a whole deadline.
+/// stops and leaves the rest untried: each costs a whole deadline.
 const MAX_TIMEOUTS_WHEN_ISOLATING: u32 = 2;
 
 impl<C: Contract> Worker<C> {
@@ -372,25 +384,77 @@ impl<C: Contract> Worker<C> {
     /// as a whole (trap, timeout, out of memory), the inputs are retried one
     /// by one on fresh instances, so that one poisonous message fails alone.
     pub fn convert(&mut self, batch: &[C::Input]) -> Vec<Result<C::Output, MessageError>> {
-        let err = match self.try_convert(batch) {
+        self.isolating(batch, Self::try_convert)
+    }
+
+    /// One call with the whole batch. A call error fails every input of the
+    /// batch and discards the instance.
+    pub fn try_convert(&mut self, batch: &[C::Input]) -> Result<Vec<Result<C::Output, MessageError>>, CallError> {
+        let results = self.call(batch.len(), |guest, store, converter| C::convert(guest, store, converter, batch))?;
+        let shared = &self.converter.shared;
+        let limits = self.live.as_ref().map_or_else(Limits::default, |l| l.version.spec.limits);
+        let mut failed = 0;
+        let mut dropped = 0;
+        let results: Vec<_> = results
+            .into_iter()
+            .map(|r| match r {
+                Ok(mut output) => {
+                    let (size, dropped_here) = C::sanitize(&mut output);
+                    dropped += dropped_here as u64;
+                    if size > limits.max_output_bytes {
+                        failed += 1;
+                        Err(MessageError::OutputTooLarge {
+                            converter: shared.name.clone(),
+                            bytes: size,
+                            limit: limits.max_output_bytes,
+                        })
+                    } else {
+                        Ok(output)
+                    }
+                }
+                Err(message) => {
+                    failed += 1;
+                    Err(MessageError::Rejected { converter: shared.name.clone(), message })
+                }
+            })
+            .collect();
+        shared.stats.message_errors.fetch_add(failed, Ordering::Relaxed);
+        shared.stats.dropped_values.fetch_add(dropped, Ordering::Relaxed);
+        Ok(results)
+    }
+
+    /// Run `try_call` on the whole batch; when that fails as a whole, on its
+    /// inputs one by one, until two of those time out in a row: the rest are
+    /// left untried and say so (a neighbour's timeout is not theirs).
+    fn isolating<I, T>(
+        &mut self,
+        batch: &[I],
+        mut try_call: impl FnMut(&mut Self, &[I]) -> Result<Vec<Result<T, MessageError>>, CallError>,
+    ) -> Vec<Result<T, MessageError>> {
+        let stats = self.converter.shared.clone();
+        let err = match try_call(self, batch) {
             Ok(results) => return results,
             Err(e) if batch.len() <= 1 => {
-                self.converter.shared.stats.message_errors.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                stats.stats.message_errors.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 return batch.iter().map(|_| Err(e.clone().into())).collect();
             }
             Err(e) => e,
         };
-        tracing::debug!(converter = %self.converter.shared.name, "a batch of {} failed ({err}); retrying one by one", batch.len());
+        tracing::debug!(converter = %stats.name, "a batch of {} failed ({err}); retrying one by one", batch.len());
         let mut timeouts = 0;
         let mut lost = 0;
         let mut results = Vec::with_capacity(batch.len());
         for input in batch {
             if timeouts >= MAX_TIMEOUTS_WHEN_ISOLATING {
                 lost += 1;
-                results.push(Err(MessageError::Call(err.clone())));
+                results.push(Err(MessageError::NotTried {
+                    converter: stats.name.clone(),
+                    cause: err.clone(),
+                    timeouts,
+                }));
                 continue;
             }
-            match self.try_convert(std::slice::from_ref(input)) {
+            match try_call(self, std::slice::from_ref(input)) {
                 Ok(mut one) => {
                     timeouts = 0;
                     results.push(one.pop().unwrap_or_else(|| Err(MessageError::Call(err.clone()))));
@@ -404,13 +468,19 @@ impl<C: Contract> Worker<C> {
                 }
             }
         }
-        self.converter.shared.stats.message_errors.fetch_add(lost, Ordering::Relaxed);
+        stats.stats.message_errors.fetch_add(lost, Ordering::Relaxed);
         results
     }
 
-    /// One call with the whole batch. A call error fails every input of the
-    /// batch and discards the instance.
-    pub fn try_convert(&mut self, batch: &[C::Input]) -> Result<Vec<Result<C::Output, MessageError>>, CallError> {
+    /// One call into the live instance (started first if there is none, or
+    /// if a newer version was swapped in), with the deadline of `n` inputs.
+    /// A call error discards the instance; the results are the guest's, one
+    /// per input.
+    fn call<T>(
+        &mut self,
+        n: usize,
+        call: impl FnOnce(&C::Guest, &mut Store<HostState>, ResourceAny) -> wasmtime::Result<Vec<Result<T, String>>>,
+    ) -> Result<Vec<Result<T, String>>, CallError> {
         let shared = self.converter.shared.clone();
         let stats = &shared.stats;
         let generation = shared.generation.load(Ordering::Acquire);
@@ -442,58 +512,63 @@ impl<C: Contract> Worker<C> {
             }
         };
         let limits = live.version.spec.limits;
+        let deadline = limits.deadline(n);
         live.store.data_mut().begin_call(false);
-        let ticks = shared.runtime.ticks(limits.timeout);
-        live.store.set_epoch_deadline(ticks);
-        let result = C::convert(&live.guest, &mut live.store, live.converter, batch);
+        live.store.set_epoch_deadline(shared.runtime.ticks(deadline));
+        let started = Instant::now();
+        let result = call(&live.guest, &mut live.store, live.converter);
         live.store.data_mut().end_call();
+        stats.busy_nanos.fetch_add(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
         stats.calls.fetch_add(1, Ordering::Relaxed);
-        stats.messages.fetch_add(batch.len() as u64, Ordering::Relaxed);
-
-        let results = match result {
-            Ok(results) if results.len() == batch.len() => results,
+        stats.messages.fetch_add(n as u64, Ordering::Relaxed);
+        match result {
+            Ok(results) if results.len() == n => Ok(results),
             Ok(results) => {
                 self.live = None;
                 stats.call_errors.fetch_add(1, Ordering::Relaxed);
-                return Err(CallError::Contract {
+                Err(CallError::Contract {
                     converter: shared.name.clone(),
-                    reason: format!("returned {} results for a batch of {}", results.len(), batch.len()),
-                });
+                    reason: format!("returned {} results for a batch of {n}", results.len()),
+                })
             }
             Err(e) => {
-                let err = classify(e, &live.store, &shared.name, limits.timeout.as_millis(), limits, true);
+                let err = classify(e, &live.store, &shared.name, deadline.as_millis(), limits, true);
                 self.live = None;
                 stats.call_errors.fetch_add(1, Ordering::Relaxed);
-                return Err(err);
+                Err(err)
             }
-        };
+        }
+    }
+}
+
+impl Worker<Downlink> {
+    /// ThingsBoard's replies to RPCs from the devices' answers, one per
+    /// answer, in order (isolated as [`Worker::convert`] is). A reply that
+    /// is not JSON fails with the reason.
+    pub fn reply(&mut self, answers: &[RpcAnswer]) -> Vec<Result<String, MessageError>> {
+        self.isolating(answers, Self::try_reply)
+    }
+
+    /// One `reply` call with all the answers.
+    pub fn try_reply(&mut self, answers: &[RpcAnswer]) -> Result<Vec<Result<String, MessageError>>, CallError> {
+        let results =
+            self.call(answers.len(), |guest, store, converter| Downlink::reply(guest, store, converter, answers))?;
+        let name = &self.converter.shared.name;
         let mut failed = 0;
-        let mut dropped = 0;
         let results: Vec<_> = results
             .into_iter()
-            .map(|r| match r {
-                Ok(mut output) => {
-                    let (size, dropped_here) = C::sanitize(&mut output);
-                    dropped += dropped_here as u64;
-                    if size > limits.max_output_bytes {
-                        failed += 1;
-                        Err(MessageError::OutputTooLarge {
-                            converter: shared.name.clone(),
-                            bytes: size,
-                            limit: limits.max_output_bytes,
-                        })
-                    } else {
-                        Ok(output)
-                    }
-                }
-                Err(message) => {
+            .map(|r| {
+                let checked = r.and_then(|reply| match serde_json::from_str::<serde::de::IgnoredAny>(&reply) {
+                    Ok(_) => Ok(reply),
+                    Err(e) => Err(format!("its reply is not JSON ({e}): {reply:.200}")),
+                });
+                checked.map_err(|message| {
                     failed += 1;
-                    Err(MessageError::Rejected { converter: shared.name.clone(), message })
-                }
+                    MessageError::Rejected { converter: name.clone(), message }
+                })
             })
             .collect();
-        stats.message_errors.fetch_add(failed, Ordering::Relaxed);
-        stats.dropped_values.fetch_add(dropped, Ordering::Relaxed);
+        self.converter.shared.stats.message_errors.fetch_add(failed, Ordering::Relaxed);
         Ok(results)
     }
 }

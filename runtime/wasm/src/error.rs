@@ -107,4 +107,12 @@ pub enum MessageError {
     /// The call carrying this message failed even with the message alone.
     #[error(transparent)]
     Call(#[from] CallError),
+    /// The call carrying this message failed ({cause}), and so did the next
+    /// `timeouts` messages tried alone, each timing out: this one was not
+    /// tried alone, so the failure is not known to be its own.
+    #[error(
+        "converter `{converter}`: not converted: its batch failed ({cause}) and {timeouts} messages tried alone \
+         after it timed out in a row, so this one was not tried"
+    )]
+    NotTried { converter: Arc<str>, cause: CallError, timeouts: u32 },
 }

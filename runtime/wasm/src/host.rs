@@ -12,7 +12,8 @@
 //!   remembers that it did, so that the resulting trap is reported as
 //!   running out of memory rather than as a generic trap.
 
-use crate::bindings::tbgw::converter::log::{Host as LogHost, Level};
+use crate::bindings::tbgw::converter0_1_0::log as log_v1;
+use crate::bindings::tbgw::converter0_2_0::log::{Host as LogHost, Level};
 use bytes::Bytes;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -85,10 +86,25 @@ impl WasiView for HostState {
     }
 }
 
-impl crate::bindings::tbgw::converter::types::Host for HostState {}
+impl crate::bindings::tbgw::converter0_2_0::types::Host for HostState {}
+impl crate::bindings::tbgw::converter0_1_0::types::Host for HostState {}
 
 impl LogHost for HostState {
     fn log(&mut self, level: Level, message: String) {
+        self.console.lock().line(level, message.as_bytes());
+    }
+}
+
+/// Contract 0.1's `log`: the same, its levels being 0.2's.
+impl log_v1::Host for HostState {
+    fn log(&mut self, level: log_v1::Level, message: String) {
+        let level = match level {
+            log_v1::Level::Trace => Level::Trace,
+            log_v1::Level::Debug => Level::Debug,
+            log_v1::Level::Info => Level::Info,
+            log_v1::Level::Warn => Level::Warn,
+            log_v1::Level::Error => Level::Error,
+        };
         self.console.lock().line(level, message.as_bytes());
     }
 }

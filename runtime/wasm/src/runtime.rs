@@ -1,7 +1,8 @@
 //! The [`Runtime`]: one wasmtime engine for the whole gateway, its linker,
 //! the deadline ticker and the compiled-component caches.
 
-use crate::bindings::{Contract, Downlink, Uplink, tbgw::converter::log, tbgw::converter::types};
+use crate::bindings::tbgw::{converter0_1_0 as v1, converter0_2_0 as v2};
+use crate::bindings::{Contract, Downlink, Uplink};
 use crate::cache::{Cache, CompileSource, sha256_hex};
 use crate::component::{Compiled, ComponentSource, Inspection};
 use crate::component::{ImportStatus, import_status};
@@ -113,8 +114,11 @@ impl Runtime {
 
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
-        log::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(engine_err)?;
-        types::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(engine_err)?;
+        // Both versions of the contract's imports.
+        v2::log::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(engine_err)?;
+        v2::types::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(engine_err)?;
+        v1::log::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(engine_err)?;
+        v1::types::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(engine_err)?;
 
         let cache = match &config.cache_dir {
             Some(dir) => {

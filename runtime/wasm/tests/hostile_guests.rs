@@ -19,7 +19,7 @@ fn attr(out: &ConvertedMessage, key: &str) -> Value {
         .unwrap_or_else(|| panic!("no attribute {key} in {out:?}"))
 }
 
-/// The `calls` attribute: how many calls the instance that answered has served.
+/// The `calls` attribute: how many messages the instance that answered has converted.
 fn calls(w: &mut Worker<tbgw_wasm::Uplink>) -> i64 {
     let out = w.try_convert(&batch(&["hello"])).expect("call").remove(0).expect("message");
     match attr(&out, "calls") {
@@ -46,7 +46,7 @@ fn one_instance_serves_many_calls() {
 #[test]
 fn an_infinite_loop_times_out_and_the_next_call_succeeds() {
     let mut spec = probe("{}");
-    spec.limits.timeout = Duration::from_millis(50);
+    (spec.limits.per_message, spec.limits.call_base) = (Duration::from_millis(50), Duration::ZERO);
     let c = load(spec);
     let mut w = c.worker();
     assert_eq!(calls(&mut w), 1);
@@ -100,7 +100,7 @@ fn a_ten_megabyte_result_fails_that_message_only() {
     // Making 10 MB takes more than the default 100 ms in a debug build on a
     // busy machine: this test is about the result's size, not the deadline.
     let mut spec = probe("{}");
-    spec.limits.timeout = Duration::from_secs(30);
+    (spec.limits.per_message, spec.limits.call_base) = (Duration::from_secs(30), Duration::ZERO);
     let c = load(spec);
     let mut w = c.worker();
     let results = w.try_convert(&batch(&["a", "flood", "b"])).expect("the call itself succeeds");
@@ -114,14 +114,14 @@ fn a_ten_megabyte_result_fails_that_message_only() {
         other => panic!("expected OutputTooLarge, got {other:?}"),
     }
     assert!(results[2].is_ok());
-    // The instance survived: its call counter goes on.
-    assert_eq!(calls(&mut w), 2);
+    // The instance survived: its count of messages goes on (three, then this one).
+    assert_eq!(calls(&mut w), 4);
 }
 
 #[test]
 fn a_poisonous_message_fails_alone_in_its_batch() {
     let mut spec = probe(r#"{"tag":"A"}"#);
-    spec.limits.timeout = Duration::from_millis(50);
+    (spec.limits.per_message, spec.limits.call_base) = (Duration::from_millis(50), Duration::ZERO);
     let c = load(spec);
     let mut w = c.worker();
     let results = w.convert(&batch(&["a", "spin", "b", "trap", "fail", "c"]));
@@ -166,7 +166,7 @@ fn a_chatty_guest_is_capped_in_the_log() {
     // 100,000 host calls take a while in a debug build: this test is about
     // the log, not the deadline.
     let mut spec = probe("{}");
-    spec.limits.timeout = Duration::from_secs(30);
+    (spec.limits.per_message, spec.limits.call_base) = (Duration::from_secs(30), Duration::ZERO);
     let c = load(spec);
     let mut w = c.worker();
     let started = Instant::now();
@@ -202,7 +202,7 @@ fn the_sandbox_denies_files_environment_and_network() {
 #[test]
 fn stdout_and_stderr_do_not_break_calls() {
     let mut spec = probe("{}");
-    spec.limits.timeout = Duration::from_secs(30);
+    (spec.limits.per_message, spec.limits.call_base) = (Duration::from_secs(30), Duration::ZERO);
     let c = load(spec);
     let mut w = c.worker();
     for _ in 0..3 {

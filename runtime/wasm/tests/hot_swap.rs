@@ -143,7 +143,7 @@ fn after_a_refused_swap_the_old_version_keeps_serving() {
 fn a_call_in_flight_finishes_on_its_version() {
     let rt = common::runtime();
     let mut spec = version_a();
-    spec.limits.timeout = Duration::from_secs(30);
+    (spec.limits.per_message, spec.limits.call_base) = (Duration::from_secs(30), Duration::ZERO);
     let converter = rt.uplink("c", spec).expect("load");
     // Compile B now so that the swap below is quick.
     let _b = rt.uplink("b", version_b()).expect("B");

@@ -7,7 +7,7 @@ mod common;
 use common::{batch, json_downlink, json_uplink, probe, runtime, runtime_with_cache};
 use std::sync::Arc;
 use std::time::Duration;
-use tbgw_core::{Direction, DownlinkRequest, RpcRequest};
+use tbgw_core::{Direction, DownlinkMessage, DownlinkRequest, RpcRequest};
 use tbgw_wasm::{CallError, ComponentSource, ConverterSpec, ImportStatus, Limits, LoadError};
 
 fn bytes(label: &str, wasm: &[u8]) -> ConverterSpec {
@@ -64,7 +64,7 @@ fn a_downlink_component_is_not_an_uplink_converter() {
     assert_eq!(
         err.to_string(),
         "converter `d`: down.wasm does not implement the uplink-converter world: \
-         it implements the downlink-converter world (tbgw:converter@0.1.0)"
+         it implements the downlink-converter world (tbgw:converter@0.2.0)"
     );
     let err = runtime().downlink("u", bytes("up.wasm", tbgw_guests::JSON_UPLINK)).err().expect("refused");
     assert!(err.to_string().contains("it implements the uplink-converter world"), "{err}");
@@ -138,8 +138,8 @@ fn a_corrupt_cache_entry_is_recompiled_not_trusted() {
 fn inspect_reports_world_version_and_imports() {
     let i =
         runtime().inspect(&ComponentSource::Builtin { name: "json", wasm: tbgw_guests::JSON_UPLINK }).expect("inspect");
-    assert_eq!(i.worlds, vec![(Direction::Uplink, "0.1.0".to_owned())]);
-    assert!(i.exports.contains(&"tbgw:converter/uplink@0.1.0".to_owned()), "{:?}", i.exports);
+    assert_eq!(i.worlds, vec![(Direction::Uplink, "0.2.0".to_owned())]);
+    assert!(i.exports.contains(&"tbgw:converter/uplink@0.2.0".to_owned()), "{:?}", i.exports);
     let status = |name: &str| i.imports.iter().find(|imp| imp.name.starts_with(name)).map(|imp| imp.status);
     assert!(matches!(status("tbgw:converter/log@"), Some(ImportStatus::Provided(_))));
     assert!(i.imports.iter().all(|imp| imp.status != ImportStatus::Missing), "{:?}", i.imports);
@@ -167,11 +167,10 @@ fn the_downlink_json_converter_runs_through_the_runtime() {
     });
     let mut w = c.worker();
     let out = w.convert(&[request]).remove(0).expect("converted");
-    assert_eq!(out.len(), 1);
-    assert_eq!(out[0].target, "d/A/req/42");
-    assert_eq!(out[0].payload, br#"{"x":1}"#);
-    assert!(out[0].metadata.contains(&("response-topic".into(), "d/A/res/42".into())), "{:?}", out[0].metadata);
-    assert!(out[0].metadata.contains(&("response-timeout-ms".into(), "5000".into())));
+    let [DownlinkMessage::Mqtt(p)] = &out[..] else { panic!("one MQTT publish: {out:?}") };
+    assert_eq!((p.topic.as_str(), p.payload.as_slice()), ("d/A/req/42", br#"{"x":1}"#.as_slice()));
+    let response = p.response.as_ref().expect("a two-way RPC waits for its answer");
+    assert_eq!((response.topic.as_str(), response.timeout_ms), ("d/A/res/42", 5000));
 }
 
 #[test]

@@ -13,40 +13,31 @@
 //!   report what happened;  `fail`: a conversion error for this message;
 //! - anything else: one update for device `<tag>` with the payload as the
 //!   `payload` telemetry value, timestamped with the receipt time, and the
-//!   number of calls this instance has served as the `calls` attribute.
+//!   number of messages this instance has converted as the `calls`
+//!   attribute;  `busy:MS`: the same, after spinning MS milliseconds.
 
-// The uplink world plus an import tbgw does not provide, to test that such a
-// component still loads and that calling the import traps.
-wit_bindgen::generate!({
-    inline: "
-        package tbgw:probe;
-        interface extra {
-            hello: func() -> string;
-        }
-        world probe {
-            include tbgw:converter/uplink-converter@0.1.0;
-            import extra;
-        }
-    ",
-    path: "../../../wit",
-    world: "tbgw:probe/probe",
-    generate_all,
-});
-
-use exports::tbgw::converter::uplink::{Converter, Guest, GuestConverter};
-use std::cell::Cell;
-use tbgw::converter::log::{Level, log};
-use tbgw::converter::types::{
-    ConfigError, ConvertError, DeviceUpdate, Entry, RawUplink, Telemetry, UplinkOutput, Value,
-};
-
-struct Component;
-
-export!(Component);
-
-impl Guest for Component {
-    type Converter = Probe;
+// An import tbgw does not provide, to test that such a component still
+// loads and that calling the import traps. Imports only: the export is the
+// SDK's.
+mod extra {
+    wit_bindgen::generate!({
+        inline: "
+            package tbgw:probe;
+            interface extra {
+                hello: func() -> string;
+            }
+            world extra-import {
+                import extra;
+            }
+        ",
+        world: "tbgw:probe/extra-import",
+    });
 }
+
+use std::cell::Cell;
+use tbgw_converter_sdk::{
+    self as sdk, ConfigError, ConvertedMessage, DeviceUpdate, Entry, Level, RawUplink, Telemetry, Value, log,
+};
 
 struct Probe {
     tag: String,
@@ -54,40 +45,42 @@ struct Probe {
     calls: Cell<i64>,
 }
 
-impl GuestConverter for Probe {
-    fn create(config: String) -> Result<Converter, ConfigError> {
-        let cfg: serde_json::Value = serde_json::from_str(&config)
-            .map_err(|e| ConfigError { field: None, message: format!("config is not JSON: {e}") })?;
+impl sdk::Uplink for Probe {
+    fn create(config: &str) -> Result<Self, ConfigError> {
+        let cfg: serde_json::Value =
+            serde_json::from_str(config).map_err(|e| ConfigError::whole(format!("config is not JSON: {e}")))?;
         if cfg["fail"].as_bool() == Some(true) {
-            return Err(ConfigError { field: Some("fail".into()), message: "asked to fail".into() });
+            return Err(ConfigError::at("fail", "asked to fail"));
         }
         if cfg["spin_in_create"].as_bool() == Some(true) {
             spin();
         }
-        Ok(Converter::new(Probe {
+        Ok(Probe {
             tag: cfg["tag"].as_str().unwrap_or("probe").to_owned(),
             connect: cfg["connect"].as_str().map(str::to_owned),
             calls: Cell::new(0),
-        }))
+        })
     }
 
-    fn convert(&self, batch: Vec<RawUplink>) -> Vec<Result<UplinkOutput, ConvertError>> {
+    fn convert(&self, msg: &RawUplink) -> Result<ConvertedMessage, String> {
         self.calls.set(self.calls.get() + 1);
-        batch.iter().map(|msg| self.one(msg)).collect()
+        self.one(msg)
     }
 }
 
+sdk::export_uplink!(Probe);
+
 impl Probe {
-    fn one(&self, msg: &RawUplink) -> Result<UplinkOutput, ConvertError> {
+    fn one(&self, msg: &RawUplink) -> Result<ConvertedMessage, String> {
         let text = String::from_utf8_lossy(&msg.payload).into_owned();
-        let mut attributes = vec![Entry { key: "calls".into(), value: Value::Integer(self.calls.get()) }];
+        let mut attributes = vec![Entry::new("calls", Value::Int(self.calls.get()))];
         let mut payload = Value::Text(text.clone());
         match text.as_str() {
             "spin" => spin(),
             "hog" => hog(),
             "trap" => panic!("probe: asked to trap"),
-            "fail" => return Err(ConvertError { message: "probe: asked to fail".into() }),
-            "extra" => payload = Value::Text(tbgw::probe::extra::hello()),
+            "fail" => return Err("probe: asked to fail".into()),
+            "extra" => payload = Value::Text(extra::tbgw::probe::extra::hello()),
             "flood" => payload = Value::Text("x".repeat(10 * 1024 * 1024)),
             "chatty" => {
                 for i in 0..100_000 {
@@ -106,17 +99,14 @@ impl Probe {
             }
             _ => {}
         }
-        Ok(UplinkOutput {
+        Ok(ConvertedMessage {
             updates: vec![DeviceUpdate {
                 device: self.tag.clone(),
                 device_type: None,
                 attributes,
-                telemetry: vec![Telemetry {
-                    ts: Some(msg.received_at),
-                    values: vec![Entry { key: "payload".into(), value: payload }],
-                }],
+                telemetry: vec![Telemetry { ts: Some(msg.received_at), values: vec![Entry::new("payload", payload)] }],
             }],
-            dropped: Vec::new(),
+            ..ConvertedMessage::default()
         })
     }
 
@@ -137,10 +127,10 @@ impl Probe {
             None => Err("no address configured".to_owned()),
         };
         vec![
-            Entry { key: "fs".into(), value: outcome(fs) },
-            Entry { key: "file".into(), value: outcome(file) },
-            Entry { key: "env".into(), value: outcome(env) },
-            Entry { key: "net".into(), value: outcome(net) },
+            Entry::new("fs", outcome(fs)),
+            Entry::new("file", outcome(file)),
+            Entry::new("env", outcome(env)),
+            Entry::new("net", outcome(net)),
         ]
     }
 }

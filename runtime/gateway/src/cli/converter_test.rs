@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tbgw::converters;
-use tbgw_core::{CanId, Direction, RawUplink, RegisterBlock, Source};
+use tbgw_core::{BleCharacteristic, CanFrame, Direction, OpcuaValue, RawUplink, RegisterBlock, Source};
 use tbgw_wasm::{ConverterSpec, Limits, LoadError, MessageError};
 
 #[derive(clap::Args, Debug)]
@@ -30,6 +30,10 @@ pub struct Args {
     /// (`topic:TEXT` for a topic that starts like those).
     #[arg(long, value_name = "TEXT")]
     pub source: Option<String>,
+    /// The device the connector knows the messages are from (a Modbus
+    /// slave's `deviceName`).
+    #[arg(long, value_name = "NAME")]
+    pub device: Option<String>,
     /// Metadata for every message (repeatable).
     #[arg(long = "metadata", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub metadata: Vec<(String, String)>,
@@ -45,15 +49,17 @@ pub struct Args {
     /// Receipt time of the messages, ms since the epoch [default: now].
     #[arg(long, value_name = "MS")]
     pub received_at: Option<i64>,
-    /// Deadline of one convert call, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 100)]
+    /// How long one message may take, in milliseconds (`limits.timeoutMs`
+    /// in a config): a call of N messages may take 100 ms + N times this.
+    #[arg(long, value_name = "MS", default_value_t = 10)]
     pub timeout_ms: u64,
     /// Memory limit of the converter instance, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     pub memory_mib: u64,
-    /// Messages per convert call.
-    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
-    pub batch: u32,
+    /// Messages per convert call, at most [default: as the gateway's
+    /// pipeline batches, `tbgw.maxBatch`'s default].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch: Option<u32>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -101,7 +107,7 @@ pub fn run(args: Args) -> ExitCode {
     };
     let name = Path::new(&args.converter).file_stem().and_then(|s| s.to_str()).unwrap_or(&args.converter).to_owned();
     let limits = Limits {
-        timeout: Duration::from_millis(args.timeout_ms),
+        per_message: Duration::from_millis(args.timeout_ms.max(1)),
         memory_bytes: args.memory_mib.saturating_mul(1024 * 1024),
         ..Limits::default()
     };
@@ -121,7 +127,7 @@ pub fn run(args: Args) -> ExitCode {
         }
         fail(&msg)
     };
-    let batch = args.batch as usize;
+    let batch = args.batch.map_or(tbgw::pipeline::PipelineConfig::default().max_batch, |b| b as usize);
     let mut out = Out::new();
     let failed = match direction {
         Direction::Uplink => {
@@ -134,6 +140,7 @@ pub fn run(args: Args) -> ExitCode {
                 .iter()
                 .map(|(_, payload)| RawUplink {
                     source: source.clone(),
+                    device: args.device.clone(),
                     payload: payload.clone(),
                     metadata: args.metadata.clone(),
                     received_at,
@@ -274,16 +281,20 @@ fn split_messages(input: &[u8]) -> Vec<(usize, &[u8])> {
 fn parse_source(text: &str) -> Result<Source, String> {
     let (kind, rest) = text.split_once(':').unwrap_or(("", text));
     Ok(match kind {
-        "topic" => Source::Topic(rest.to_owned()),
-        "node" => Source::Node(rest.to_owned()),
-        "characteristic" => Source::Characteristic(rest.to_owned()),
+        "topic" => Source::mqtt(rest),
+        "node" => Source::Opcua(OpcuaValue { node: rest.to_owned(), status: 0, source_time: None, server_time: None }),
+        "characteristic" => Source::Characteristic(BleCharacteristic {
+            address: String::new(),
+            service: String::new(),
+            characteristic: rest.to_owned(),
+        }),
         "can" => {
             let id = parse_int(rest).ok_or_else(|| format!("`{rest}` is not a CAN id"))?;
             let id = u32::try_from(id)
                 .ok()
                 .filter(|id| *id < 1 << 29)
                 .ok_or_else(|| format!("CAN id {id} is over 29 bits"))?;
-            Source::Can(CanId { id, extended: id > 0x7ff })
+            Source::Can(CanFrame { id, extended: id > 0x7ff, ..CanFrame::default() })
         }
         "registers" => {
             let parts: Vec<Option<u64>> = rest.split(':').map(parse_int).collect();
@@ -301,7 +312,7 @@ fn parse_source(text: &str) -> Result<Source, String> {
                 _ => return Err(format!("`{rest}` is not UNIT:FUNCTION:ADDRESS:COUNT")),
             }
         }
-        _ => Source::Topic(text.to_owned()),
+        _ => Source::mqtt(text),
     })
 }
 
@@ -328,11 +339,12 @@ mod tests {
 
     #[test]
     fn sources() {
-        assert_eq!(parse_source("sensor/1/data"), Ok(Source::Topic("sensor/1/data".into())));
-        assert_eq!(parse_source("topic:node:x"), Ok(Source::Topic("node:x".into())));
-        assert_eq!(parse_source("node:ns=2;s=T"), Ok(Source::Node("ns=2;s=T".into())));
-        assert_eq!(parse_source("can:0x18FF50E5"), Ok(Source::Can(CanId { id: 0x18FF50E5, extended: true })));
-        assert_eq!(parse_source("can:0x123"), Ok(Source::Can(CanId { id: 0x123, extended: false })));
+        assert_eq!(parse_source("sensor/1/data"), Ok(Source::mqtt("sensor/1/data")));
+        assert_eq!(parse_source("topic:node:x"), Ok(Source::mqtt("node:x")));
+        assert!(matches!(parse_source("node:ns=2;s=T"), Ok(Source::Opcua(o)) if o.node == "ns=2;s=T"));
+        let can = |id, extended| Ok(Source::Can(CanFrame { id, extended, ..CanFrame::default() }));
+        assert_eq!(parse_source("can:0x18FF50E5"), can(0x18FF50E5, true));
+        assert_eq!(parse_source("can:0x123"), can(0x123, false));
         assert_eq!(
             parse_source("registers:1:3:100:2"),
             Ok(Source::Registers(RegisterBlock { unit_id: 1, function_code: 3, address: 100, count: 2 }))

@@ -5,7 +5,7 @@
 use super::{OK, Out, RuntimeArgs, SOME_FAILED, fail};
 use std::process::ExitCode;
 use tbgw_core::Direction;
-use tbgw_wasm::{CONTRACT_PACKAGE, CONTRACT_VERSION, ComponentSource, ImportStatus};
+use tbgw_wasm::{CONTRACT_PACKAGE, CONTRACT_VERSIONS, ComponentSource, ImportStatus, is_supported};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -48,7 +48,7 @@ pub fn run(args: Args) -> ExitCode {
             let worlds: Vec<serde_json::Value> = inspection
                 .worlds
                 .iter()
-                .map(|(d, v)| serde_json::json!({"world": d.world(), "version": v, "supported": v == CONTRACT_VERSION}))
+                .map(|(d, v)| serde_json::json!({"world": d.world(), "version": v, "supported": is_supported(v)}))
                 .collect();
             let imports: Vec<serde_json::Value> = inspection
                 .imports
@@ -76,10 +76,11 @@ pub fn run(args: Args) -> ExitCode {
             out.line(format!("implements: no converter world of {CONTRACT_PACKAGE}"));
         }
         for (direction, version) in &inspection.worlds {
-            let note = if version == CONTRACT_VERSION {
+            let note = if is_supported(version) {
                 "supported".to_owned()
             } else {
-                format!("NOT supported: this tbgw implements {CONTRACT_PACKAGE}@{CONTRACT_VERSION}")
+                let served: Vec<String> = CONTRACT_VERSIONS.iter().map(|v| format!("{v}.x")).collect();
+                format!("NOT supported: this tbgw implements {CONTRACT_PACKAGE} {}", served.join(" and "))
             };
             let use_as = match direction {
                 Direction::Uplink => "uplink",

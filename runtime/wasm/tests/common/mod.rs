@@ -51,7 +51,8 @@ pub fn json_downlink(config: &str) -> ConverterSpec {
 /// A message on topic `t` with `payload`.
 pub fn msg(payload: &str) -> RawUplink {
     RawUplink {
-        source: Source::Topic("t".into()),
+        source: Source::mqtt("t"),
+        device: None,
         payload: payload.as_bytes().to_vec(),
         metadata: vec![],
         received_at: 1_700_000_000_000,
