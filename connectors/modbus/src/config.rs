@@ -14,21 +14,30 @@
 //!
 //! A slave's tags, orders and device are the `modbus` converter's config
 //! (handed to it in a compact form: slaves with the same tags share one
-//! profile); this module reads the connection and checks the tags with the
-//! converter's own library, so that a bad tag is reported by path before
-//! anything starts. Slaves on one serial port or behind one RTU device
-//! server share a line ([`SlaveConfig::line`]). tbgw's own keys:
-//! `maxGap` (unused objects a read may span to join two tags, default 0:
-//! some devices refuse to read addresses they do not have) and
-//! `maxRegistersPerRequest` (default 125, the protocol's maximum).
+//! profile, which says where it is in the file so that its errors name the
+//! user's path); this module reads the connection, and where each tag is
+//! with the tag schema ([`tbgw_modbus_tags`]) to plan the reads. Slaves on
+//! one serial port or behind one RTU device server share a line
+//! ([`SlaveConfig::line`]). tbgw's own keys: `maxGap` (unused objects a
+//! read may span to join two tags, default 0: some devices refuse to read
+//! addresses they do not have) and `maxRegistersPerRequest` (default 125,
+//! the protocol's maximum).
+//!
+//! Converters, as the Python gateway names them per slave:
+//! `uplink_converter` and `downlink_converter`, a `.wasm` component's path
+//! (configured with the slave's object, as the Python gateway hands its
+//! converter the slave), or a converter entry (`{"type": "modbus" | "custom",
+//! "extension", "extensionConfig", "limits"}`). Slaves on the built-in
+//! `modbus` converters share one instance of each (one per distinct
+//! `limits`), however many there are.
 
 use crate::planner::{self, Read};
 use serde_json::Value;
-use std::sync::Arc;
+use std::path::Path;
 use std::time::Duration;
 use tbgw_core::config::{Diagnostics, Obj};
 use tbgw_core::report::{self, ReportPolicy, Strategy};
-use tbgw_modbus_converter::codec::Order;
+use tbgw_core::setup::{self, ComponentRef, ConverterDecl, Devices, DownlinkDecl, LimitsDecl, RouteDecl};
 
 /// How requests are framed on the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,52 +89,60 @@ pub struct SlaveConfig {
     pub wait_after_failed_attempts: Duration,
     /// The planned reads.
     pub reads: Vec<Read>,
-    /// The `rpc[]` tags, to decode what a read RPC reads.
-    pub rpc: Arc<[tbgw_modbus_converter::Tag]>,
-    /// `byteOrder`, `wordOrder`: to decode what a reserved `get` RPC reads.
-    pub orders: (Order, Order),
+    /// `uplink_converter`.
+    pub uplink: SlaveConverter,
+    /// `downlink_converter`.
+    pub downlink: SlaveConverter,
+}
+
+/// A slave's converter: the built-in `modbus` one (with its limits), or a
+/// custom component.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SlaveConverter {
+    Builtin(LimitsDecl),
+    Custom(ConverterDecl),
 }
 
 /// The whole connector configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModbusConfig {
     pub slaves: Vec<SlaveConfig>,
-    /// The `modbus` converters' config: every slave, in the compact form
-    /// where slaves with the same tags share one profile, so that a field
-    /// of identical meters costs the converter one tag list, not one each.
-    /// Built once while reading: the slaves' own JSON is not kept (with
-    /// 100,000 tags it is megabytes).
-    converter_config: Arc<str>,
-    /// Whether any slave can be written to or asked (`attributeUpdates`,
-    /// `rpc`): its downlink converter has work.
-    has_requests: bool,
+    /// The uplink routes: the built-in `modbus` converter of the slaves on
+    /// it (one route per distinct `limits`, its config every such slave in
+    /// the compact form), then each custom converter.
+    pub(crate) routes: Vec<RouteDecl>,
+    /// The route (an index into `routes`) of each slave.
+    slave_routes: Vec<usize>,
+    /// The downlink converters and their slaves, alike.
+    pub(crate) downlinks: Vec<DownlinkDecl>,
     /// Report strategies: the file's `reportStrategy`, each slave's (or its
     /// `sendDataOnlyOnChange`), each tag's.
     pub report: ReportPolicy,
 }
 
 impl ModbusConfig {
-    pub fn has_requests(&self) -> bool {
-        self.has_requests
-    }
-
-    pub fn converter_config(&self) -> String {
-        self.converter_config.to_string()
+    /// The route of slave `i` (an index into [`setup::ConnectorSetup::routes`]).
+    pub fn route_of(&self, i: usize) -> usize {
+        self.slave_routes.get(i).copied().unwrap_or(0)
     }
 }
 
-/// Builds the converters' compact config slave by slave.
+/// Builds a built-in converter's compact config slave by slave: slaves with
+/// the same tags share one profile, so that a field of identical meters
+/// costs the converter one tag list, not one each. Built while reading: the
+/// slaves' own JSON is not kept (with 100,000 tags it is megabytes).
 #[derive(Default)]
 struct Compact {
     /// Each distinct profile, with its JSON text as the key.
     profiles: Vec<(String, Value)>,
     slaves: Vec<Value>,
-    has_requests: bool,
+    devices: Vec<String>,
 }
 
 impl Compact {
-    fn add(&mut self, item: &Value, unit_id: u8) {
-        use tbgw_modbus_converter::PROFILE_KEYS;
+    /// Add the slave `item` (at `path` in the file).
+    fn add(&mut self, item: &Value, unit_id: u8, path: &str, device: &str) {
+        use tbgw_modbus_tags::PROFILE_KEYS;
         // The unit is part of a profile only where range keys name it.
         let by_unit = ["attributes", "timeseries"]
             .iter()
@@ -135,14 +152,13 @@ impl Compact {
             .filter(|k| **k != "unitId" || by_unit)
             .filter_map(|k| item.get(*k).map(|v| (k.to_string(), v.clone())))
             .collect();
-        self.has_requests |= ["attributeUpdates", "rpc"]
-            .iter()
-            .any(|k| profile.get(*k).and_then(Value::as_array).is_some_and(|a| !a.is_empty()));
-        let profile = Value::Object(profile);
+        let mut profile = Value::Object(profile);
         let key = profile.to_string();
         let index = match self.profiles.iter().position(|(k, _)| *k == key) {
             Some(i) => i,
             None => {
+                // Errors in the profile are its first slave's.
+                profile["at"] = Value::String(path.to_owned());
                 self.profiles.push((key, profile));
                 self.profiles.len() - 1
             }
@@ -152,19 +168,49 @@ impl Compact {
             slave["deviceType"] = t.clone();
         }
         self.slaves.push(slave);
+        self.devices.push(device.to_owned());
     }
 
-    fn finish(self) -> (Arc<str>, bool) {
+    fn finish(self, limits: LimitsDecl) -> (ConverterDecl, Vec<String>) {
         let profiles: Vec<Value> = self.profiles.into_iter().map(|(_, p)| p).collect();
-        (serde_json::json!({ "profiles": profiles, "slaves": self.slaves }).to_string().into(), self.has_requests)
+        let config = serde_json::json!({ "profiles": profiles, "slaves": self.slaves }).to_string();
+        let decl = ConverterDecl {
+            // The compact config names the slaves' own paths.
+            path: String::new(),
+            label: "modbus".into(),
+            component: ComponentRef::Builtin("modbus".into()),
+            config,
+            limits,
+        };
+        (decl, self.devices)
     }
 }
 
-/// Read `modbus.json`; problems go to `d` by path.
-pub fn parse(doc: &Value, d: &mut Diagnostics) -> Option<ModbusConfig> {
+/// The built-in converter's slaves, one compact config per distinct limits.
+#[derive(Default)]
+struct Groups(Vec<(LimitsDecl, Compact, Vec<usize>)>);
+
+impl Groups {
+    fn add(&mut self, limits: LimitsDecl, slave: usize, item: &Value, s: &SlaveConfig) {
+        let i = match self.0.iter().position(|(l, _, _)| *l == limits) {
+            Some(i) => i,
+            None => {
+                self.0.push((limits, Compact::default(), Vec::new()));
+                self.0.len() - 1
+            }
+        };
+        let (_, compact, slaves) = &mut self.0[i];
+        compact.add(item, s.unit_id, &s.path, &s.device_name);
+        slaves.push(slave);
+    }
+}
+
+/// Read `modbus.json` (custom converters' paths relative to `base_dir`);
+/// problems go to `d` by path.
+pub fn parse(doc: &Value, base_dir: &Path, d: &mut Diagnostics) -> Option<ModbusConfig> {
     let mut root = Obj::new(d, "", doc)?;
     let mut slaves = Vec::new();
-    let mut compact = Compact::default();
+    let (mut uplinks, mut downlinks) = (Groups::default(), Groups::default());
     let mut report = ReportPolicy {
         route: root.get("reportStrategy").and_then(|v| report::parse(d, "reportStrategy", v)),
         ..Default::default()
@@ -172,8 +218,13 @@ pub fn parse(doc: &Value, d: &mut Diagnostics) -> Option<ModbusConfig> {
     match root.object(d, "master") {
         Some(mut master) => {
             for (path, item) in master.list(d, "slaves") {
-                if let Some(s) = slave(d, &path, item) {
-                    compact.add(item, s.unit_id);
+                if let Some(s) = slave(d, &path, item, base_dir) {
+                    if let SlaveConverter::Builtin(limits) = s.uplink {
+                        uplinks.add(limits, slaves.len(), item, &s);
+                    }
+                    if let SlaveConverter::Builtin(limits) = s.downlink {
+                        downlinks.add(limits, slaves.len(), item, &s);
+                    }
                     slave_report(d, &path, item, &s, &mut report);
                     slaves.push(s);
                 }
@@ -195,8 +246,59 @@ pub fn parse(doc: &Value, d: &mut Diagnostics) -> Option<ModbusConfig> {
     if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
         d.error("master.slaves", format!("two slaves are named `{}`: requests could not tell them apart", w[0]));
     }
-    let (converter_config, has_requests) = compact.finish();
-    Some(ModbusConfig { slaves, converter_config, has_requests, report })
+    // The routes: each built-in group, then each custom converter.
+    let mut routes = Vec::new();
+    let mut slave_routes = vec![0; slaves.len()];
+    for (limits, compact, members) in uplinks.0 {
+        for m in members {
+            slave_routes[m] = routes.len();
+        }
+        routes.push(RouteDecl { converter: compact.finish(limits).0, report: report.clone() });
+    }
+    let mut downlink_decls = Vec::new();
+    for (limits, compact, _) in downlinks.0 {
+        let (converter, devices) = compact.finish(limits);
+        downlink_decls.push(DownlinkDecl { converter, devices: Devices::Named(devices) });
+    }
+    for (i, s) in slaves.iter().enumerate() {
+        if let SlaveConverter::Custom(c) = &s.uplink {
+            slave_routes[i] = routes.len();
+            routes.push(RouteDecl { converter: c.clone(), report: report.clone() });
+        }
+        if let SlaveConverter::Custom(c) = &s.downlink {
+            downlink_decls
+                .push(DownlinkDecl { converter: c.clone(), devices: Devices::Named(vec![s.device_name.clone()]) });
+        }
+    }
+    Some(ModbusConfig { slaves, routes, slave_routes, downlinks: downlink_decls, report })
+}
+
+/// A slave's `uplink_converter` or `downlink_converter` (`key`): a `.wasm`
+/// path, configured with the slave's own object as the Python gateway's
+/// converters are, or a converter entry; the built-in `modbus` by default.
+fn slave_converter(d: &mut Diagnostics, s: &mut Obj, item: &Value, key: &'static str, base: &Path) -> SlaveConverter {
+    let path = s.field(key);
+    match s.get(key) {
+        None => SlaveConverter::Builtin(LimitsDecl::default()),
+        Some(Value::String(file)) => match setup::wasm_file(d, &path, file) {
+            Some(file) => {
+                SlaveConverter::Custom(setup::custom(&path, base, file, item.to_string(), LimitsDecl::default()))
+            }
+            None => SlaveConverter::Builtin(LimitsDecl::default()),
+        },
+        Some(entry) => match setup::converter(d, &path, entry, base, "modbus") {
+            Some(c) if c.component == ComponentRef::Builtin("modbus".into()) => SlaveConverter::Builtin(c.limits),
+            Some(ConverterDecl { component: ComponentRef::Builtin(other), .. }) => {
+                d.error(
+                    format!("{path}.type"),
+                    format!("`{other}` is not a Modbus converter; expected modbus or custom"),
+                );
+                SlaveConverter::Builtin(LimitsDecl::default())
+            }
+            Some(c) => SlaveConverter::Custom(c),
+            None => SlaveConverter::Builtin(LimitsDecl::default()),
+        },
+    }
 }
 
 /// A slave's report strategies: its own `reportStrategy` (or the older
@@ -217,7 +319,7 @@ fn slave_report(d: &mut Diagnostics, path: &str, item: &Value, s: &SlaveConfig, 
                 continue;
             };
             let keys = report.device_keys.entry(s.device_name.clone()).or_default();
-            for key in tbgw_modbus_converter::entry_keys(e, s.unit_id) {
+            for key in tbgw_modbus_tags::entry_keys(e, s.unit_id) {
                 keys.insert(key, strategy);
             }
         }
@@ -279,7 +381,7 @@ fn check_lines(d: &mut Diagnostics, slaves: &[SlaveConfig]) {
     }
 }
 
-fn slave(d: &mut Diagnostics, path: &str, item: &Value) -> Option<SlaveConfig> {
+fn slave(d: &mut Diagnostics, path: &str, item: &Value, base: &Path) -> Option<SlaveConfig> {
     let mut s = Obj::new(d, path, item)?;
     let kind = s.string(d, "type").unwrap_or("tcp").to_ascii_lowercase();
     let method = s.string(d, "method").unwrap_or(if kind == "serial" { "rtu" } else { "socket" }).to_ascii_lowercase();
@@ -348,31 +450,23 @@ fn slave(d: &mut Diagnostics, path: &str, item: &Value) -> Option<SlaveConfig> {
             ("retryOnInvalid", "tbgw retries every failed read `retries` times"),
         ],
     );
-    // The rest is the converter's (checked with its own library), and the
-    // report strategy (read by `slave_report`).
+    let uplink = slave_converter(d, &mut s, item, "uplink_converter", base);
+    let downlink = slave_converter(d, &mut s, item, "downlink_converter", base);
+    // The rest is the converter's (it checks it), and the report strategy
+    // (read by `slave_report`).
     s.allow(&["byteOrder", "wordOrder", "attributes", "timeseries", "attributeUpdates", "rpc", "name", "id", "strict"]);
     s.allow(&["reportStrategy", "sendDataOnlyOnChange"]);
     s.finish(d);
-    let mut rpc: Arc<[tbgw_modbus_converter::Tag]> = Arc::from(Vec::new());
-    let mut orders = (Order::Big, Order::Big);
-    let reads = match tbgw_modbus_converter::SlaveConfig::parse(&item.to_string()) {
-        Ok(tags) => {
-            let spans: Vec<(u8, u16, u16)> = tags
-                .attributes
-                .iter()
-                .chain(tags.timeseries.iter())
-                .map(|t| (t.function_code, t.address, t.format.objects))
-                .collect();
+    // Where each tag is, to plan the reads (how it decodes is the converter's).
+    let reads = match tbgw_modbus_tags::reads(path, item, unit_id) {
+        Ok(spans) => {
             if spans.is_empty() {
                 d.notice(path, "no attributes or timeseries: nothing is polled (writes only)");
             }
-            rpc = tags.rpc.clone();
-            orders = (tags.byte_order, tags.word_order);
             planner::plan(&spans, max_gap, max_registers)
         }
         Err(e) => {
-            let at = e.field.map_or_else(|| path.to_owned(), |f| format!("{path}.{f}"));
-            d.error(at, e.message);
+            d.error(e.field.unwrap_or_else(|| path.to_owned()), e.message);
             Vec::new()
         }
     };
@@ -392,8 +486,8 @@ fn slave(d: &mut Diagnostics, path: &str, item: &Value) -> Option<SlaveConfig> {
         connect_attempts,
         wait_after_failed_attempts,
         reads,
-        rpc,
-        orders,
+        uplink,
+        downlink,
     })
 }
 
@@ -422,7 +516,7 @@ mod tests {
     fn parse_str(text: &str) -> (Option<ModbusConfig>, Diagnostics) {
         let doc: Value = serde_json::from_str(text).unwrap();
         let mut d = Diagnostics::default();
-        (parse(&doc, &mut d), d)
+        (parse(&doc, Path::new("/etc/tbgw"), &mut d), d)
     }
 
     #[test]
@@ -448,7 +542,6 @@ mod tests {
             s.reads,
             [Read { function_code: 1, address: 1, count: 1 }, Read { function_code: 3, address: 0, count: 3 }]
         );
-        assert!(c.has_requests());
         assert_eq!(d.notices.len(), 2, "retryOnEmpty, retryOnInvalid: {:?}", d.notices);
     }
 
@@ -468,12 +561,59 @@ mod tests {
             c.slaves[0].reads,
             [Read { function_code: 1, address: 0, count: 16 }, Read { function_code: 3, address: 100, count: 100 }]
         );
-        // The converter sees each slave's own unit in the keys.
-        let conv = tbgw_modbus_converter::UplinkConverter::new(&c.converter_config()).unwrap();
-        let block = tbgw_modbus_converter::Block { unit_id: 2, function_code: 3, address: 100, count: 100 };
-        let out = conv.convert(Some("B"), block, &[0; 200]).unwrap();
-        let keys: Vec<&str> = out.updates[0].telemetry[0].values.iter().map(|e| e.key.as_str()).collect();
-        assert_eq!((keys.len(), keys[0], keys[99]), (100, "u2_r100", "u2_r199"));
+        // One route for both; as the keys name the unit, the converter gets
+        // a profile per slave, each saying where it is in the file.
+        use tbgw_core::setup::ConnectorSetup;
+        let routes = c.routes();
+        assert_eq!((routes.len(), c.route_of(0), c.route_of(1)), (1, 0, 0));
+        let compact: Value = serde_json::from_str(&routes[0].converter.config).unwrap();
+        let at: Vec<&str> = compact["profiles"].as_array().unwrap().iter().map(|p| p["at"].as_str().unwrap()).collect();
+        assert_eq!(at, ["master.slaves[0]", "master.slaves[1]"]);
+        assert_eq!(compact["slaves"][1], serde_json::json!({"deviceName": "B", "unitId": 2, "profile": 1}));
+    }
+
+    #[test]
+    fn slaves_name_custom_converters_as_the_python_gateway() {
+        let tag = r#""timeseries": [{"tag": "t", "type": "16int", "functionCode": 3, "address": 0}]"#;
+        let (c, d) = parse_str(&format!(
+            r#"{{"master": {{"slaves": [
+                {{"host": "h", "deviceName": "A", {tag}}},
+                {{"host": "h", "deviceName": "B", "uplink_converter": "conv/up.wasm", {tag}}},
+                {{"host": "h", "deviceName": "C", {tag}, "uplink_converter": {{"type": "modbus", "limits": {{"timeoutMs": 50}}}},
+                  "downlink_converter": {{"type": "custom", "extension": "conv/down.wasm", "extensionConfig": {{"k": 1}}}}}},
+                {{"host": "h", "deviceName": "D", {tag}}}]}}}}"#
+        ));
+        assert!(d.is_ok(), "{:?}", d.errors);
+        let c = c.unwrap();
+        use tbgw_core::setup::ConnectorSetup;
+        let routes = c.routes();
+        // Built-in slaves A and D share a route; C's limits make one of its own; B's is custom.
+        let labels: Vec<&str> = routes.iter().map(|r| r.converter.label.as_str()).collect();
+        assert_eq!(labels, ["modbus", "modbus", "conv/up.wasm"]);
+        assert_eq!((c.route_of(0), c.route_of(1), c.route_of(2), c.route_of(3)), (0, 2, 1, 0));
+        assert_eq!(routes[1].converter.limits.timeout_ms, Some(50));
+        let b = &routes[2].converter;
+        assert_eq!(b.component, ComponentRef::File("/etc/tbgw/conv/up.wasm".into()));
+        assert!(b.config.contains(r#""deviceName":"B""#), "configured with the slave: {}", b.config);
+        let downlinks = c.downlinks();
+        assert_eq!(downlinks.len(), 2);
+        assert_eq!(downlinks[0].devices, Devices::Named(vec!["A".into(), "B".into(), "D".into()]));
+        assert_eq!(downlinks[1].devices, Devices::Named(vec!["C".into()]));
+        assert_eq!(downlinks[1].converter.config, r#"{"k":1}"#);
+
+        let (_, d) = parse_str(&format!(
+            r#"{{"master": {{"slaves": [{{"host": "h", "deviceName": "A", {tag}, "uplink_converter": "CustomModbusUplinkConverter",
+                "downlink_converter": {{"type": "json"}}}}]}}}}"#
+        ));
+        let errors: Vec<String> = d.errors.iter().map(ToString::to_string).collect();
+        assert!(
+            errors[0]
+                .starts_with("master.slaves[0].uplink_converter: `CustomModbusUplinkConverter` is not a .wasm file")
+        );
+        assert_eq!(
+            errors[1],
+            "master.slaves[0].downlink_converter.type: `json` is not a Modbus converter; expected modbus or custom"
+        );
     }
 
     #[test]

@@ -36,18 +36,21 @@ use tokio_modbus::slave::SlaveContext;
 use tokio_modbus::{ExceptionCode, Slave};
 use tokio_util::sync::CancellationToken;
 
-/// A Modbus connector: the slaves, and the route of their converter (one
-/// `modbus` converter serves every slave; a block says its slave as its
-/// `device`).
+/// A Modbus connector: the slaves, and the route of each one's converter
+/// (one built-in `modbus` converter serves many slaves: a block says its
+/// slave as its `device`).
 pub struct ModbusConnector {
     name: String,
     config: ModbusConfig,
-    route: RouteId,
+    /// The route of each slave.
+    routes: Vec<RouteId>,
 }
 
 impl ModbusConnector {
-    pub fn new(name: impl Into<String>, config: ModbusConfig, route: RouteId) -> ModbusConnector {
-        ModbusConnector { name: name.into(), config, route }
+    /// `routes[i]` is the route id of the config's route `i`.
+    pub fn new(name: impl Into<String>, config: ModbusConfig, routes: &[RouteId]) -> ModbusConnector {
+        let routes = (0..config.slaves.len()).map(|i| routes.get(config.route_of(i)).copied().unwrap_or(0)).collect();
+        ModbusConnector { name: name.into(), config, routes }
     }
 }
 
@@ -71,26 +74,27 @@ impl Connector for ModbusConnector {
 async fn run(conn: ModbusConnector, mut ctx: ConnectorContext) {
     let shared = Arc::new(Shared::default());
     // Slaves sharing a line go to one task, in the order configured.
-    let mut lines: Vec<(Option<String>, Vec<SlaveConfig>)> = Vec::new();
-    for slave in conn.config.slaves {
+    // (its key, its slaves with their routes)
+    type Slaves = Vec<(SlaveConfig, RouteId)>;
+    let mut lines: Vec<(Option<String>, Slaves)> = Vec::new();
+    for (slave, route) in conn.config.slaves.into_iter().zip(conn.routes) {
         let key = slave.line();
         match lines.iter_mut().find(|(k, _)| key.is_some() && *k == key) {
-            Some((_, slaves)) => slaves.push(slave),
-            None => lines.push((key, vec![slave])),
+            Some((_, slaves)) => slaves.push((slave, route)),
+            None => lines.push((key, vec![(slave, route)])),
         }
     }
     let mut slaves: HashMap<String, mpsc::Sender<DeviceJob>> = HashMap::new();
     let mut tasks = Vec::new();
     for (_, line) in lines {
         let (tx, rx) = mpsc::channel(256);
-        for s in &line {
+        for (s, _) in &line {
             slaves.insert(s.device_name.clone(), tx.clone());
         }
         let line = Line {
             connector: conn.name.clone(),
-            units: line.into_iter().map(Unit::new).collect(),
+            units: line.into_iter().map(|(s, route)| Unit::new(s, route)).collect(),
             requests: ctx.downlink.requests.clone(),
-            route: conn.route,
             sink: ctx.sink.clone(),
             stats: ctx.stats.clone(),
             shared: shared.clone(),
@@ -189,19 +193,13 @@ impl Data {
     }
 }
 
-/// Coils as the contract carries them: eight to a byte, the first in the
-/// least significant bit (as on the wire).
-fn pack_bits(bits: &[bool]) -> Vec<u8> {
-    bits.chunks(8).map(|c| c.iter().enumerate().fold(0u8, |b, (i, on)| b | (u8::from(*on) << i))).collect()
-}
-
-fn unpack_bits(bytes: &[u8], n: usize) -> Vec<bool> {
-    (0..n).map(|i| bytes.get(i / 8).is_some_and(|b| b >> (i % 8) & 1 == 1)).collect()
-}
+use tbgw_modbus_tags::{pack_bits, unpack_bits};
 
 /// A slave on a line, and what the line's task knows of it.
 struct Unit {
     slave: SlaveConfig,
+    /// Its converter's route.
+    route: RouteId,
     /// When it is polled next.
     next: Instant,
     /// Blocks whose last read failed, for one log line per change.
@@ -211,8 +209,8 @@ struct Unit {
 }
 
 impl Unit {
-    fn new(slave: SlaveConfig) -> Unit {
-        Unit { slave, next: Instant::now(), failing: HashMap::new(), silent: None }
+    fn new(slave: SlaveConfig, route: RouteId) -> Unit {
+        Unit { slave, route, next: Instant::now(), failing: HashMap::new(), silent: None }
     }
 }
 
@@ -238,7 +236,6 @@ struct Line {
     units: Vec<Unit>,
     /// Where its devices are connected to ThingsBoard.
     requests: DeviceRequests,
-    route: RouteId,
     sink: UplinkSink,
     stats: Arc<ConnectorStats>,
     shared: Arc<Shared>,
@@ -477,7 +474,7 @@ impl Line {
                         received_at: now_ms(),
                     };
                     // No source to confirm to: a poll is not redelivered.
-                    let uplink = Uplink { route: self.route, raw, ack: None };
+                    let uplink = Uplink { route: u.route, raw, ack: None };
                     if self.sink.send(device, uplink).await.is_err() {
                         return Ok(());
                     }

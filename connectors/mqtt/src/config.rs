@@ -13,10 +13,11 @@
 //! ```
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 use tbgw_core::config::{Diagnostics, Obj};
 use tbgw_core::report::{self, ReportPolicy, Strategy};
+use tbgw_core::setup::{self, ComponentRef, ConverterDecl, LimitsDecl};
 use tbgw_tls::TlsFiles;
 
 /// MQTT protocol version.
@@ -48,25 +49,14 @@ pub struct BrokerConfig {
     pub receive_maximum: u16,
 }
 
-/// Which converter a mapping uses.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ConverterRef {
-    /// A built-in converter (`"type": "json"`), configured with the
-    /// mapping's `converter` object.
-    Builtin { name: String, config: String },
-    /// `"type": "custom"`: the `.wasm` in `extension`, configured with
-    /// `extensionConfig`.
-    Custom { path: PathBuf, config: String },
-}
-
 /// One `mapping[]` entry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MappingConfig {
     pub topic_filter: String,
     pub qos: u8,
-    pub converter: ConverterRef,
-    /// Where in the config (for messages): `mapping[2].converter`.
-    pub converter_path: String,
+    /// A built-in converter (`"type": "json"`) configured with the
+    /// mapping's `converter` object, or `"type": "custom"`.
+    pub converter: ConverterDecl,
     /// Report strategies: the converter's `reportStrategy` (or
     /// `sendDataOnlyOnChange`), else the file's; its keys' own.
     pub report: ReportPolicy,
@@ -86,9 +76,11 @@ pub struct MqttConfig {
     /// The topic filters of the device-request sections: their messages go
     /// to the requests route.
     pub request_filters: Vec<String>,
-    /// `downlinkConverter`: a custom component for `attributeUpdates` and
-    /// `serverSideRpc`, configured with its `extensionConfig`.
-    pub downlink_converter: Option<ConverterRef>,
+    /// The downlink converter: tbgw's own `downlinkConverter` (a custom
+    /// component, configured with its `extensionConfig`; or `type: json`
+    /// with `limits`), else the built-in `json` one over `requestsMapping`
+    /// when it has anything to send.
+    pub downlink: Option<ConverterDecl>,
 }
 
 /// Read the connector's configuration; relative paths (certificates,
@@ -138,12 +130,52 @@ pub fn parse(doc: &Value, base_dir: &Path, name: &str, d: &mut Diagnostics) -> O
         None => Vec::new(),
     };
     // tbgw's own: a custom downlink converter for attributeUpdates and
-    // serverSideRpc instead of the built-in `json` one.
-    let downlink_converter = root.object(d, "downlinkConverter").and_then(|c| custom_converter(d, c, base_dir));
+    // serverSideRpc instead of the built-in `json` one, or its limits.
+    let downlink = downlink_converter(d, root.get("downlinkConverter"), requests_mapping.as_ref(), base_dir);
     root.unused(d, &[("logLevel", "set logging with RUST_LOG"), ("id", "tbgw names connectors by `name`")]);
     root.allow(&["reportStrategy"]);
     root.finish(d);
-    Some(MqttConfig { broker: broker?, mappings, requests_mapping, request_filters, downlink_converter })
+    Some(MqttConfig { broker: broker?, mappings, requests_mapping, request_filters, downlink })
+}
+
+/// The downlink converter of `downlinkConverter` (or of `requestsMapping`
+/// alone).
+fn downlink_converter(
+    d: &mut Diagnostics,
+    entry: Option<&Value>,
+    mapping: Option<&Value>,
+    base_dir: &Path,
+) -> Option<ConverterDecl> {
+    let builtin = |limits: LimitsDecl| {
+        let mapping = mapping?;
+        let has = |k: &str| mapping.get(k).and_then(Value::as_array).is_some_and(|a| !a.is_empty());
+        (has("attributeUpdates") || has("serverSideRpc") || has("attributeRequests")).then(|| ConverterDecl {
+            path: "requestsMapping".into(),
+            label: "json (downlink)".into(),
+            component: ComponentRef::Builtin("json".into()),
+            config: mapping.to_string(),
+            limits,
+        })
+    };
+    let Some(entry) = entry else { return builtin(LimitsDecl::default()) };
+    let decl = setup::converter(d, "downlinkConverter", entry, base_dir, "custom")?;
+    match &decl.component {
+        ComponentRef::File(_) => Some(decl),
+        ComponentRef::Builtin(name) if name == "json" => {
+            let decl = builtin(decl.limits);
+            if decl.is_none() {
+                d.error(
+                    "downlinkConverter",
+                    "the built-in json downlink converter is configured by requestsMapping, which has nothing for it",
+                );
+            }
+            decl
+        }
+        ComponentRef::Builtin(other) => {
+            d.error("downlinkConverter.type", format!("`{other}`: expected custom, or json (with its limits)"));
+            None
+        }
+    }
 }
 
 /// The topic filters of `mapping`'s device-request sections (the rest of
@@ -309,32 +341,23 @@ fn mapping(d: &mut Diagnostics, path: &str, item: &Value, base_dir: &Path) -> Op
         );
     }
     let converter_path = m.field("converter");
-    let converter = match m.object(d, "converter") {
-        Some(mut c) => {
-            let kind = c.string(d, "type").unwrap_or("json").to_owned();
-            match kind.as_str() {
-                "custom" => custom(d, c, base_dir),
-                "bytes" => {
-                    d.error(
-                        c.field("type"),
-                        "the `bytes` converter is not available yet; use `json`, or a custom .wasm converter",
-                    );
-                    None
-                }
-                // The built-in converter reads (and checks) the whole object.
-                name => Some(ConverterRef::Builtin { name: name.to_owned(), config: item["converter"].to_string() }),
-            }
+    let converter = match m.get("converter") {
+        Some(entry) if entry.get("type").and_then(Value::as_str) == Some("bytes") => {
+            d.error(
+                format!("{converter_path}.type"),
+                "the `bytes` converter is not available yet; use `json`, or a custom .wasm converter",
+            );
+            None
         }
+        Some(entry) => setup::converter(d, &converter_path, entry, base_dir, "json"),
         None => {
-            if !m.has("converter") {
-                d.error(m.field("converter"), "required");
-            }
+            d.error(&converter_path, "required");
             None
         }
     };
     m.finish(d);
     let report = item.get("converter").map(|c| report_policy(d, &converter_path, c)).unwrap_or_default();
-    Some(MappingConfig { topic_filter: topic_filter?, qos: qos.min(1), converter: converter?, converter_path, report })
+    Some(MappingConfig { topic_filter: topic_filter?, qos: qos.min(1), converter: converter?, report })
 }
 
 /// A converter's report strategies: its own `reportStrategy` (or the older
@@ -361,48 +384,6 @@ fn report_policy(d: &mut Diagnostics, path: &str, converter: &Value) -> ReportPo
         }
     }
     policy
-}
-
-/// `{"type": "custom", "extension": "x.wasm", "extensionConfig": {...}}`,
-/// `type` already read.
-fn custom(d: &mut Diagnostics, mut c: Obj, base_dir: &Path) -> Option<ConverterRef> {
-    let extension = c.required_string(d, "extension");
-    if let Some(e) = extension
-        && !e.ends_with(".wasm")
-    {
-        // The Python gateway names a Python class here.
-        d.error(
-            c.field("extension"),
-            format!(
-                "`{e}` is not a .wasm file: tbgw runs converters compiled to WebAssembly \
-                 components (see guest-converters/), not Python classes"
-            ),
-        );
-    }
-    let extension = extension.filter(|e| e.ends_with(".wasm"));
-    let config = c.get("extensionConfig").map(Value::to_string).unwrap_or_else(|| "{}".into());
-    c.unused(d, &[("cached", "tbgw always reuses converter instances")]);
-    c.finish(d);
-    extension.map(|e| ConverterRef::Custom { path: base_dir.join(e), config })
-}
-
-/// The top-level `downlinkConverter` object: custom components only (the
-/// built-in `json` one is configured by `requestsMapping` itself).
-fn custom_converter(d: &mut Diagnostics, mut c: Obj, base_dir: &Path) -> Option<ConverterRef> {
-    match c.string(d, "type") {
-        Some("custom") => {}
-        other => {
-            d.error(
-                c.field("type"),
-                format!(
-                    "expected `custom` (found {}): the built-in json downlink converter needs no entry here",
-                    other.map_or("nothing".to_owned(), |t| format!("`{t}`"))
-                ),
-            );
-            return None;
-        }
-    }
-    custom(d, c, base_dir)
 }
 
 /// A subscription filter as MQTT allows it (`$share/group/` prefixes too).
@@ -485,12 +466,12 @@ mod tests {
         assert_eq!(cfg.broker.version, MqttVersion::V5);
         assert_eq!(cfg.broker.client_id, "ThingsBoard_gateway");
         assert_eq!(cfg.mappings.len(), 2);
-        assert!(
-            matches!(&cfg.mappings[0].converter, ConverterRef::Builtin { name, config } if name == "json" && config.contains("deviceInfo"))
-        );
+        let c = &cfg.mappings[0].converter;
+        assert!(c.component == ComponentRef::Builtin("json".into()) && c.config.contains("deviceInfo"), "{c:?}");
+        let c = &cfg.mappings[1].converter;
         assert_eq!(
-            cfg.mappings[1].converter,
-            ConverterRef::Custom { path: "/etc/tbgw/conv/my.wasm".into(), config: r#"{"k":1}"#.into() }
+            (&c.component, c.config.as_str(), c.path.as_str()),
+            (&ComponentRef::File("/etc/tbgw/conv/my.wasm".into()), r#"{"k":1}"#, "mapping[1].converter")
         );
         let notices: Vec<String> = d.notices.iter().map(|n| n.path.clone()).collect();
         assert!(notices.contains(&"broker.maxNumberOfWorkers".to_owned()), "{notices:?}");

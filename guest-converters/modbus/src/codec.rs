@@ -10,69 +10,7 @@
 
 use std::fmt;
 
-/// A tag's data type (`type` in the config).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DataType {
-    /// One bit (a coil, or bit `bit` of a register) or several.
-    Bits,
-    Int(u8),
-    UInt(u8),
-    Float(u8),
-    /// UTF-8 text, two characters per register.
-    String,
-    /// Raw bytes, shown as hex.
-    Bytes,
-}
-
-impl DataType {
-    /// Parse a config `type`; `objects` decides the width of the types that
-    /// leave it open (`int`, `uint`, `float`), as in the Python gateway.
-    pub fn parse(text: &str, objects: u16) -> Result<DataType, String> {
-        let lower = text.trim().to_ascii_lowercase();
-        let width = |bits: u32| u8::try_from(bits).unwrap_or(0);
-        let open = width(u32::from(objects) * 16);
-        let t = match lower.as_str() {
-            "bits" | "bit" | "coil" | "coils" | "bool" | "boolean" => DataType::Bits,
-            "string" | "str" => DataType::String,
-            "bytes" => DataType::Bytes,
-            "int" | "integer" | "long" | "word" | "dword" => DataType::Int(open),
-            "uint" | "unsigned" => DataType::UInt(open),
-            "float" | "double" => DataType::Float(open),
-            other => {
-                let (num, kind) = other.split_at(other.find(|c: char| !c.is_ascii_digit()).unwrap_or(other.len()));
-                match (num.parse::<u8>().ok(), kind) {
-                    (Some(n @ (8 | 16 | 32 | 64)), "int") => DataType::Int(n),
-                    (Some(n @ (8 | 16 | 32 | 64)), "uint") => DataType::UInt(n),
-                    (Some(n @ (16 | 32 | 64)), "float") => DataType::Float(n),
-                    _ => {
-                        return Err(format!(
-                            "unknown type `{text}`; expected bits, 8int/8uint, 16int/16uint/16float, \
-                             32int/32uint/32float, 64int/64uint/64float, int/uint/float (sized by objectsCount), \
-                             string or bytes"
-                        ));
-                    }
-                }
-            }
-        };
-        match t {
-            DataType::Int(w) | DataType::UInt(w) if !matches!(w, 8 | 16 | 32 | 64) => {
-                Err(format!("`{text}` with objectsCount {objects} is {w} bits wide; Modbus integers are 16, 32 or 64"))
-            }
-            DataType::Float(w) if !matches!(w, 16 | 32 | 64) => {
-                Err(format!("`{text}` with objectsCount {objects} is {w} bits wide; floats are 16, 32 or 64"))
-            }
-            t => Ok(t),
-        }
-    }
-
-    /// Registers a value of this type takes at least.
-    pub fn registers(self) -> u16 {
-        match self {
-            DataType::Int(w) | DataType::UInt(w) | DataType::Float(w) => u16::from(w).div_ceil(16),
-            DataType::Bits | DataType::String | DataType::Bytes => 1,
-        }
-    }
-}
+pub use tbgw_modbus_tags::{DataType, pack_bits, unpack_bits};
 
 /// `BIG` or `LITTLE`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -406,15 +344,4 @@ pub fn encode_bits(value: &Input, f: &Format) -> Result<Vec<bool>, String> {
         bits.resize(n, false);
     }
     Ok(bits)
-}
-
-/// Bits packed as on the wire: eight to a byte, the first in the least
-/// significant bit.
-pub fn pack_bits(bits: &[bool]) -> Vec<u8> {
-    bits.chunks(8).map(|c| c.iter().enumerate().fold(0u8, |acc, (i, b)| acc | (u8::from(*b) << i))).collect()
-}
-
-/// The first `n` bits of bytes packed as on the wire.
-pub fn unpack_bits(bytes: &[u8], n: usize) -> Vec<bool> {
-    (0..n.min(bytes.len() * 8)).map(|i| bytes[i / 8] >> (i % 8) & 1 == 1).collect()
 }

@@ -110,10 +110,7 @@ const CONNECTION_KEYS: &[&str] = &[
     "id",
 ];
 
-/// What makes two slaves' tag lists alike: the compact form's profile.
-/// `unitId` counts only where a range's keys name it (`${unitId}`).
-pub const PROFILE_KEYS: [&str; 7] =
-    ["attributes", "timeseries", "attributeUpdates", "rpc", "byteOrder", "wordOrder", "unitId"];
+pub use tbgw_modbus_tags::PROFILE_KEYS;
 
 /// The slave's tag lists and orders. The lists are shared between slaves
 /// configured alike (a field of identical meters costs one list).
@@ -137,7 +134,9 @@ pub struct Slaves(Vec<SlaveConfig>);
 impl Slaves {
     /// Read `{"slaves": [...]}` (errors under `slaves[i]`), one slave, or
     /// the compact form a connector hands over for many slaves:
-    /// `{"profiles": [<tags, orders>...], "slaves": [{"deviceName", "deviceType", "unitId", "profile": i}...]}`.
+    /// `{"profiles": [<tags, orders>...], "slaves": [{"deviceName", "deviceType", "unitId", "profile": i}...]}`,
+    /// where a profile may say with `"at"` where it is in the user's file
+    /// (errors in it are reported there).
     pub fn parse(text: &str) -> Result<Slaves, ConfigError> {
         let doc = config::parse_document(text)?;
         if let Some(Json::Array(profiles)) = doc.get("profiles") {
@@ -189,12 +188,22 @@ impl Slaves {
         let mut parsed = Vec::new();
         for (i, p) in profiles.iter().enumerate() {
             let mut p = p.clone();
+            // Where the profile is in the user's file (its first slave), so
+            // that an error names the user's path, not the compact form's.
+            let mut at = format!("profiles[{i}]");
             if let Json::Object(o) = &mut p {
+                if let Some(Json::String(path)) = o.remove("at") {
+                    at = path;
+                }
                 o.insert("deviceName".into(), Json::String(format!("profile {i}")));
             }
             parsed.push(SlaveConfig::parse(&p.to_string()).map_err(|e| {
                 ConfigError::at(
-                    format!("profiles[{i}]{}", e.field.map(|f| format!(".{f}")).unwrap_or_default()),
+                    match e.field {
+                        Some(f) if !at.is_empty() => format!("{at}.{f}"),
+                        Some(f) => f,
+                        None => at.clone(),
+                    },
                     e.message,
                 )
             })?);
@@ -246,10 +255,10 @@ impl SlaveConfig {
         let word_order = order(&mut root, "wordOrder")?;
         let mut lists: [Vec<Tag>; 4] = Default::default();
         for (i, (key, codes)) in [
-            ("attributes", &[1u8, 2, 3, 4][..]),
-            ("timeseries", &[1, 2, 3, 4][..]),
-            ("attributeUpdates", &[5, 6, 15, 16][..]),
-            ("rpc", &[1, 2, 3, 4, 5, 6, 15, 16][..]),
+            ("attributes", tbgw_modbus_tags::READS),
+            ("timeseries", tbgw_modbus_tags::READS),
+            ("attributeUpdates", tbgw_modbus_tags::WRITES),
+            ("rpc", tbgw_modbus_tags::RPC),
         ]
         .into_iter()
         .enumerate()
@@ -288,55 +297,8 @@ fn number(o: &mut Obj, key: &'static str) -> Result<Option<f64>, ConfigError> {
     }
 }
 
-/// Where a tag is: one address, or a range (`"0-9"`, both ends read) of
-/// values `objectsCount` apart, as the Python gateway's "wide range" tags.
-enum Address {
-    One(u16),
-    Range(u16, u16),
-}
-
-fn address(o: &mut Obj, ranges_allowed: bool) -> Result<Address, ConfigError> {
-    let bad =
-        |o: &Obj| ConfigError::at(o.field("address"), "expected an address from 0 to 65535, or a range `first-last`");
-    match o.get("address") {
-        Some(Json::Number(n)) => n.as_u64().and_then(|a| u16::try_from(a).ok()).map(Address::One).ok_or_else(|| bad(o)),
-        Some(Json::String(s)) => match s.split_once('-') {
-            None => s.trim().parse().map(Address::One).map_err(|_| bad(o)),
-            Some(_) if !ranges_allowed => Err(ConfigError::at(
-                o.field("address"),
-                format!("`{s}`: address ranges are for reading (attributes, timeseries); write one address"),
-            )),
-            Some((first, last)) => match (first.trim().parse::<u16>(), last.trim().parse::<u16>()) {
-                (Ok(first), Ok(last)) if first <= last => Ok(Address::Range(first, last)),
-                (Ok(first), Ok(last)) => Err(ConfigError::at(
-                    o.field("address"),
-                    format!("`{s}`: the range ends ({last}) before it starts ({first})"),
-                )),
-                _ => Err(bad(o)),
-            },
-        },
-        None => Err(o.missing("address")),
-        Some(_) => Err(bad(o)),
-    }
-}
-
-/// The key of a range's value at `address`: the tag with `${address}`,
-/// `${unitId}`, `${functionCode}`, `${type}` and `${objectsCount}` filled
-/// in; a tag without `${address}` gets `_${address}` appended, as the
-/// Python gateway does, so that every value has its own key.
-fn range_key(template: &str, address: u16, unit_id: u8, function_code: u8, type_text: &str, objects: u16) -> String {
-    let mut key = template.to_owned();
-    if !key.contains("${address}") {
-        key.push_str("_${address}");
-    }
-    key.replace("${address}", &address.to_string())
-        .replace("${unitId}", &unit_id.to_string())
-        .replace("${functionCode}", &function_code.to_string())
-        .replace("${type}", type_text)
-        .replace("${objectsCount}", &objects.to_string())
-}
-
-/// The tags of one config entry: one, or one per value of an address range.
+/// The tags of one config entry: one, or one per value of an address range
+/// (its shape is the tag schema's, [`tbgw_modbus_tags::shape`]).
 fn tags(
     path: &str,
     item: &Json,
@@ -345,21 +307,10 @@ fn tags(
     unit_id: u8,
     ranges_allowed: bool,
 ) -> Result<Vec<Tag>, ConfigError> {
+    let shape = tbgw_modbus_tags::shape(path, item, codes, ranges_allowed)?;
     let mut o = Obj::new(path, item)?;
-    let name = o.req_str("tag")?.to_owned();
-    let type_text = o.req_str("type")?;
-    let function_code = match o.opt_uint("functionCode", 255)? {
-        Some(fc) if codes.contains(&(fc as u8)) => fc as u8,
-        Some(fc) => {
-            return Err(ConfigError::at(
-                o.field("functionCode"),
-                format!("{fc} does not fit here; expected one of {codes:?}"),
-            ));
-        }
-        None => return Err(o.missing("functionCode")),
-    };
-    let address = address(&mut o, ranges_allowed)?;
-    let format = format(&mut o, type_text, function_code, byte_order, word_order)?;
+    o.allow(&tbgw_modbus_tags::SHAPE_KEYS);
+    let format = format(&mut o, &shape, byte_order, word_order)?;
     let variants = match o.get("variants") {
         None | Some(Json::Null) => None,
         Some(Json::Object(m)) => Some(Arc::new(m.clone())),
@@ -372,49 +323,28 @@ fn tags(
     };
     o.allow(&["reportStrategy", "id"]);
     o.finish()?;
-    Ok(match address {
-        Address::One(address) => vec![Tag { tag: Key::from(name), function_code, address, format, variants }],
-        // Whole values only: registers left over at the end of the range
-        // are not read (the Python gateway reads them and fails to decode).
-        Address::Range(first, last) => (u32::from(first)..=u32::from(last))
-            .step_by(usize::from(format.objects))
-            .filter(|a| a + u32::from(format.objects) - 1 <= u32::from(last))
-            .map(|a| {
-                let a = a as u16;
-                let tag = Key::from(range_key(&name, a, unit_id, function_code, type_text, format.objects));
-                Tag { tag, function_code, address: a, format, variants: variants.clone() }
-            })
-            .collect(),
-    })
+    Ok(shape
+        .tags(unit_id)
+        .into_iter()
+        .map(|(key, address)| Tag {
+            tag: Key::from(key),
+            function_code: shape.function_code,
+            address,
+            format,
+            variants: variants.clone(),
+        })
+        .collect())
 }
 
-/// How an entry is decoded and encoded: `type`, `objectsCount`, `bit`,
-/// `bitTargetType`, `divider`, `multiplier`.
+/// How an entry is decoded and encoded: its shape's type and objects, and
+/// `bit`, `bitTargetType`, `divider`, `multiplier`, `round`.
 fn format(
     o: &mut Obj,
-    type_text: &str,
-    function_code: u8,
+    shape: &tbgw_modbus_tags::Shape,
     byte_order: Order,
     word_order: Order,
 ) -> Result<Format, ConfigError> {
-    let mut count = None;
-    for key in ["objectsCount", "registersCount", "registerCount"] {
-        if let Some(c) = o.opt_uint(key, 2000)? {
-            count = Some(c as u16);
-        }
-    }
-    let data_type = DataType::parse(type_text, count.unwrap_or(1)).map_err(|e| ConfigError::at(o.field("type"), e))?;
-    let coils = matches!(function_code, 1 | 2 | 5 | 15);
-    let objects = count.unwrap_or(if coils { 1 } else { data_type.registers() });
-    if !coils && objects < data_type.registers() {
-        return Err(ConfigError::at(
-            o.field("objectsCount"),
-            format!("`{type_text}` needs {} registers, objectsCount is {objects}", data_type.registers()),
-        ));
-    }
-    if objects == 0 {
-        return Err(ConfigError::at(o.field("objectsCount"), "must be at least 1"));
-    }
+    let (data_type, objects) = (shape.data_type, shape.objects);
     let bit = match o.opt_uint("bit", 15)? {
         Some(b) if data_type == DataType::Bits => Some(b as u8),
         Some(_) => return Err(ConfigError::at(o.field("bit"), "only for type bits")),
@@ -637,15 +567,6 @@ impl DownlinkConverter {
     }
 }
 
-/// The keys an `attributes[]`/`timeseries[]` entry reports under: its
-/// `tag`, or one per value of an address range (none if the entry is not
-/// valid: [`SlaveConfig::parse`] says why).
-pub fn entry_keys(item: &Json, unit_id: u8) -> Vec<String> {
-    tags("", item, &[1, 2, 3, 4], (Order::Big, Order::Big), unit_id, true)
-        .map(|tags| tags.into_iter().map(|t| t.tag.to_string()).collect())
-        .unwrap_or_default()
-}
-
 /// The Python gateway's reserved RPCs, for registers no `rpc[]` entry
 /// names: `get` with params `"type=<type>;functionCode=<1-4>;objectsCount=<n>;address=<a>;"`
 /// and `set` with `"type=..;functionCode=<5|6|15|16>;objectsCount=..;address=..;value=<v>;"`.
@@ -694,7 +615,7 @@ pub fn reserved_rpc(
         };
         item.insert(v.0.into(), v.1);
     }
-    let codes: &[u8] = if set { &[5, 6, 15, 16] } else { &[1, 2, 3, 4] };
+    let codes = if set { tbgw_modbus_tags::WRITES } else { tbgw_modbus_tags::READS };
     let tag = tags("params", &Json::Object(item), codes, (byte_order, word_order), 0, false)
         .map_err(|e| format!("`{method}`: {e}; expected {schema}"))
         .and_then(|mut t| t.pop().ok_or_else(|| format!("`{method}`: no register named")));

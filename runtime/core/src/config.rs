@@ -10,6 +10,7 @@
 
 use serde_json::{Map, Value};
 use std::fmt;
+use tbgw_data::edit_distance;
 
 /// One problem (or notice) and where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,9 +60,13 @@ impl Diagnostics {
     }
 }
 
-/// The path of `key` under `path`.
+/// The path of `key` under `path` (either may be empty).
 pub fn join(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
+    match (path.is_empty(), key.is_empty()) {
+        (true, _) => key.to_owned(),
+        (false, true) => path.to_owned(),
+        (false, false) => format!("{path}.{key}"),
+    }
 }
 
 /// A JSON value's type, for messages.
@@ -226,19 +231,6 @@ impl<'a> Obj<'a> {
             d.error(join(&self.path, key), format!("unknown key{suggestion}"));
         }
     }
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 #[cfg(test)]

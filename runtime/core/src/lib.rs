@@ -9,7 +9,9 @@
 //! - [`downlink`]: requests between ThingsBoard and devices (RPC, attribute
 //!   updates and requests, device announcements), and the device registry;
 //! - [`config`]: reading config documents with every error reported, by path;
-//! - [`report`]: report strategies (which values go on to ThingsBoard).
+//! - [`report`]: report strategies (which values go on to ThingsBoard);
+//! - [`setup`]: the seam a connector crate implements (its kind, its
+//!   configuration read, the converters it uses, the running connector).
 //!
 //! The data types mirror the converter contract (`wit/converter.wit`)
 //! without depending on wasmtime, so that connectors and the store never see
@@ -24,6 +26,7 @@ mod data;
 pub mod downlink;
 mod json;
 pub mod report;
+pub mod setup;
 
 pub use data::{DeviceRecord, Event};
 pub use json::{device_update_json, downlink_message_json};

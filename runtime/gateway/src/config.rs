@@ -35,10 +35,11 @@
 use crate::pipeline::PipelineConfig;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
-use tbgw_connector_mqtt::MqttConfig;
 use tbgw_core::config::{Diagnostics, Obj, join};
 use tbgw_core::report::{self, Strategy};
+use tbgw_core::setup::{ConnectorSetup, Site};
 use tbgw_store::{Durability, StoreLimits, WhenFull};
 use tbgw_thingsboard::{ClientConfig, Credentials, Secret, TlsFiles};
 
@@ -79,19 +80,21 @@ pub enum StorageKind {
     Fjall { path: PathBuf, durability: Durability },
 }
 
-/// A connector and its own configuration.
-#[derive(Debug, Clone)]
+/// A connector and its own configuration, read by its crate.
+#[derive(Clone)]
 pub struct ConnectorConfig {
     pub name: String,
     /// `connectors[i].configuration`, for messages.
     pub path: String,
-    pub kind: ConnectorKind,
+    /// Its `type` (`mqtt`).
+    pub kind: &'static str,
+    pub setup: Arc<dyn ConnectorSetup>,
 }
 
-#[derive(Debug, Clone)]
-pub enum ConnectorKind {
-    Mqtt(Box<MqttConfig>),
-    Modbus(tbgw_connector_modbus::ModbusConfig),
+impl std::fmt::Debug for ConnectorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectorConfig").field("name", &self.name).field("kind", &self.kind).finish_non_exhaustive()
+    }
 }
 
 /// Read a config document from text (JSON, or YAML when `yaml`).
@@ -490,20 +493,16 @@ fn connector(d: &mut Diagnostics, path: &str, item: &Value, base: &Path) -> Opti
     let (kind, (document, conf_base)) = (kind?, document?);
     let mut inner = Diagnostics::default();
     let parse_name = name.clone().unwrap_or_else(|| "connector".into());
-    let parsed = match kind.as_str() {
-        "mqtt" => tbgw_connector_mqtt::parse(&document, &conf_base, &parse_name, &mut inner)
-            .map(|m| ConnectorKind::Mqtt(Box::new(m))),
-        "modbus" => tbgw_connector_modbus::parse(&document, &mut inner).map(ConnectorKind::Modbus),
-        other => {
-            d.error(
-                join(path, "type"),
-                format!("the `{other}` connector is not available yet; this tbgw has: mqtt, modbus"),
-            );
-            None
-        }
+    let Some(connector) = crate::connectors::kind(&kind) else {
+        d.error(
+            join(path, "type"),
+            format!("the `{kind}` connector is not available yet; this tbgw has: {}", crate::connectors::names()),
+        );
+        return None;
     };
+    let setup = connector.parse(&document, &Site { name: &parse_name, base_dir: &conf_base }, &mut inner);
     d.absorb(&conf_path, inner);
-    Some(ConnectorConfig { name: name?, path: conf_path, kind: parsed? })
+    Some(ConnectorConfig { name: name?, path: conf_path, kind: connector.kind(), setup: Arc::from(setup?) })
 }
 
 #[cfg(test)]

@@ -1,10 +1,19 @@
-//! Naming converters, as configs and the command line do: a built-in name
-//! (`json`) or the path of a `.wasm` component; and the converter runtime
-//! set up for this machine (its compile cache directory).
+//! Converters as the gateway knows them: named as configs and the command
+//! line name them (a built-in name, `json`, or the path of a `.wasm`
+//! component), loaded from what a connector declares
+//! ([`tbgw_core::setup::ConverterDecl`], its `limits` included), and found
+//! by name in one [`Registry`] (the file watcher swaps through it; remote
+//! upload will); and the converter runtime set up for this machine (its
+//! compile cache directory).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use tbgw_core::Direction;
-use tbgw_wasm::{ComponentSource, Runtime, RuntimeConfig, RuntimeError};
+use tbgw_core::setup::{ComponentRef, ConverterDecl, LimitsDecl};
+use tbgw_wasm::{
+    ComponentSource, ConverterInfo, ConverterSpec, DownlinkConverter, Limits, LoadError, Runtime, RuntimeConfig,
+    RuntimeError, UplinkConverter,
+};
 
 /// A converter name that is neither a built-in nor a `.wasm` path.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +44,135 @@ pub fn resolve(name: &str, direction: Direction, base: Option<&Path>) -> Result<
     }
     let builtins: Vec<String> = tbgw_guests::builtin_names(direction).map(|n| format!("`{n}`")).collect();
     Err(UnknownConverter { name: name.to_owned(), direction, builtins: builtins.join(", ") })
+}
+
+/// A converter's limits: the runtime's defaults, with what the config sets.
+pub fn limits(decl: LimitsDecl) -> Limits {
+    let mut limits = Limits::default();
+    if let Some(ms) = decl.timeout_ms {
+        limits.per_message = Duration::from_millis(ms);
+    }
+    if let Some(mib) = decl.memory_mib {
+        limits.memory_bytes = mib.saturating_mul(1024 * 1024);
+    }
+    limits
+}
+
+/// Why a declared converter did not load.
+#[derive(Debug, thiserror::Error)]
+pub enum DeclError {
+    #[error(transparent)]
+    Unknown(#[from] UnknownConverter),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}
+
+/// What a converter is made of, from its declaration.
+pub fn spec(decl: &ConverterDecl, direction: Direction) -> Result<ConverterSpec, UnknownConverter> {
+    let component = match &decl.component {
+        ComponentRef::Builtin(name) => resolve(name, direction, None)?,
+        ComponentRef::File(path) => ComponentSource::File(path.clone()),
+    };
+    Ok(ConverterSpec { component, config: decl.config.clone(), limits: limits(decl.limits) })
+}
+
+/// A loaded converter of either direction.
+#[derive(Clone)]
+pub enum AnyConverter {
+    Uplink(UplinkConverter),
+    Downlink(DownlinkConverter),
+}
+
+impl AnyConverter {
+    /// Load `decl`'s converter for `direction`, named `name`.
+    pub fn load(runtime: &Runtime, name: &str, decl: &ConverterDecl, direction: Direction) -> Result<Self, DeclError> {
+        let spec = spec(decl, direction)?;
+        Ok(match direction {
+            Direction::Uplink => AnyConverter::Uplink(runtime.uplink(name, spec)?),
+            Direction::Downlink => AnyConverter::Downlink(runtime.downlink(name, spec)?),
+        })
+    }
+
+    pub fn info(&self) -> ConverterInfo {
+        match self {
+            AnyConverter::Uplink(c) => c.info(),
+            AnyConverter::Downlink(c) => c.info(),
+        }
+    }
+
+    /// The component and config serving now.
+    pub fn spec(&self) -> ConverterSpec {
+        match self {
+            AnyConverter::Uplink(c) => c.spec(),
+            AnyConverter::Downlink(c) => c.spec(),
+        }
+    }
+
+    /// Swap in a new version (refused, and the old one kept, if it fails).
+    pub fn replace(&self, spec: ConverterSpec) -> Result<(), LoadError> {
+        match self {
+            AnyConverter::Uplink(c) => c.replace(spec),
+            AnyConverter::Downlink(c) => c.replace(spec),
+        }
+    }
+
+    /// The file it was loaded from, if any.
+    pub fn file(&self) -> Option<PathBuf> {
+        match self.spec().component {
+            ComponentSource::File(path) => Some(path),
+            ComponentSource::Builtin { .. } | ComponentSource::Bytes { .. } => None,
+        }
+    }
+}
+
+/// A converter the gateway runs, and where it is configured.
+#[derive(Clone)]
+pub struct Registered {
+    /// Unique in the gateway: `<connector>/<label>` (`Devices/json`), a
+    /// number added when a connector has two alike (`Devices/json (2)`).
+    pub name: String,
+    pub connector: String,
+    /// Where it is configured: `connectors[0].configuration.mapping[1].converter`.
+    pub path: String,
+    pub converter: AnyConverter,
+}
+
+/// Every converter the gateway runs, by name.
+#[derive(Clone, Default)]
+pub struct Registry(Vec<Registered>);
+
+impl Registry {
+    /// A unique name for a converter `label` of `connector`.
+    pub fn name_for(&self, connector: &str, label: &str) -> String {
+        let base = format!("{connector}/{label}");
+        let mut name = base.clone();
+        let mut n = 1;
+        while self.get(&name).is_some() {
+            n += 1;
+            name = format!("{base} ({n})");
+        }
+        name
+    }
+
+    pub fn add(&mut self, r: Registered) {
+        self.0.push(r);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Registered> {
+        self.0.iter().find(|r| r.name == name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Registered> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// Where compiled converters are cached: `$TBGW_CACHE_DIR`, else

@@ -6,19 +6,25 @@
 //!   stand-in for ThingsBoard around the real gateway.
 //! - [`machine`]: the machine's and the process's state, for the statistics.
 //! - [`memory`]: how tbgw uses the C allocator (arenas, start-up memory).
+//! - [`connectors`]: the connectors this tbgw has, one line each.
 //! - [`converters`]: how configs name converters (a built-in name or a
-//!   `.wasm` path) and how the converter runtime is set up for this machine.
+//!   `.wasm` path), the registry of the converters running, and how the
+//!   converter runtime is set up for this machine.
 //! - [`pipeline`]: converter threads and the store writer, between the
 //!   connectors and the event store.
 //! - [`router`]: ThingsBoard's requests (RPC, attribute updates, RPCs to the
 //!   gateway) to connectors and back, devices' own requests to ThingsBoard.
-//! - [`service`]: everything wired, run, and stopped in order.
+//! - [`service`]: everything wired ([`service::Gateway::build`]), run, and
+//!   stopped in order, a connector alone too.
+//! - [`status`]: what the gateway knows of itself, one snapshot; statistics
+//!   and the gateway RPCs render it.
 //! - [`watch`]: converter files swapped in when they change (hot swap).
 //!
 //! The binary (`src/main.rs`, `src/cli/`) is a thin command line over this
 //! library.
 
 pub mod config;
+pub mod connectors;
 pub mod converters;
 pub mod demo;
 pub mod machine;
@@ -26,4 +32,5 @@ pub mod memory;
 pub mod pipeline;
 pub mod router;
 pub mod service;
+pub mod status;
 pub mod watch;

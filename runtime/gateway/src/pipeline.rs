@@ -92,6 +92,8 @@ pub struct RouteStats {
 /// The running pipeline.
 pub struct Pipeline {
     sink: Option<UplinkSink>,
+    /// The workers' queues, to tell how much waits.
+    queues: Vec<flume::Sender<Uplink>>,
     /// Set by `drain`: workers stop once their queue is empty.
     draining: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
@@ -141,7 +143,15 @@ impl Pipeline {
                 .name("tbgw-store-writer".into())
                 .spawn(move || write(from_workers, &*store, &new_data, &stats))?
         };
-        Ok(Pipeline { sink: Some(UplinkSink::new(senders)), draining, workers, writer: Some(writer), routes, stats })
+        Ok(Pipeline {
+            sink: Some(UplinkSink::new(senders.clone())),
+            queues: senders,
+            draining,
+            workers,
+            writer: Some(writer),
+            routes,
+            stats,
+        })
     }
 
     /// Where connectors put messages.
@@ -155,6 +165,11 @@ impl Pipeline {
 
     pub fn stats(&self) -> &[RouteStats] {
         &self.stats
+    }
+
+    /// Messages waiting for a converter worker.
+    pub fn queued(&self) -> usize {
+        self.queues.iter().map(flume::Sender::len).sum()
     }
 
     /// Close the intake and wait until everything queued is converted and

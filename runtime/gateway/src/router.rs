@@ -41,6 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tbgw_core::connector::ConnectorStats;
 use tbgw_core::downlink::{DeviceJob, DeviceRegistry, JobKind, ToConnector};
+use tbgw_core::setup::Devices;
 use tbgw_core::{
     AttributeRequest, AttributeResponse, DeviceRequest, DownlinkMessage, DownlinkRequest, RawUplink, RpcAnswer,
     RpcRequest,
@@ -70,9 +71,17 @@ pub struct Port {
     /// Its type (`mqtt`): the prefix of its connector RPCs.
     pub kind: &'static str,
     pub jobs: mpsc::Sender<ToConnector>,
-    /// Its downlink converter, if it has a `requestsMapping` (or a custom one).
-    pub converter: Option<DownlinkConverter>,
+    /// Its downlink converters (indices into the router's) and the devices
+    /// each serves: the first that names a device serves it.
+    pub downlinks: Vec<(Devices, usize)>,
     pub stats: Arc<ConnectorStats>,
+}
+
+impl Port {
+    /// The downlink converter of `device`.
+    fn downlink_of(&self, device: &str) -> Option<usize> {
+        self.downlinks.iter().find(|(devices, _)| devices.contains(device)).map(|(_, i)| *i)
+    }
 }
 
 /// Counters of the router, for statistics.
@@ -121,11 +130,14 @@ pub struct Router {
 }
 
 impl Router {
-    /// Start routing. `restart` is cancelled by `gateway_restart`; `service`
-    /// answers `gateway_stats` and `gateway_converters`.
+    /// Start routing. `converters` are every connector's downlink
+    /// converters, as the ports name them; `restart` is cancelled by
+    /// `gateway_restart`; `service` answers `gateway_stats` and
+    /// `gateway_converters`.
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         ports: Vec<Port>,
+        converters: Vec<DownlinkConverter>,
         incoming: mpsc::UnboundedReceiver<Incoming>,
         device_requests: mpsc::UnboundedReceiver<(Arc<str>, DeviceRequest)>,
         client: CommandSender,
@@ -135,7 +147,6 @@ impl Router {
         shutdown: CancellationToken,
         follow_renames: bool,
     ) -> std::io::Result<Router> {
-        let converters: Vec<Option<DownlinkConverter>> = ports.iter().map(|p| p.converter.clone()).collect();
         let (convert, jobs) = flume::bounded::<ConvertJob>(4096);
         let thread =
             std::thread::Builder::new().name("tbgw-downlink".into()).spawn(move || convert_thread(jobs, converters))?;
@@ -167,8 +178,8 @@ impl Router {
 
 /// The downlink converters' thread: every queued request, one `convert`
 /// call per converter; every queued answer, one `reply` call.
-fn convert_thread(jobs: flume::Receiver<ConvertJob>, converters: Vec<Option<DownlinkConverter>>) {
-    let mut workers: Vec<_> = converters.iter().map(|c| c.as_ref().map(|c| c.worker())).collect();
+fn convert_thread(jobs: flume::Receiver<ConvertJob>, converters: Vec<DownlinkConverter>) {
+    let mut workers: Vec<_> = converters.iter().map(|c| c.worker()).collect();
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         batch.extend(jobs.try_iter().take(255));
@@ -186,11 +197,6 @@ fn convert_thread(jobs: flume::Receiver<ConvertJob>, converters: Vec<Option<Down
                     Work::Reply(answer, reply) => answers.push((answer, reply)),
                 }
             }
-            let Some(worker) = worker else {
-                requests.into_iter().for_each(|(_, r)| drop(r.send(Err("no downlink converter".into()))));
-                answers.into_iter().for_each(|(_, r)| drop(r.send(Err("no downlink converter".into()))));
-                continue;
-            };
             if !requests.is_empty() {
                 let (requests, replies): (Vec<_>, Vec<_>) = requests.into_iter().unzip();
                 for (result, reply) in worker.convert(&requests).into_iter().zip(replies) {
@@ -325,20 +331,20 @@ async fn device_rpc(shared: Arc<Shared>, rpc: RpcRequest) {
 /// An RPC served and its reply made by the device's downlink converter.
 async fn rpc_reply(shared: &Shared, rpc: RpcRequest) -> Result<String, String> {
     let kind = JobKind::Rpc { id: rpc.id, method: rpc.method.clone() };
-    let (port, request, answers) = serve(shared, DownlinkRequest::Rpc(rpc), kind).await?;
+    let (converter, request, answers) = serve(shared, DownlinkRequest::Rpc(rpc), kind).await?;
     let DownlinkRequest::Rpc(request) = request else { unreachable!("served as it came") };
     let (tx, rx) = oneshot::channel();
     let work = Work::Reply(RpcAnswer { request, answers }, tx);
     shared
         .convert
-        .send_async(ConvertJob { converter: port, work })
+        .send_async(ConvertJob { converter, work })
         .await
         .map_err(|_| "the gateway is stopping".to_owned())?;
     rx.await.map_err(|_| "the downlink converter thread stopped".to_owned())?
 }
 
 /// Route a request to its device: registry, converter, connector. Returns
-/// the connector's index, the request as its converter saw it (under the
+/// the device's downlink converter, the request as it saw it (under the
 /// connector's name for the device) and what the device answered.
 async fn serve(
     shared: &Shared,
@@ -355,29 +361,33 @@ async fn serve(
     let index = shared.ports.iter().position(|p| p.name == record.connector).ok_or_else(|| {
         format!("device `{}` belongs to connector `{}`, which is not running", request.device(), record.connector)
     })?;
-    let answers = serve_on(shared, index, &request, kind).await?;
-    Ok((index, request, answers))
+    serve_on(shared, index, request, kind).await
 }
 
-/// Serve `request` on the connector `index`: its downlink converter makes
-/// the messages, the connector sends them and says what the device answered.
+/// Serve `request` on the connector `index`: the device's downlink converter
+/// makes the messages, the connector sends them and says what the device
+/// answered. Returns the converter, the request and the answers.
 async fn serve_on(
     shared: &Shared,
     index: usize,
-    request: &DownlinkRequest,
+    request: DownlinkRequest,
     kind: JobKind,
-) -> Result<Vec<RawUplink>, String> {
+) -> Result<(usize, DownlinkRequest, Vec<RawUplink>), String> {
     let port = &shared.ports[index];
-    if port.converter.is_none() {
-        return Err(format!("connector `{}` has no downlink converter: it sends nothing to devices", port.name));
-    }
+    let Some(converter) = port.downlink_of(request.device()) else {
+        return Err(format!(
+            "connector `{}` has no downlink converter for `{}`: it sends nothing to it",
+            port.name,
+            request.device()
+        ));
+    };
     if !port.stats.connected.load(Ordering::Relaxed) {
         return Err(format!("connector `{}` is not connected to its devices", port.name));
     }
     let (tx, rx) = oneshot::channel();
     shared
         .convert
-        .send_async(ConvertJob { converter: index, work: Work::Convert(request.clone(), tx) })
+        .send_async(ConvertJob { converter, work: Work::Convert(request.clone(), tx) })
         .await
         .map_err(|_| "the gateway is stopping".to_owned())?;
     let messages = rx.await.map_err(|_| "the downlink converter thread stopped".to_owned())??;
@@ -387,11 +397,12 @@ async fn serve_on(
         mpsc::error::TrySendError::Full(_) => format!("connector `{}` has too many requests waiting", port.name),
         mpsc::error::TrySendError::Closed(_) => format!("connector `{}` has stopped", port.name),
     })?;
-    match tokio::time::timeout(JOB_TIMEOUT, rx).await {
-        Ok(Ok(outcome)) => outcome,
-        Ok(Err(_)) => Err(format!("connector `{}` stopped before answering", port.name)),
-        Err(_) => Err(format!("connector `{}` did not answer in {JOB_TIMEOUT:?}", port.name)),
-    }
+    let answers = match tokio::time::timeout(JOB_TIMEOUT, rx).await {
+        Ok(Ok(outcome)) => outcome?,
+        Ok(Err(_)) => return Err(format!("connector `{}` stopped before answering", port.name)),
+        Err(_) => return Err(format!("connector `{}` did not answer in {JOB_TIMEOUT:?}", port.name)),
+    };
+    Ok((converter, request, answers))
 }
 
 fn from_device(shared: &Arc<Shared>, connector: &Arc<str>, request: DeviceRequest) {
@@ -467,9 +478,10 @@ fn attribute_response(shared: &Arc<Shared>, payload: &[u8]) {
     });
     let shared = shared.clone();
     tokio::spawn(async move {
-        if let Err(e) = serve_on(&shared, index, &answer, JobKind::AttributeResponse).await {
+        let device = answer.device().to_owned();
+        if let Err(e) = serve_on(&shared, index, answer, JobKind::AttributeResponse).await {
             shared.stats.errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(connector = %connector, device = answer.device(), "answering an attribute request: {e}");
+            tracing::warn!(connector = %connector, device, "answering an attribute request: {e}");
         }
     });
 }
@@ -513,15 +525,8 @@ async fn own_method(shared: &Shared, method: &str, params: Json) -> Json {
             None => json!({"error": "the gateway is stopping", "code": 503}),
         },
         "gateway_converters" => match ask(shared, ServiceQuery::Converters).await {
-            Some(Json::Array(mut list)) => {
-                for p in &shared.ports {
-                    if let Some(c) = &p.converter {
-                        list.push(crate::service::converter_json(&c.info(), &p.name));
-                    }
-                }
-                json!({"code": 200, "resp": list})
-            }
-            _ => json!({"error": "the gateway is stopping", "code": 503}),
+            Some(list) => json!({"code": 200, "resp": list}),
+            None => json!({"error": "the gateway is stopping", "code": 503}),
         },
         "gateway_restart" => {
             tracing::info!("restart requested by ThingsBoard (gateway_restart)");

@@ -20,42 +20,11 @@
 //! configuration, which is read at start: changing it takes a restart
 //! (`gateway_restart`).
 
+use crate::converters::{AnyConverter, Registry};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
-use tbgw_wasm::{ComponentSource, ConverterSpec, DownlinkConverter, LoadError, UplinkConverter};
 use tokio_util::sync::CancellationToken;
-
-/// A converter the watcher may swap.
-#[derive(Clone)]
-pub enum Watched {
-    Uplink(UplinkConverter),
-    Downlink(DownlinkConverter),
-}
-
-impl Watched {
-    fn spec(&self) -> ConverterSpec {
-        match self {
-            Watched::Uplink(c) => c.spec(),
-            Watched::Downlink(c) => c.spec(),
-        }
-    }
-
-    fn replace(&self, spec: ConverterSpec) -> Result<(), LoadError> {
-        match self {
-            Watched::Uplink(c) => c.replace(spec),
-            Watched::Downlink(c) => c.replace(spec),
-        }
-    }
-
-    /// The file it was loaded from, if any.
-    fn file(&self) -> Option<PathBuf> {
-        match self.spec().component {
-            ComponentSource::File(path) => Some(path),
-            ComponentSource::Builtin { .. } | ComponentSource::Bytes { .. } => None,
-        }
-    }
-}
 
 /// What tells a file's versions apart without reading it.
 type Stamp = Option<(u64, SystemTime)>;
@@ -68,22 +37,18 @@ fn stamp(path: &std::path::Path) -> Stamp {
 /// One watched file and the converters loaded from it.
 struct File {
     path: PathBuf,
-    converters: Vec<Watched>,
+    converters: Vec<AnyConverter>,
     /// The version swapped in (or loaded at start).
     applied: Stamp,
     /// A change seen at the last check, waiting to stay the same.
     pending: Option<Stamp>,
 }
 
-/// Watch the files of `converters` every `period` until `stop`; `None` if
-/// none was loaded from a file.
-pub fn spawn(
-    converters: Vec<Watched>,
-    period: Duration,
-    stop: CancellationToken,
-) -> Option<tokio::task::JoinHandle<()>> {
+/// Watch the files of the registry's converters every `period` until
+/// `stop`; `None` if none was loaded from a file.
+pub fn spawn(registry: &Registry, period: Duration, stop: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
     let mut files: HashMap<PathBuf, File> = HashMap::new();
-    for c in converters {
+    for c in registry.iter().map(|r| r.converter.clone()) {
         let Some(path) = c.file() else { continue };
         files
             .entry(path.clone())

@@ -139,3 +139,72 @@ fn the_python_gateways_modbus_examples_pass_check_config() {
         assert_eq!(doc["master"]["slaves"].as_array().map(Vec::len), Some(slaves), "{file}");
     }
 }
+
+/// `tbgw check-config` on `files` (name, text) in a fresh directory, the
+/// first being the gateway config: its exit code and stderr.
+fn check_config(files: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).expect("write");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tbgw"))
+        .arg("check-config")
+        .arg(dir.path().join(files[0].0))
+        .arg("--no-cache")
+        .output()
+        .expect("run tbgw check-config");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+const GATEWAY: &str = "thingsboard: {host: 127.0.0.1, security: {type: accessToken, accessToken: T}}\n\
+    connectors:\n  - {type: mqtt, name: M, configuration: mqtt.json}\n  - {type: modbus, name: B, configuration: modbus.json}\n";
+
+/// Converters' `limits`, the Modbus slaves' own converters, and the
+/// converters' own config errors, each reported at its path.
+#[test]
+fn converter_keys_are_checked_by_path() {
+    let mqtt = r#"{"broker": {"host": "127.0.0.1"}, "mapping": [
+        {"topicFilter": "a/+", "converter": {"type": "json", "limits": {"timeoutMs": 0, "memoryMb": 8},
+            "deviceInfo": {"deviceNameExpression": "x"}}},
+        {"topicFilter": "b/+", "converter": {"type": "json", "deviceInfo": {"deviceNameExpression": "x"},
+            "timeseries": [{"type": "dbl", "key": "k", "value": "${v}"}]}}],
+        "downlinkConverter": {"type": "custom", "extension": "CustomDownlink"}}"#;
+    let modbus = r#"{"master": {"slaves": [{"host": "127.0.0.1", "deviceName": "S",
+        "uplink_converter": {"type": "modbus", "limits": {"memoryMib": 9999}}, "downlink_converter": "MyConverter",
+        "timeseries": [{"tag": "t", "type": "16int", "functionCode": 3, "address": 0}]}]}}"#;
+    let (code, err) = check_config(&[("tb.yaml", GATEWAY), ("mqtt.json", mqtt), ("modbus.json", modbus)]);
+    assert_eq!(code, Some(2), "{err}");
+    for expected in [
+        "connectors[0].configuration.mapping[0].converter.limits.timeoutMs: expected a whole number from 1 to 600000, found 0",
+        "connectors[0].configuration.mapping[0].converter.limits.memoryMb: unknown key; did you mean `memoryMib`?",
+        "connectors[0].configuration.downlinkConverter.extension: `CustomDownlink` is not a .wasm file",
+        "connectors[1].configuration.master.slaves[0].uplink_converter.limits.memoryMib: expected a whole number from 1 to 4096, found 9999",
+        "connectors[1].configuration.master.slaves[0].downlink_converter: `MyConverter` is not a .wasm file",
+    ] {
+        assert!(err.contains(expected), "missing `{expected}` in\n{err}");
+    }
+
+    // The connectors' own keys right: the converters' configs are checked,
+    // each error at its path in the user's file, once.
+    let mqtt = r#"{"broker": {"host": "127.0.0.1"}, "mapping": [
+        {"topicFilter": "a/+", "converter": {"type": "json", "limits": {"timeoutMs": 20},
+            "deviceInfo": {"deviceNameExpression": "x"}}},
+        {"topicFilter": "b/+", "converter": {"type": "json", "deviceInfo": {"deviceNameExpression": "x"},
+            "timeseries": [{"type": "dbl", "key": "k", "value": "${v}"}]}}]}"#;
+    let modbus = modbus
+        .replace(r#""memoryMib": 9999"#, r#""memoryMib": 32"#)
+        .replace(r#", "downlink_converter": "MyConverter""#, "")
+        .replace(r#""address": 0}"#, r#""address": 0, "divider": 0}"#);
+    let (code, err) = check_config(&[("tb.yaml", GATEWAY), ("mqtt.json", mqtt), ("modbus.json", &modbus)]);
+    assert_eq!(code, Some(2), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[0].contains("connectors[0].configuration.mapping[1].converter.timeseries[0].type: unknown type `dbl`"),
+        "{err}"
+    );
+    assert!(
+        lines[1].contains("connectors[1].configuration.master.slaves[0].timeseries[0].divider: must not be 0"),
+        "{err}"
+    );
+}
