@@ -441,3 +441,36 @@ fn a_device_renamed_in_thingsboard_goes_by_its_new_name() {
     assert_eq!(temperatures(&got, "dev-004"), [1.0, 4.0]);
     assert_eq!(temperatures(&got, "Boiler 4"), [2.0, 3.0]);
 }
+
+/// A two-way RPC served by the user's own downlink component (built over
+/// the guest SDK, `downlinkConverter`): its request goes where the
+/// component says, and ThingsBoard's reply is the one the component makes
+/// of the device's answer (`reply`), not the built-in's.
+#[test]
+fn a_custom_downlink_component_makes_the_reply() {
+    let (tb_broker, source) = (Mosquitto::start_new(), Mosquitto::start_new());
+    let tb = Collector::connect(tb_broker.port, "tb-custom", &["v1/gateway/#"]);
+    let _device = Collector::connect_with(source.port, "custom-device", &["custom/+/+"], |m: &Received| {
+        let answer = json!({"state": "on", "asked": String::from_utf8_lossy(&m.payload)});
+        Some((format!("{}/reply", m.topic), answer.to_string().into_bytes()))
+    });
+    let mut config: Value = serde_json::from_str(&mqtt_json(source.port, "gw-custom")).expect("json");
+    config["downlinkConverter"] = json!({"type": "custom", "extension": tbgw_guests::CUSTOM_DOWNLINK,
+                                         "extensionConfig": {"kind": "mqtt"}, "limits": {"timeoutMs": 50}});
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _gw = Gateway::start(dir.path(), &gateway_yaml(tb_broker.port, dir.path(), 60), &config.to_string());
+    let announcer = Collector::connect(source.port, "announce-custom", &[]);
+    announcer.publish("sensor/Pump/connect", "");
+    tb.wait_until(Duration::from_secs(30), "the device connected", |r| {
+        r.iter().any(|m| m.topic == "v1/gateway/connect" && m.text().contains("Pump"))
+    });
+    let request = json!({"device": "Pump", "data": {"id": 5, "method": "status", "params": {"verbose": true}}});
+    tb.publish("v1/gateway/rpc", request.to_string());
+    let got = tb.wait_until(Duration::from_secs(20), "the reply", |r| replies(r).iter().any(|(_, id, _)| *id == 5));
+    let (_, _, data) = replies(&got).into_iter().find(|(_, id, _)| *id == 5).expect("found");
+    assert_eq!(
+        data,
+        json!({"custom": true, "method": "status", "answer": {"state": "on", "asked": "{\"verbose\":true}"}}),
+        "the component's own reply, made of the device's answer"
+    );
+}

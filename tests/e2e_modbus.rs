@@ -382,3 +382,51 @@ fn a_slave_reporting_on_change_sends_only_changes() {
     assert_eq!(values(&got, "temperature"), [json!(21.5), json!(21.6)], "once, then on the change only");
     assert!(values(&got, "heartbeat").len() >= 25, "the ON_RECEIVED tag every poll");
 }
+
+/// A slave on the user's own converters (built over the guest SDK), as the
+/// Python gateway names them per slave: its blocks are decoded by the
+/// custom uplink component, and its RPCs made and answered by the custom
+/// downlink one, both ways (the registers read come back through its
+/// `reply`); a slave beside it stays on the built-in converters.
+#[test]
+fn a_slave_on_custom_converters_both_ways() {
+    let (custom, builtin) = (ModbusDevice::start(Framing::Tcp), ModbusDevice::start(Framing::Tcp));
+    custom.with(|m| {
+        m.holding[0] = 7;
+        m.holding[1] = 700;
+    });
+    memory(&builtin, b"BI01");
+    let mut own = json!({
+        "host": "127.0.0.1", "port": custom.port, "unitId": 1, "deviceName": "Custom", "pollPeriod": 100,
+        "timeout": 1, "connectAttemptTimeMs": 500,
+        "timeseries": [{"tag": "ignored", "type": "16uint", "functionCode": 3, "address": 0, "objectsCount": 2}],
+        "uplink_converter": tbgw_guests::CUSTOM_REGISTERS,
+        "downlink_converter": {"type": "custom", "extension": tbgw_guests::CUSTOM_DOWNLINK,
+                               "extensionConfig": {"kind": "modbus"}, "limits": {"timeoutMs": 50}}
+    });
+    own["deviceType"] = json!("meter");
+    let config = json!({"master": {"slaves": [own, slave("Builtin", builtin.port, "socket", 1)]}});
+    let (_keep, tb, _gw) = start("tb-custom", &config.to_string());
+    tb.wait_until(Duration::from_secs(30), "both slaves polled", |r| {
+        latest(r, "Custom", "reg1").is_some() && latest(r, "Builtin", "voltage").is_some()
+    });
+    let got = tb.received();
+    assert_eq!(latest(&got, "Custom", "reg0"), Some(json!(7)), "decoded by the custom component");
+    assert_eq!(latest(&got, "Custom", "reg1"), Some(json!(700)));
+    assert_eq!(latest(&got, "Custom", "decoder"), Some(json!("custom")));
+    assert_eq!(latest(&got, "Custom", "ignored"), None, "not by the built-in");
+    assert_eq!(latest(&got, "Builtin", "temperature"), Some(json!(21.5)), "its neighbour keeps the built-in");
+
+    let written = rpc(&tb, "Custom", 1, "writeRegister", json!({"address": 1, "value": 4242}));
+    assert_eq!(written, json!({"custom": true, "method": "writeRegister", "written": true}));
+    assert_eq!(custom.with(|m| m.holding[1]), 4242, "the custom downlink component wrote it");
+    let read = rpc(&tb, "Custom", 2, "readRegisters", json!({"address": 0, "count": 2}));
+    assert_eq!(read, json!({"custom": true, "method": "readRegisters", "registers": [7, 4242]}));
+    let refused = rpc(&tb, "Custom", 3, "readRegisters", json!({"address": 0, "count": 500}));
+    assert!(
+        refused["error"].as_str().is_some_and(|e| e.contains("count 500 is out of range (1 to 125 registers)")),
+        "the connector checks what the converter asks: {refused}"
+    );
+    // The built-in slave's RPCs are the built-in converter's.
+    assert_eq!(rpc(&tb, "Builtin", 4, "getTemperature", json!(null)), json!({"result": {"value": 21.5}}));
+}

@@ -27,8 +27,13 @@ const BUILTINS: &[(&str, &str)] =
 type Guest = (String, String, Option<(&'static str, &'static str)>);
 
 /// Test guests: (package, const name of its path).
-const TEST_GUESTS: &[(&str, &str)] =
-    &[("tbgw-probe", "PROBE"), ("tbgw-probe-0-1", "PROBE_V0_1"), ("tbgw-downlink-0-1", "DOWNLINK_V0_1")];
+const TEST_GUESTS: &[(&str, &str)] = &[
+    ("tbgw-probe", "PROBE"),
+    ("tbgw-probe-0-1", "PROBE_V0_1"),
+    ("tbgw-downlink-0-1", "DOWNLINK_V0_1"),
+    ("tbgw-custom-downlink", "CUSTOM_DOWNLINK"),
+    ("tbgw-custom-registers", "CUSTOM_REGISTERS"),
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));

@@ -7,7 +7,8 @@
 //! - With the `test-guests` feature, the paths of test guests: one that
 //!   misbehaves on request ([`PROBE`]), and components built against
 //!   contract 0.1.0 ([`PROBE_V0_1`], [`DOWNLINK_V0_1`]), for the runtime's
-//!   tests.
+//!   tests; a user's own converters over the guest SDK
+//!   ([`CUSTOM_DOWNLINK`], [`CUSTOM_REGISTERS`]), for the end-to-end tests.
 
 use tbgw_core::Direction;
 
