@@ -3,6 +3,8 @@
 //!
 //! `cargo build --release -p tbgw-bench --example profile_json`
 //! `perf record -F 2000 -g target/release/examples/profile_json 10 && perf report`
+//! (arguments: seconds, batch size; `TBGW_PROFILE_WASM` a component to load
+//! instead of the built-in `json`, `TBGW_PROFILE_CONFIG` its config)
 
 use std::time::{Duration, Instant};
 use tbgw_bench::dataset;
@@ -23,15 +25,18 @@ fn main() {
                     Some(path) => ComponentSource::File(path.into()),
                     None => ComponentSource::Builtin { name: "json", wasm: tbgw_guests::JSON_UPLINK },
                 },
-                config: dataset::CONFIG.into(),
+                config: std::env::var("TBGW_PROFILE_CONFIG").unwrap_or_else(|_| dataset::CONFIG.into()),
                 limits: Limits { per_message: Duration::from_secs(5), ..Limits::default() },
             },
         )
         .expect("load");
     let mut worker = converter.worker();
+    // TBGW_PROFILE_MESSAGES: a fixed number of messages instead of a time,
+    // for instruction counts that repeat (`valgrind --tool=callgrind`).
+    let fixed: Option<u64> = std::env::var("TBGW_PROFILE_MESSAGES").ok().and_then(|n| n.parse().ok());
     let until = Instant::now() + Duration::from_secs(seconds);
     let mut n = 0u64;
-    while Instant::now() < until {
+    while fixed.map_or(Instant::now() < until, |f| n < f) {
         for chunk in messages.chunks(batch) {
             std::hint::black_box(worker.try_convert(chunk).expect("call"));
             n += chunk.len() as u64;

@@ -33,6 +33,8 @@ const TEST_GUESTS: &[(&str, &str)] = &[
     ("tbgw-downlink-0-1", "DOWNLINK_V0_1"),
     ("tbgw-custom-downlink", "CUSTOM_DOWNLINK"),
     ("tbgw-custom-registers", "CUSTOM_REGISTERS"),
+    ("tbgw-echo", "ECHO"),
+    ("tbgw-echo-0-1", "ECHO_V0_1"),
 ];
 
 fn main() {

@@ -7,12 +7,21 @@
 //! member of a `"*"` mapping) is found by its text. Every key the cache
 //! points at is kept in the table, so an address in it cannot be reused by
 //! another key while the batch lasts.
+//!
+//! One table serves an instance's every batch: its keys keep their indices
+//! from batch to batch (a converter's keys are the same in every message),
+//! so the table is built once, and each batch sends it whole. A converter
+//! whose keys are made of its messages would grow it without end: past
+//! [`MAX_KEYS`] it starts afresh at the next batch.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use tbgw_data::Key;
 
 const CACHE: usize = 64;
+
+/// Keys a table keeps across batches, at most.
+pub(crate) const MAX_KEYS: usize = 1024;
 
 pub(crate) struct KeyTable {
     keys: Vec<Key>,
@@ -31,6 +40,7 @@ impl KeyTable {
     /// The index of `key`, added if new.
     pub(crate) fn index(&mut self, key: Key) -> u32 {
         let addr = key.addr();
+        // Keys made together sit at evenly spaced addresses: spread them.
         let slot = (addr >> 3) % CACHE;
         let (cached, index) = self.cache[slot];
         if cached == addr {
@@ -52,8 +62,18 @@ impl KeyTable {
         index
     }
 
-    pub(crate) fn into_keys(self) -> Vec<String> {
-        drop(self.by_text);
+    /// Start a batch: the table as it was, unless it grew past
+    /// [`MAX_KEYS`].
+    pub(crate) fn begin(&mut self) {
+        if self.keys.len() > MAX_KEYS {
+            self.by_text.clear();
+            self.cache = [(0, 0); CACHE];
+            self.keys.clear();
+        }
+    }
+
+    /// The table, in index order, for the batch's results.
+    pub(crate) fn keys(&self) -> Vec<String> {
         self.keys.iter().map(|k| k.as_str().to_owned()).collect()
     }
 }

@@ -134,7 +134,10 @@ macro_rules! export_downlink {
 pub struct UplinkComponent<T>(std::marker::PhantomData<T>);
 
 #[doc(hidden)]
-pub struct UplinkResource<T>(T);
+pub struct UplinkResource<T> {
+    converter: T,
+    keys: std::cell::RefCell<keys::KeyTable>,
+}
 
 impl<T: Uplink> bindings::uplink::exports::tbgw::converter::uplink::Guest for UplinkComponent<T> {
     type Converter = UplinkResource<T>;
@@ -145,23 +148,27 @@ impl<T: Uplink> bindings::uplink::exports::tbgw::converter::uplink::GuestConvert
         config: String,
     ) -> Result<bindings::uplink::exports::tbgw::converter::uplink::Converter, wit::ConfigError> {
         T::create(&config)
-            .map(|c| bindings::uplink::exports::tbgw::converter::uplink::Converter::new(UplinkResource(c)))
+            .map(|converter| {
+                let resource = UplinkResource { converter, keys: Default::default() };
+                bindings::uplink::exports::tbgw::converter::uplink::Converter::new(resource)
+            })
             .map_err(|e| wit::ConfigError { field: e.field, message: e.message })
     }
 
     fn convert(&self, batch: Vec<wit::RawUplink>) -> wit::UplinkResults {
-        let mut keys = keys::KeyTable::default();
+        let mut keys = self.keys.borrow_mut();
+        keys.begin();
         let results = batch
             .into_iter()
             .map(|message| {
                 let message = convert::raw_uplink(message);
-                match self.0.convert(&message) {
+                match self.converter.convert(&message) {
                     Ok(output) => Ok(convert::uplink_output(output, &mut keys)),
                     Err(message) => Err(wit::ConvertError { message }),
                 }
             })
             .collect();
-        wit::UplinkResults { keys: keys.into_keys(), results }
+        wit::UplinkResults { keys: keys.keys(), results }
     }
 }
 

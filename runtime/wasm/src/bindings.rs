@@ -286,8 +286,8 @@ impl Contract for Uplink {
                 // SAFETY: `load` type-checked this function with exactly these types.
                 let convert =
                     unsafe { TypedFunc::<(ResourceAny, &[RawUplinkRef]), UplinkResults>::new_unchecked(*convert) };
-                let (results,) = convert.call(store, (converter, &batch))?;
-                Ok(results_v2(results))
+                let (results,) = convert.call(&mut *store, (converter, &batch))?;
+                Ok(results_v2(results, &mut store.data_mut().keys))
             }
             UplinkGuest::V1 { convert, .. } => {
                 let (sources, metadata): (Vec<_>, Vec<_>) = batch.iter().map(v1_parts).unzip();
@@ -443,8 +443,8 @@ fn value_v2(v: &data::Value) -> w2::Value {
 }
 
 /// A batch's results: each key of the table shared by every entry naming it.
-fn results_v2(r: w2::UplinkResults) -> Vec<Result<data::ConvertedMessage, String>> {
-    let keys: Vec<Key> = r.keys.into_iter().map(Key::from).collect();
+fn results_v2(r: w2::UplinkResults, cache: &mut crate::host::KeyCache) -> Vec<Result<data::ConvertedMessage, String>> {
+    let keys: Vec<Key> = r.keys.into_iter().map(|k| cache.key(k)).collect();
     r.results.into_iter().map(|result| result.map_err(|e| e.message).and_then(|o| converted_v2(o, &keys))).collect()
 }
 

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
+use tbgw_core::Key;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -35,6 +36,52 @@ pub struct HostState {
     table: ResourceTable,
     pub(crate) memory: MemoryLimiter,
     console: Console,
+    /// The keys this instance's results named: each text one shared key.
+    pub(crate) keys: KeyCache,
+}
+
+/// The keys an instance's results name, by text, so that every batch's key
+/// table becomes shared [`Key`]s without a new allocation per key per
+/// batch. Bounded: a converter whose keys are made of its messages (a `"*"`
+/// mapping) starts it afresh past [`KeyCache::MAX`].
+#[derive(Default)]
+pub(crate) struct KeyCache(std::collections::HashMap<String, Key, std::hash::BuildHasherDefault<Fx>>);
+
+/// FxHash (as rustc's) for [`KeyCache`]: keys are short, and a batch's key
+/// table is hashed key by key on every call; SipHash's defence against
+/// flooding buys nothing here (the table is bounded and the instance's own).
+#[derive(Default)]
+pub(crate) struct Fx(u64);
+
+impl std::hash::Hasher for Fx {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl KeyCache {
+    const MAX: usize = 4096;
+
+    /// The shared key of `text`.
+    pub(crate) fn key(&mut self, text: String) -> Key {
+        if let Some(k) = self.0.get(&text) {
+            return k.clone();
+        }
+        if self.0.len() >= Self::MAX {
+            self.0.clear();
+        }
+        let key = Key::from(text.as_str());
+        self.0.insert(text, key.clone());
+        key
+    }
 }
 
 impl HostState {
@@ -53,6 +100,7 @@ impl HostState {
             table: ResourceTable::new(),
             memory: MemoryLimiter { cap: usize::try_from(memory_bytes).unwrap_or(usize::MAX), used: 0, refused: false },
             console,
+            keys: KeyCache::default(),
         }
     }
 

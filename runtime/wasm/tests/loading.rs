@@ -7,7 +7,7 @@ mod common;
 use common::{batch, json_downlink, json_uplink, probe, runtime, runtime_with_cache};
 use std::sync::Arc;
 use std::time::Duration;
-use tbgw_core::{Direction, DownlinkMessage, DownlinkRequest, RpcRequest};
+use tbgw_core::{Direction, DownlinkMessage, DownlinkRequest, RpcRequest, Value};
 use tbgw_wasm::{CallError, ComponentSource, ConverterSpec, ImportStatus, Limits, LoadError};
 
 fn bytes(label: &str, wasm: &[u8]) -> ConverterSpec {
@@ -188,4 +188,27 @@ fn dropped_values_are_counted() {
     assert!(results.iter().all(Result::is_ok));
     let info = c.info();
     assert_eq!((info.messages, info.dropped_values, info.message_errors), (3, 2, 0));
+}
+
+/// A batch's key table serves the instance from batch to batch, and starts
+/// afresh when keys made of the messages grow it past its bound: every
+/// message keeps its own keys either way.
+#[test]
+fn keys_stay_right_across_batches_however_many_there_are() {
+    let c = runtime()
+        .uplink("json", json_uplink(r#"{"deviceInfo":{"deviceNameExpression":"D"},"timeseries":"*"}"#))
+        .expect("load");
+    let mut w = c.worker();
+    let texts: Vec<String> = (0..3000).map(|i| format!(r#"{{"k{i}": {i}, "common": {i}}}"#)).collect();
+    for (n, chunk) in texts.chunks(100).enumerate() {
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        for (j, (text, result)) in chunk.iter().zip(w.convert(&batch(&refs))).enumerate() {
+            let out = result.expect("converted");
+            let values = &out.updates[0].telemetry[0].values;
+            let i = (n * 100 + j) as i64;
+            assert_eq!(values.len(), 2, "{text}");
+            assert_eq!((values[0].key.as_str(), &values[0].value), (format!("k{i}").as_str(), &Value::Int(i)));
+            assert_eq!((values[1].key.as_str(), &values[1].value), ("common", &Value::Int(i)));
+        }
+    }
 }
