@@ -1,18 +1,19 @@
-//! The key table of one batch's `uplink-results`: every distinct key once,
-//! entries naming theirs by index.
+//! The key table of one batch's `uplink-results`: every distinct key the
+//! batch uses once, entries naming theirs by index.
 //!
 //! A converter configured with a key hands out clones of one shared
 //! [`Key`], so most lookups are by the key's address in a small
 //! direct-mapped cache; a key made per message (from a template, or every
 //! member of a `"*"` mapping) is found by its text. Every key the cache
 //! points at is kept in the table, so an address in it cannot be reused by
-//! another key while the batch lasts.
+//! another key while it is cached.
 //!
-//! One table serves an instance's every batch: its keys keep their indices
-//! from batch to batch (a converter's keys are the same in every message),
-//! so the table is built once, and each batch sends it whole. A converter
-//! whose keys are made of its messages would grow it without end: past
-//! [`MAX_KEYS`] it starts afresh at the next batch.
+//! One table serves an instance's every batch: the keys it knows stay
+//! (a converter's keys are the same in every message), so a batch finds
+//! them without hashing anew, and each batch numbers and sends only the
+//! keys it uses (an entry's batch stamp says whether it has a number in
+//! this batch yet). A converter whose keys are made of its messages would
+//! grow it without end: past [`MAX_KEYS`] it starts afresh.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -21,60 +22,85 @@ use tbgw_data::Key;
 const CACHE: usize = 64;
 
 /// Keys a table keeps across batches, at most.
-pub(crate) const MAX_KEYS: usize = 1024;
+pub(crate) const MAX_KEYS: usize = 4096;
+
+/// A key the table knows: the key, the batch that last numbered it, and
+/// its number in that batch.
+struct Known {
+    key: Key,
+    stamp: u32,
+    index: u32,
+}
 
 pub(crate) struct KeyTable {
-    keys: Vec<Key>,
+    known: Vec<Known>,
+    /// Positions in `known` by text.
     by_text: HashMap<Key, u32, BuildHasherDefault<Fx>>,
-    /// (address of a key kept in `keys`, its index); address 0: empty.
+    /// (address of a key in `known`, its position); address 0: empty.
     cache: [(usize, u32); CACHE],
+    /// The batch now (never 0, which new entries carry).
+    stamp: u32,
+    /// This batch's keys, in their numbers' order.
+    batch: Vec<String>,
 }
 
 impl Default for KeyTable {
     fn default() -> Self {
-        KeyTable { keys: Vec::new(), by_text: HashMap::default(), cache: [(0, 0); CACHE] }
+        KeyTable { known: Vec::new(), by_text: HashMap::default(), cache: [(0, 0); CACHE], stamp: 0, batch: Vec::new() }
     }
 }
 
 impl KeyTable {
-    /// The index of `key`, added if new.
-    pub(crate) fn index(&mut self, key: Key) -> u32 {
-        let addr = key.addr();
-        // Keys made together sit at evenly spaced addresses: spread them.
-        let slot = (addr >> 3) % CACHE;
-        let (cached, index) = self.cache[slot];
-        if cached == addr {
-            return index;
+    /// Start a batch.
+    pub(crate) fn begin(&mut self) {
+        self.batch.clear();
+        self.stamp = self.stamp.wrapping_add(1);
+        if self.known.len() > MAX_KEYS || self.stamp == 0 {
+            self.known.clear();
+            self.by_text.clear();
+            self.cache = [(0, 0); CACHE];
+            self.stamp = 1;
         }
-        let index = match self.by_text.get(&key) {
-            Some(&i) => i,
+    }
+
+    /// The number of `key` in this batch, given on first use.
+    pub(crate) fn index(&mut self, key: Key) -> u32 {
+        let position = self.position(key) as usize;
+        let known = &mut self.known[position];
+        if known.stamp != self.stamp {
+            known.stamp = self.stamp;
+            known.index = self.batch.len() as u32;
+            self.batch.push(known.key.as_str().to_owned());
+        }
+        known.index
+    }
+
+    fn position(&mut self, key: Key) -> u32 {
+        let addr = key.addr();
+        let slot = (addr >> 3) % CACHE;
+        let (cached, position) = self.cache[slot];
+        if cached == addr {
+            return position;
+        }
+        let position = match self.by_text.get(&key) {
+            Some(&p) => p,
             None => {
-                let i = self.keys.len() as u32;
-                self.keys.push(key.clone());
-                self.by_text.insert(key.clone(), i);
-                i
+                let p = self.known.len() as u32;
+                self.known.push(Known { key: key.clone(), stamp: 0, index: 0 });
+                self.by_text.insert(key.clone(), p);
+                p
             }
         };
         // Only an address the table keeps alive may be cached.
-        if self.keys[index as usize].ptr_eq(&key) {
-            self.cache[slot] = (addr, index);
+        if self.known[position as usize].key.ptr_eq(&key) {
+            self.cache[slot] = (addr, position);
         }
-        index
+        position
     }
 
-    /// Start a batch: the table as it was, unless it grew past
-    /// [`MAX_KEYS`].
-    pub(crate) fn begin(&mut self) {
-        if self.keys.len() > MAX_KEYS {
-            self.by_text.clear();
-            self.cache = [(0, 0); CACHE];
-            self.keys.clear();
-        }
-    }
-
-    /// The table, in index order, for the batch's results.
-    pub(crate) fn keys(&self) -> Vec<String> {
-        self.keys.iter().map(|k| k.as_str().to_owned()).collect()
+    /// This batch's keys, in their numbers' order.
+    pub(crate) fn take_keys(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.batch)
     }
 }
 

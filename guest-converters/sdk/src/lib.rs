@@ -168,7 +168,7 @@ impl<T: Uplink> bindings::uplink::exports::tbgw::converter::uplink::GuestConvert
                 }
             })
             .collect();
-        wit::UplinkResults { keys: keys.keys(), results }
+        wit::UplinkResults { keys: keys.take_keys(), results }
     }
 }
 
