@@ -73,13 +73,9 @@ fn main() {
     }
     println!("instance start + create + first call: {:.0} µs", started.elapsed().as_secs_f64() * 1e6 / starts as f64);
     boundary(&messages);
-    let verdict = if ratio_256 <= 1.3 {
-        "meets the stretch target (1.3)"
-    } else if ratio_256 <= 1.5 {
-        "meets the target (1.5)"
-    } else {
-        "MISSES the target (1.5)"
-    };
+    // The target of the converter platform: the component at most 1.3x
+    // the native mapping at batch 256.
+    let verdict = if ratio_256 <= 1.3 { "meets the target (1.3)" } else { "MISSES the target (1.3)" };
     println!("ratio at batch 256: {ratio_256:.2}, {verdict}");
 }
 
