@@ -289,25 +289,27 @@ fn gateway_rpcs_answer() {
     });
 }
 
+/// ThingsBoard's part in a device's attribute request: `value` for one key,
+/// `values` for several, each `<key>-of-<device>`.
+fn tb_answers_attribute_requests(m: &Received) -> Option<(String, Vec<u8>)> {
+    if m.topic != "v1/gateway/attributes/request" {
+        return None;
+    }
+    let req: Value = serde_json::from_slice(&m.payload).ok()?;
+    let keys: Vec<&str> = req["keys"].as_array()?.iter().filter_map(Value::as_str).collect();
+    let value_of = |k: &str| json!(format!("{k}-of-{}", req["device"].as_str().unwrap_or("")));
+    let answer = if keys.len() == 1 {
+        json!({"id": req["id"], "device": req["device"], "value": value_of(keys[0])})
+    } else {
+        let values: serde_json::Map<String, Value> = keys.iter().map(|k| (k.to_string(), value_of(k))).collect();
+        json!({"id": req["id"], "device": req["device"], "values": values})
+    };
+    Some(("v1/gateway/attributes/response".into(), answer.to_string().into_bytes()))
+}
+
 #[test]
 fn an_attribute_request_round_trip() {
-    // ThingsBoard answers attribute requests: `value` for one key, `values`
-    // for several.
-    let s = setup_with("attr-req", |m: &Received| {
-        if m.topic != "v1/gateway/attributes/request" {
-            return None;
-        }
-        let req: Value = serde_json::from_slice(&m.payload).ok()?;
-        let keys: Vec<&str> = req["keys"].as_array()?.iter().filter_map(Value::as_str).collect();
-        let value_of = |k: &str| json!(format!("{k}-of-{}", req["device"].as_str().unwrap_or("")));
-        let answer = if keys.len() == 1 {
-            json!({"id": req["id"], "device": req["device"], "value": value_of(keys[0])})
-        } else {
-            let values: serde_json::Map<String, Value> = keys.iter().map(|k| (k.to_string(), value_of(k))).collect();
-            json!({"id": req["id"], "device": req["device"], "values": values})
-        };
-        Some(("v1/gateway/attributes/response".into(), answer.to_string().into_bytes()))
-    });
+    let s = setup_with("attr-req", tb_answers_attribute_requests);
     let watcher = Collector::connect(s.source.port, "watch-attr-req", &["sensor/+/attributes/+"]);
     let answers =
         |r: &[Received]| -> Vec<Received> { r.iter().filter(|m| !m.topic.ends_with("/request")).cloned().collect() };
@@ -445,11 +447,13 @@ fn a_device_renamed_in_thingsboard_goes_by_its_new_name() {
 /// A two-way RPC served by the user's own downlink component (built over
 /// the guest SDK, `downlinkConverter`): its request goes where the
 /// component says, and ThingsBoard's reply is the one the component makes
-/// of the device's answer (`reply`), not the built-in's.
+/// of the device's answer (`reply`), not the built-in's. Devices' attribute
+/// requests are still answered as `requestsMapping` says, which the
+/// component knows nothing of.
 #[test]
 fn a_custom_downlink_component_makes_the_reply() {
     let (tb_broker, source) = (Mosquitto::start_new(), Mosquitto::start_new());
-    let tb = Collector::connect(tb_broker.port, "tb-custom", &["v1/gateway/#"]);
+    let tb = Collector::connect_with(tb_broker.port, "tb-custom", &["v1/gateway/#"], tb_answers_attribute_requests);
     let _device = Collector::connect_with(source.port, "custom-device", &["custom/+/+"], |m: &Received| {
         let answer = json!({"state": "on", "asked": String::from_utf8_lossy(&m.payload)});
         Some((format!("{}/reply", m.topic), answer.to_string().into_bytes()))
@@ -472,5 +476,15 @@ fn a_custom_downlink_component_makes_the_reply() {
         data,
         json!({"custom": true, "method": "status", "answer": {"state": "on", "asked": "{\"verbose\":true}"}}),
         "the component's own reply, made of the device's answer"
+    );
+
+    let watcher = Collector::connect(source.port, "watch-custom", &["sensor/+/attributes/+"]);
+    announcer.publish("sensor/Pump/attributes/request", r#"{"keys":"firmware"}"#);
+    let answered = |r: &[Received]| r.iter().any(|m| m.topic == "sensor/Pump/attributes/firmware");
+    let got = watcher.wait_until(Duration::from_secs(20), "the attribute at the device", answered);
+    let answer = got.iter().find(|m| m.topic == "sensor/Pump/attributes/firmware").expect("found");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&answer.payload).expect("JSON"),
+        json!({"firmware": "firmware-of-Pump"})
     );
 }

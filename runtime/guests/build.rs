@@ -35,6 +35,7 @@ const TEST_GUESTS: &[(&str, &str)] = &[
     ("tbgw-custom-registers", "CUSTOM_REGISTERS"),
     ("tbgw-echo", "ECHO"),
     ("tbgw-echo-0-1", "ECHO_V0_1"),
+    ("tbgw-contract-breaker", "CONTRACT_BREAKER"),
 ];
 
 fn main() {

@@ -18,6 +18,7 @@
 
 use serde_json::Value;
 pub use tbgw_data::ConfigError;
+use tbgw_data::config::{self, Obj};
 
 /// Function codes that read (attributes, timeseries).
 pub const READS: &[u8] = &[1, 2, 3, 4];
@@ -153,92 +154,49 @@ impl Shape {
     }
 }
 
-fn field(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
-}
-
-/// A whole number no larger than `max` (numeric text accepted, as the
-/// ThingsBoard UI writes some).
-fn uint(path: &str, item: &Value, key: &str, max: u64) -> Result<Option<u64>, ConfigError> {
-    let v = match item.get(key) {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::Number(n)) => n.as_u64(),
-        Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
-        Some(_) => None,
-    };
-    match v {
-        Some(v) if v <= max => Ok(Some(v)),
-        _ => Err(ConfigError::at(field(path, key), format!("expected a whole number from 0 to {max}"))),
-    }
-}
-
-fn text<'a>(path: &str, item: &'a Value, key: &str) -> Result<&'a str, ConfigError> {
-    match item.get(key) {
-        Some(Value::String(s)) => Ok(s),
-        None | Some(Value::Null) => Err(missing(path, item, key)),
-        Some(_) => Err(ConfigError::at(field(path, key), "expected text")),
-    }
-}
-
-/// `key` is missing from `item`: required, pointing out a key of `item`
-/// that looks like a typo for it.
-fn missing(path: &str, item: &Value, key: &str) -> ConfigError {
-    let typo = item.as_object().and_then(|o| {
-        o.keys()
-            .filter(|k| !SHAPE_KEYS.contains(&k.as_str()))
-            .find(|k| tbgw_data::edit_distance(&k.to_ascii_lowercase(), &key.to_ascii_lowercase()) <= 2)
-    });
-    match typo {
-        Some(t) => ConfigError::at(field(path, key), format!("required; `{t}` looks like a typo for it")),
-        None => ConfigError::at(field(path, key), "required"),
-    }
-}
-
 /// Read an entry's shape (`item`, found at `path`); `codes` are the function
-/// codes its list allows; ranges only where `ranges_allowed` (reads).
+/// codes its list allows; ranges only where `ranges_allowed` (reads). Only
+/// the shape's keys are read: the rest of the entry is the converter's.
 pub fn shape(path: &str, item: &Value, codes: &[u8], ranges_allowed: bool) -> Result<Shape, ConfigError> {
-    if !item.is_object() {
-        return Err(ConfigError::at(path, "expected an object"));
-    }
-    let tag = text(path, item, "tag")?.to_owned();
-    let type_text = text(path, item, "type")?.to_owned();
-    let function_code = match uint(path, item, "functionCode", 255)? {
+    let mut o = Obj::new(path, item)?;
+    let tag = o.req_str("tag")?.to_owned();
+    let type_text = o.req_str("type")?.to_owned();
+    let function_code = match o.opt_uint("functionCode", 255)? {
         Some(fc) if codes.contains(&(fc as u8)) => fc as u8,
         Some(fc) => {
             return Err(ConfigError::at(
-                field(path, "functionCode"),
+                o.field("functionCode"),
                 format!("{fc} does not fit here; expected one of {codes:?}"),
             ));
         }
-        None => return Err(missing(path, item, "functionCode")),
+        None => return Err(o.missing("functionCode")),
     };
-    let address = address(path, item, ranges_allowed)?;
+    let address = address(&mut o, ranges_allowed)?;
     let mut count = None;
     for key in ["objectsCount", "registersCount", "registerCount"] {
-        if let Some(c) = uint(path, item, key, 2000)? {
+        if let Some(c) = o.opt_uint(key, 2000)? {
             count = Some(c as u16);
         }
     }
-    let data_type =
-        DataType::parse(&type_text, count.unwrap_or(1)).map_err(|e| ConfigError::at(field(path, "type"), e))?;
+    let data_type = DataType::parse(&type_text, count.unwrap_or(1)).map_err(|e| ConfigError::at(o.field("type"), e))?;
     let coils = matches!(function_code, 1 | 2 | 5 | 15);
     let objects = count.unwrap_or(if coils { 1 } else { data_type.registers() });
     if !coils && objects < data_type.registers() {
         return Err(ConfigError::at(
-            field(path, "objectsCount"),
+            o.field("objectsCount"),
             format!("`{type_text}` needs {} registers, objectsCount is {objects}", data_type.registers()),
         ));
     }
     if objects == 0 {
-        return Err(ConfigError::at(field(path, "objectsCount"), "must be at least 1"));
+        return Err(ConfigError::at(o.field("objectsCount"), "must be at least 1"));
     }
     Ok(Shape { tag, type_text, data_type, function_code, address, objects })
 }
 
-fn address(path: &str, item: &Value, ranges_allowed: bool) -> Result<Address, ConfigError> {
-    let at = field(path, "address");
+fn address(o: &mut Obj, ranges_allowed: bool) -> Result<Address, ConfigError> {
+    let at = o.field("address");
     let bad = || ConfigError::at(&at, "expected an address from 0 to 65535, or a range `first-last`");
-    match item.get("address") {
+    match o.get("address") {
         Some(Value::Number(n)) => n.as_u64().and_then(|a| u16::try_from(a).ok()).map(Address::One).ok_or_else(bad),
         Some(Value::String(s)) => match s.split_once('-') {
             None => s.trim().parse().map(Address::One).map_err(|_| bad()),
@@ -254,7 +212,7 @@ fn address(path: &str, item: &Value, ranges_allowed: bool) -> Result<Address, Co
                 _ => Err(bad()),
             },
         },
-        None | Some(Value::Null) => Err(missing(path, item, "address")),
+        None | Some(Value::Null) => Err(o.missing("address")),
         Some(_) => Err(bad()),
     }
 }
@@ -262,15 +220,11 @@ fn address(path: &str, item: &Value, ranges_allowed: bool) -> Result<Address, Co
 /// What a slave polls: (function code, address, objects) of every tag of its
 /// `attributes` and `timeseries` (the slave object at `path`).
 pub fn reads(path: &str, slave: &Value, unit_id: u8) -> Result<Vec<(u8, u16, u16)>, ConfigError> {
+    let mut o = Obj::new(path, slave)?;
     let mut out = Vec::new();
     for list in ["attributes", "timeseries"] {
-        let entries = match slave.get(list) {
-            None | Some(Value::Null) => continue,
-            Some(Value::Array(entries)) => entries,
-            Some(_) => return Err(ConfigError::at(field(path, list), "expected a list")),
-        };
-        for (i, e) in entries.iter().enumerate() {
-            let s = shape(&format!("{}[{i}]", field(path, list)), e, READS, true)?;
+        for (at, e) in config::array(&mut o, list)? {
+            let s = shape(&at, e, READS, true)?;
             out.extend(s.tags(unit_id).into_iter().map(|(_, a)| (s.function_code, a, s.objects)));
         }
     }

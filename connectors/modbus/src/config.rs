@@ -123,7 +123,7 @@ pub struct ModbusConfig {
 impl ModbusConfig {
     /// The route of slave `i` (an index into [`setup::ConnectorSetup::routes`]).
     pub fn route_of(&self, i: usize) -> usize {
-        self.slave_routes.get(i).copied().unwrap_or(0)
+        self.slave_routes[i]
     }
 }
 
@@ -253,7 +253,7 @@ pub fn parse(doc: &Value, base_dir: &Path, d: &mut Diagnostics) -> Option<Modbus
         for m in members {
             slave_routes[m] = routes.len();
         }
-        routes.push(RouteDecl { converter: compact.finish(limits).0, report: report.clone() });
+        routes.push(RouteDecl { converter: compact.finish(limits).0, report: report.clone(), answers: None });
     }
     let mut downlink_decls = Vec::new();
     for (limits, compact, _) in downlinks.0 {
@@ -263,7 +263,7 @@ pub fn parse(doc: &Value, base_dir: &Path, d: &mut Diagnostics) -> Option<Modbus
     for (i, s) in slaves.iter().enumerate() {
         if let SlaveConverter::Custom(c) = &s.uplink {
             slave_routes[i] = routes.len();
-            routes.push(RouteDecl { converter: c.clone(), report: report.clone() });
+            routes.push(RouteDecl { converter: c.clone(), report: report.clone(), answers: None });
         }
         if let SlaveConverter::Custom(c) = &s.downlink {
             downlink_decls
@@ -287,7 +287,11 @@ fn slave_converter(d: &mut Diagnostics, s: &mut Obj, item: &Value, key: &'static
             None => SlaveConverter::Builtin(LimitsDecl::default()),
         },
         Some(entry) => match setup::converter(d, &path, entry, base, "modbus") {
-            Some(c) if c.component == ComponentRef::Builtin("modbus".into()) => SlaveConverter::Builtin(c.limits),
+            Some(c) if c.component == ComponentRef::Builtin("modbus".into()) => {
+                // The built-in `modbus` is configured by the slave itself.
+                setup::only_type_and_limits(d, &path, entry);
+                SlaveConverter::Builtin(c.limits)
+            }
             Some(ConverterDecl { component: ComponentRef::Builtin(other), .. }) => {
                 d.error(
                     format!("{path}.type"),

@@ -49,7 +49,11 @@ pub struct ModbusConnector {
 impl ModbusConnector {
     /// `routes[i]` is the route id of the config's route `i`.
     pub fn new(name: impl Into<String>, config: ModbusConfig, routes: &[RouteId]) -> ModbusConnector {
-        let routes = (0..config.slaves.len()).map(|i| routes.get(config.route_of(i)).copied().unwrap_or(0)).collect();
+        // The gateway gives one id per declared route, and every slave has
+        // one of them (`parse`): a miss is a bug of tbgw, not of the config.
+        let routes = (0..config.slaves.len())
+            .map(|i| *routes.get(config.route_of(i)).expect("the gateway gives every declared route an id"))
+            .collect();
         ModbusConnector { name: name.into(), config, routes }
     }
 }
@@ -109,11 +113,20 @@ async fn run(conn: ModbusConnector, mut ctx: ConnectorContext) {
             Some(job) = ctx.downlink.jobs.recv() => match job {
                 ToConnector::Device(job) => match slaves.get(&job.device) {
                     Some(tx) => {
-                        if let Err(mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) =
-                            tx.try_send(job)
-                        {
+                        let refused = match tx.try_send(job) {
+                            Ok(()) => None,
+                            Err(mpsc::error::TrySendError::Full(job)) => {
+                                let why = format!("too many requests wait for `{}`", job.device);
+                                Some((job, why))
+                            }
+                            Err(mpsc::error::TrySendError::Closed(job)) => {
+                                let why = format!("the line of `{}` has stopped", job.device);
+                                Some((job, why))
+                            }
+                        };
+                        if let Some((job, why)) = refused {
                             ctx.stats.downlink_errors.fetch_add(1, Ordering::Relaxed);
-                            let _ = job.reply.send(Err(format!("too many requests wait for `{}`", job.device)));
+                            let _ = job.reply.send(Err(why));
                         }
                     }
                     None => {

@@ -81,6 +81,10 @@ pub struct MqttConfig {
     /// with `limits`), else the built-in `json` one over `requestsMapping`
     /// when it has anything to send.
     pub downlink: Option<ConverterDecl>,
+    /// What answers the attribute requests the requests route recognises
+    /// when `downlink` is a custom component (which does not read
+    /// `requestsMapping`): the built-in `json` downlink converter over it.
+    pub attribute_answers: Option<ConverterDecl>,
 }
 
 /// Read the connector's configuration; relative paths (certificates,
@@ -132,10 +136,17 @@ pub fn parse(doc: &Value, base_dir: &Path, name: &str, d: &mut Diagnostics) -> O
     // tbgw's own: a custom downlink converter for attributeUpdates and
     // serverSideRpc instead of the built-in `json` one, or its limits.
     let downlink = downlink_converter(d, root.get("downlinkConverter"), requests_mapping.as_ref(), base_dir);
+    let custom = matches!(&downlink, Some(ConverterDecl { component: ComponentRef::File(_), .. }));
+    let attribute_answers = match &requests_mapping {
+        Some(mapping) if custom && has_entries(mapping, "attributeRequests") => {
+            Some(json_downlink(mapping, "json (downlink, attribute requests)", LimitsDecl::default()))
+        }
+        _ => None,
+    };
     root.unused(d, &[("logLevel", "set logging with RUST_LOG"), ("id", "tbgw names connectors by `name`")]);
     root.allow(&["reportStrategy"]);
     root.finish(d);
-    Some(MqttConfig { broker: broker?, mappings, requests_mapping, request_filters, downlink })
+    Some(MqttConfig { broker: broker?, mappings, requests_mapping, request_filters, downlink, attribute_answers })
 }
 
 /// The downlink converter of `downlinkConverter` (or of `requestsMapping`
@@ -148,20 +159,15 @@ fn downlink_converter(
 ) -> Option<ConverterDecl> {
     let builtin = |limits: LimitsDecl| {
         let mapping = mapping?;
-        let has = |k: &str| mapping.get(k).and_then(Value::as_array).is_some_and(|a| !a.is_empty());
-        (has("attributeUpdates") || has("serverSideRpc") || has("attributeRequests")).then(|| ConverterDecl {
-            path: "requestsMapping".into(),
-            label: "json (downlink)".into(),
-            component: ComponentRef::Builtin("json".into()),
-            config: mapping.to_string(),
-            limits,
-        })
+        let sends = ["attributeUpdates", "serverSideRpc", "attributeRequests"].iter().any(|k| has_entries(mapping, k));
+        sends.then(|| json_downlink(mapping, "json (downlink)", limits))
     };
     let Some(entry) = entry else { return builtin(LimitsDecl::default()) };
     let decl = setup::converter(d, "downlinkConverter", entry, base_dir, "custom")?;
     match &decl.component {
         ComponentRef::File(_) => Some(decl),
         ComponentRef::Builtin(name) if name == "json" => {
+            setup::only_type_and_limits(d, "downlinkConverter", entry);
             let decl = builtin(decl.limits);
             if decl.is_none() {
                 d.error(
@@ -175,6 +181,22 @@ fn downlink_converter(
             d.error("downlinkConverter.type", format!("`{other}`: expected custom, or json (with its limits)"));
             None
         }
+    }
+}
+
+/// Whether `mapping` has a non-empty list `section`.
+fn has_entries(mapping: &Value, section: &str) -> bool {
+    mapping.get(section).and_then(Value::as_array).is_some_and(|a| !a.is_empty())
+}
+
+/// The built-in `json` downlink converter over `requestsMapping`.
+fn json_downlink(mapping: &Value, label: &str, limits: LimitsDecl) -> ConverterDecl {
+    ConverterDecl {
+        path: "requestsMapping".into(),
+        label: label.into(),
+        component: ComponentRef::Builtin("json".into()),
+        config: mapping.to_string(),
+        limits,
     }
 }
 

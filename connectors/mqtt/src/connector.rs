@@ -456,6 +456,15 @@ impl<P: Protocol> Downlink<'_, P> {
             }
         }
         // At most one publish waits for an answer: the RPC's request.
+        let waiting = publishes.iter().filter(|p| p.response.is_some()).count();
+        if waiting > 1 {
+            let why = format!(
+                "the downlink converter made {waiting} publishes for `{}` that wait for an answer: \
+                 an MQTT request waits for one",
+                job.device
+            );
+            return self.fail(job.reply, why);
+        }
         let wait = publishes.iter().find_map(|p| p.response.clone());
         // Subscribe before publishing the request: the broker handles our
         // packets in order, so the answer cannot come before we listen.

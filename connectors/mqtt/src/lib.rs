@@ -41,12 +41,15 @@ impl ConnectorKind for Mqtt {
 
 impl ConnectorSetup for MqttConfig {
     /// One route per mapping, then the devices' requests' (recognised by
-    /// the built-in `json` converter) when `requestsMapping` has any.
+    /// the built-in `json` converter) when `requestsMapping` has any. Their
+    /// attribute requests are answered as `requestsMapping` says, by the
+    /// built-in `json` downlink converter, a custom `downlinkConverter`
+    /// notwithstanding.
     fn routes(&self) -> Vec<RouteDecl> {
         let mut routes: Vec<RouteDecl> = self
             .mappings
             .iter()
-            .map(|m| RouteDecl { converter: m.converter.clone(), report: m.report.clone() })
+            .map(|m| RouteDecl { converter: m.converter.clone(), report: m.report.clone(), answers: None })
             .collect();
         if let (false, Some(mapping)) = (self.request_filters.is_empty(), &self.requests_mapping) {
             routes.push(RouteDecl {
@@ -58,6 +61,7 @@ impl ConnectorSetup for MqttConfig {
                     limits: Default::default(),
                 },
                 report: Default::default(),
+                answers: self.attribute_answers.clone(),
             });
         }
         routes

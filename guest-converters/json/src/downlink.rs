@@ -45,11 +45,11 @@
 //! request with a reason (which tbgw reports to ThingsBoard) instead of
 //! sending the placeholder's own text to the device.
 
-use crate::config::{self, ConfigError, Obj};
 use crate::json::{Json, write_f64};
 use crate::template::Template;
 use crate::{Entry, Value};
 use fancy_regex::Regex;
+use tbgw_data::config::{self, ConfigError, Obj};
 use tbgw_data::{
     AttributeResponse, DownlinkMessage, DownlinkRequest, MqttPublish, MqttResponse, RpcAnswer, RpcRequest,
 };

@@ -17,10 +17,9 @@
 //!
 //! The building blocks: [`json`] (a payload tree that borrows its strings),
 //! [`path`] and [`template`] (the `${...}` expressions), [`coerce`] (value
-//! types), [`time`] (timestamps) and [`config`] (errors that name the field).
+//! types), [`time`] (timestamps); the config reader is `tbgw_data::config`.
 
 pub mod coerce;
-pub mod config;
 pub mod downlink;
 pub mod json;
 pub mod path;
@@ -29,8 +28,9 @@ pub mod template;
 pub mod time;
 pub mod uplink;
 
-pub use config::ConfigError;
 pub use downlink::DownlinkConverter;
+pub use tbgw_data::ConfigError;
+use tbgw_data::config;
 pub use uplink::{Message, UplinkConverter};
 
 /// The data model, tbgw's own ([`tbgw_data`]): the converters' results are

@@ -28,7 +28,6 @@
 //! downlink converter answers it with that entry's `topicExpression` and
 //! `valueExpression` ([`crate::downlink`]).
 
-use crate::config::{self, ConfigError, Obj};
 use crate::json::Json;
 use crate::template::Template;
 use crate::uplink::{Message, UplinkConverter};
@@ -36,6 +35,7 @@ use crate::{ConvertedMessage, DeviceRequest};
 use fancy_regex::Regex;
 use serde_json::Value as ConfigValue;
 use tbgw_data::AttributeRequest;
+use tbgw_data::config::{self, ConfigError, Obj};
 
 /// The device-request sections, compiled.
 #[derive(Debug)]

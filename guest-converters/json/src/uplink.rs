@@ -29,7 +29,6 @@
 //! - for `"*"` telemetry, the message's `ts` is the timestamp, not a value.
 
 use crate::coerce::{self, DataType, TYPE_NAMES};
-use crate::config::{self, ConfigError, Obj};
 use crate::json::Json;
 use crate::path::Path;
 use crate::template::Template;
@@ -37,6 +36,7 @@ use crate::time::{self, DateOrder};
 use crate::{ConvertedMessage, DeviceUpdate, Dropped, Entry, Key, Telemetry, Value};
 use fancy_regex::Regex;
 use serde_json::Value as ConfigValue;
+use tbgw_data::config::{self, ConfigError, Obj};
 
 /// A message to convert.
 #[derive(Debug, Clone, Copy)]

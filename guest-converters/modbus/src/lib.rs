@@ -41,11 +41,11 @@ pub mod codec;
 use codec::{DataType, Decoded, Format, Input, Order};
 use serde_json::Value as Json;
 use std::sync::Arc;
+use tbgw_data::config::{self, ConfigError, Obj};
 use tbgw_data::{
     ConvertedMessage, DeviceUpdate, DownlinkMessage, DownlinkRequest, Dropped, Entry, Key, ModbusRequest, RawUplink,
     RpcAnswer, Source, Telemetry, Value,
 };
-use tbgw_json_converter::config::{self, ConfigError, Obj};
 
 /// One configured tag.
 #[derive(Debug, Clone, PartialEq)]

@@ -29,7 +29,10 @@
 //! single-threaded guests, `guest-converters/alloc`).
 //!
 //! The built-in converters are their pure library (tested and benchmarked
-//! natively) plus a few lines over this crate.
+//! natively) plus a few lines over this crate. The data model comes with it
+//! (re-exported from `tbgw-data`), and [`config`], the reader of a JSON
+//! config whose errors name the field, as the built-in converters read
+//! theirs.
 
 pub use tbgw_data::*;
 

@@ -90,21 +90,33 @@ pub struct DownlinkLink {
     pub requests: DeviceRequests,
 }
 
+/// A device's own request on its way to the router.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FromDevice {
+    /// The connector the device belongs to.
+    pub connector: Arc<str>,
+    /// The downlink converter (the gateway's number for it) that answers
+    /// an attribute request, when not the device's own: the one paired with
+    /// the route whose converter recognised the request (`RouteDecl::answers`).
+    pub answered_by: Option<usize>,
+    pub request: DeviceRequest,
+}
+
 /// Where devices' requests go, tagged with the connector they belong to.
 #[derive(Clone)]
 pub struct DeviceRequests {
     connector: Arc<str>,
-    tx: mpsc::UnboundedSender<(Arc<str>, DeviceRequest)>,
+    tx: mpsc::UnboundedSender<FromDevice>,
 }
 
 impl DeviceRequests {
-    pub fn new(connector: &str, tx: mpsc::UnboundedSender<(Arc<str>, DeviceRequest)>) -> Self {
+    pub fn new(connector: &str, tx: mpsc::UnboundedSender<FromDevice>) -> Self {
         DeviceRequests { connector: connector.into(), tx }
     }
 
     /// Hand a request to the router; false when the gateway is stopping.
     pub fn send(&self, request: DeviceRequest) -> bool {
-        self.tx.send((self.connector.clone(), request)).is_ok()
+        self.tx.send(FromDevice { connector: self.connector.clone(), answered_by: None, request }).is_ok()
     }
 }
 

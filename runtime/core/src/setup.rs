@@ -61,6 +61,12 @@ pub struct RouteDecl {
     pub converter: ConverterDecl,
     /// Its values' report strategies below the gateway's.
     pub report: ReportPolicy,
+    /// The downlink converter that answers the devices' attribute requests
+    /// this route's converter recognises, when the device's own downlink
+    /// converter cannot: a request's `context` is written for the converter
+    /// configured alongside the one that recognised it (MQTT's
+    /// `requestsMapping`). `None`: the device's downlink converter answers.
+    pub answers: Option<ConverterDecl>,
 }
 
 /// A downlink converter and the devices it serves.
@@ -162,6 +168,17 @@ pub fn converter(
     c.unused(d, &[("cached", "tbgw always reuses converter instances")]);
     c.finish(d);
     Some(custom(path, base_dir, file, config, limits))
+}
+
+/// Refuse in a converter `entry` (at `path`) that names a built-in whose
+/// configuration lies elsewhere (a Modbus slave's own object, MQTT's
+/// `requestsMapping`) any key but `type` and `limits`: nothing else would
+/// read them.
+pub fn only_type_and_limits(d: &mut Diagnostics, path: &str, entry: &Value) {
+    if let Some(mut c) = Obj::new(d, path, entry) {
+        c.allow(&["type", "limits"]);
+        c.finish(d);
+    }
 }
 
 /// A custom converter's `extension`: a `.wasm` file (the Python gateway

@@ -12,6 +12,8 @@
 //! and the guest SDK (`guest-converters/sdk`) convert between the two at the
 //! boundary. Light on purpose (serde_json only): it builds for every target.
 
+pub mod config;
+
 use std::borrow::Borrow;
 use std::fmt;
 use std::ops::Deref;
@@ -494,6 +496,16 @@ impl DownlinkMessage {
             DownlinkMessage::Opcua(_) => "opcua",
             DownlinkMessage::Ble(_) => "ble",
             DownlinkMessage::Can(_) => "can",
+        }
+    }
+
+    /// How long the message waits for the device's answer, when it sets
+    /// that itself (an MQTT response, a CAN response).
+    pub fn answer_timeout_ms(&self) -> Option<u32> {
+        match self {
+            DownlinkMessage::Mqtt(p) => p.response.as_ref().map(|r| r.timeout_ms),
+            DownlinkMessage::Can(c) => c.response.as_ref().map(|r| r.timeout_ms),
+            DownlinkMessage::Modbus(_) | DownlinkMessage::Opcua(_) | DownlinkMessage::Ble(_) => None,
         }
     }
 }

@@ -36,15 +36,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use tbgw_core::Event;
 use tbgw_core::connector::{Ack, RouteId, Uplink, UplinkSink};
+use tbgw_core::downlink::FromDevice;
 use tbgw_core::report::{ReportFilter, ReportPolicy, Strategy};
-use tbgw_core::{DeviceRequest, Event};
 use tbgw_store::{EventStore, StoreError};
 use tbgw_wasm::{UplinkConverter, Worker};
 use tokio::sync::{Notify, mpsc};
 
 /// Where devices' own requests go (the router), with their connector.
-pub type RequestSender = mpsc::UnboundedSender<(Arc<str>, DeviceRequest)>;
+pub type RequestSender = mpsc::UnboundedSender<FromDevice>;
 
 /// A converter and the connector it serves.
 pub struct Route {
@@ -54,6 +55,9 @@ pub struct Route {
     pub converter: UplinkConverter,
     /// Which converted values go on to ThingsBoard; `None`: all of them.
     pub report: Option<ReportPolicy>,
+    /// The downlink converter that answers the attribute requests this
+    /// route's converter recognises; `None`: the device's own.
+    pub answers: Option<usize>,
 }
 
 /// Sizes of the pipeline.
@@ -285,7 +289,11 @@ fn work(
                         }
                         for request in converted.requests {
                             // Dropped only when the gateway is stopping.
-                            let _ = requests.send((route.connector.clone(), request));
+                            let _ = requests.send(FromDevice {
+                                connector: route.connector.clone(),
+                                answered_by: route.answers,
+                                request,
+                            });
                         }
                         for mut update in converted.updates {
                             for t in &mut update.telemetry {

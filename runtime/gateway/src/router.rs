@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tbgw_core::connector::ConnectorStats;
-use tbgw_core::downlink::{DeviceJob, DeviceRegistry, JobKind, ToConnector};
+use tbgw_core::downlink::{DeviceJob, DeviceRegistry, FromDevice, JobKind, ToConnector};
 use tbgw_core::setup::Devices;
 use tbgw_core::{
     AttributeRequest, AttributeResponse, DeviceRequest, DownlinkMessage, DownlinkRequest, RawUplink, RpcAnswer,
@@ -60,9 +60,10 @@ const OWN_RPC_PREFIX: &str = "v1/devices/me/rpc/request/";
 const OWN_RPC_RESPONSE_PREFIX: &str = "v1/devices/me/rpc/response/";
 /// How long a device's attribute request waits for ThingsBoard.
 const ATTRIBUTE_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// The longest a request may wait for its connector's answer: connectors
-/// answer by their own deadlines (a two-way RPC's `responseTimeout`); this
-/// only guards against a connector that never does.
+/// The longest a request may wait for its connector's answer beyond the
+/// longest answer timeout its messages set: connectors answer by their own
+/// deadlines (a two-way RPC's `responseTimeout`); this only guards against
+/// a connector that never does.
 const JOB_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A connector as the router sees it.
@@ -111,15 +112,23 @@ struct Shared {
     registry: Arc<DeviceRegistry>,
     ports: Vec<Port>,
     convert: flume::Sender<ConvertJob>,
-    /// Devices' attribute requests waiting for ThingsBoard: id → (the
-    /// connector that asked, the request).
-    attribute_requests: Mutex<HashMap<u64, (Arc<str>, AttributeRequest)>>,
+    /// Devices' attribute requests waiting for ThingsBoard, by id.
+    attribute_requests: Mutex<HashMap<u64, Waiting>>,
     next_attribute_request: AtomicU64,
     service: mpsc::Sender<ServiceQuery>,
     restart: CancellationToken,
     stats: Arc<RouterStats>,
     /// `thingsboard.handleDeviceRenaming`.
     follow_renames: bool,
+}
+
+/// A device's attribute request waiting for ThingsBoard.
+struct Waiting {
+    /// The connector that asked.
+    connector: Arc<str>,
+    /// The downlink converter that answers, when not the device's own.
+    answered_by: Option<usize>,
+    request: AttributeRequest,
 }
 
 /// The running router.
@@ -139,7 +148,7 @@ impl Router {
         ports: Vec<Port>,
         converters: Vec<DownlinkConverter>,
         incoming: mpsc::UnboundedReceiver<Incoming>,
-        device_requests: mpsc::UnboundedReceiver<(Arc<str>, DeviceRequest)>,
+        device_requests: mpsc::UnboundedReceiver<FromDevice>,
         client: CommandSender,
         registry: Arc<DeviceRegistry>,
         service: mpsc::Sender<ServiceQuery>,
@@ -216,20 +225,20 @@ fn convert_thread(jobs: flume::Receiver<ConvertJob>, converters: Vec<DownlinkCon
 async fn route(
     shared: Arc<Shared>,
     mut incoming: mpsc::UnboundedReceiver<Incoming>,
-    mut device_requests: mpsc::UnboundedReceiver<(Arc<str>, DeviceRequest)>,
+    mut device_requests: mpsc::UnboundedReceiver<FromDevice>,
     shutdown: CancellationToken,
 ) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(msg) = incoming.recv() => from_thingsboard(&shared, msg),
-            Some((connector, request)) = device_requests.recv() => from_device(&shared, &connector, request),
+            Some(request) = device_requests.recv() => from_device(&shared, request),
             else => break,
         }
     }
     // Whatever waits for ThingsBoard now gets no answer: say so.
     let waiting: Vec<_> = shared.attribute_requests.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
-    for (_, (connector, request)) in waiting {
+    for (_, Waiting { connector, request, .. }) in waiting {
         tracing::debug!(connector = %connector, device = request.device, "attribute request unanswered: the gateway is stopping");
     }
 }
@@ -361,20 +370,22 @@ async fn serve(
     let index = shared.ports.iter().position(|p| p.name == record.connector).ok_or_else(|| {
         format!("device `{}` belongs to connector `{}`, which is not running", request.device(), record.connector)
     })?;
-    serve_on(shared, index, request, kind).await
+    serve_on(shared, index, None, request, kind).await
 }
 
-/// Serve `request` on the connector `index`: the device's downlink converter
-/// makes the messages, the connector sends them and says what the device
-/// answered. Returns the converter, the request and the answers.
+/// Serve `request` on the connector `index`: the downlink converter
+/// `converter`, else the device's, makes the messages, the connector sends
+/// them and says what the device answered. Returns the converter, the
+/// request and the answers.
 async fn serve_on(
     shared: &Shared,
     index: usize,
+    converter: Option<usize>,
     request: DownlinkRequest,
     kind: JobKind,
 ) -> Result<(usize, DownlinkRequest, Vec<RawUplink>), String> {
     let port = &shared.ports[index];
-    let Some(converter) = port.downlink_of(request.device()) else {
+    let Some(converter) = converter.or_else(|| port.downlink_of(request.device())) else {
         return Err(format!(
             "connector `{}` has no downlink converter for `{}`: it sends nothing to it",
             port.name,
@@ -391,21 +402,24 @@ async fn serve_on(
         .await
         .map_err(|_| "the gateway is stopping".to_owned())?;
     let messages = rx.await.map_err(|_| "the downlink converter thread stopped".to_owned())??;
+    let answers_within = messages.iter().filter_map(DownlinkMessage::answer_timeout_ms).max().unwrap_or(0);
+    let timeout = JOB_TIMEOUT + Duration::from_millis(u64::from(answers_within));
     let (tx, rx) = oneshot::channel();
     let job = DeviceJob { device: request.device().to_owned(), kind, messages, reply: tx };
     port.jobs.try_send(ToConnector::Device(job)).map_err(|e| match e {
         mpsc::error::TrySendError::Full(_) => format!("connector `{}` has too many requests waiting", port.name),
         mpsc::error::TrySendError::Closed(_) => format!("connector `{}` has stopped", port.name),
     })?;
-    let answers = match tokio::time::timeout(JOB_TIMEOUT, rx).await {
+    let answers = match tokio::time::timeout(timeout, rx).await {
         Ok(Ok(outcome)) => outcome?,
         Ok(Err(_)) => return Err(format!("connector `{}` stopped before answering", port.name)),
-        Err(_) => return Err(format!("connector `{}` did not answer in {JOB_TIMEOUT:?}", port.name)),
+        Err(_) => return Err(format!("connector `{}` did not answer in {timeout:?}", port.name)),
     };
     Ok((converter, request, answers))
 }
 
-fn from_device(shared: &Arc<Shared>, connector: &Arc<str>, request: DeviceRequest) {
+fn from_device(shared: &Arc<Shared>, from: FromDevice) {
+    let FromDevice { connector, answered_by, request } = from;
     match request {
         DeviceRequest::Connect { device, device_type } => {
             tracing::debug!(connector = %connector, device, "device connects");
@@ -428,13 +442,16 @@ fn from_device(shared: &Arc<Shared>, connector: &Arc<str>, request: DeviceReques
                 .attribute_requests
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(id, (connector.clone(), request));
+                .insert(id, Waiting { connector, answered_by, request });
             publish(shared, ATTRIBUTES_REQUEST_TOPIC.into(), payload);
-            let shared = shared.clone();
+            // Weak: a request waiting must not keep the router (and its
+            // downlink thread, which a stop joins) alive for its timeout.
+            let shared = Arc::downgrade(shared);
             tokio::spawn(async move {
                 tokio::time::sleep(ATTRIBUTE_REQUEST_TIMEOUT).await;
+                let Some(shared) = shared.upgrade() else { return };
                 let late = shared.attribute_requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-                if let Some((connector, request)) = late {
+                if let Some(Waiting { connector, request, .. }) = late {
                     tracing::warn!(
                         connector = %connector,
                         device = request.device,
@@ -458,7 +475,7 @@ fn attribute_response(shared: &Arc<Shared>, payload: &[u8]) {
         }
     };
     let waiting = shared.attribute_requests.lock().unwrap_or_else(|e| e.into_inner()).remove(&response.id);
-    let Some((connector, request)) = waiting else {
+    let Some(Waiting { connector, answered_by, request }) = waiting else {
         tracing::debug!(id = response.id, "an answer to an attribute request nobody waits for");
         return;
     };
@@ -479,7 +496,7 @@ fn attribute_response(shared: &Arc<Shared>, payload: &[u8]) {
     let shared = shared.clone();
     tokio::spawn(async move {
         let device = answer.device().to_owned();
-        if let Err(e) = serve_on(&shared, index, answer, JobKind::AttributeResponse).await {
+        if let Err(e) = serve_on(&shared, index, answered_by, answer, JobKind::AttributeResponse).await {
             shared.stats.errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(connector = %connector, device, "answering an attribute request: {e}");
         }

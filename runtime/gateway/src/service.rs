@@ -171,12 +171,25 @@ pub fn load(config: &GatewayConfig, runtime: &Runtime) -> Result<Loaded, Service
             else {
                 unreachable!("loaded as an uplink converter")
             };
+            let answers = match &r.answers {
+                Some(decl) => {
+                    let AnyConverter::Downlink(answering) =
+                        load_one(runtime, &mut loaded.registry, c, decl, Direction::Downlink)?
+                    else {
+                        unreachable!("loaded as a downlink converter")
+                    };
+                    loaded.downlinks.push(answering);
+                    Some(loaded.downlinks.len() - 1)
+                }
+                None => None,
+            };
             route_ids.push(loaded.routes.len());
             loaded.routes.push(Route {
                 connector: c.name.as_str().into(),
                 origin: join(&c.path, &r.converter.path),
                 converter,
                 report: effective(&r.report, config.report_strategy),
+                answers,
             });
         }
         let mut downlinks = Vec::new();
@@ -200,9 +213,11 @@ pub fn check_converters(config: &GatewayConfig, runtime: &Runtime) -> (usize, Ve
     let (mut ok, mut errors) = (0, Vec::new());
     let mut registry = Registry::default();
     for c in &config.connectors {
-        let uplinks = c.setup.routes().into_iter().map(|r| (r.converter, Direction::Uplink));
+        let routes = c.setup.routes();
+        let answers = routes.iter().filter_map(|r| r.answers.clone()).map(|a| (a, Direction::Downlink));
+        let uplinks = routes.iter().map(|r| (r.converter.clone(), Direction::Uplink));
         let downlinks = c.setup.downlinks().into_iter().map(|d| (d.converter, Direction::Downlink));
-        for (decl, direction) in uplinks.chain(downlinks) {
+        for (decl, direction) in uplinks.chain(answers).chain(downlinks) {
             match load_one(runtime, &mut registry, c, &decl, direction) {
                 Ok(_) => ok += 1,
                 Err(e) if errors.iter().any(|known: &ServiceError| known.problem() == e.problem()) => {}
@@ -489,6 +504,12 @@ impl Gateway {
     /// Stop one connector alone: no new messages, a moment for the pipeline
     /// to store what it sent, then it disconnects. False if there is no
     /// running connector of that name.
+    ///
+    /// The moment is the whole pipeline's queue emptying (other connectors'
+    /// messages included), 5 s at most: what is stored after the connector
+    /// disconnected is kept, but its acknowledgement finds nobody, so a
+    /// broker that redelivers (a persistent session) sends it again to the
+    /// connector started next: a duplicate, never a loss.
     pub async fn stop_connector(&mut self, name: &str) -> bool {
         let Some(c) = self.connectors.iter_mut().find(|c| c.name == name && c.task.is_some()) else { return false };
         c.stop_intake.cancel();

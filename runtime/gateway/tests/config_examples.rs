@@ -170,7 +170,8 @@ fn converter_keys_are_checked_by_path() {
             "timeseries": [{"type": "dbl", "key": "k", "value": "${v}"}]}}],
         "downlinkConverter": {"type": "custom", "extension": "CustomDownlink"}}"#;
     let modbus = r#"{"master": {"slaves": [{"host": "127.0.0.1", "deviceName": "S",
-        "uplink_converter": {"type": "modbus", "limits": {"memoryMib": 9999}}, "downlink_converter": "MyConverter",
+        "uplink_converter": {"type": "modbus", "limits": {"memoryMib": 9999}, "byteOrdr": "BIG"},
+        "downlink_converter": "MyConverter",
         "timeseries": [{"tag": "t", "type": "16int", "functionCode": 3, "address": 0}]}]}}"#;
     let (code, err) = check_config(&[("tb.yaml", GATEWAY), ("mqtt.json", mqtt), ("modbus.json", modbus)]);
     assert_eq!(code, Some(2), "{err}");
@@ -180,6 +181,8 @@ fn converter_keys_are_checked_by_path() {
         "connectors[0].configuration.downlinkConverter.extension: `CustomDownlink` is not a .wasm file",
         "connectors[1].configuration.master.slaves[0].uplink_converter.limits.memoryMib: expected a whole number from 1 to 4096, found 9999",
         "connectors[1].configuration.master.slaves[0].downlink_converter: `MyConverter` is not a .wasm file",
+        // The built-in is configured by the slave: its entry takes only its type and limits.
+        "connectors[1].configuration.master.slaves[0].uplink_converter.byteOrdr: unknown key",
     ] {
         assert!(err.contains(expected), "missing `{expected}` in\n{err}");
     }
@@ -193,7 +196,8 @@ fn converter_keys_are_checked_by_path() {
             "timeseries": [{"type": "dbl", "key": "k", "value": "${v}"}]}}]}"#;
     let modbus = modbus
         .replace(r#""memoryMib": 9999"#, r#""memoryMib": 32"#)
-        .replace(r#", "downlink_converter": "MyConverter""#, "")
+        .replace(r#", "byteOrdr": "BIG""#, "")
+        .replace(r#""downlink_converter": "MyConverter","#, "")
         .replace(r#""address": 0}"#, r#""address": 0, "divider": 0}"#);
     let (code, err) = check_config(&[("tb.yaml", GATEWAY), ("mqtt.json", mqtt), ("modbus.json", &modbus)]);
     assert_eq!(code, Some(2), "{err}");

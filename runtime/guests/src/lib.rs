@@ -9,7 +9,8 @@
 //!   contract 0.1.0 ([`PROBE_V0_1`], [`DOWNLINK_V0_1`]), for the runtime's
 //!   tests; a user's own converters over the guest SDK
 //!   ([`CUSTOM_DOWNLINK`], [`CUSTOM_REGISTERS`]), for the end-to-end tests;
-//!   the boundary's bench guests ([`ECHO`], [`ECHO_V0_1`]).
+//!   the boundary's bench guests ([`ECHO`], [`ECHO_V0_1`]); one whose
+//!   results break the contract ([`CONTRACT_BREAKER`]).
 
 use tbgw_core::Direction;
 

@@ -287,7 +287,7 @@ impl Contract for Uplink {
                 let convert =
                     unsafe { TypedFunc::<(ResourceAny, &[RawUplinkRef]), UplinkResults>::new_unchecked(*convert) };
                 let (results,) = convert.call(&mut *store, (converter, &batch))?;
-                Ok(results_v2(results, &mut store.data_mut().keys))
+                Ok(results_v2(results, &mut store.data_mut().keys)?)
             }
             UplinkGuest::V1 { convert, .. } => {
                 let (sources, metadata): (Vec<_>, Vec<_>) = batch.iter().map(v1_parts).unzip();
@@ -442,27 +442,47 @@ fn value_v2(v: &data::Value) -> w2::Value {
     }
 }
 
-/// A batch's results: each key of the table shared by every entry naming it.
-fn results_v2(r: w2::UplinkResults, cache: &mut crate::host::KeyCache) -> Vec<Result<data::ConvertedMessage, String>> {
-    let keys: Vec<Key> = r.keys.into_iter().map(|k| cache.key(k)).collect();
-    r.results.into_iter().map(|result| result.map_err(|e| e.message).and_then(|o| converted_v2(o, &keys))).collect()
+/// What a guest returned breaks the contract in a way its types cannot
+/// say (an entry naming a key its table does not have, fewer results than
+/// requests): the call fails as [`crate::CallError::Contract`] and the
+/// instance is dropped, as for a batch answered with the wrong count.
+#[derive(Debug)]
+pub(crate) struct ContractBroken(pub String);
+
+impl std::fmt::Display for ContractBroken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
-fn entries_v2(entries: Vec<w2::Entry>, keys: &[Key]) -> Result<Vec<data::Entry>, String> {
-    entries
+impl std::error::Error for ContractBroken {}
+
+/// A batch's results: each key of the table shared by every entry naming it.
+fn results_v2(
+    r: w2::UplinkResults,
+    cache: &mut crate::host::KeyCache,
+) -> Result<Vec<Result<data::ConvertedMessage, String>>, ContractBroken> {
+    let keys: Vec<Key> = r.keys.into_iter().map(|k| cache.key(k)).collect();
+    r.results
         .into_iter()
-        .map(|e| match keys.get(e.key as usize) {
-            Some(key) => Ok(data::Entry { key: key.clone(), value: value_from_v2(e.value) }),
-            None => Err(format!(
-                "the converter broke the contract: an entry names key {} of a key table of {}",
-                e.key,
-                keys.len()
-            )),
+        .map(|result| match result {
+            Ok(o) => converted_v2(o, &keys).map(Ok),
+            Err(e) => Ok(Err(e.message)),
         })
         .collect()
 }
 
-fn converted_v2(o: w2::UplinkOutput, keys: &[Key]) -> Result<data::ConvertedMessage, String> {
+fn entries_v2(entries: Vec<w2::Entry>, keys: &[Key]) -> Result<Vec<data::Entry>, ContractBroken> {
+    entries
+        .into_iter()
+        .map(|e| match keys.get(e.key as usize) {
+            Some(key) => Ok(data::Entry { key: key.clone(), value: value_from_v2(e.value) }),
+            None => Err(ContractBroken(format!("an entry names key {} of a key table of {}", e.key, keys.len()))),
+        })
+        .collect()
+}
+
+fn converted_v2(o: w2::UplinkOutput, keys: &[Key]) -> Result<data::ConvertedMessage, ContractBroken> {
     let mut updates = Vec::with_capacity(o.updates.len());
     for u in o.updates {
         let mut telemetry = Vec::with_capacity(u.telemetry.len());
@@ -647,17 +667,21 @@ impl Contract for Downlink {
                 // 0.1 had no attribute responses: those fail, the rest go.
                 let served: Vec<Option<w1::DownlinkRequest>> = batch.iter().map(downlink_request_v1).collect();
                 let inputs: Vec<w1::DownlinkRequest> = served.iter().flatten().cloned().collect();
-                let mut results = g.converter().call_convert(store, converter, &inputs)?.into_iter();
+                let results = g.converter().call_convert(store, converter, &inputs)?;
+                if results.len() != inputs.len() {
+                    let reason = format!("returned {} results for a batch of {}", results.len(), inputs.len());
+                    return Err(ContractBroken(reason).into());
+                }
+                let mut results = results.into_iter();
                 Ok(served
                     .iter()
-                    .map(|s| match s {
-                        None => Err("the converter was built against contract 0.1.0, which cannot answer a \
-                                     device's attribute request (0.2 can)"
+                    .map(|s| match (s, s.as_ref().and_then(|_| results.next())) {
+                        (Some(_), Some(r)) => {
+                            r.map(|m| m.into_iter().map(mqtt_from_v1).collect()).map_err(|e| e.message)
+                        }
+                        _ => Err("the converter was built against contract 0.1.0, which cannot answer a \
+                                  device's attribute request (0.2 can)"
                             .to_owned()),
-                        Some(_) => match results.next() {
-                            Some(r) => r.map(|m| m.into_iter().map(mqtt_from_v1).collect()).map_err(|e| e.message),
-                            None => Err("the converter returned fewer results than requests".to_owned()),
-                        },
                     })
                     .collect())
             }

@@ -231,23 +231,36 @@ fn prepare<C: Contract>(
         origin: origin.clone(),
         reason: format!("{e:#}"),
     })?;
-    let indices = C::indices(&pre).map_err(|_| LoadError::WrongWorld {
-        converter: name.clone(),
-        origin: origin.clone(),
-        expected: C::DIRECTION.world(),
-        found: world_mismatch(&compiled.component, runtime.engine(), C::DIRECTION),
-    })?;
-    // The version served: the newest the component exports (as `indices` picks).
     let exported: Vec<String> = contract_exports(&compiled.component, runtime.engine())
         .into_iter()
         .filter(|(d, _)| *d == C::DIRECTION)
         .map(|(_, v)| v)
         .collect();
-    let contract_version = crate::bindings::CONTRACT_VERSIONS
+    // The version served: the newest the component exports (as `indices` picks).
+    let served = crate::bindings::CONTRACT_VERSIONS
         .iter()
         .find_map(|family| exported.iter().find(|v| crate::bindings::version_family(v) == *family))
-        .cloned()
-        .unwrap_or_default();
+        .cloned();
+    let indices = C::indices(&pre).map_err(|e| match &served {
+        // The right interface and version, other types: built against
+        // another text of that version's WIT (a draft, a hand edit).
+        Some(version) => LoadError::Instantiate {
+            converter: name.clone(),
+            origin: origin.clone(),
+            reason: format!(
+                "it exports the {} interface of contract {version}, but not with the types of this tbgw's \
+                 contract {version}; rebuild it against wit/converter.wit: {e:#}",
+                C::DIRECTION
+            ),
+        },
+        None => LoadError::WrongWorld {
+            converter: name.clone(),
+            origin: origin.clone(),
+            expected: C::DIRECTION.world(),
+            found: world_mismatch(&compiled.component, runtime.engine(), C::DIRECTION),
+        },
+    })?;
+    let contract_version = served.unwrap_or_default();
     let version = Arc::new(Version { generation, spec, compiled, contract_version, pre, indices });
     // The config is validated now, in a probe instance, not on the hot path.
     match Live::start(&version, name, runtime, true) {
@@ -343,6 +356,9 @@ fn classify(
     calling: bool,
 ) -> CallError {
     let converter = name.clone();
+    if let Some(broken) = e.downcast_ref::<crate::bindings::ContractBroken>() {
+        return CallError::Contract { converter, reason: broken.0.clone() };
+    }
     let trap = e.downcast_ref::<Trap>().copied();
     if trap == Some(Trap::Interrupt) {
         return CallError::Timeout { converter, limit_ms: u64::try_from(limit_ms).unwrap_or(u64::MAX) };

@@ -44,28 +44,12 @@ pub struct HostState {
 /// table becomes shared [`Key`]s without a new allocation per key per
 /// batch. Bounded: a converter whose keys are made of its messages (a `"*"`
 /// mapping) starts it afresh past [`KeyCache::MAX`].
+///
+/// The texts are the guest's: the hash is seeded per process (foldhash), so
+/// that a hostile guest cannot craft keys that collide, which would cost
+/// the host its time outside the guest's deadline.
 #[derive(Default)]
-pub(crate) struct KeyCache(std::collections::HashMap<String, Key, std::hash::BuildHasherDefault<Fx>>);
-
-/// FxHash (as rustc's) for [`KeyCache`]: keys are short, and a batch's key
-/// table is hashed key by key on every call; SipHash's defence against
-/// flooding buys nothing here (the table is bounded and the instance's own).
-#[derive(Default)]
-pub(crate) struct Fx(u64);
-
-impl std::hash::Hasher for Fx {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
+pub(crate) struct KeyCache(std::collections::HashMap<String, Key, foldhash::fast::RandomState>);
 
 impl KeyCache {
     const MAX: usize = 4096;

@@ -8,7 +8,7 @@ mod common;
 use common::{batch, probe, runtime};
 use std::time::{Duration, Instant};
 use tbgw_core::{ConvertedMessage, Value};
-use tbgw_wasm::{CallError, ConverterSpec, MessageError, UplinkConverter, Worker};
+use tbgw_wasm::{CallError, ComponentSource, ConverterSpec, Limits, MessageError, UplinkConverter, Worker};
 
 fn attr(out: &ConvertedMessage, key: &str) -> Value {
     out.updates[0]
@@ -223,4 +223,34 @@ fn an_import_tbgw_does_not_provide_loads_and_traps_when_called() {
         other => panic!("expected a trap, got {other:?}"),
     }
     assert_eq!(calls(&mut w), 1);
+}
+
+/// Results that break the contract where its types cannot forbid it (an
+/// entry naming a key the batch's key table lacks, results missing) fail
+/// the call as a broken contract and cost the instance, never the gateway.
+#[test]
+fn results_that_break_the_contract_fail_the_call_and_cost_the_instance() {
+    let spec = ConverterSpec {
+        component: ComponentSource::File(tbgw_guests::CONTRACT_BREAKER.into()),
+        config: "{}".into(),
+        limits: Limits::default(),
+    };
+    let c = runtime().uplink("breaker", spec).expect("load the breaker");
+    let mut w = c.worker();
+    let fine = |w: &mut Worker<tbgw_wasm::Uplink>| {
+        let out = w.try_convert(&batch(&["fine"])).expect("call").remove(0).expect("message");
+        assert_eq!(attr(&out, "ok"), Value::Bool(true));
+    };
+    fine(&mut w);
+    for (payload, reason) in
+        [("bad-key", "an entry names key 7 of a key table of 0"), ("short", "returned 0 results for a batch of 2")]
+    {
+        let err = w.try_convert(&batch(&["fine", payload])).unwrap_err();
+        assert_eq!(err, CallError::Contract { converter: "breaker".into(), reason: reason.into() });
+        assert_eq!(err.to_string(), format!("converter `breaker` broke the contract: {reason}"));
+        assert_eq!(w.live_generation(), None, "{payload}: the instance that broke the contract is dropped");
+        fine(&mut w);
+    }
+    assert_eq!(c.info().instances, 3, "a fresh instance after each broken call");
+    assert_eq!(c.info().call_errors, 2);
 }

@@ -64,7 +64,10 @@ impl sdk::Downlink for Custom {
         let reply = match answer.answers.first() {
             None => serde_json::json!({"custom": true, "method": method, "written": true}),
             Some(a) if self.modbus => {
-                let registers: Vec<u16> = a.payload.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
+                if a.payload.len() % 2 != 0 {
+                    return Err(format!("custom: {} bytes are not whole registers", a.payload.len()));
+                }
+                let registers: Vec<u16> = a.payload.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
                 serde_json::json!({"custom": true, "method": method, "registers": registers})
             }
             Some(a) => {

@@ -7,10 +7,11 @@ use super::{OK, Out, RuntimeArgs, SOME_FAILED, fail};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 use tbgw::converters;
+use tbgw_core::setup::LimitsDecl;
 use tbgw_core::{BleCharacteristic, CanFrame, Direction, OpcuaValue, RawUplink, RegisterBlock, Source};
-use tbgw_wasm::{ConverterSpec, Limits, LoadError, MessageError};
+use tbgw_wasm::{ConverterSpec, LoadError, MessageError};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -50,12 +51,14 @@ pub struct Args {
     #[arg(long, value_name = "MS")]
     pub received_at: Option<i64>,
     /// How long one message may take, in milliseconds (`limits.timeoutMs`
-    /// in a config): a call of N messages may take 100 ms + N times this.
-    #[arg(long, value_name = "MS", default_value_t = 10)]
-    pub timeout_ms: u64,
-    /// Memory limit of the converter instance, in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = 64)]
-    pub memory_mib: u64,
+    /// in a config): a call of N messages may take 100 ms + N times this
+    /// [default: as in a config, 10].
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub timeout_ms: Option<u64>,
+    /// Memory limit of the converter instance, in MiB (`limits.memoryMib`)
+    /// [default: as in a config, 64].
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub memory_mib: Option<u64>,
     /// Messages per convert call, at most [default: as the gateway's
     /// pipeline batches, `tbgw.maxBatch`'s default].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
@@ -106,11 +109,7 @@ pub fn run(args: Args) -> ExitCode {
         Err(e) => return fail(&e.to_string()),
     };
     let name = Path::new(&args.converter).file_stem().and_then(|s| s.to_str()).unwrap_or(&args.converter).to_owned();
-    let limits = Limits {
-        per_message: Duration::from_millis(args.timeout_ms.max(1)),
-        memory_bytes: args.memory_mib.saturating_mul(1024 * 1024),
-        ..Limits::default()
-    };
+    let limits = converters::limits(LimitsDecl { timeout_ms: args.timeout_ms, memory_mib: args.memory_mib });
     let spec = ConverterSpec { component, config, limits };
     let runtime = match args.runtime.runtime() {
         Ok(r) => r,

@@ -4,11 +4,17 @@
 //! (`timeseries[2].type`), refuse typos (unknown keys, with a suggestion)
 //! and accept, with a notice, the keys of the Python gateway's format that
 //! this converter has no use for, so that users' configs load unchanged.
+//!
+//! The reader of the converters (a converter stops at its config's first
+//! problem, as `create` returns one error) and of the plain-data crates
+//! they share with connectors (the Modbus tag schema). The gateway's own
+//! documents are read by `tbgw_core::config`, which reports every problem
+//! at once.
 
 use serde_json::{Map, Value};
 
-pub use tbgw_data::ConfigError;
-use tbgw_data::edit_distance;
+pub use crate::ConfigError;
+use crate::edit_distance;
 
 /// Parse the config text as a JSON document.
 pub fn parse_document(text: &str) -> Result<Value, ConfigError> {
