@@ -8,6 +8,15 @@
 //! `cargo bench -p tbgw-bench --bench pipeline` (needs `mosquitto`;
 //! `TBGW_BENCH_MESSAGES` sets the count, default 100,000.)
 //!
+//! `TBGW_BENCH_MODE=drain`: the drain after an outage under ThingsBoard's
+//! rate limits instead. 100 devices publish live (2 messages/s each) into a
+//! fake ThingsBoard that enforces its limits as ThingsBoard does
+//! (`tbgw_test_support::fake_mqtt`); ThingsBoard goes away for 30 s and
+//! comes back with a datapoint limit of 1,500/s (the live load is 800/s).
+//! Prints the backlog, the drain rate against the limit, the time to drain
+//! (until tbgw is caught up with the live data), the latency of live data
+//! published during the drain, what ThingsBoard refused, tbgw's CPU and RSS.
+//!
 //! Rates run from the first message ThingsBoard's side receives to the
 //! last, so start-up is not counted; every run has to deliver every message
 //! or the bench fails. tbgw runs as a child process (this binary again, in
@@ -22,7 +31,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tbgw_bench::process::{cpu_seconds, status_kb};
-use tbgw_test_support::Mosquitto;
+use tbgw_test_support::fake_mqtt::{FakeThingsBoard, LimitSpec, Refusal, TbLimits};
+use tbgw_test_support::{Collector, Mosquitto};
 
 const DEVICES: usize = 100;
 
@@ -31,8 +41,11 @@ fn main() -> anyhow::Result<()> {
         return gateway;
     }
     let messages: usize = std::env::var("TBGW_BENCH_MESSAGES").ok().and_then(|n| n.parse().ok()).unwrap_or(100_000);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let cache = tempfile::tempdir()?;
+    if std::env::var("TBGW_BENCH_MODE").as_deref() == Ok("drain") {
+        return drain(cache.path());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
 
     println!("pipeline: {messages} JSON messages from {DEVICES} devices, queued on one mosquitto, drained to another");
     println!();
@@ -224,10 +237,16 @@ async fn run_relay(messages: usize) -> anyhow::Result<Run> {
     Ok(Run { span, cpu: None, peak_rss_mb: None })
 }
 
-async fn run_gateway(messages: usize, storage: &str, cache: &Path) -> anyhow::Result<Run> {
-    let (source, tb) = (Mosquitto::start_new(), Mosquitto::start_new());
-    let dir = tempfile::tempdir()?;
-    let config = dir.path().join("tb_gateway.yaml");
+/// The gateway's config (fjall or memory store, the bench's JSON mapping)
+/// in `dir`, its converter compiled into `cache`.
+fn gateway_config(
+    dir: &Path,
+    tb_port: u16,
+    source_port: u16,
+    storage: &str,
+    cache: &Path,
+) -> anyhow::Result<std::path::PathBuf> {
+    let config = dir.join("tb_gateway.yaml");
     std::fs::write(
         &config,
         format!(
@@ -235,13 +254,13 @@ async fn run_gateway(messages: usize, storage: &str, cache: &Path) -> anyhow::Re
              storage: {{type: {storage}, data_folder_path: {}}}\n\
              connectors: [{{type: mqtt, name: Devices, configuration: mqtt.json}}]\n\
              tbgw: {{cacheDir: {}}}\n",
-            tb.port,
-            dir.path().join("data").display(),
+            tb_port,
+            dir.join("data").display(),
             cache.display()
         ),
     )?;
     std::fs::write(
-        dir.path().join("mqtt.json"),
+        dir.join("mqtt.json"),
         format!(
             r#"{{"broker": {{"host": "127.0.0.1", "port": {}, "clientId": "bench-gw", "version": 4, "cleanSession": false}},
   "mapping": [{{"topicFilter": "sensor/+/data", "subscriptionQos": 1,
@@ -252,7 +271,7 @@ async fn run_gateway(messages: usize, storage: &str, cache: &Path) -> anyhow::Re
       "timeseries": [{{"type": "integer", "key": "seq", "value": "${{seq}}"}},
                      {{"type": "double", "key": "temperature", "value": "${{temp}}"}},
                      {{"type": "double", "key": "humidity", "value": "${{hum}}"}}]}}}}]}}"#,
-            source.port
+            source_port
         ),
     )?;
     // Compile the converter now, so that the child loads it from the cache
@@ -260,6 +279,21 @@ async fn run_gateway(messages: usize, storage: &str, cache: &Path) -> anyhow::Re
     let (cfg, _) = tbgw::config::load(&config).map_err(|d| anyhow::anyhow!("bench config: {:?}", d.errors))?;
     let (_, errors) = tbgw::service::check_converters(&cfg, &tbgw::converters::runtime(Some(cache.to_owned()))?);
     anyhow::ensure!(errors.is_empty(), "bench converters: {errors:?}");
+    Ok(config)
+}
+
+fn spawn_gateway(config: &Path) -> anyhow::Result<std::process::Child> {
+    Ok(std::process::Command::new(std::env::current_exe()?)
+        .env(gateway::GATEWAY_MODE, config)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()?)
+}
+
+async fn run_gateway(messages: usize, storage: &str, cache: &Path) -> anyhow::Result<Run> {
+    let (source, tb) = (Mosquitto::start_new(), Mosquitto::start_new());
+    let dir = tempfile::tempdir()?;
+    let config = gateway_config(dir.path(), tb.port, source.port, storage, cache)?;
 
     open_session(source.port, "bench-gw").await?;
     preload(source.port, messages).await?;
@@ -267,11 +301,7 @@ async fn run_gateway(messages: usize, storage: &str, cache: &Path) -> anyhow::Re
     let counter = tokio::spawn(count(tb.port, messages, true, ready_tx));
     ready.await?;
 
-    let mut child = std::process::Command::new(std::env::current_exe()?)
-        .env(gateway::GATEWAY_MODE, &config)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()?;
+    let mut child = spawn_gateway(&config)?;
     let pid = child.id();
     let mut peak = 0u64;
     let span = loop {
@@ -289,4 +319,135 @@ async fn run_gateway(messages: usize, storage: &str, cache: &Path) -> anyhow::Re
     let _ = child.kill();
     let _ = child.wait();
     Ok(Run { span, cpu, peak_rss_mb: Some(peak as f64 / 1024.0) })
+}
+
+/// The drain after an outage under ThingsBoard's limits (`TBGW_BENCH_MODE=drain`).
+fn drain(cache: &Path) -> anyhow::Result<()> {
+    const EVERY: Duration = Duration::from_millis(500);
+    const OUTAGE: Duration = Duration::from_secs(30);
+    // Each message: 3 telemetry values and 1 attribute, 4 datapoints.
+    let (live_dp, limit_dp) = (DEVICES as f64 * 2.0 * 4.0, 1500.0);
+    let source = Mosquitto::start_new();
+    let mut tb = FakeThingsBoard::start(TbLimits {
+        gateway: LimitSpec::new("1000:1,30000:60", "2000:1", &format!("{limit_dp}:1")),
+        own: LimitSpec::new("100:1", "100:1", "1000:1"),
+        announced: None,
+        refusal: Refusal::PubackThenClose,
+    });
+    let dir = tempfile::tempdir()?;
+    let config = gateway_config(dir.path(), tb.port, source.port, "fjall", cache)?;
+    let mut child = spawn_gateway(&config)?;
+    let pid = child.id();
+
+    // Devices publish by the clock; seq n of every device goes at start + n x EVERY.
+    let rounds = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let start = Instant::now();
+    let load = {
+        let (rounds, stop, port) = (rounds.clone(), stop.clone(), source.port);
+        std::thread::spawn(move || {
+            let devices = Collector::connect(port, "bench-devices", &[]);
+            let mut seq = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                devices.publish_many((0..DEVICES).map(|d| {
+                    let (topic, payload) = message(d, seq);
+                    (topic, payload.into_bytes())
+                }));
+                seq += 1;
+                rounds.store(seq as u64, Ordering::Relaxed);
+                std::thread::sleep((start + EVERY * seq as u32).saturating_duration_since(Instant::now()));
+            }
+        })
+    };
+    let published_at = |seq: i64| start + EVERY * u32::try_from(seq.max(0)).unwrap_or(0);
+    std::thread::sleep(Duration::from_secs(10));
+    tb.stop();
+    let rounds_at_stop = rounds.load(Ordering::Relaxed);
+    std::thread::sleep(OUTAGE);
+    let backlog_rounds = rounds.load(Ordering::Relaxed);
+    let backlog = (backlog_rounds - rounds_at_stop) as usize * DEVICES;
+    let (dp_before, cpu_before) = (tb.datapoints(), cpu_seconds(pid).unwrap_or(0.0));
+    tb.start_again();
+    let back = Instant::now();
+    let mut peak = 0u64;
+    // Caught up: every device's newest reading is at most two rounds behind.
+    let drained = loop {
+        peak = peak.max(status_kb(pid, "VmRSS:").unwrap_or(0));
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("the gateway exited: {status}");
+        }
+        let sent = rounds.load(Ordering::Relaxed) as i64;
+        let mut newest = vec![-1i64; DEVICES];
+        for r in tb.readings() {
+            if let (Some(d), Some(seq)) = (
+                r.device.strip_prefix("dev-").and_then(|d| d.parse::<usize>().ok()),
+                r.values.get("seq").and_then(serde_json::Value::as_i64),
+            ) && d < DEVICES
+            {
+                newest[d] = newest[d].max(seq);
+            }
+        }
+        if newest.iter().all(|n| *n >= backlog_rounds as i64 && sent - n <= 2) {
+            break back.elapsed();
+        }
+        anyhow::ensure!(
+            back.elapsed() < Duration::from_secs(600),
+            "not drained after 600 s ({} refused)",
+            tb.refused()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (dp_after, cpu_after) = (tb.datapoints(), cpu_seconds(pid).unwrap_or(0.0));
+    stop.store(true, Ordering::Relaxed);
+    let _ = load.join();
+    // Live data during the drain: published after ThingsBoard came back,
+    // accepted before the drain ended.
+    let mut latencies: Vec<f64> = tb
+        .readings()
+        .iter()
+        .filter_map(|r| {
+            let seq = r.values.get("seq").and_then(serde_json::Value::as_i64)?;
+            let sent = published_at(seq);
+            (sent >= back && r.at <= back + drained).then(|| r.at.saturating_duration_since(sent).as_secs_f64())
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let rate = (dp_after - dp_before) as f64 / drained.as_secs_f64();
+    let _ = child.kill();
+    let _ = child.wait();
+
+    println!(
+        "drain under ThingsBoard's limits: {DEVICES} devices x 2 messages/s (4 datapoints each: {live_dp:.0}/s), \
+         ThingsBoard away {} s, then gatewayRateLimits.telemetryDataPoints {limit_dp:.0}:1",
+        OUTAGE.as_secs()
+    );
+    println!();
+    println!("{:<58} {:>14}", "backlog when ThingsBoard came back (messages)", backlog);
+    println!("{:<58} {:>14.0}", "drain rate (datapoints/s accepted)", rate);
+    println!("{:<58} {:>14.2}", "  vs the limit (tbgw aims at 0.80)", rate / limit_dp);
+    println!("{:<58} {:>14.1}", "time to drain: caught up with the live data (s)", drained.as_secs_f64());
+    println!(
+        "{:<58} {:>14.1}",
+        "  the least possible: backlog / (0.8 x limit - live) (s)",
+        backlog as f64 * 4.0 / (0.8 * limit_dp - live_dp)
+    );
+    println!(
+        "{:<58} {:>14}",
+        "live data during the drain: latency p50 / p99 / max (s)",
+        format!("{:.1} / {:.1} / {:.1}", pct(0.5), pct(0.99), pct(1.0))
+    );
+    println!("{:<58} {:>14}", "publishes ThingsBoard refused", tb.refused());
+    println!(
+        "{:<58} {:>14.1}",
+        "tbgw CPU during the drain (% of a core)",
+        (cpu_after - cpu_before) / drained.as_secs_f64() * 100.0
+    );
+    println!("{:<58} {:>14.1}", "tbgw peak RSS during the drain (MB)", peak as f64 / 1024.0);
+    Ok(())
 }

@@ -1,8 +1,10 @@
 //! What tbgw's tests need around it: real MQTT brokers (mosquitto, started on
 //! a free loopback port and stopped with the test) and MQTT clients that
 //! publish and collect messages, standing in for devices and for
-//! ThingsBoard.
+//! ThingsBoard; a ThingsBoard that enforces its rate limits and a broker
+//! that records acknowledgements ([`fake_mqtt`]).
 
+pub mod fake_mqtt;
 pub mod modbus;
 
 use std::io::Write;

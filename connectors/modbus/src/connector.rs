@@ -26,10 +26,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tbgw_core::connector::{Connector, ConnectorContext, ConnectorStats, RouteId, Uplink, UplinkSink};
 use tbgw_core::downlink::{DeviceJob, DeviceRequests, ToConnector};
-use tbgw_core::{DeviceRequest, DownlinkMessage, ModbusRequest, RawUplink, RegisterBlock, Source};
+use tbgw_core::{DeviceRequest, DownlinkMessage, ModbusRequest, RawUplink, RegisterBlock, Source, now_ms};
 use tokio::sync::mpsc;
 use tokio_modbus::client::{Client, Context, Reader, Writer};
 use tokio_modbus::slave::SlaveContext;
@@ -170,10 +170,6 @@ fn open_serial(s: &SerialSettings, slave: Slave) -> Result<Context, String> {
         .open_native_async()
         .map_err(|e| format!("cannot open {}: {e}", s.path))?;
     Ok(tokio_modbus::client::rtu::attach_slave(port, slave))
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// The device answered with a Modbus exception: the connection is fine,

@@ -11,7 +11,10 @@
 //!   messages; while the converter stage is full it waits, which is the
 //!   backpressure reaching the broker;
 //! - the acker, which turns the pipeline's confirmations into PUBACKs
-//!   (manual acks: a QoS 1 message is acknowledged only once durable);
+//!   (manual acks: a QoS 1 message is acknowledged only once durable), in
+//!   the order the messages came ([`InOrder`]): converter threads finish
+//!   out of order, and MQTT wants PUBACKs in receive order (MQTT-4.6.0-2;
+//!   mosquitto over-sends past its receive maximum and reorders otherwise);
 //! - on shutdown, the receive loop first stops forwarding (messages not yet
 //!   taken stay with the broker), then keeps polling until the last acks and
 //!   the DISCONNECT are out.
@@ -36,15 +39,17 @@
 
 use crate::config::{BrokerConfig, MappingConfig, MqttConfig, MqttVersion, match_filter};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tbgw_core::connector::{Ack, Connector, ConnectorContext, ConnectorStats, RouteId, Uplink, UplinkSink};
 use tbgw_core::downlink::{Answered, Answers, DeviceJob, Reply, ToConnector};
-use tbgw_core::{DownlinkMessage, MqttMessage, MqttPublish, MqttResponse, RawUplink, RpcAnswer, RpcRequest, Source};
+use tbgw_core::{
+    DownlinkMessage, MqttMessage, MqttPublish, MqttResponse, RawUplink, RpcAnswer, RpcRequest, Source, now_ms,
+};
 use tbgw_tls::rustls::ClientConfig;
 use tokio::sync::mpsc;
 
@@ -303,10 +308,6 @@ impl Protocol for V5 {
 
 fn v5_qos(q: u8) -> rumqttc::v5::mqttbytes::QoS {
     if q == 0 { rumqttc::v5::mqttbytes::QoS::AtMostOnce } else { rumqttc::v5::mqttbytes::QoS::AtLeastOnce }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Two-way RPCs waiting for their answer, by response topic, with their
@@ -584,22 +585,26 @@ async fn run<P: Protocol>(conn: MqttConnector, mut ctx: ConnectorContext) {
     let (client, mut eventloop) = P::connect(b, tls);
     let subscriptions = conn.subscriptions();
 
-    // The acker: the pipeline's confirmations become PUBACKs.
-    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<P::Publish>();
+    // The acker: the pipeline's confirmations become PUBACKs, in the order
+    // the messages came (each QoS 1 message numbered as it arrives).
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<(u64, P::Publish)>();
     let acker = {
         let (client, stats) = (client.clone(), ctx.stats.clone());
         tokio::spawn(async move {
-            while let Some(p) = ack_rx.recv().await {
-                if P::ack(&client, p).await {
-                    stats.acked.fetch_add(1, Ordering::Relaxed);
+            let mut order = InOrder::default();
+            while let Some((n, p)) = ack_rx.recv().await {
+                for p in order.done(n, p) {
+                    if P::ack(&client, p).await {
+                        stats.acked.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
         })
     };
-    let ack_now = |p: &P::Publish, q: u8| {
-        if q > 0 {
-            let _ = ack_tx.send(P::ack_handle(p));
-        }
+    let mut received_qos1 = 0u64;
+    let mut number = || {
+        received_qos1 += 1;
+        received_qos1 - 1
     };
 
     let stats = ctx.stats.clone();
@@ -663,15 +668,17 @@ async fn run<P: Protocol>(conn: MqttConnector, mut ctx: ConnectorContext) {
                 ctx.stats.received.fetch_add(1, Ordering::Relaxed);
                 let (topic, payload, q) = P::parts(&p);
                 if down.answered(topic, payload, q) {
-                    ack_now(&p, q);
+                    if q > 0 {
+                        let _ = ack_tx.send((number(), P::ack_handle(&p)));
+                    }
                     continue;
                 }
                 // Stopping: leave it unacknowledged, the broker keeps it.
                 let Some(s) = &sink else { continue };
                 let ack = (q > 0).then(|| {
-                    let (tx, handle) = (ack_tx.clone(), P::ack_handle(&p));
+                    let (tx, handle, n) = (ack_tx.clone(), P::ack_handle(&p), number());
                     Ack::new(move || {
-                        let _ = tx.send(handle);
+                        let _ = tx.send((n, handle));
                     })
                 });
                 let Some(route) = conn.route_for(topic) else {
@@ -755,9 +762,49 @@ async fn run<P: Protocol>(conn: MqttConnector, mut ctx: ConnectorContext) {
     tracing::info!(connector = %name, "stopped");
 }
 
+/// Confirmations, numbered in receive order, released in that order: a
+/// message's PUBACK waits for every earlier message's. A message never
+/// confirmed (the gateway stopped first) holds the later ones back, and the
+/// broker sends them all again: duplicates, never a PUBACK out of order.
+struct InOrder<H> {
+    next: u64,
+    held: BTreeMap<u64, H>,
+}
+
+impl<H> Default for InOrder<H> {
+    fn default() -> Self {
+        InOrder { next: 0, held: BTreeMap::new() }
+    }
+}
+
+impl<H> InOrder<H> {
+    /// Message `n` is confirmed: the handles that may be acknowledged now,
+    /// in order.
+    fn done(&mut self, n: u64, handle: H) -> Vec<H> {
+        self.held.insert(n, handle);
+        let mut ready = Vec::new();
+        while let Some(h) = self.held.remove(&self.next) {
+            ready.push(h);
+            self.next += 1;
+        }
+        ready
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn confirmations_are_released_in_receive_order() {
+        let mut o = InOrder::default();
+        assert!(o.done(1, "b").is_empty(), "waits for 0");
+        assert!(o.done(3, "d").is_empty());
+        assert_eq!(o.done(0, "a"), vec!["a", "b"]);
+        assert_eq!(o.done(2, "c"), vec!["c", "d"]);
+        assert_eq!(o.done(4, "e"), vec!["e"]);
+        assert!(o.held.is_empty());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn pending_rpcs_are_answered_oldest_first_or_expire() {

@@ -296,6 +296,13 @@ pub struct CanFrame {
     pub esi: bool,
 }
 
+/// The time now, ms since the epoch (how messages are stamped).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// Where a message came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {

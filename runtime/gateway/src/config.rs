@@ -40,7 +40,8 @@ use std::time::Duration;
 use tbgw_core::config::{Diagnostics, Obj, join};
 use tbgw_core::report::{self, Strategy};
 use tbgw_core::setup::{ConnectorSetup, Site};
-use tbgw_store::{Durability, StoreLimits, WhenFull};
+use tbgw_store::{DeadLetterFull, DeadLetterLimits, Durability, StoreLimits, WhenFull};
+use tbgw_thingsboard::limits::{RateLimit, RateLimits, Scope};
 use tbgw_thingsboard::{ClientConfig, Credentials, Secret, TlsFiles};
 
 /// The whole gateway configuration.
@@ -152,7 +153,12 @@ pub fn from_document(doc: &Value, file: &Path, base: &Path, d: &mut Diagnostics)
         Some(s) => storage(s, base, d),
         None => Some(StorageConfig {
             kind: StorageKind::Memory,
-            limits: StoreLimits { max_records: 100_000, max_bytes: 256 << 20, when_full: WhenFull::Block },
+            limits: StoreLimits {
+                max_records: 100_000,
+                max_bytes: 256 << 20,
+                when_full: WhenFull::Block,
+                dead_letters: DeadLetterLimits::default(),
+            },
         }),
     };
     let mut connectors = Vec::new();
@@ -270,7 +276,7 @@ fn thingsboard(mut tb: Obj, base: &Path, d: &mut Diagnostics) -> (Option<ClientC
         None => Strategy::OnReceived,
     };
     let credentials = security(&mut tb, base, d);
-    let why_limits = "tbgw follows the limits ThingsBoard announces for the session (getSessionLimits)";
+    let rate_limits = rate_limits(&mut tb, host.as_deref().unwrap_or(""), d);
     tb.unused(
         d,
         &[
@@ -282,12 +288,6 @@ fn thingsboard(mut tb: Obj, base: &Path, d: &mut Diagnostics) -> (Option<ClientC
             ("minPackSizeToSend", "tbgw packs as much as each publish can hold, at once"),
             ("checkConnectorsConfigurationInSeconds", "changes to connector files apply at the next start"),
             ("checkingDeviceActivity", "not implemented yet"),
-            ("rateLimits", why_limits),
-            ("dpRateLimits", why_limits),
-            ("messagesRateLimits", why_limits),
-            ("deviceMessagesRateLimits", why_limits),
-            ("deviceRateLimits", why_limits),
-            ("deviceDpRateLimits", why_limits),
         ],
     );
     if tb.has("provisioning") {
@@ -307,7 +307,69 @@ fn thingsboard(mut tb: Obj, base: &Path, d: &mut Diagnostics) -> (Option<ClientC
     if let Some(max) = max_payload {
         c.max_payload_bytes = max;
     }
+    (c.gateway_limits, c.own_limits) = rate_limits;
     (Some(c), statistics, report_strategy)
+}
+
+/// The Python gateway's rate limit keys: which limit each sets, and the
+/// environment variables that override it (the first that is set wins).
+const RATE_LIMIT_KEYS: [(&str, Scope, Kind, &[&str]); 6] = [
+    ("messagesRateLimits", Scope::Own, Kind::Messages, &["TB_GW_MESSAGES_RATE_LIMITS", "TB_GW_RATE_LIMITS"]),
+    ("rateLimits", Scope::Own, Kind::Telemetry, &["TB_GW_RATE_LIMITS"]),
+    ("dpRateLimits", Scope::Own, Kind::Datapoints, &["TB_GW_DP_RATE_LIMITS"]),
+    (
+        "deviceMessagesRateLimits",
+        Scope::Gateway,
+        Kind::Messages,
+        &["TB_GW_DEVICE_MESSAGES_RATE_LIMIT", "TB_GW_RATE_LIMITS"],
+    ),
+    ("deviceRateLimits", Scope::Gateway, Kind::Telemetry, &["TB_GW_DEVICE_RATE_LIMITS", "TB_GW_RATE_LIMITS"]),
+    ("deviceDpRateLimits", Scope::Gateway, Kind::Datapoints, &["TB_GW_DEVICE_DP_RATE_LIMITS", "TB_GW_DP_RATE_LIMITS"]),
+];
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Messages,
+    Telemetry,
+    Datapoints,
+}
+
+/// The rate limits the config sets (child devices', the gateway's own), for
+/// a ThingsBoard that does not announce its own. The Python gateway's keys,
+/// values and environment variables: `"10:1,300:60"`, `"0:0"` or empty for
+/// none, and its `DEFAULT_*` names, which mean ThingsBoard Cloud's limits on
+/// its hosts and none elsewhere.
+fn rate_limits(tb: &mut Obj, host: &str, d: &mut Diagnostics) -> (RateLimits, RateLimits) {
+    let (mut gateway, mut own) = (RateLimits::default(), RateLimits::default());
+    for (key, scope, kind, vars) in RATE_LIMIT_KEYS {
+        let from_env = vars.iter().find_map(|v| env(v).map(|value| (v.to_string(), value)));
+        let from_file = tb.string(d, key).map(|v| (tb.field(key), v.to_owned()));
+        let Some((origin, spec)) = from_env.or(from_file) else { continue };
+        let cloud = host.contains("thingsboard.cloud")
+            || (host.contains("tb") && host.contains("cloud"))
+            || host.contains("demo.thingsboard.io");
+        let spec = match spec.trim() {
+            "DEFAULT_TELEMETRY_RATE_LIMIT" | "DEFAULT_MESSAGES_RATE_LIMIT" if cloud => "10:1,60:60",
+            "DEFAULT_TELEMETRY_DP_RATE_LIMIT" if cloud => "10:1,300:60",
+            "DEFAULT_TELEMETRY_RATE_LIMIT" | "DEFAULT_MESSAGES_RATE_LIMIT" | "DEFAULT_TELEMETRY_DP_RATE_LIMIT" => "",
+            other => other,
+        };
+        match RateLimit::parse(spec) {
+            Ok(limit) => {
+                let set = match scope {
+                    Scope::Gateway => &mut gateway,
+                    Scope::Own => &mut own,
+                };
+                match kind {
+                    Kind::Messages => set.messages = limit,
+                    Kind::Telemetry => set.telemetry_messages = limit,
+                    Kind::Datapoints => set.telemetry_datapoints = limit,
+                }
+            }
+            Err(e) => d.error(origin, format!("{e} (e.g. \"10:1,300:60\": 10 a second and 300 a minute)")),
+        }
+    }
+    (gateway, own)
 }
 
 type Security = (Credentials, Option<String>, Option<TlsFiles>);
@@ -374,6 +436,27 @@ fn security(tb: &mut Obj, base: &Path, d: &mut Diagnostics) -> Option<Security> 
     result
 }
 
+/// `storage.dead_letters`: `{max_records_count, max_size_mb, when_full:
+/// drop_oldest | drop_newest}`, the bounds of the messages kept because they
+/// failed to convert.
+fn dead_letter_limits(mut o: Obj, d: &mut Diagnostics) -> DeadLetterLimits {
+    let default = DeadLetterLimits::default();
+    let limits = DeadLetterLimits {
+        max_records: o.uint(d, "max_records_count", 0..=u64::MAX).unwrap_or(default.max_records),
+        max_bytes: o.uint(d, "max_size_mb", 1..=1 << 30).map_or(default.max_bytes, |m| m << 20),
+        when_full: match o.string(d, "when_full") {
+            None | Some("drop_oldest") => DeadLetterFull::DropOldest,
+            Some("drop_newest") => DeadLetterFull::DropNewest,
+            Some(other) => {
+                d.error(o.field("when_full"), format!("`{other}`: expected drop_oldest or drop_newest"));
+                default.when_full
+            }
+        },
+    };
+    o.finish(d);
+    limits
+}
+
 fn storage(mut s: Obj, base: &Path, d: &mut Diagnostics) -> Option<StorageConfig> {
     let kind = s.string(d, "type").unwrap_or("memory").to_owned();
     let records = s.uint(d, "max_records_count", 1..=u64::MAX);
@@ -385,6 +468,10 @@ fn storage(mut s: Obj, base: &Path, d: &mut Diagnostics) -> Option<StorageConfig
             d.error(s.field("when_full"), format!("`{other}`: expected block or drop_oldest"));
             WhenFull::Block
         }
+    };
+    let dead_letters = match s.object(d, "dead_letters") {
+        Some(o) => dead_letter_limits(o, d),
+        None => DeadLetterLimits::default(),
     };
     let folder = s.string(d, "data_folder_path").map(|p| base.join(p));
     let fsync = s.string(d, "fsync").unwrap_or("batch").to_owned();
@@ -413,6 +500,7 @@ fn storage(mut s: Obj, base: &Path, d: &mut Diagnostics) -> Option<StorageConfig
                     max_records: records.unwrap_or(100_000),
                     max_bytes: size_mb.map_or(256 << 20, |m| m << 20),
                     when_full,
+                    dead_letters,
                 },
             })
         }
@@ -431,6 +519,7 @@ fn storage(mut s: Obj, base: &Path, d: &mut Diagnostics) -> Option<StorageConfig
                     max_records: records.unwrap_or(1_000_000),
                     max_bytes: size_mb.map_or(1 << 30, |m| m << 20),
                     when_full,
+                    dead_letters,
                 },
             })
         }
@@ -517,6 +606,26 @@ mod tests {
     }
 
     #[test]
+    fn rate_limits_of_the_config_and_their_errors() {
+        let (c, d) = check(
+            "thingsboard: {host: tb.example.com, security: {type: accessToken, accessToken: T}, \
+             deviceRateLimits: \"100:1,3000:60\", deviceDpRateLimits: \"2000:1\", rateLimits: DEFAULT_TELEMETRY_RATE_LIMIT, \
+             dpRateLimits: \"0:0\"}\n",
+        );
+        assert!(d.is_ok(), "{:?}", d.errors);
+        let tb = c.expect("config").thingsboard;
+        assert_eq!(tb.gateway_limits.largest_publish(), (Some(80), Some(1600)));
+        assert!(!tb.gateway_limits.messages.is_limited());
+        assert!(!tb.own_limits.is_limited(), "DEFAULT_* means none off ThingsBoard Cloud, 0:0 none");
+        let (_, d) = check(
+            "thingsboard: {host: tb, security: {type: accessToken, accessToken: T}, deviceDpRateLimits: \"2000/s\"}\n",
+        );
+        assert_eq!(d.errors.len(), 1, "{:?}", d.errors);
+        assert_eq!(d.errors[0].path, "thingsboard.deviceDpRateLimits");
+        assert!(d.errors[0].message.contains("2000/s"), "{}", d.errors[0].message);
+    }
+
+    #[test]
     fn the_python_default_file_loads_with_notices() {
         let text = include_str!("../tests/data/tb_gateway_python_default.json");
         let doc = parse_text(text, false).unwrap();
@@ -528,9 +637,16 @@ mod tests {
         assert!(matches!(c.storage.kind, StorageKind::Memory));
         assert_eq!(c.storage.limits.max_records, 100_000);
         let noticed: Vec<&str> = d.notices.iter().map(|n| n.path.as_str()).collect();
-        for key in ["thingsboard.remoteShell", "thingsboard.rateLimits", "storage.max_file_count", "grpc"] {
+        for key in ["thingsboard.remoteShell", "storage.max_file_count", "grpc"] {
             assert!(noticed.contains(&key), "no notice for {key}: {noticed:?}");
         }
+        // Its rate limits are read: `DEFAULT_*` on thingsboard.cloud are
+        // the cloud's 10:1,60:60 (at 80%: 8 a second, 48 a minute).
+        assert!(!noticed.iter().any(|n| n.contains("RateLimits") || n.contains("rateLimits")), "{noticed:?}");
+        let tb = &c.thingsboard;
+        assert_eq!(tb.gateway_limits.telemetry_messages.smallest_capacity(), Some(8));
+        assert_eq!(tb.gateway_limits.largest_publish(), (Some(8), Some(8)));
+        assert_eq!(tb.own_limits.messages.smallest_capacity(), Some(8));
         // Its report strategy is read (ON_RECEIVED: every value).
         assert_eq!(c.report_strategy, Strategy::OnReceived);
         assert!(!noticed.iter().any(|n| n.starts_with("thingsboard.reportStrategy")), "{noticed:?}");
@@ -582,7 +698,12 @@ mod tests {
         );
         assert_eq!(
             c.storage.limits,
-            StoreLimits { max_records: 1_000_000, max_bytes: 10 << 20, when_full: WhenFull::DropOldest }
+            StoreLimits {
+                max_records: 1_000_000,
+                max_bytes: 10 << 20,
+                when_full: WhenFull::DropOldest,
+                dead_letters: DeadLetterLimits::default()
+            }
         );
         assert_eq!(c.thingsboard.tls.unwrap().ca_cert, Some("/etc/tbgw/ca.pem".into()));
         assert_eq!(c.pipeline.workers, 3);

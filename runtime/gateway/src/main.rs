@@ -28,6 +28,10 @@ enum Command {
     /// Try converters on sample messages, and inspect converter components.
     #[command(subcommand)]
     Converter(ConverterCommand),
+    /// Messages kept because they failed to convert: list, replay, purge
+    /// (with the gateway stopped).
+    #[command(subcommand)]
+    DeadLetters(cli::dead_letters::Command),
 }
 
 #[derive(Subcommand)]
@@ -52,5 +56,6 @@ fn main() -> ExitCode {
         Command::CheckConfig(args) => cli::run::check(args),
         Command::Converter(ConverterCommand::Test(args)) => cli::converter_test::run(args),
         Command::Converter(ConverterCommand::Inspect(args)) => cli::inspect::run(args),
+        Command::DeadLetters(command) => cli::dead_letters::run(command),
     }
 }

@@ -20,8 +20,10 @@
 //! - **The store writer** takes every converted batch that is waiting and
 //!   appends their events in one write (group commit), then confirms the
 //!   messages to their sources ([`tbgw_core::connector::Ack`]) and wakes the
-//!   ThingsBoard client. A message that failed to convert is confirmed too:
-//!   it is counted and logged, and retrying it would fail the same way.
+//!   ThingsBoard client. A message that failed to convert (alone, and again
+//!   with a larger budget: [`tbgw_wasm::RETRY_BUDGET`]) is kept in the store
+//!   as a dead letter ([`tbgw_store::dead_letters`]) in the same step, then
+//!   confirmed: nothing is acknowledged and gone without a trace.
 //! - **Order**: a connector sends all messages with the same ordering key
 //!   (an MQTT topic) to the same worker; workers and the writer keep their
 //!   order; so a device's data reaches the store, and ThingsBoard, in the
@@ -40,7 +42,7 @@ use tbgw_core::Event;
 use tbgw_core::connector::{Ack, RouteId, Uplink, UplinkSink};
 use tbgw_core::downlink::FromDevice;
 use tbgw_core::report::{ReportFilter, ReportPolicy, Strategy};
-use tbgw_store::{EventStore, StoreError};
+use tbgw_store::{DeadLetter, EventStore, StoreError};
 use tbgw_wasm::{UplinkConverter, Worker};
 use tokio::sync::{Notify, mpsc};
 
@@ -111,6 +113,8 @@ struct Converted {
     events: Vec<Event>,
     /// The route of each event, in order.
     routes: Vec<RouteId>,
+    /// Messages that failed to convert.
+    dead: Vec<DeadLetter>,
     acks: Vec<Ack>,
 }
 
@@ -259,7 +263,7 @@ fn work(
             });
             group.push(u);
         }
-        let mut out = Converted { events: Vec::new(), routes: Vec::new(), acks: Vec::new() };
+        let mut out = Converted { events: Vec::new(), routes: Vec::new(), dead: Vec::new(), acks: Vec::new() };
         for route_id in order {
             let Some(group) = groups.remove(&route_id) else { continue };
             let Some(route) = routes.get(route_id) else { continue };
@@ -296,16 +300,13 @@ fn work(
                             });
                         }
                         for mut update in converted.updates {
-                            for t in &mut update.telemetry {
-                                t.ts.get_or_insert(raw.received_at);
-                            }
+                            stamp(&mut update, raw.received_at);
                             if let Some(policy) = &route.report {
                                 let filter = reported.entry(route_id).or_default();
                                 let held = report(policy, filter, &mut update, raw.received_at);
                                 st.not_reported.fetch_add(held, Ordering::Relaxed);
                             }
-                            update.telemetry.retain(|t| !t.values.is_empty());
-                            if update.telemetry.is_empty() && update.attributes.is_empty() {
+                            if !has_values(&mut update) {
                                 continue;
                             }
                             out.events.push(Event { connector: route.connector.to_string(), update });
@@ -320,10 +321,20 @@ fn work(
                             tracing::warn!(
                                 route = %route.origin,
                                 source = %raw.source,
-                                "message not converted: {e}{}",
+                                "message not converted, kept as a dead letter: {e}{}",
                                 more(0, held)
                             );
                         }
+                        let info = route.converter.info();
+                        out.dead.push(DeadLetter {
+                            connector: route.connector.to_string(),
+                            route: route.origin.clone(),
+                            converter: info.name,
+                            converter_sha256: info.sha256,
+                            reason: e.to_string(),
+                            failed_at: tbgw_core::now_ms(),
+                            raw: raw.clone(),
+                        });
                     }
                 }
             }
@@ -333,6 +344,19 @@ fn work(
             break;
         }
     }
+}
+
+/// Readings without a timestamp get the message's receipt time.
+pub fn stamp(update: &mut tbgw_core::DeviceUpdate, received_at: i64) {
+    for t in &mut update.telemetry {
+        t.ts.get_or_insert(received_at);
+    }
+}
+
+/// Drop readings left without values; whether anything is left to store.
+pub fn has_values(update: &mut tbgw_core::DeviceUpdate) -> bool {
+    update.telemetry.retain(|t| !t.values.is_empty());
+    !(update.telemetry.is_empty() && update.attributes.is_empty())
 }
 
 /// Keep the values of `update` its report strategies let through; the
@@ -384,12 +408,14 @@ fn write(rx: Receiver<Converted>, store: &dyn EventStore, new_data: &Notify, sta
         let mut events = Vec::with_capacity(n);
         let mut routes = Vec::with_capacity(n);
         let mut acks = Vec::new();
+        let mut dead = Vec::new();
         for c in group {
             events.extend(c.events);
             routes.extend(c.routes);
+            dead.extend(c.dead);
             acks.extend(c.acks);
         }
-        if append_all(store, &events, &mut errors).is_err() {
+        if append_all(store, &events, &mut errors).is_err() || keep_dead(store, &dead, &mut errors).is_err() {
             // The store closed (the gateway is stopping): these messages are
             // not confirmed, their sources send them again at the next start.
             tracing::info!(
@@ -407,6 +433,26 @@ fn write(rx: Receiver<Converted>, store: &dyn EventStore, new_data: &Notify, sta
         new_data.notify_one();
         for ack in acks {
             ack.confirm();
+        }
+    }
+}
+
+/// Keep the messages that failed as dead letters, retrying on errors until
+/// it works or the store is closed.
+fn keep_dead(store: &dyn EventStore, dead: &[DeadLetter], errors: &mut Quiet) -> Result<(), ()> {
+    if dead.is_empty() {
+        return Ok(());
+    }
+    loop {
+        match store.put_dead_letters(dead) {
+            Ok(()) => return Ok(()),
+            Err(StoreError::Closed) => return Err(()),
+            Err(e) => {
+                if let Some(held) = errors.ready() {
+                    tracing::error!("keeping dead letters failed: {e}; retrying{}", more(0, held));
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
         }
     }
 }

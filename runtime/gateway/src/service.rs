@@ -230,7 +230,9 @@ pub fn check_converters(config: &GatewayConfig, runtime: &Runtime) -> (usize, Ve
 
 /// Where compiled converters go: the configured directory, else beside the
 /// event store, else the user's cache.
-fn cache_dir(config: &GatewayConfig) -> Option<std::path::PathBuf> {
+/// Where the gateway caches compiled converters: `tbgw.cacheDir`, else
+/// beside its store.
+pub fn cache_dir(config: &GatewayConfig) -> Option<std::path::PathBuf> {
     config.cache_dir.clone().or_else(|| match &config.storage.kind {
         StorageKind::Fjall { path, .. } => Some(path.join("converter-cache")),
         StorageKind::Memory => converters::default_cache_dir(),

@@ -10,6 +10,7 @@ use serde_json::{Map, Value, json};
 use std::time::Duration;
 use tbgw_store::StoreStats;
 use tbgw_thingsboard::ClientStatsSnapshot;
+use tbgw_thingsboard::limits::LimitsSource;
 use tbgw_wasm::ConverterInfo;
 
 /// The gateway, now.
@@ -96,6 +97,27 @@ impl Status {
         out.insert("storageBacklog".into(), self.store.records.into());
         out.insert("storageBytes".into(), self.store.bytes.into());
         out.insert("storageDropped".into(), self.store.dropped.into());
+        out.insert("deadLetters".into(), self.store.dead_letters.into());
+        out.insert("deadLettersDropped".into(), self.store.dead_letters_dropped.into());
+        // A drain after an outage: how fast, how long still, how hard
+        // ThingsBoard's limits hold it.
+        let rate = self.client.delivery_rate;
+        out.insert("deliveryRate".into(), json!((rate * 10.0).round() / 10.0));
+        if self.store.records > 0 && rate > 0.0 {
+            out.insert("timeToDrainSeconds".into(), ((self.store.records as f64 / rate).ceil() as u64).into());
+        }
+        let pacer = &self.client.pacer;
+        let source = match pacer.source {
+            LimitsSource::None => "none",
+            LimitsSource::Config => "config",
+            LimitsSource::ThingsBoard => "thingsboard",
+        };
+        out.insert("rateLimitsFrom".into(), source.into());
+        out.insert("deliveryPacePercent".into(), ((pacer.pace * 100.0).round() as u64).into());
+        out.insert("refusedPublishes".into(), pacer.refusals.into());
+        if let Some(used) = pacer.gateway_use {
+            out.insert("rateLimitUsePercent".into(), ((used * 100.0).round() as u64).into());
+        }
         out.insert("uptimeSeconds".into(), self.uptime.as_secs().into());
         Value::Object(out)
     }

@@ -1,7 +1,8 @@
 //! The durable store, on fjall. Layout and guarantees: see the crate docs.
 
+use crate::dead_letters::{DeadBook, encode_all};
 use crate::ledger::{Admission, Ledger};
-use crate::{Durability, EventStore, Seq, StoreError, StoreLimits, StoreStats, codec};
+use crate::{DeadLetter, Durability, EventStore, Seq, StoreError, StoreLimits, StoreStats, codec};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -24,8 +25,10 @@ pub struct FjallStore {
     events: Keyspace,
     devices: Keyspace,
     meta: Keyspace,
+    letters: Keyspace,
     durability: Durability,
     ledger: Mutex<Ledger>,
+    dead: Mutex<DeadBook>,
     /// Signalled when room is made (remove) or the store closes.
     room: Condvar,
     dropped_warning: Mutex<(Instant, u64)>,
@@ -52,6 +55,21 @@ impl FjallStore {
         }
         let events = db.keyspace("events", KeyspaceCreateOptions::default).map_err(|e| open_err(e.to_string()))?;
         let devices = db.keyspace("devices", KeyspaceCreateOptions::default).map_err(|e| open_err(e.to_string()))?;
+        let letters =
+            db.keyspace("dead_letters", KeyspaceCreateOptions::default).map_err(|e| open_err(e.to_string()))?;
+        let mut dead = DeadBook::new(limits.dead_letters);
+        for item in letters.iter() {
+            let (key, value) = item.into_inner().map_err(|e| open_err(e.to_string()))?;
+            let id = seq_of(&key).ok_or_else(|| open_err("a dead letter key is not an id".into()))?;
+            dead.restore(id, u32::try_from(value.len()).unwrap_or(u32::MAX));
+        }
+        if dead.count() > 0 {
+            tracing::warn!(
+                path = %path.display(),
+                "{} messages that failed to convert are kept as dead letters (tbgw dead-letters list)",
+                dead.count()
+            );
+        }
 
         let floor = match meta.get(NEXT_SEQ).map_err(|e| open_err(e.to_string()))? {
             Some(v) => seq_of(&v).ok_or_else(|| open_err("the stored next sequence number is corrupt".into()))?,
@@ -80,8 +98,10 @@ impl FjallStore {
             events,
             devices,
             meta,
+            letters,
             durability,
             ledger: Mutex::new(ledger),
+            dead: Mutex::new(dead),
             room: Condvar::new(),
             dropped_warning: Mutex::new((Instant::now() - DROP_WARNING_EVERY, 0)),
             syncer,
@@ -212,7 +232,62 @@ impl EventStore for FjallStore {
     }
 
     fn stats(&self) -> StoreStats {
-        self.ledger().stats()
+        let mut stats = self.ledger().stats();
+        let dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
+        (stats.dead_letters, stats.dead_letters_dropped) = (dead.count(), dead.dropped);
+        stats
+    }
+
+    fn put_dead_letters(&self, letters: &[DeadLetter]) -> Result<(), StoreError> {
+        if self.ledger().closed {
+            return Err(StoreError::Closed);
+        }
+        let encoded = encode_all(letters);
+        let mut dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
+        let mut batch = self.db.batch();
+        if self.durability == Durability::PerBatch {
+            batch = batch.durability(Some(PersistMode::SyncData));
+        }
+        for buf in encoded {
+            let Some((id, evict)) = dead.admit(u32::try_from(buf.len()).unwrap_or(u32::MAX)) else {
+                tracing::warn!(path = %self.path.display(), "the dead letters are full: a failed message is not kept");
+                continue;
+            };
+            for old in evict {
+                batch.remove(&self.letters, key(old));
+            }
+            batch.insert(&self.letters, key(id), buf);
+        }
+        batch.commit()?;
+        Ok(())
+    }
+
+    fn dead_letters(&self, from: u64, max: usize) -> Result<Vec<(u64, DeadLetter)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.letters.range(key(from)..) {
+            if out.len() >= max {
+                break;
+            }
+            let (k, v) = item.into_inner()?;
+            let Some(id) = seq_of(&k) else { continue };
+            match codec::decode_dead_letter(&v) {
+                Ok(letter) => out.push((id, letter)),
+                Err(e) => tracing::error!(path = %self.path.display(), id, "skipping an undecodable dead letter: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
+    fn remove_dead_letters(&self, ids: &[u64]) -> Result<(), StoreError> {
+        let mut dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
+        let mut batch = self.db.batch();
+        for id in ids {
+            if dead.remove(*id) {
+                batch.remove(&self.letters, key(*id));
+            }
+        }
+        batch.commit()?;
+        Ok(())
     }
 
     fn put_device(&self, name: &str, device: &DeviceRecord) -> Result<(), StoreError> {

@@ -162,6 +162,8 @@ impl Ledger {
             corrupt: self.corrupt,
             first_seq: self.first_seq(),
             next_seq: self.next_seq(),
+            dead_letters: 0,
+            dead_letters_dropped: 0,
         }
     }
 }
@@ -171,7 +173,7 @@ mod tests {
     use super::*;
 
     fn limits(max_records: u64, when_full: WhenFull) -> StoreLimits {
-        StoreLimits { max_records, max_bytes: 1000, when_full }
+        StoreLimits { max_records, max_bytes: 1000, when_full, dead_letters: Default::default() }
     }
 
     #[test]

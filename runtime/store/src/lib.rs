@@ -23,13 +23,14 @@
 //!
 //! # The `fjall` store's layout
 //!
-//! One fjall database in the data folder, with three keyspaces:
+//! One fjall database in the data folder, with four keyspaces:
 //!
 //! | keyspace | key | value |
 //! |---|---|---|
 //! | `events` | sequence number, 8 bytes big-endian (so keys sort in order) | the event, encoded by [`codec`] |
 //! | `devices` | device name | the device's profile and connector ([`codec`]) |
 //! | `meta` | name | format version and the like |
+//! | `dead_letters` | id, 8 bytes big-endian | a message that failed to convert ([`dead_letters`]) |
 //!
 //! Each `append` is one write batch (group commit: the pipeline appends the
 //! events of many messages at once). Removed events become tombstones that
@@ -43,10 +44,12 @@
 //! **everything in it is lost when the gateway stops**.
 
 pub mod codec;
+pub mod dead_letters;
 mod fjall_store;
 mod ledger;
 mod memory;
 
+pub use dead_letters::{DeadLetter, DeadLetterFull, DeadLetterLimits};
 pub use fjall_store::FjallStore;
 pub use memory::MemoryStore;
 
@@ -83,6 +86,8 @@ pub struct StoreLimits {
     pub max_records: u64,
     pub max_bytes: u64,
     pub when_full: WhenFull,
+    /// The dead letters' own bounds.
+    pub dead_letters: DeadLetterLimits,
 }
 
 /// Counters, for statistics.
@@ -104,6 +109,10 @@ pub struct StoreStats {
     pub first_seq: Option<Seq>,
     /// The sequence number the next append starts at.
     pub next_seq: Seq,
+    /// Messages kept because they failed to convert, and those not kept
+    /// (the dead letters' bound).
+    pub dead_letters: u64,
+    pub dead_letters_dropped: u64,
 }
 
 /// Why a store operation failed.
@@ -154,6 +163,18 @@ pub trait EventStore: Send + Sync {
 
     /// Every remembered device.
     fn devices(&self) -> Result<Vec<(String, DeviceRecord)>, StoreError>;
+
+    /// Keep messages that failed to convert, in one write, before they are
+    /// acknowledged to their sources. At the bound the oldest letters give
+    /// way or the new ones are not kept ([`DeadLetterLimits`]), counted in
+    /// [`StoreStats::dead_letters_dropped`].
+    fn put_dead_letters(&self, letters: &[DeadLetter]) -> Result<(), StoreError>;
+
+    /// Up to `max` dead letters with ids from `from` on, oldest first.
+    fn dead_letters(&self, from: u64, max: usize) -> Result<Vec<(u64, DeadLetter)>, StoreError>;
+
+    /// Remove dead letters (replayed or purged); unknown ids are not an error.
+    fn remove_dead_letters(&self, ids: &[u64]) -> Result<(), StoreError>;
 
     /// Force everything appended so far to the disk.
     fn flush(&self) -> Result<(), StoreError>;

@@ -1,8 +1,9 @@
 //! The in-memory store: the same contract as the `fjall` store, bounded
 //! and fast, and **lost when the gateway stops**.
 
+use crate::dead_letters::{DeadBook, encode_all};
 use crate::ledger::{Admission, Ledger};
-use crate::{EventStore, Seq, StoreError, StoreLimits, StoreStats, approx_size};
+use crate::{DeadLetter, EventStore, Seq, StoreError, StoreLimits, StoreStats, approx_size, codec};
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -19,6 +20,9 @@ struct Inner {
     ledger: Ledger,
     events: BTreeMap<Seq, Event>,
     devices: HashMap<String, DeviceRecord>,
+    dead: DeadBook,
+    /// Dead letters, encoded (their size is what the bound counts).
+    letters: BTreeMap<u64, Vec<u8>>,
 }
 
 impl MemoryStore {
@@ -28,6 +32,8 @@ impl MemoryStore {
                 ledger: Ledger::new(limits, 0),
                 events: BTreeMap::new(),
                 devices: HashMap::new(),
+                dead: DeadBook::new(limits.dead_letters),
+                letters: BTreeMap::new(),
             }),
             room: Condvar::new(),
         }
@@ -84,7 +90,48 @@ impl EventStore for MemoryStore {
     }
 
     fn stats(&self) -> StoreStats {
-        self.inner().ledger.stats()
+        let mut inner = self.inner();
+        let mut stats = inner.ledger.stats();
+        (stats.dead_letters, stats.dead_letters_dropped) = (inner.dead.count(), inner.dead.dropped);
+        stats
+    }
+
+    fn put_dead_letters(&self, letters: &[DeadLetter]) -> Result<(), StoreError> {
+        let encoded = encode_all(letters);
+        let mut inner = self.inner();
+        if inner.ledger.closed {
+            return Err(StoreError::Closed);
+        }
+        for buf in encoded {
+            let Some((id, evict)) = inner.dead.admit(u32::try_from(buf.len()).unwrap_or(u32::MAX)) else { continue };
+            for old in evict {
+                inner.letters.remove(&old);
+            }
+            inner.letters.insert(id, buf);
+        }
+        Ok(())
+    }
+
+    fn dead_letters(&self, from: u64, max: usize) -> Result<Vec<(u64, DeadLetter)>, StoreError> {
+        let inner = self.inner();
+        inner
+            .letters
+            .range(from..)
+            .take(max)
+            .map(|(id, buf)| {
+                codec::decode_dead_letter(buf).map(|l| (*id, l)).map_err(|e| StoreError::Db(e.to_string()))
+            })
+            .collect()
+    }
+
+    fn remove_dead_letters(&self, ids: &[u64]) -> Result<(), StoreError> {
+        let mut inner = self.inner();
+        for id in ids {
+            if inner.dead.remove(*id) {
+                inner.letters.remove(id);
+            }
+        }
+        Ok(())
     }
 
     fn put_device(&self, name: &str, device: &DeviceRecord) -> Result<(), StoreError> {

@@ -31,7 +31,7 @@ fn n_of(e: &Event) -> i64 {
 }
 
 fn limits(max_records: u64, when_full: WhenFull) -> StoreLimits {
-    StoreLimits { max_records, max_bytes: 1 << 30, when_full }
+    StoreLimits { max_records, max_bytes: 1 << 30, when_full, dead_letters: Default::default() }
 }
 
 /// Run `check` against a fresh store of each kind.
@@ -215,4 +215,60 @@ fn a_killed_writer_loses_nothing_it_confirmed() {
     for (i, (_, e)) in events.iter().enumerate() {
         assert_eq!(n_of(e), i as i64, "events out of order or missing");
     }
+}
+
+fn letter(n: usize) -> tbgw_store::DeadLetter {
+    tbgw_store::DeadLetter {
+        connector: "mqtt".into(),
+        route: "connectors[0].configuration.mapping[0].converter".into(),
+        converter: "mqtt/json".into(),
+        converter_sha256: "0".repeat(64),
+        reason: format!("bad message {n}"),
+        failed_at: 1_700_000_000_000,
+        raw: tbgw_core::RawUplink {
+            source: tbgw_core::Source::mqtt("sensor/a/data"),
+            device: None,
+            payload: format!("garbage {n}").into_bytes(),
+            metadata: vec![],
+            received_at: 1_700_000_000_000,
+        },
+    }
+}
+
+#[test]
+fn dead_letters_are_kept_bounded_and_survive_reopening() {
+    let bounded = StoreLimits {
+        dead_letters: tbgw_store::DeadLetterLimits {
+            max_records: 3,
+            max_bytes: 1 << 20,
+            when_full: tbgw_store::DeadLetterFull::DropOldest,
+        },
+        ..limits(1000, WhenFull::Block)
+    };
+    each_store(bounded, |store| {
+        store.put_dead_letters(&(0..5).map(letter).collect::<Vec<_>>()).expect("keep");
+        let kept = store.dead_letters(0, 100).expect("read");
+        let reasons: Vec<&str> = kept.iter().map(|(_, l)| l.reason.as_str()).collect();
+        assert_eq!(reasons, ["bad message 2", "bad message 3", "bad message 4"], "the oldest gave way");
+        assert_eq!(kept[0].1, letter(2), "kept as it came");
+        let stats = store.stats();
+        assert_eq!((stats.dead_letters, stats.dead_letters_dropped), (3, 2));
+        store.remove_dead_letters(&[kept[1].0]).expect("remove");
+        assert_eq!(store.dead_letters(0, 100).expect("read").len(), 2);
+        store.close();
+        assert!(matches!(store.put_dead_letters(&[letter(9)]), Err(StoreError::Closed)));
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = FjallStore::open(dir.path(), bounded, Durability::PerBatch).expect("open");
+        store.put_dead_letters(&[letter(1), letter(2)]).expect("keep");
+    }
+    let store = FjallStore::open(dir.path(), bounded, Durability::PerBatch).expect("reopen");
+    let kept = store.dead_letters(0, 100).expect("read");
+    assert_eq!(kept.iter().map(|(_, l)| l.clone()).collect::<Vec<_>>(), vec![letter(1), letter(2)]);
+    assert_eq!(store.stats().dead_letters, 2);
+    // New letters after reopening do not reuse an id.
+    store.put_dead_letters(&[letter(3)]).expect("keep");
+    let ids: Vec<u64> = store.dead_letters(0, 100).expect("read").iter().map(|(id, _)| *id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]) && ids.len() == 3, "{ids:?}");
 }

@@ -32,7 +32,23 @@
 //!
 //! On connect the client asks ThingsBoard for its session limits
 //! (`getSessionLimits`) and applies them when the answer comes: payload size,
-//! in-flight window and rate limits.
+//! in-flight window and rate limits. Until the first answer (or its timeout)
+//! nothing else is sent: a drain after an outage must not run into limits it
+//! has not heard of yet. Every publish then waits for its cost in the
+//! client's token buckets ([`crate::limits`]), which outlive sessions as
+//! ThingsBoard's do, and no publish is packed larger than a bucket holds.
+//!
+//! # Refused publishes
+//!
+//! ThingsBoard refuses a publish over a rate limit by closing the connection:
+//! since 4.2.1 right after its PUBACK (on MQTT 3.1.1 a PUBACK like any
+//! other), before that without one. So a PUBACK is only *taken* as
+//! delivery once it is confirmed: by a later PUBACK (the connection was not
+//! closed after it), or by [`CONFIRM_AFTER`] with the connection still up.
+//! A connection closed with a PUBACK unconfirmed, or right after a publish,
+//! counts as a refusal: the events stay in the store and go again, the
+//! buckets are emptied and the pace halved ([`crate::limits::Pacer`]), and
+//! the log and the statistics say so.
 //!
 //! # Requests
 //!
@@ -47,8 +63,8 @@
 //! store), which is what routes a request to its connector.
 
 use crate::config::{ClientConfig, Credentials};
-use crate::limits::{RateLimit, SessionLimits};
-use crate::pack::{self, TELEMETRY_TOPIC};
+use crate::limits::{Cost, LimitsSource, Pacer, PacerStatus, Scope, SessionLimits};
+use crate::pack::{self, ATTRIBUTES_TOPIC, PublishLimits, TELEMETRY_TOPIC};
 use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
@@ -73,6 +89,10 @@ const OWN_TELEMETRY_TOPIC: &str = "v1/devices/me/telemetry";
 const RPC_RESPONSE_FILTER: &str = "v1/devices/me/rpc/response/+";
 const RPC_RESPONSE_PREFIX: &str = "v1/devices/me/rpc/response/";
 const RPC_REQUEST_PREFIX: &str = "v1/devices/me/rpc/request/";
+/// How long a PUBACK must stand (the connection up, no later PUBACK) before
+/// it counts as delivery: ThingsBoard closes the connection right after the
+/// PUBACK of a publish it refused.
+pub const CONFIRM_AFTER: Duration = Duration::from_millis(500);
 
 /// Why the client could not start.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +104,7 @@ pub enum ClientError {
 }
 
 /// Counters of the client, for statistics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ClientStats {
     connected: AtomicBool,
     sessions: AtomicU64,
@@ -94,10 +114,54 @@ pub struct ClientStats {
     oversized: AtomicU64,
     per_connector: Mutex<HashMap<String, u64>>,
     last_error: Mutex<Option<String>>,
+    pacer: Mutex<PacerStatus>,
+    /// (since, events delivered since, the smoothed rate).
+    rate: Mutex<(Instant, u64, f64)>,
+}
+
+impl Default for ClientStats {
+    fn default() -> Self {
+        ClientStats {
+            connected: AtomicBool::default(),
+            sessions: AtomicU64::default(),
+            publishes: AtomicU64::default(),
+            pubacks: AtomicU64::default(),
+            delivered: AtomicU64::default(),
+            oversized: AtomicU64::default(),
+            per_connector: Mutex::default(),
+            last_error: Mutex::default(),
+            pacer: Mutex::default(),
+            rate: Mutex::new((Instant::now(), 0, 0.0)),
+        }
+    }
+}
+
+/// How often the delivery rate is measured.
+const RATE_EVERY: Duration = Duration::from_secs(2);
+
+impl ClientStats {
+    fn count_delivered(&self, n: u64) {
+        self.delivered.fetch_add(n, Ordering::Relaxed);
+        let mut r = self.rate.lock().unwrap_or_else(|e| e.into_inner());
+        r.1 += n;
+        let elapsed = r.0.elapsed();
+        if elapsed >= RATE_EVERY {
+            let now = r.1 as f64 / elapsed.as_secs_f64();
+            // Smoothed, but a first measure or one after a pause stands alone.
+            r.2 = if r.2 == 0.0 || elapsed > RATE_EVERY * 3 { now } else { 0.5 * r.2 + 0.5 * now };
+            *r = (Instant::now(), 0, r.2);
+        }
+    }
+
+    /// Events delivered per second lately (0 when none came for a while).
+    fn delivery_rate(&self) -> f64 {
+        let r = self.rate.lock().unwrap_or_else(|e| e.into_inner());
+        if r.0.elapsed() > RATE_EVERY * 3 { 0.0 } else { r.2 }
+    }
 }
 
 /// A copy of the counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClientStatsSnapshot {
     pub connected: bool,
     /// Connections made since start.
@@ -110,6 +174,11 @@ pub struct ClientStatsSnapshot {
     pub oversized: u64,
     pub delivered_per_connector: HashMap<String, u64>,
     pub last_error: Option<String>,
+    /// The rate limits in force, the pace, and the publishes ThingsBoard
+    /// refused.
+    pub pacer: PacerStatus,
+    /// Events delivered per second lately (a drain's speed).
+    pub delivery_rate: f64,
 }
 
 impl ClientStats {
@@ -124,6 +193,8 @@ impl ClientStats {
             oversized: get(&self.oversized),
             delivered_per_connector: self.per_connector.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             last_error: self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            pacer: self.pacer.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            delivery_rate: self.delivery_rate(),
         }
     }
 }
@@ -276,13 +347,14 @@ async fn supervise(
     let target = format!("{}:{}", config.host, config.port);
     let mut backoff = config.reconnect_min;
     let mut failures = 0u64;
-    let mut rates = Rates::default();
+    let mut pacer = Pacer::configured(config.gateway_limits.clone(), config.own_limits.clone());
+    delivery.show(&mut pacer);
     loop {
         if shutdown.is_cancelled() {
             break;
         }
         let end =
-            run_session(&config, tls.clone(), &mut delivery, &mut rates, &mut commands, &new_data, &shutdown).await;
+            run_session(&config, tls.clone(), &mut delivery, &mut pacer, &mut commands, &new_data, &shutdown).await;
         delivery.stats.connected.store(false, Ordering::Relaxed);
         delivery.rewind();
         match end {
@@ -377,20 +449,12 @@ fn mqtt_options(config: &ClientConfig, tls: Option<Arc<rustls::ClientConfig>>) -
     opts
 }
 
-/// ThingsBoard's rate limits, kept across sessions.
-#[derive(Default)]
-struct Rates {
-    messages: RateLimit,
-    telemetry_messages: RateLimit,
-    telemetry_datapoints: RateLimit,
-}
-
 /// One publish to make.
 struct OutItem {
     topic: String,
     payload: Vec<u8>,
     tag: Tag,
-    datapoints: usize,
+    cost: Cost,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -404,7 +468,7 @@ async fn run_session(
     config: &ClientConfig,
     tls: Option<Arc<rustls::ClientConfig>>,
     delivery: &mut Delivery,
-    rates: &mut Rates,
+    pacer: &mut Pacer,
     commands: &mut mpsc::Receiver<Command>,
     new_data: &Notify,
     shutdown: &CancellationToken,
@@ -444,6 +508,9 @@ async fn run_session(
         max_payload: config.max_payload_bytes,
         limits_request: None,
         next_rpc_id: 1,
+        unconfirmed: Vec::new(),
+        last_puback: None,
+        last_publish: None,
     };
     let filters = std::iter::once(RPC_RESPONSE_FILTER)
         .chain(REQUEST_FILTERS)
@@ -458,8 +525,11 @@ async fn run_session(
         topic: format!("{RPC_REQUEST_PREFIX}{id}"),
         payload: br#"{"method":"getSessionLimits","params":{"timeout":5000}}"#.to_vec(),
         tag: Tag::Control,
-        datapoints: 0,
+        cost: Cost::messages(Scope::Own, 1),
     });
+    // The first session waits for ThingsBoard's limits before anything else.
+    let mut hold_for_limits = pacer.source() != LimitsSource::ThingsBoard;
+    let mut shown = Instant::now();
     // Connect every device ThingsBoard knows through us, so that its
     // requests reach us again.
     for (name, record) in delivery.registry.snapshot() {
@@ -471,7 +541,13 @@ async fn run_session(
     loop {
         // Refill from the store when there is nothing else to send.
         if s.outbox.is_empty() && !store_empty && s.inflight() < s.window && !shutdown.is_cancelled() {
-            match delivery.next_chunk(&mut s).await {
+            let (max_devices, max_datapoints) = pacer.largest_publish(Instant::now());
+            let limits = PublishLimits {
+                max_bytes: s.max_payload,
+                max_devices: max_devices.map_or(usize::MAX, |n| n as usize),
+                max_datapoints: max_datapoints.map_or(usize::MAX, |n| n as usize),
+            };
+            match delivery.next_chunk(&mut s, limits).await {
                 Ok(true) => {}
                 Ok(false) => store_empty = true,
                 Err(e) => {
@@ -486,13 +562,23 @@ async fn run_session(
             tracing::info!("ThingsBoard sent no session limits; going on with the configured ones");
             s.limits_request = None;
         }
-        let can_send = !s.outbox.is_empty() && s.inflight() < s.window;
-        let rate_wait = if can_send { s.outbox.front().and_then(|item| rates.wait(item)) } else { None };
+        if hold_for_limits && s.limits_request.is_none() {
+            hold_for_limits = false;
+            delivery.show(pacer);
+        }
+        let can_send = s.outbox.front().is_some_and(|item| {
+            !hold_for_limits
+                || (s.awaiting.is_empty() && s.by_pkid.is_empty() && item.topic.starts_with(RPC_REQUEST_PREFIX))
+        }) && s.inflight() < s.window;
+        let rate_wait =
+            if can_send { s.outbox.front().and_then(|item| pacer.wait(&item.cost, Instant::now())) } else { None };
         let send_now = can_send && rate_wait.is_none();
+        let confirm_at = s.last_puback.filter(|_| !s.unconfirmed.is_empty()).map(|t| t + CONFIRM_AFTER);
+        let limits_due = s.limits_request.map(|(_, sent)| sent + config.session_limits_timeout);
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
-                s.drain(&mut rx, delivery, config.shutdown_grace).await;
+                s.drain(&mut rx, delivery, pacer, config.shutdown_grace).await;
                 let _ = s.client.disconnect().await;
                 drop(driver);
                 return SessionEnd::Shutdown;
@@ -501,14 +587,25 @@ async fn run_session(
                 let Some(ev) = ev else {
                     return SessionEnd::Lost { connected: true, reason: "the MQTT event loop ended".into() };
                 };
-                if let Err(reason) = s.handle(ev, delivery, rates).await {
+                if let Err(reason) = s.handle(ev, delivery, pacer).await {
+                    s.lost(delivery, pacer);
                     return SessionEnd::Lost { connected: true, reason };
                 }
             }
+            _ = tokio::time::sleep_until(confirm_at.unwrap_or_else(Instant::now).into()), if confirm_at.is_some() => {
+                s.confirm(delivery).await;
+            }
+            _ = tokio::time::sleep_until(limits_due.unwrap_or_else(Instant::now).into()), if limits_due.is_some() => {}
             Some(cmd) = commands.recv() => delivery.command(cmd, &mut s).await,
             _ = std::future::ready(()), if send_now => {
                 if let Some(item) = s.outbox.pop_front() {
-                    rates.take(&item);
+                    pacer.take(&item.cost);
+                    let now = Instant::now();
+                    if s.last_publish.is_none_or(|t| now.duration_since(t) > Duration::from_secs(1)) || shown.elapsed() > Duration::from_secs(1) {
+                        delivery.show(pacer);
+                        shown = now;
+                    }
+                    s.last_publish = Some(now);
                     let tag = item.tag;
                     if let Err(e) = s.client.publish(item.topic, QoS::AtLeastOnce, false, item.payload).await {
                         return SessionEnd::Lost { connected: true, reason: format!("publish failed: {e}") };
@@ -536,6 +633,11 @@ struct Session {
     max_payload: usize,
     limits_request: Option<(u64, Instant)>,
     next_rpc_id: u64,
+    /// Chunks whose publishes' PUBACKs came, not confirmed yet (see
+    /// [`CONFIRM_AFTER`]), one entry per PUBACK.
+    unconfirmed: Vec<u64>,
+    last_puback: Option<Instant>,
+    last_publish: Option<Instant>,
 }
 
 impl Session {
@@ -543,7 +645,7 @@ impl Session {
         self.awaiting.len() + self.by_pkid.len()
     }
 
-    async fn handle(&mut self, ev: LoopEvent, delivery: &mut Delivery, rates: &mut Rates) -> Result<(), String> {
+    async fn handle(&mut self, ev: LoopEvent, delivery: &mut Delivery, pacer: &mut Pacer) -> Result<(), String> {
         match ev {
             LoopEvent::Sent(pkid) => {
                 let tag = self.awaiting.pop_front().ok_or("the event loop sent a publish the client did not make")?;
@@ -554,19 +656,56 @@ impl Session {
             LoopEvent::Acked(pkid) => {
                 if let Some(tag) = self.by_pkid.remove(&pkid) {
                     delivery.stats.pubacks.fetch_add(1, Ordering::Relaxed);
+                    // A later PUBACK: the connection outlived the earlier ones.
+                    self.confirm(delivery).await;
                     if let Tag::Chunk(id) = tag {
-                        delivery.published(id).await;
+                        self.unconfirmed.push(id);
+                        self.last_puback = Some(Instant::now());
                     }
                 }
             }
-            LoopEvent::Message(p) => self.message(p, rates, delivery),
+            LoopEvent::Message(p) => self.message(p, pacer, delivery),
             LoopEvent::Lost(reason) => return Err(reason),
             LoopEvent::Connected => {}
         }
         Ok(())
     }
 
-    fn message(&mut self, p: rumqttc::Publish, rates: &mut Rates, delivery: &Delivery) {
+    /// The PUBACKs that came stand: their chunks are delivered.
+    async fn confirm(&mut self, delivery: &mut Delivery) {
+        for id in std::mem::take(&mut self.unconfirmed) {
+            delivery.published(id).await;
+        }
+    }
+
+    /// The connection is gone. If that came right after a PUBACK or a
+    /// publish, ThingsBoard most likely refused a publish: slow down. What
+    /// was not confirmed goes again (the supervisor rewinds).
+    fn lost(&mut self, delivery: &Delivery, pacer: &mut Pacer) {
+        let now = Instant::now();
+        let recent = |t: Option<Instant>| t.is_some_and(|t| now.duration_since(t) < CONFIRM_AFTER);
+        let after_puback = !self.unconfirmed.is_empty() && recent(self.last_puback);
+        let after_publish = self.inflight() > 0 && recent(self.last_publish);
+        if after_puback || after_publish {
+            let pace = pacer.refused(now);
+            let how = match pacer.source() {
+                LimitsSource::None => "no rate limits are known to slow down by: ThingsBoard announced none and \
+                                       the config sets none (thingsboard.deviceRateLimits, deviceDpRateLimits)"
+                    .to_owned(),
+                _ => format!("now at {:.0}% of the limits", pace * 100.0),
+            };
+            tracing::warn!(
+                unconfirmed = self.unconfirmed.len(),
+                in_flight = self.inflight(),
+                "ThingsBoard closed the connection right after a publish: most likely a rate limit refused it; \
+                 its events stay stored and go again; {how}"
+            );
+            delivery.show(pacer);
+        }
+        self.unconfirmed.clear();
+    }
+
+    fn message(&mut self, p: rumqttc::Publish, pacer: &mut Pacer, delivery: &Delivery) {
         let id = p.topic.strip_prefix(RPC_RESPONSE_PREFIX).and_then(|id| id.parse::<u64>().ok());
         if id.is_none() || self.limits_request.map(|(r, _)| r) != id {
             if id.is_none() {
@@ -584,12 +723,13 @@ impl Session {
                 if let Some(max) = limits.max_inflight {
                     self.window = self.window.min(max).max(1);
                 }
-                rates.messages = limits.messages;
-                rates.telemetry_messages = limits.telemetry_messages;
-                rates.telemetry_datapoints = limits.telemetry_datapoints;
+                pacer.adopt(&limits);
+                delivery.show(pacer);
                 tracing::info!(
                     max_payload = self.max_payload,
                     window = self.window,
+                    devices = limits.gateway.is_limited(),
+                    own = limits.own.is_limited(),
                     "applied ThingsBoard's session limits"
                 );
             }
@@ -599,19 +739,47 @@ impl Session {
         }
     }
 
-    /// Shutting down: take no new work, wait for what is in flight.
-    async fn drain(&mut self, rx: &mut mpsc::UnboundedReceiver<LoopEvent>, delivery: &mut Delivery, grace: Duration) {
+    /// Shutting down: take no new work, wait for what is in flight, and
+    /// for its PUBACKs to stand.
+    async fn drain(
+        &mut self,
+        rx: &mut mpsc::UnboundedReceiver<LoopEvent>,
+        delivery: &mut Delivery,
+        pacer: &mut Pacer,
+        grace: Duration,
+    ) {
         self.outbox.clear();
         let deadline = tokio::time::Instant::now() + grace;
-        let mut rates = Rates::default();
+        let mut lost = false;
         while self.inflight() > 0 {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(ev)) => {
-                    if self.handle(ev, delivery, &mut rates).await.is_err() {
+                    if self.handle(ev, delivery, pacer).await.is_err() {
+                        lost = true;
                         break;
                     }
                 }
                 _ => break,
+            }
+        }
+        if lost {
+            self.lost(delivery, pacer);
+        } else if !self.unconfirmed.is_empty() {
+            let stand = tokio::time::Instant::now() + CONFIRM_AFTER;
+            loop {
+                match tokio::time::timeout_at(stand, rx.recv()).await {
+                    Ok(Some(LoopEvent::Lost(_))) | Ok(None) => {
+                        lost = true;
+                        break;
+                    }
+                    Ok(Some(_)) => {}
+                    Err(_) => break,
+                }
+            }
+            if lost {
+                self.lost(delivery, pacer);
+            } else {
+                self.confirm(delivery).await;
             }
         }
         if self.inflight() > 0 {
@@ -630,30 +798,44 @@ fn connect_item(device: &str, device_type: Option<&str>) -> OutItem {
         payload.push_str(&pack::json_string(t));
     }
     payload.push('}');
-    OutItem { topic: CONNECT_TOPIC.into(), payload: payload.into_bytes(), tag: Tag::Control, datapoints: 0 }
+    // A device's first appearance in a session costs ThingsBoard two messages.
+    OutItem {
+        topic: CONNECT_TOPIC.into(),
+        payload: payload.into_bytes(),
+        tag: Tag::Control,
+        cost: Cost::messages(Scope::Gateway, 2),
+    }
 }
 
 fn control(topic: impl Into<String>, payload: Vec<u8>) -> OutItem {
-    OutItem { topic: topic.into(), payload, tag: Tag::Control, datapoints: 0 }
+    let topic = topic.into();
+    let scope = Scope::of(&topic);
+    let cost = if topic == OWN_TELEMETRY_TOPIC || topic == TELEMETRY_TOPIC || topic == ATTRIBUTES_TOPIC {
+        let (parts, datapoints) = telemetry_cost(&topic, &payload);
+        Cost::telemetry(scope, parts, datapoints)
+    } else {
+        Cost::messages(scope, 1)
+    };
+    OutItem { topic, payload, tag: Tag::Control, cost }
 }
 
-impl Rates {
-    fn wait(&mut self, item: &OutItem) -> Option<Duration> {
-        let now = Instant::now();
-        let mut wait = self.messages.wait(1, now);
-        if item.topic == TELEMETRY_TOPIC {
-            wait = wait.max(self.telemetry_messages.wait(1, now));
-            wait = wait.max(self.telemetry_datapoints.wait(item.datapoints as u64, now));
+/// Device parts and datapoints of a telemetry or attributes publish made
+/// elsewhere (statistics, a router's publish), as ThingsBoard counts them.
+fn telemetry_cost(topic: &str, payload: &[u8]) -> (usize, usize) {
+    fn points(v: &serde_json::Value) -> usize {
+        match v {
+            serde_json::Value::Array(entries) => entries.iter().map(points).sum(),
+            serde_json::Value::Object(o) => match o.get("values") {
+                Some(serde_json::Value::Object(values)) => values.len(),
+                _ => o.len(),
+            },
+            _ => 1,
         }
-        wait
     }
-
-    fn take(&mut self, item: &OutItem) {
-        self.messages.take(1);
-        if item.topic == TELEMETRY_TOPIC {
-            self.telemetry_messages.take(1);
-            self.telemetry_datapoints.take(item.datapoints as u64);
-        }
+    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(payload) else { return (1, 1) };
+    match (topic.starts_with("v1/gateway/"), &doc) {
+        (true, serde_json::Value::Object(devices)) => (devices.len().max(1), devices.values().map(points).sum()),
+        _ => (1, points(&doc)),
     }
 }
 
@@ -698,6 +880,11 @@ impl Delivery {
             loaded_known: false,
             incoming,
         }
+    }
+
+    /// Publish the pacer's state in the statistics.
+    fn show(&self, pacer: &mut Pacer) {
+        *self.stats.pacer.lock().unwrap_or_else(|e| e.into_inner()) = pacer.status(Instant::now());
     }
 
     /// Carry out a command of the gateway's.
@@ -787,7 +974,7 @@ impl Delivery {
 
     /// Read the next chunk and queue its publishes; false when the store
     /// has nothing more.
-    async fn next_chunk(&mut self, s: &mut Session) -> Result<bool, StoreError> {
+    async fn next_chunk(&mut self, s: &mut Session, limits: PublishLimits) -> Result<bool, StoreError> {
         self.load_known(s).await;
         let from = match self.next_read {
             Some(seq) => seq,
@@ -836,7 +1023,7 @@ impl Delivery {
                 }
             }
         }
-        let (docs, oversized) = pack::pack(events.iter().map(|(_, e)| e), s.max_payload);
+        let (docs, oversized) = pack::pack(events.iter().map(|(_, e)| e), limits);
         for o in &oversized {
             tracing::error!(device = %o.device, key = %o.key, "dropping a value of {} bytes: larger than any publish may be", o.bytes);
         }
@@ -860,7 +1047,7 @@ impl Delivery {
                 topic: doc.topic.into(),
                 payload: doc.payload.into_bytes(),
                 tag: Tag::Chunk(id),
-                datapoints: doc.datapoints,
+                cost: Cost::telemetry(Scope::Gateway, doc.devices, doc.datapoints),
             });
         }
         Ok(true)
@@ -890,7 +1077,7 @@ impl Delivery {
             tracing::error!("removing delivered events {:?} from the store failed: {e}", chunk.seqs);
         }
         let total: u64 = chunk.per_connector.iter().map(|(_, n)| n).sum();
-        self.stats.delivered.fetch_add(total, Ordering::Relaxed);
+        self.stats.count_delivered(total);
         let mut per = self.stats.per_connector.lock().unwrap_or_else(|e| e.into_inner());
         for (connector, n) in chunk.per_connector {
             *per.entry(connector).or_default() += n;

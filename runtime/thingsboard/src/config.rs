@@ -2,6 +2,7 @@
 //! delivery knobs. Built by the gateway from its config file; secrets never
 //! print.
 
+use crate::limits::RateLimits;
 use std::fmt;
 use std::time::Duration;
 pub use tbgw_tls::TlsFiles;
@@ -38,7 +39,7 @@ pub enum Credentials {
 }
 
 /// Everything the client needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClientConfig {
     pub host: String,
     pub port: u16,
@@ -59,6 +60,10 @@ pub struct ClientConfig {
     pub session_limits_timeout: Duration,
     /// How long a shutdown waits for publishes in flight.
     pub shutdown_grace: Duration,
+    /// Rate limits of the child devices' publishes and of the gateway's
+    /// own, until ThingsBoard announces its own (which then apply).
+    pub gateway_limits: RateLimits,
+    pub own_limits: RateLimits,
 }
 
 impl ClientConfig {
@@ -78,6 +83,8 @@ impl ClientConfig {
             reconnect_max: Duration::from_secs(60),
             session_limits_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(5),
+            gateway_limits: RateLimits::default(),
+            own_limits: RateLimits::default(),
         }
     }
 }

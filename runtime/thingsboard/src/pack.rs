@@ -8,6 +8,10 @@
 //!   state: a later value of a key replaces an earlier one in the same
 //!   publish, which is what ThingsBoard would keep anyway.
 //!
+//! A publish also stays within what ThingsBoard's rate limits let one
+//! publish cost ([`PublishLimits`]: device parts and datapoints), since a
+//! publish larger than a bucket could never pass.
+//!
 //! A telemetry entry too large for one publish is split into entries with
 //! the same timestamp (ThingsBoard merges them); a single value too large
 //! for any publish is dropped and reported.
@@ -24,8 +28,28 @@ pub const ATTRIBUTES_TOPIC: &str = "v1/gateway/attributes";
 pub struct Doc {
     pub topic: &'static str,
     pub payload: String,
-    /// Telemetry datapoints in it (for ThingsBoard's datapoint rate limit).
+    /// Datapoints in it (for ThingsBoard's datapoint rate limit): values of
+    /// telemetry, keys of attributes.
     pub datapoints: usize,
+    /// Device parts in it: ThingsBoard counts a telemetry message for each.
+    pub devices: usize,
+}
+
+/// How large one publish may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishLimits {
+    pub max_bytes: usize,
+    /// Device parts per publish.
+    pub max_devices: usize,
+    /// Datapoints per publish.
+    pub max_datapoints: usize,
+}
+
+impl PublishLimits {
+    /// Only a payload size limit.
+    pub fn bytes(max_bytes: usize) -> PublishLimits {
+        PublishLimits { max_bytes, max_devices: usize::MAX, max_datapoints: usize::MAX }
+    }
 }
 
 /// A value that fits no publish.
@@ -36,10 +60,12 @@ pub struct Oversized {
     pub bytes: usize,
 }
 
-/// Pack `events` (in order) into publishes of at most `max_bytes` each.
-pub fn pack<'a>(events: impl IntoIterator<Item = &'a Event>, max_bytes: usize) -> (Vec<Doc>, Vec<Oversized>) {
-    let mut telemetry = DocBuilder::new(TELEMETRY_TOPIC, max_bytes, Shape::Array);
-    let mut attributes = DocBuilder::new(ATTRIBUTES_TOPIC, max_bytes, Shape::Object);
+/// Pack `events` (in order) into publishes within `limits` each.
+pub fn pack<'a>(events: impl IntoIterator<Item = &'a Event>, limits: PublishLimits) -> (Vec<Doc>, Vec<Oversized>) {
+    let max_bytes = limits.max_bytes;
+    let max_points = limits.max_datapoints.max(1);
+    let mut telemetry = DocBuilder::new(TELEMETRY_TOPIC, limits, Shape::Array);
+    let mut attributes = DocBuilder::new(ATTRIBUTES_TOPIC, limits, Shape::Object);
     let mut oversized = Vec::new();
     for e in events {
         let u = &e.update;
@@ -61,7 +87,7 @@ pub fn pack<'a>(events: impl IntoIterator<Item = &'a Event>, max_bytes: usize) -
                     });
                     continue;
                 }
-                if count > 0 && fragment.len() + pair.len() + 3 > room {
+                if count > 0 && (fragment.len() + pair.len() + 3 > room || count >= max_points) {
                     fragment.push_str("}}");
                     telemetry.add(&device, std::mem::replace(&mut fragment, head.clone()), None, count);
                     count = 0;
@@ -83,7 +109,7 @@ pub fn pack<'a>(events: impl IntoIterator<Item = &'a Event>, max_bytes: usize) -
                 oversized.push(Oversized { device: u.device.clone(), key: entry.key.to_string(), bytes: pair.len() });
                 continue;
             }
-            attributes.add(&device, pair, Some(&entry.key), 0);
+            attributes.add(&device, pair, Some(&entry.key), 1);
         }
     }
     let mut docs = telemetry.finish();
@@ -108,6 +134,8 @@ struct DeviceItems {
 struct DocBuilder {
     topic: &'static str,
     max_bytes: usize,
+    max_devices: usize,
+    max_datapoints: usize,
     shape: Shape,
     devices: Vec<DeviceItems>,
     index: HashMap<String, usize>,
@@ -117,10 +145,12 @@ struct DocBuilder {
 }
 
 impl DocBuilder {
-    fn new(topic: &'static str, max_bytes: usize, shape: Shape) -> Self {
+    fn new(topic: &'static str, limits: PublishLimits, shape: Shape) -> Self {
         DocBuilder {
             topic,
-            max_bytes,
+            max_bytes: limits.max_bytes,
+            max_devices: limits.max_devices.max(1),
+            max_datapoints: limits.max_datapoints.max(1),
             shape,
             devices: Vec::new(),
             index: HashMap::new(),
@@ -146,11 +176,15 @@ impl DocBuilder {
             }
             return;
         }
-        let added = match self.index.get(device) {
-            Some(_) => fragment.len() + 1,
-            None => device.len() + 3 + fragment.len() + usize::from(!self.devices.is_empty()),
+        let known = self.index.contains_key(device);
+        let added = match known {
+            true => fragment.len() + 1,
+            false => device.len() + 3 + fragment.len() + usize::from(!self.devices.is_empty()),
         };
-        if !self.devices.is_empty() && self.size + added > self.max_bytes {
+        let over = self.size + added > self.max_bytes
+            || (!known && self.devices.len() >= self.max_devices)
+            || self.datapoints + datapoints > self.max_datapoints;
+        if !self.devices.is_empty() && over {
             self.flush();
             return self.add(device, fragment, key, datapoints);
         }
@@ -193,7 +227,7 @@ impl DocBuilder {
         }
         payload.push('}');
         debug_assert_eq!(payload.len(), self.size, "size accounting");
-        self.done.push(Doc { topic: self.topic, payload, datapoints: self.datapoints });
+        self.done.push(Doc { topic: self.topic, payload, datapoints: self.datapoints, devices: self.index.len() });
         self.index.clear();
         self.size = 2;
         self.datapoints = 0;
@@ -258,7 +292,7 @@ mod tests {
             event("B", 1, &[("t", Value::Int(3))], &[]),
             event("A", 1, &[("t", Value::Float(21.0))], &[("fw", Value::Text("2".into()))]),
         ];
-        let (docs, oversized) = pack(&events, 65536);
+        let (docs, oversized) = pack(&events, PublishLimits::bytes(65536));
         assert!(oversized.is_empty());
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[0].topic, TELEMETRY_TOPIC);
@@ -266,7 +300,7 @@ mod tests {
             docs[0].payload,
             r#"{"A":[{"ts":1,"values":{"t":20.5}},{"ts":1,"values":{"t":21.0}}],"B":[{"ts":1,"values":{"t":3}}]}"#
         );
-        assert_eq!(docs[0].datapoints, 3);
+        assert_eq!((docs[0].datapoints, docs[0].devices), (3, 2));
         assert_eq!(docs[1].topic, ATTRIBUTES_TOPIC);
         assert_eq!(docs[1].payload, r#"{"A":{"fw":"2"}}"#);
     }
@@ -279,7 +313,7 @@ mod tests {
             })
             .collect();
         let limit = 2048;
-        let (docs, oversized) = pack(&events, limit);
+        let (docs, oversized) = pack(&events, PublishLimits::bytes(limit));
         assert!(oversized.is_empty());
         assert!(docs.len() > 10);
         let mut readings = 0;
@@ -297,7 +331,7 @@ mod tests {
         let values: Vec<(&str, Value)> = values.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         let mut e = event("D", 5, &values, &[]);
         e.update.telemetry[0].values.push(Entry::new("huge", Value::Text("z".repeat(5000))));
-        let (docs, oversized) = pack(&[e], 1024);
+        let (docs, oversized) = pack(&[e], PublishLimits::bytes(1024));
         assert_eq!(oversized, vec![Oversized { device: "D".into(), key: "huge".into(), bytes: 5009 }]);
         let mut keys = 0;
         for d in &docs {
@@ -309,5 +343,30 @@ mod tests {
             }
         }
         assert_eq!(keys, 40);
+    }
+
+    #[test]
+    fn no_publish_costs_more_than_a_bucket_holds() {
+        let events: Vec<Event> = (0..50)
+            .map(|i| {
+                event(&format!("dev-{i}"), i, &[("a", Value::Int(i)), ("b", Value::Int(i)), ("c", Value::Int(i))], &[])
+            })
+            .collect();
+        let limits = PublishLimits { max_bytes: 65536, max_devices: 8, max_datapoints: 20 };
+        let (docs, _) = pack(&events, limits);
+        let (mut devices, mut points) = (0, 0);
+        for d in &docs {
+            assert!(d.devices <= 8 && d.datapoints <= 20, "{} devices, {} datapoints", d.devices, d.datapoints);
+            let doc: serde_json::Value = serde_json::from_str(&d.payload).expect("valid JSON");
+            assert_eq!(doc.as_object().unwrap().len(), d.devices);
+            devices += d.devices;
+            points += d.datapoints;
+        }
+        assert_eq!((devices, points), (50, 150));
+        // One reading with more values than a publish may carry is split.
+        let wide: Vec<(String, Value)> = (0..45).map(|i| (format!("k{i}"), Value::Int(i))).collect();
+        let wide: Vec<(&str, Value)> = wide.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let (docs, _) = pack(&[event("W", 1, &wide, &[])], limits);
+        assert_eq!(docs.iter().map(|d| d.datapoints).collect::<Vec<_>>(), vec![20, 20, 5]);
     }
 }

@@ -29,7 +29,12 @@ fn event(device: &str, n: i64) -> Event {
 }
 
 fn store() -> Arc<MemoryStore> {
-    Arc::new(MemoryStore::new(StoreLimits { max_records: 10_000_000, max_bytes: 1 << 32, when_full: WhenFull::Block }))
+    Arc::new(MemoryStore::new(StoreLimits {
+        max_records: 10_000_000,
+        max_bytes: 1 << 32,
+        when_full: WhenFull::Block,
+        dead_letters: Default::default(),
+    }))
 }
 
 /// The client running on its own runtime.

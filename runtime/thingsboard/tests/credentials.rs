@@ -40,8 +40,12 @@ fn refused_credentials_are_reported_and_no_secret_is_logged() {
         .expect("the only subscriber of this test binary");
 
     let broker = Mosquitto::start_with_users(&[("gateway", PASSWORD), ("tb", "tb")]);
-    let store: Arc<dyn EventStore> =
-        Arc::new(MemoryStore::new(StoreLimits { max_records: 1000, max_bytes: 1 << 20, when_full: WhenFull::Block }));
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new(StoreLimits {
+        max_records: 1000,
+        max_bytes: 1 << 20,
+        when_full: WhenFull::Block,
+        dead_letters: Default::default(),
+    }));
     store
         .append(&[Event {
             connector: "c".into(),

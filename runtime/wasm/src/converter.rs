@@ -173,7 +173,7 @@ impl<C: Contract> Converter<C> {
 
     /// A worker for the calling thread.
     pub fn worker(&self) -> Worker<C> {
-        Worker { converter: self.clone(), live: None }
+        Worker { converter: self.clone(), live: None, budget: 1 }
     }
 
     /// Identity and counters.
@@ -379,7 +379,16 @@ fn classify(
 pub struct Worker<C: Contract> {
     converter: Converter<C>,
     live: Option<Live<C>>,
+    /// The deadline's multiple for the next call: [`RETRY_BUDGET`] while a
+    /// message is tried again.
+    budget: u32,
 }
+
+/// A message whose call trapped, timed out or ran out of memory is tried
+/// once more, alone, on a fresh instance, with this many times its
+/// deadline, before it counts as failed: a timeout on a starved machine, or
+/// an instance's state gone bad, is not the message's fault.
+pub const RETRY_BUDGET: u32 = 4;
 
 /// After this many timeouts in a row, the one-by-one retry of a failed batch
 /// stops and leaves the rest untried: each costs a whole deadline.
@@ -398,7 +407,8 @@ impl<C: Contract> Worker<C> {
 
     /// Convert a batch: one result per input, in order. When the call fails
     /// as a whole (trap, timeout, out of memory), the inputs are retried one
-    /// by one on fresh instances, so that one poisonous message fails alone.
+    /// by one on fresh instances, so that one poisonous message fails alone;
+    /// one that fails alone is tried once more with [`RETRY_BUDGET`].
     pub fn convert(&mut self, batch: &[C::Input]) -> Vec<Result<C::Output, MessageError>> {
         self.isolating(batch, Self::try_convert)
     }
@@ -451,8 +461,14 @@ impl<C: Contract> Worker<C> {
         let err = match try_call(self, batch) {
             Ok(results) => return results,
             Err(e) if batch.len() <= 1 => {
-                stats.stats.message_errors.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                return batch.iter().map(|_| Err(e.clone().into())).collect();
+                let Some(input) = batch.first() else { return Vec::new() };
+                return match self.again(input, e, &mut try_call) {
+                    Ok(one) => one,
+                    Err(e) => {
+                        stats.stats.message_errors.fetch_add(1, Ordering::Relaxed);
+                        vec![Err(e.into())]
+                    }
+                };
             }
             Err(e) => e,
         };
@@ -470,7 +486,11 @@ impl<C: Contract> Worker<C> {
                 }));
                 continue;
             }
-            match try_call(self, std::slice::from_ref(input)) {
+            let alone = match try_call(self, std::slice::from_ref(input)) {
+                Err(e) => self.again(input, e, &mut try_call),
+                ok => ok,
+            };
+            match alone {
                 Ok(mut one) => {
                     timeouts = 0;
                     results.push(one.pop().unwrap_or_else(|| Err(MessageError::Call(err.clone()))));
@@ -488,8 +508,29 @@ impl<C: Contract> Worker<C> {
         results
     }
 
+    /// Try `input` once more after its call failed with `err`, alone, with
+    /// [`RETRY_BUDGET`] (the failed call dropped the instance: this one
+    /// starts fresh). A broken contract is not tried again: it is the
+    /// guest's, whatever the input.
+    fn again<I, T>(
+        &mut self,
+        input: &I,
+        err: CallError,
+        try_call: &mut impl FnMut(&mut Self, &[I]) -> Result<Vec<Result<T, MessageError>>, CallError>,
+    ) -> Result<Vec<Result<T, MessageError>>, CallError> {
+        if matches!(err, CallError::Contract { .. }) {
+            return Err(err);
+        }
+        tracing::debug!(converter = %self.converter.shared.name, "a message failed alone ({err}); trying it once more");
+        self.budget = RETRY_BUDGET;
+        let result = try_call(self, std::slice::from_ref(input));
+        self.budget = 1;
+        result
+    }
+
     /// One call into the live instance (started first if there is none, or
-    /// if a newer version was swapped in), with the deadline of `n` inputs.
+    /// if a newer version was swapped in), with the deadline of `n` inputs
+    /// (times the retry budget while a message is tried again).
     /// A call error discards the instance; the results are the guest's, one
     /// per input.
     fn call<T>(
@@ -528,7 +569,7 @@ impl<C: Contract> Worker<C> {
             }
         };
         let limits = live.version.spec.limits;
-        let deadline = limits.deadline(n);
+        let deadline = limits.deadline(n).saturating_mul(self.budget.max(1));
         live.store.data_mut().begin_call(false);
         live.store.set_epoch_deadline(shared.runtime.ticks(deadline));
         let started = Instant::now();

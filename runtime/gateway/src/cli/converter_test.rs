@@ -7,10 +7,9 @@ use super::{OK, Out, RuntimeArgs, SOME_FAILED, fail};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 use tbgw::converters;
 use tbgw_core::setup::LimitsDecl;
-use tbgw_core::{BleCharacteristic, CanFrame, Direction, OpcuaValue, RawUplink, RegisterBlock, Source};
+use tbgw_core::{BleCharacteristic, CanFrame, Direction, OpcuaValue, RawUplink, RegisterBlock, Source, now_ms};
 use tbgw_wasm::{ConverterSpec, LoadError, MessageError};
 
 #[derive(clap::Args, Debug)]
@@ -215,10 +214,6 @@ fn message_error(e: &MessageError) -> String {
         MessageError::Rejected { message, .. } => message.clone(),
         other => other.to_string(),
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn read_config(path: &Path) -> Result<String, String> {

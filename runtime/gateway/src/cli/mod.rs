@@ -2,6 +2,7 @@
 //! share: logging set-up, the converter runtime options, exit codes.
 
 pub mod converter_test;
+pub mod dead_letters;
 pub mod demo;
 pub mod inspect;
 pub mod run;

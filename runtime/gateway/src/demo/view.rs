@@ -1,7 +1,9 @@
 //! The demo's stand-in for ThingsBoard: subscribes to the gateway API topics
 //! on the embedded broker and tallies what a ThingsBoard server would get:
 //! connected devices, readings per device with the latest values, attribute
-//! updates, and the gateway's own statistics.
+//! updates, and the gateway's own statistics. Like ThingsBoard, it answers
+//! the gateway's `getSessionLimits` (with no limits), which the gateway
+//! waits for before its first delivery.
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
@@ -38,8 +40,15 @@ pub struct View {
     seen: Arc<Mutex<Seen>>,
 }
 
-const TOPICS: [&str; 4] =
-    ["v1/gateway/connect", "v1/gateway/telemetry", "v1/gateway/attributes", "v1/devices/me/telemetry"];
+const TOPICS: [&str; 5] = [
+    "v1/gateway/connect",
+    "v1/gateway/telemetry",
+    "v1/gateway/attributes",
+    "v1/devices/me/telemetry",
+    "v1/devices/me/rpc/request/+",
+];
+const RPC_REQUEST: &str = "v1/devices/me/rpc/request/";
+const NO_LIMITS: &str = r#"{"maxPayloadSize":65536,"maxInflightMessages":100,"rateLimits":{},"gatewayRateLimits":{}}"#;
 
 impl View {
     /// Subscribe on the broker at `port`; returns once subscribed (or after
@@ -65,9 +74,14 @@ impl View {
                             let _ = tx.send(());
                         }
                     }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        record(&mut sink.lock().unwrap_or_else(|e| e.into_inner()), &p.topic, &p.payload)
-                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => match p.topic.strip_prefix(RPC_REQUEST) {
+                        Some(id) if String::from_utf8_lossy(&p.payload).contains("getSessionLimits") => {
+                            let topic = format!("v1/devices/me/rpc/response/{id}");
+                            let _ = client.try_publish(topic, QoS::AtMostOnce, false, NO_LIMITS);
+                        }
+                        Some(_) => {}
+                        None => record(&mut sink.lock().unwrap_or_else(|e| e.into_inner()), &p.topic, &p.payload),
+                    },
                     Ok(_) => {}
                     Err(e) => {
                         tracing::debug!("demo ThingsBoard view: {e}");
