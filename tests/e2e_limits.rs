@@ -225,7 +225,10 @@ fn pubacks_leave_in_receive_order_when_conversions_finish_out_of_order() {
         broker.port,
         tbgw_guests::PROBE
     );
-    let _gw = Gateway::start(dir.path(), &gateway_yaml(tb.port, dir.path(), 60), &mqtt);
+    // Several converter threads, whatever the machine has: with one, every
+    // conversion would finish in order and the test could not fail.
+    let yaml = gateway_yaml(tb.port, dir.path(), 60) + "  workers: 4\n";
+    let _gw = Gateway::start(dir.path(), &yaml, &mqtt);
     broker.wait_subscribed(Duration::from_secs(10));
     let mut sent = vec![broker.publish("slow/1", "busy:400")];
     for d in 0..30 {

@@ -90,7 +90,7 @@ impl Bucket {
     fn new(spec: &str) -> Bucket {
         let now = Instant::now();
         let bands = spec
-            .split(',')
+            .split([',', ';'])
             .filter_map(|p| {
                 let (c, s) = p.trim().split_once(':')?;
                 let (c, s): (f64, f64) = (c.parse().ok()?, s.parse().ok()?);

@@ -2,7 +2,7 @@
 //! (device first, keys in the converter's order), for `tbgw converter test`
 //! and the logs.
 
-use crate::{BleRequest, DeviceUpdate, DownlinkMessage, Entry, OpcuaRequest, Value};
+use crate::{BleRequest, DeviceUpdate, DownlinkMessage, Entry, OpcuaRequest, Value, hex};
 use std::fmt::Write;
 
 /// `{"device":"SN-1","type":"thermometer","attributes":{..},"telemetry":[{"ts":..,"values":{..}}]}`;
@@ -108,14 +108,6 @@ pub fn downlink_message_json(m: &DownlinkMessage) -> String {
         }
     };
     json!({ m.kind(): inner }).to_string()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
 }
 
 /// A value as JSON (a `Json` value's own document; invalid JSON as text).

@@ -296,6 +296,17 @@ pub struct CanFrame {
     pub esi: bool,
 }
 
+/// `bytes` as lower-case hex (how binary payloads and hashes are shown).
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
+}
+
 /// The time now, ms since the epoch (how messages are stamped).
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

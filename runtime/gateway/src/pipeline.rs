@@ -20,10 +20,11 @@
 //! - **The store writer** takes every converted batch that is waiting and
 //!   appends their events in one write (group commit), then confirms the
 //!   messages to their sources ([`tbgw_core::connector::Ack`]) and wakes the
-//!   ThingsBoard client. A message that failed to convert (alone, and again
-//!   with a larger budget: [`tbgw_wasm::RETRY_BUDGET`]) is kept in the store
-//!   as a dead letter ([`tbgw_store::dead_letters`]) in the same step, then
-//!   confirmed: nothing is acknowledged and gone without a trace.
+//!   ThingsBoard client. A message that failed to convert (rejected, or a
+//!   call that failed alone and again with a larger budget:
+//!   [`tbgw_wasm::RETRY_BUDGET`]) is kept in the store as a dead letter
+//!   ([`tbgw_store::dead_letters`]) in the same step, then confirmed:
+//!   nothing is acknowledged and gone without a trace.
 //! - **Order**: a connector sends all messages with the same ordering key
 //!   (an MQTT topic) to the same worker; workers and the writer keep their
 //!   order; so a device's data reaches the store, and ThingsBoard, in the

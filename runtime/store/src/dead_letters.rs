@@ -1,10 +1,12 @@
 //! Dead letters: messages that could not be converted, kept rather than
 //! only counted.
 //!
-//! A message fails for good only after its converter failed it alone, twice
-//! (the second time on a fresh instance with a larger budget: see
-//! `tbgw_wasm::RETRY_BUDGET`): malformed input, a converter's error, a
-//! converter bug. The pipeline then keeps the message as it came
+//! A message fails when its converter rejects it (malformed input, the
+//! converter's error), when its call breaks the contract, or when it timed
+//! out, trapped or ran out of memory alone twice (the second time on a
+//! fresh instance with a larger budget: `tbgw_wasm::RETRY_BUDGET`), or was
+//! left untried after its neighbours timed out. The pipeline then keeps the
+//! message as it came
 //! ([`DeadLetter`]: the raw message and its source, the connector and route,
 //! the converter and its version, the reason) before acknowledging it to its
 //! source, so that nothing is acknowledged and gone without a trace. `tbgw
@@ -59,6 +61,7 @@ impl Default for DeadLetterLimits {
 }
 
 /// The ids and sizes of the stored letters, for the bounds.
+#[derive(Clone)]
 pub(crate) struct DeadBook {
     limits: DeadLetterLimits,
     next: u64,

@@ -244,12 +244,14 @@ impl EventStore for FjallStore {
         }
         let encoded = encode_all(letters);
         let mut dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
+        // Planned on a copy: the book changes only once the write is done.
+        let mut plan = dead.clone();
         let mut batch = self.db.batch();
         if self.durability == Durability::PerBatch {
             batch = batch.durability(Some(PersistMode::SyncData));
         }
         for buf in encoded {
-            let Some((id, evict)) = dead.admit(u32::try_from(buf.len()).unwrap_or(u32::MAX)) else {
+            let Some((id, evict)) = plan.admit(u32::try_from(buf.len()).unwrap_or(u32::MAX)) else {
                 tracing::warn!(path = %self.path.display(), "the dead letters are full: a failed message is not kept");
                 continue;
             };
@@ -259,6 +261,7 @@ impl EventStore for FjallStore {
             batch.insert(&self.letters, key(id), buf);
         }
         batch.commit()?;
+        *dead = plan;
         Ok(())
     }
 
@@ -280,13 +283,15 @@ impl EventStore for FjallStore {
 
     fn remove_dead_letters(&self, ids: &[u64]) -> Result<(), StoreError> {
         let mut dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
+        let mut plan = dead.clone();
         let mut batch = self.db.batch();
         for id in ids {
-            if dead.remove(*id) {
+            if plan.remove(*id) {
                 batch.remove(&self.letters, key(*id));
             }
         }
         batch.commit()?;
+        *dead = plan;
         Ok(())
     }
 

@@ -86,6 +86,7 @@ const DISCONNECT_TOPIC: &str = "v1/gateway/disconnect";
 const REQUEST_FILTERS: [&str; 4] =
     ["v1/gateway/rpc", "v1/gateway/attributes", "v1/gateway/attributes/response", "v1/devices/me/rpc/request/+"];
 const OWN_TELEMETRY_TOPIC: &str = "v1/devices/me/telemetry";
+const OWN_ATTRIBUTES_TOPIC: &str = "v1/devices/me/attributes";
 const RPC_RESPONSE_FILTER: &str = "v1/devices/me/rpc/response/+";
 const RPC_RESPONSE_PREFIX: &str = "v1/devices/me/rpc/response/";
 const RPC_REQUEST_PREFIX: &str = "v1/devices/me/rpc/request/";
@@ -390,7 +391,10 @@ enum LoopEvent {
     Sent(u16),
     Acked(u16),
     Message(rumqttc::Publish),
-    Lost(String),
+    /// The connection ended: why, and whether the peer closed it (an end
+    /// of stream or a reset, as ThingsBoard's close after a refused publish
+    /// looks) rather than a timeout or a local error.
+    Lost(String, bool),
 }
 
 /// Drive one connection's event loop; report everything, end with it.
@@ -402,15 +406,25 @@ async fn drive(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<LoopEvent>) {
             Ok(Event::Incoming(Packet::PubAck(ack))) => LoopEvent::Acked(ack.pkid),
             Ok(Event::Incoming(Packet::Publish(p))) => LoopEvent::Message(p),
             Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => {
-                LoopEvent::Lost(format!("packet id {pkid} collided with an unacknowledged publish"))
+                LoopEvent::Lost(format!("packet id {pkid} collided with an unacknowledged publish"), false)
             }
             Ok(_) => continue,
-            Err(e) => LoopEvent::Lost(describe(&e)),
+            Err(e) => LoopEvent::Lost(describe(&e), closed_by_peer(&e)),
         };
-        let last = matches!(event, LoopEvent::Lost(_));
+        let last = matches!(event, LoopEvent::Lost(..));
         if tx.send(event).is_err() || last {
             return;
         }
+    }
+}
+
+fn closed_by_peer(e: &ConnectionError) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    let io = |e: &std::io::Error| matches!(e.kind(), ConnectionReset | ConnectionAborted | UnexpectedEof | BrokenPipe);
+    match e {
+        ConnectionError::MqttState(rumqttc::StateError::ConnectionAborted) => true,
+        ConnectionError::MqttState(rumqttc::StateError::Io(e)) | ConnectionError::Io(e) => io(e),
+        _ => false,
     }
 }
 
@@ -488,7 +502,7 @@ async fn run_session(
     };
     match first {
         Some(LoopEvent::Connected) => {}
-        Some(LoopEvent::Lost(reason)) => return SessionEnd::Lost { connected: false, reason },
+        Some(LoopEvent::Lost(reason, _)) => return SessionEnd::Lost { connected: false, reason },
         None | Some(_) => {
             return SessionEnd::Lost { connected: false, reason: "the MQTT event loop ended before connecting".into() };
         }
@@ -511,6 +525,7 @@ async fn run_session(
         unconfirmed: Vec::new(),
         last_puback: None,
         last_publish: None,
+        closed_by_peer: false,
     };
     let filters = std::iter::once(RPC_RESPONSE_FILTER)
         .chain(REQUEST_FILTERS)
@@ -539,9 +554,26 @@ async fn run_session(
 
     let mut store_empty = false;
     loop {
+        if let Some((_, sent)) = s.limits_request
+            && sent.elapsed() > config.session_limits_timeout
+        {
+            tracing::info!("ThingsBoard sent no session limits; going on with the configured ones");
+            s.limits_request = None;
+        }
+        if hold_for_limits && s.limits_request.is_none() {
+            hold_for_limits = false;
+            delivery.show(pacer);
+        }
         // Refill from the store when there is nothing else to send.
-        if s.outbox.is_empty() && !store_empty && s.inflight() < s.window && !shutdown.is_cancelled() {
-            let (max_devices, max_datapoints) = pacer.largest_publish(Instant::now());
+        // Not before ThingsBoard's limits are known: they decide how large
+        // a publish may be.
+        if s.outbox.is_empty()
+            && !store_empty
+            && !hold_for_limits
+            && s.inflight() < s.window
+            && !shutdown.is_cancelled()
+        {
+            let (max_devices, max_datapoints) = pacer.largest_publish(Scope::Gateway, Instant::now());
             let limits = PublishLimits {
                 max_bytes: s.max_payload,
                 max_devices: max_devices.map_or(usize::MAX, |n| n as usize),
@@ -555,16 +587,6 @@ async fn run_session(
                     store_empty = true;
                 }
             }
-        }
-        if let Some((_, sent)) = s.limits_request
-            && sent.elapsed() > config.session_limits_timeout
-        {
-            tracing::info!("ThingsBoard sent no session limits; going on with the configured ones");
-            s.limits_request = None;
-        }
-        if hold_for_limits && s.limits_request.is_none() {
-            hold_for_limits = false;
-            delivery.show(pacer);
         }
         let can_send = s.outbox.front().is_some_and(|item| {
             !hold_for_limits
@@ -596,7 +618,10 @@ async fn run_session(
                 s.confirm(delivery).await;
             }
             _ = tokio::time::sleep_until(limits_due.unwrap_or_else(Instant::now).into()), if limits_due.is_some() => {}
-            Some(cmd) = commands.recv() => delivery.command(cmd, &mut s).await,
+            Some(cmd) = commands.recv() => {
+                let own_points = pacer.largest_publish(Scope::Own, Instant::now()).1;
+                delivery.command(cmd, &mut s, own_points).await
+            }
             _ = std::future::ready(()), if send_now => {
                 if let Some(item) = s.outbox.pop_front() {
                     pacer.take(&item.cost);
@@ -638,6 +663,8 @@ struct Session {
     unconfirmed: Vec<u64>,
     last_puback: Option<Instant>,
     last_publish: Option<Instant>,
+    /// The connection ended by the peer's close (see [`LoopEvent::Lost`]).
+    closed_by_peer: bool,
 }
 
 impl Session {
@@ -665,7 +692,10 @@ impl Session {
                 }
             }
             LoopEvent::Message(p) => self.message(p, pacer, delivery),
-            LoopEvent::Lost(reason) => return Err(reason),
+            LoopEvent::Lost(reason, by_peer) => {
+                self.closed_by_peer = by_peer;
+                return Err(reason);
+            }
             LoopEvent::Connected => {}
         }
         Ok(())
@@ -678,15 +708,16 @@ impl Session {
         }
     }
 
-    /// The connection is gone. If that came right after a PUBACK or a
-    /// publish, ThingsBoard most likely refused a publish: slow down. What
-    /// was not confirmed goes again (the supervisor rewinds).
+    /// The connection is gone. If ThingsBoard closed it right after a
+    /// PUBACK or a publish, it most likely refused a publish: slow down.
+    /// (A timeout or a local error is not a refusal.) What was not
+    /// confirmed goes again either way (the supervisor rewinds).
     fn lost(&mut self, delivery: &Delivery, pacer: &mut Pacer) {
         let now = Instant::now();
         let recent = |t: Option<Instant>| t.is_some_and(|t| now.duration_since(t) < CONFIRM_AFTER);
         let after_puback = !self.unconfirmed.is_empty() && recent(self.last_puback);
         let after_publish = self.inflight() > 0 && recent(self.last_publish);
-        if after_puback || after_publish {
+        if self.closed_by_peer && (after_puback || after_publish) {
             let pace = pacer.refused(now);
             let how = match pacer.source() {
                 LimitsSource::None => "no rate limits are known to slow down by: ThingsBoard announced none and \
@@ -768,11 +799,17 @@ impl Session {
             let stand = tokio::time::Instant::now() + CONFIRM_AFTER;
             loop {
                 match tokio::time::timeout_at(stand, rx.recv()).await {
-                    Ok(Some(LoopEvent::Lost(_))) | Ok(None) => {
+                    Ok(Some(ev)) => {
+                        // Late PUBACKs count; a loss ends the wait.
+                        if self.handle(ev, delivery, pacer).await.is_err() {
+                            lost = true;
+                            break;
+                        }
+                    }
+                    Ok(None) => {
                         lost = true;
                         break;
                     }
-                    Ok(Some(_)) => {}
                     Err(_) => break,
                 }
             }
@@ -810,13 +847,35 @@ fn connect_item(device: &str, device_type: Option<&str>) -> OutItem {
 fn control(topic: impl Into<String>, payload: Vec<u8>) -> OutItem {
     let topic = topic.into();
     let scope = Scope::of(&topic);
-    let cost = if topic == OWN_TELEMETRY_TOPIC || topic == TELEMETRY_TOPIC || topic == ATTRIBUTES_TOPIC {
+    let telemetry = [OWN_TELEMETRY_TOPIC, OWN_ATTRIBUTES_TOPIC, TELEMETRY_TOPIC, ATTRIBUTES_TOPIC];
+    let cost = if telemetry.contains(&topic.as_str()) {
         let (parts, datapoints) = telemetry_cost(&topic, &payload);
         Cost::telemetry(scope, parts, datapoints)
     } else {
         Cost::messages(scope, 1)
     };
     OutItem { topic, payload, tag: Tag::Control, cost }
+}
+
+/// A JSON object in pieces of at most `most` keys (anything else whole): a
+/// publish with more datapoints than a bucket holds could never pass.
+fn split_keys(payload: String, most: usize) -> Vec<String> {
+    let Ok(serde_json::Value::Object(all)) = serde_json::from_str::<serde_json::Value>(&payload) else {
+        return vec![payload];
+    };
+    if all.len() <= most.max(1) {
+        return vec![payload];
+    }
+    let mut pieces = vec![serde_json::Map::new()];
+    for (k, v) in all {
+        if pieces.last().is_some_and(|p| p.len() >= most.max(1)) {
+            pieces.push(serde_json::Map::new());
+        }
+        if let Some(p) = pieces.last_mut() {
+            p.insert(k, v);
+        }
+    }
+    pieces.into_iter().map(|p| serde_json::Value::Object(p).to_string()).collect()
 }
 
 /// Device parts and datapoints of a telemetry or attributes publish made
@@ -887,10 +946,16 @@ impl Delivery {
         *self.stats.pacer.lock().unwrap_or_else(|e| e.into_inner()) = pacer.status(Instant::now());
     }
 
-    /// Carry out a command of the gateway's.
-    async fn command(&mut self, cmd: Command, s: &mut Session) {
+    /// Carry out a command of the gateway's. `own_points`: the most
+    /// datapoints one publish of the gateway's own may carry.
+    async fn command(&mut self, cmd: Command, s: &mut Session, own_points: Option<u64>) {
         match cmd {
-            Command::OwnTelemetry(payload) => s.outbox.push_back(control(OWN_TELEMETRY_TOPIC, payload.into_bytes())),
+            Command::OwnTelemetry(payload) => {
+                let most = own_points.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+                for piece in split_keys(payload, most) {
+                    s.outbox.push_back(control(OWN_TELEMETRY_TOPIC, piece.into_bytes()));
+                }
+            }
             Command::Publish { topic, payload } => s.outbox.push_back(control(topic, payload)),
             Command::Connect { device, device_type, connector } => {
                 self.load_known(s).await;
@@ -1091,5 +1156,44 @@ struct AbortOnDrop(JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statistics_go_in_pieces_a_bucket_holds() {
+        let stats = r#"{"a":1,"b":2,"c":3,"d":4,"e":5}"#.to_owned();
+        let pieces = split_keys(stats.clone(), 2);
+        assert_eq!(pieces, [r#"{"a":1,"b":2}"#, r#"{"c":3,"d":4}"#, r#"{"e":5}"#]);
+        assert_eq!(split_keys(stats.clone(), usize::MAX), [stats]);
+        assert_eq!(split_keys("not json".into(), 1), ["not json"]);
+    }
+
+    #[test]
+    fn costs_are_counted_as_thingsboard_counts_them() {
+        let own = control(OWN_TELEMETRY_TOPIC, br#"{"a":1,"b":2}"#.to_vec());
+        assert_eq!(own.cost, Cost::telemetry(Scope::Own, 1, 2));
+        let attrs = control(OWN_ATTRIBUTES_TOPIC, br#"{"cpuCount":2,"totalMemory":1}"#.to_vec());
+        assert_eq!(attrs.cost, Cost::telemetry(Scope::Own, 1, 2));
+        let devices = control(
+            TELEMETRY_TOPIC,
+            br#"{"A":[{"ts":1,"values":{"t":1,"h":2}}],"B":[{"ts":1,"values":{"t":1}}]}"#.to_vec(),
+        );
+        assert_eq!(devices.cost, Cost::telemetry(Scope::Gateway, 2, 3));
+        let reply = control("v1/gateway/rpc", br#"{"device":"A","id":1,"data":{}}"#.to_vec());
+        assert_eq!(reply.cost, Cost::messages(Scope::Gateway, 1));
+        assert_eq!(connect_item("A", None).cost, Cost::messages(Scope::Gateway, 2));
+    }
+
+    #[test]
+    fn only_the_peers_close_counts_as_a_refusal() {
+        let io = |kind| ConnectionError::Io(std::io::Error::from(kind));
+        assert!(closed_by_peer(&ConnectionError::MqttState(rumqttc::StateError::ConnectionAborted)));
+        assert!(closed_by_peer(&io(std::io::ErrorKind::ConnectionReset)));
+        assert!(!closed_by_peer(&ConnectionError::NetworkTimeout));
+        assert!(!closed_by_peer(&io(std::io::ErrorKind::TimedOut)));
     }
 }

@@ -250,9 +250,10 @@ impl RateLimit {
         }
     }
 
-    /// Tokens left in the emptiest bandwidth, as a share of its capacity.
-    fn fill(&self) -> Option<f64> {
-        self.bands.iter().map(|b| b.tokens / b.capacity).reduce(f64::min)
+    /// Tokens left in the emptiest bandwidth, as a share of what it holds
+    /// at `pace`.
+    fn fill(&self, pace: f64) -> Option<f64> {
+        self.bands.iter().map(|b| b.tokens / b.capacity(pace)).reduce(f64::min)
     }
 }
 
@@ -288,8 +289,8 @@ pub struct PacerStatus {
     pub pace: f64,
     /// Publishes ThingsBoard refused since the start.
     pub refusals: u64,
-    /// The fullest of the child devices' buckets is this empty: 0 idle, 1 the
-    /// drain is using every token.
+    /// How empty the emptiest of the child devices' buckets is (of what it
+    /// holds at the pace): 0 idle, 1 a drain using every token.
     pub gateway_use: Option<f64>,
 }
 
@@ -320,11 +321,14 @@ impl Pacer {
     }
 
     /// The most telemetry messages (device parts) and datapoints one publish
-    /// of the child devices may cost now (smaller while slowed down).
-    pub fn largest_publish(&mut self, now: Instant) -> (Option<u64>, Option<u64>) {
+    /// of `scope` may cost now (smaller while slowed down).
+    pub fn largest_publish(&mut self, scope: Scope, now: Instant) -> (Option<u64>, Option<u64>) {
         let pace = self.pace(now);
-        let g = &self.gateway;
-        (g.telemetry_messages.smallest_at(pace), g.telemetry_datapoints.smallest_at(pace))
+        let l = match scope {
+            Scope::Gateway => &self.gateway,
+            Scope::Own => &self.own,
+        };
+        (l.telemetry_messages.smallest_at(pace), l.telemetry_datapoints.smallest_at(pace))
     }
 
     fn pace(&mut self, now: Instant) -> f64 {
@@ -367,9 +371,13 @@ impl Pacer {
     }
 
     /// ThingsBoard refused a publish: its buckets are emptier than ours.
-    /// Empty ours and halve the pace. Returns the new pace.
+    /// Empty ours and halve the pace. Returns the new pace. (Without any
+    /// limits known there is nothing to slow down by: only counted.)
     pub fn refused(&mut self, now: Instant) -> f64 {
         self.refusals += 1;
+        if self.source == LimitsSource::None {
+            return 1.0;
+        }
         let pace = (self.pace(now) / 2.0).max(SLOWEST);
         self.slowed = Some((pace, now));
         for l in [&mut self.gateway, &mut self.own] {
@@ -390,7 +398,7 @@ impl Pacer {
         }
         let gateway_use = [&g.messages, &g.telemetry_messages, &g.telemetry_datapoints]
             .into_iter()
-            .filter_map(|r| r.fill())
+            .filter_map(|r| r.fill(pace))
             .reduce(f64::min)
             .map(|fill| (1.0 - fill).clamp(0.0, 1.0));
         PacerStatus { source: self.source, pace, refusals: self.refusals, gateway_use }
@@ -481,7 +489,7 @@ mod tests {
         let w = p.wait(&cost, t0).expect("empty after a refusal");
         assert!((190..=210).contains(&w.as_millis()), "{w:?}");
         // And publishes half as large.
-        assert_eq!(p.largest_publish(t0), (Some(40), None));
+        assert_eq!(p.largest_publish(Scope::Gateway, t0), (Some(40), None));
         assert_eq!(p.status(t0).refusals, 1);
         assert!(p.status(t0 + RECOVERY * 2).pace == 1.0, "recovered");
         // The same limits announced again keep the buckets' state.

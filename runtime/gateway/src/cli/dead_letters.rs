@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use tbgw::config::{GatewayConfig, StorageKind};
 use tbgw::pipeline::{has_values, stamp};
 use tbgw::service;
-use tbgw_core::Event;
+use tbgw_core::{Event, hex};
 use tbgw_store::{DeadLetter, EventStore, FjallStore};
 
 #[derive(clap::Subcommand, Debug)]
@@ -105,10 +105,6 @@ fn shown_payload(payload: &[u8]) -> String {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn list(args: ListArgs) -> ExitCode {
     let (_, store) = match open(&args.config) {
         Ok(s) => s,
@@ -143,7 +139,7 @@ fn list(args: ListArgs) -> ExitCode {
                 l.connector,
                 l.route,
                 l.converter,
-                &l.converter_sha256[..l.converter_sha256.len().min(12)],
+                l.converter_sha256.get(..12).unwrap_or(&l.converter_sha256),
                 l.raw.source,
                 shown_payload(&l.raw.payload),
                 l.reason
@@ -187,6 +183,20 @@ fn replay(args: SelectArgs) -> ExitCode {
     };
     let routes: HashMap<(&str, &str), usize> =
         loaded.routes.iter().enumerate().map(|(i, r)| ((&*r.connector, r.origin.as_str()), i)).collect();
+    // Replayed events go into the store the gateway delivers from; a full
+    // store would block (or drop undelivered events): refuse instead.
+    let (limits, stats) = (config.storage.limits, store.stats());
+    if stats.records + chosen.len() as u64 > limits.max_records || stats.bytes + (1 << 20) > limits.max_bytes {
+        return fail(&format!(
+            "the store holds {} events ({} bytes) of at most {} ({} bytes): no room to replay {} letters; \
+             start the gateway to deliver the backlog first",
+            stats.records,
+            stats.bytes,
+            limits.max_records,
+            limits.max_bytes,
+            chosen.len()
+        ));
+    }
     let mut workers = HashMap::new();
     let (mut replayed, mut failed) = (0, 0);
     let mut out = Out::new();
