@@ -109,7 +109,10 @@ fn a_thingsboard_outage_under_load_loses_nothing() {
 #[test]
 fn a_killed_gateway_loses_no_qos1_message() {
     let (tb, source) = (Mosquitto::start_new(), Mosquitto::start_new());
-    let thingsboard = Collector::connect(tb.port, "tb-kill", &["v1/gateway/telemetry"]);
+    // A ThingsBoard that answers getSessionLimits, so that delivery streams
+    // from the start rather than after a backlog built up.
+    let filters = ["v1/gateway/telemetry", tbgw_test_support::SESSION_LIMITS_REQUESTS];
+    let thingsboard = Collector::thingsboard(tb.port, "tb-kill", &filters);
     let dir = tempfile::tempdir().expect("tempdir");
     let mut gw = Gateway::start(dir.path(), &gateway_yaml(tb.port, dir.path(), 60), &mqtt_json(source.port, "gw-kill"));
 

@@ -187,6 +187,9 @@ impl Received {
     }
 }
 
+/// The topic filter of the gateway's own RPCs, `getSessionLimits` among them.
+pub const SESSION_LIMITS_REQUESTS: &str = "v1/devices/me/rpc/request/+";
+
 /// An MQTT client that subscribes to topic filters and keeps everything it
 /// receives; it can also publish. It runs on its own tokio runtime thread,
 /// so tests can use it from plain threads.
@@ -218,6 +221,22 @@ impl Collector {
         respond: impl Fn(&Received) -> Option<(String, Vec<u8>)> + Send + 'static,
     ) -> Collector {
         Self::connect_full(port, client_id, filters, None, respond)
+    }
+
+    /// Like [`Collector::connect`], playing ThingsBoard's part in the
+    /// gateway's `getSessionLimits` (answered with no limits, as a
+    /// ThingsBoard without rate limits does): without it the gateway waits
+    /// for the answer before its first delivery. Subscribe to
+    /// [`SESSION_LIMITS_REQUESTS`] among `filters`.
+    pub fn thingsboard(port: u16, client_id: &str, filters: &[&str]) -> Collector {
+        Self::connect_with(port, client_id, filters, |m| {
+            let id = m.topic.strip_prefix("v1/devices/me/rpc/request/")?;
+            m.text().contains("getSessionLimits").then(|| {
+                let answer =
+                    r#"{"maxPayloadSize":65536,"maxInflightMessages":100,"rateLimits":{},"gatewayRateLimits":{}}"#;
+                (format!("v1/devices/me/rpc/response/{id}"), answer.as_bytes().to_vec())
+            })
+        })
     }
 
     /// Like [`Collector::connect`], with a user name and password.
