@@ -22,6 +22,7 @@
 //!   workers: 2                  # converter threads
 //!   cacheDir: ./data/cache      # compiled converters
 //!   watchConverters: 1          # seconds between checks of .wasm files for hot swap; 0: off
+//!   http: {listen: 127.0.0.1:9870}  # /metrics, /healthz, /readyz; off without it
 //! ```
 //!
 //! Every problem is reported, each with its path
@@ -66,6 +67,8 @@ pub struct GatewayConfig {
     /// `thingsboard.handleDeviceRenaming` (default true): follow devices
     /// renamed in ThingsBoard (`gateway_device_renamed`).
     pub handle_device_renaming: bool,
+    /// `tbgw.http`: where the HTTP listener (metrics, health) listens; `None`: off.
+    pub http: Option<std::net::SocketAddr>,
 }
 
 /// Where events wait for delivery.
@@ -172,6 +175,7 @@ pub fn from_document(doc: &Value, file: &Path, base: &Path, d: &mut Diagnostics)
             }
         }
     }
+    let mut http = None;
     let (pipeline, cache_dir, watch_converters) = match root.object(d, "tbgw") {
         Some(mut t) => {
             let mut p = PipelineConfig::default();
@@ -186,6 +190,16 @@ pub fn from_document(doc: &Value, file: &Path, base: &Path, d: &mut Diagnostics)
             }
             let cache = t.string(d, "cacheDir").map(|c| base.join(c));
             let watch = t.uint(d, "watchConverters", 0..=3600).unwrap_or(1);
+            if let Some(mut h) = t.object(d, "http") {
+                let listen = h.string(d, "listen").unwrap_or(crate::http::DEFAULT_LISTEN);
+                match listen.parse::<std::net::SocketAddr>() {
+                    Ok(addr) => http = Some(addr),
+                    Err(_) => {
+                        d.error(h.field("listen"), format!("`{listen}` is not an address and port like 127.0.0.1:9870"))
+                    }
+                }
+                h.finish(d);
+            }
             t.finish(d);
             (p, cache, Duration::from_secs(watch))
         }
@@ -219,6 +233,7 @@ pub fn from_document(doc: &Value, file: &Path, base: &Path, d: &mut Diagnostics)
         watch_converters,
         report_strategy,
         handle_device_renaming,
+        http,
     })
 }
 
@@ -603,6 +618,19 @@ mod tests {
         let mut d = Diagnostics::default();
         let c = from_document(&doc, Path::new("/etc/tbgw/tb_gateway.yaml"), Path::new("/etc/tbgw"), &mut d);
         (c, d)
+    }
+
+    #[test]
+    fn the_http_listener_is_off_by_default_and_on_loopback_when_on() {
+        let base = "thingsboard: {host: tb, security: {type: accessToken, accessToken: T}}\n";
+        let (c, _) = check(base);
+        assert_eq!(c.expect("config").http, None);
+        let (c, d) = check(&format!("{base}tbgw: {{http: {{}}}}\n"));
+        assert!(d.is_ok(), "{:?}", d.errors);
+        assert_eq!(c.expect("config").http, Some("127.0.0.1:9870".parse().unwrap()));
+        let (_, d) = check(&format!("{base}tbgw: {{http: {{listen: \"localhost\"}}}}\n"));
+        assert_eq!(d.errors.len(), 1, "{:?}", d.errors);
+        assert_eq!(d.errors[0].path, "tbgw.http.listen");
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod config;
 pub mod connectors;
 pub mod converters;
 pub mod demo;
+pub mod http;
 pub mod machine;
 pub mod memory;
 pub mod pipeline;

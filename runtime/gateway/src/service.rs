@@ -63,6 +63,8 @@ pub enum ServiceError {
     ThingsBoard(#[from] tbgw_thingsboard::ClientError),
     #[error("cannot start the pipeline threads: {0}")]
     Threads(#[source] std::io::Error),
+    #[error("tbgw.http.listen: cannot listen on {addr}: {source}")]
+    Http { addr: std::net::SocketAddr, source: std::io::Error },
 }
 
 impl ServiceError {
@@ -111,6 +113,8 @@ pub enum ServiceQuery {
     Stats(oneshot::Sender<serde_json::Value>),
     /// Every converter, as `gateway_converters` lists them.
     Converters(oneshot::Sender<serde_json::Value>),
+    /// The whole snapshot (the HTTP listener's metrics and readiness).
+    Status(oneshot::Sender<Box<Status>>),
 }
 
 /// Every converter the configuration declares, loaded (and registered):
@@ -278,6 +282,7 @@ pub struct Gateway {
     restart: CancellationToken,
     watch_stop: CancellationToken,
     watcher: Option<tokio::task::JoinHandle<()>>,
+    http_stop: CancellationToken,
 }
 
 impl Gateway {
@@ -295,6 +300,13 @@ impl Gateway {
                     .await
                     .map_err(|e| StoreError::Db(e.to_string()))??
             }
+        };
+        // The HTTP listener's address first: a port in use fails the start.
+        let http = match config.http {
+            Some(addr) => {
+                Some(tokio::net::TcpListener::bind(addr).await.map_err(|source| ServiceError::Http { addr, source })?)
+            }
+            None => None,
         };
         let runtime = converters::runtime(cache_dir(&config))?;
         let loaded = {
@@ -352,6 +364,14 @@ impl Gateway {
         }
         drop(device_requests_tx);
         let (queries_tx, queries) = mpsc::channel(16);
+        let http_stop = CancellationToken::new();
+        if let Some(listener) = http {
+            match listener.local_addr() {
+                Ok(addr) => tracing::info!("HTTP listener on http://{addr} (/metrics, /healthz, /readyz)"),
+                Err(e) => tracing::warn!("HTTP listener: {e}"),
+            }
+            tokio::spawn(crate::http::serve(listener, queries_tx.clone(), http_stop.clone()));
+        }
         let restart = CancellationToken::new();
         let router_stop = CancellationToken::new();
         let incoming = client.take_requests().unwrap_or_else(|| mpsc::unbounded_channel().1);
@@ -393,6 +413,7 @@ impl Gateway {
             restart,
             watch_stop,
             watcher,
+            http_stop,
         })
     }
 
@@ -441,11 +462,14 @@ impl Gateway {
             .iter()
             .map(|r| ConverterStatus { connector: r.connector.clone(), path: r.path.clone(), info: r.converter.info() })
             .collect();
+        let store = self.store.stats();
+        let limits = self.config.storage.limits;
         Status {
             uptime: self.started.elapsed(),
             connectors,
             converters,
-            store: self.store.stats(),
+            store_full: store.records >= limits.max_records || store.bytes >= limits.max_bytes,
+            store,
             client,
             requests: self.router.stats.requests.load(Ordering::Relaxed),
             request_errors: self.router.stats.errors.load(Ordering::Relaxed),
@@ -498,6 +522,9 @@ impl Gateway {
                     ServiceQuery::Converters(reply) => {
                         let _ = reply.send(self.status().converters());
                     }
+                    ServiceQuery::Status(reply) => {
+                        let _ = reply.send(Box::new(self.status()));
+                    }
                 },
             }
         }
@@ -527,6 +554,7 @@ impl Gateway {
     /// Stop everything, in the order that loses nothing.
     pub async fn stop(mut self) {
         tracing::info!("stopping: no new messages; converting and storing what was received");
+        self.http_stop.cancel();
         self.watch_stop.cancel();
         if let Some(w) = self.watcher.take() {
             // A swap in progress finishes first (it is short, and harmless).

@@ -20,6 +20,8 @@ pub struct Status {
     pub connectors: Vec<ConnectorStatus>,
     pub converters: Vec<ConverterStatus>,
     pub store: StoreStats,
+    /// The store is at its bound (`when_full` decides what happens next).
+    pub store_full: bool,
     pub client: ClientStatsSnapshot,
     /// Requests from ThingsBoard, and those answered with an error.
     pub requests: u64,

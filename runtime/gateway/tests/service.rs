@@ -1,5 +1,6 @@
 //! The service in-process: built from a config, one connector stopped alone
-//! while the other goes on, and the status snapshot saying so.
+//! while the other goes on, and the status snapshot saying so; the HTTP
+//! listener's metrics, health and readiness.
 
 use serde_json::json;
 use std::path::Path;
@@ -87,4 +88,102 @@ fn one_connector_stops_alone_and_the_status_says_so() {
     assert_eq!(converters[1]["path"], "connectors[1].configuration.mapping[0].converter", "{converters}");
     assert!(converters[1]["messages"].as_u64() >= Some(6), "{converters}");
     rt.block_on(gw.stop());
+}
+
+/// `GET path` on 127.0.0.1:`port`: (status code, body).
+fn get(port: u16, method: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the HTTP listener");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("send the request");
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).expect("read the reply");
+    let code = reply.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = reply.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (code, body)
+}
+
+/// The value of the sample `name` with `labels` (all of them) in a scrape.
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape.samples.iter().find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))).map(
+        |s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        },
+    )
+}
+
+#[test]
+fn the_http_listener_serves_metrics_health_and_readiness() {
+    let (mut tb_broker, a) = (Mosquitto::start_new(), Mosquitto::start_new());
+    let tb = Collector::connect(tb_broker.port, "tb-http", &["v1/gateway/#"]);
+    let port = tbgw_test_support::free_port();
+    let doc = json!({
+        "thingsboard": {"host": "127.0.0.1", "port": tb_broker.port,
+                        "security": {"type": "accessToken", "accessToken": "T"}, "statistics": {"enable": false}},
+        "storage": {"type": "memory"},
+        "connectors": [{"type": "mqtt", "name": "A", "configuration": mqtt(a.port, "gw-http")}],
+        "tbgw": {"http": {"listen": format!("127.0.0.1:{port}")}}
+    });
+    let mut d = Diagnostics::default();
+    let config = tbgw::config::from_document(&doc, Path::new("/x/tb.yaml"), Path::new("/x"), &mut d).expect("config");
+    assert!(d.is_ok(), "{:?}", d.errors);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let mut gw = rt.block_on(Gateway::build(config)).expect("built");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = {
+        let shutdown = shutdown.clone();
+        rt.spawn(async move {
+            gw.run(&shutdown).await;
+            gw.stop().await;
+        })
+    };
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert_eq!(get(port, "GET", "/healthz"), (200, "ok\n".into()));
+    wait_for("ready", &|| get(port, "GET", "/readyz").0 == 200);
+
+    let dev = Collector::connect(a.port, "dev-http", &[]);
+    tb.wait_until(Duration::from_secs(20), "a first reading", |r| {
+        dev.publish("sensor/DH/data", r#"{"n": 0}"#);
+        !readings(r, "DH").is_empty()
+    });
+    for n in 1..=5 {
+        dev.publish("sensor/DH/data", format!(r#"{{"n": {n}}}"#));
+    }
+    tb.wait_until(Duration::from_secs(20), "the five readings", |r| readings(r, "DH").contains(&5));
+    let (code, text) = get(port, "GET", "/metrics");
+    assert_eq!(code, 200, "{text}");
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("a Prometheus text scrape");
+    let received = sample(&scrape, "tbgw_connector_messages_received_total", &[("connector", "A")]).expect("received");
+    assert!(received >= 6.0, "{text}");
+    let delivered = sample(&scrape, "tbgw_connector_events_delivered_total", &[("connector", "A")]).expect("delivered");
+    assert!(delivered >= 6.0, "{text}");
+    assert_eq!(sample(&scrape, "tbgw_thingsboard_connected", &[]), Some(1.0), "{text}");
+    assert_eq!(sample(&scrape, "tbgw_converter_generation", &[("converter", "A/json")]), Some(1.0), "{text}");
+    assert!(sample(&scrape, "tbgw_uptime_seconds", &[]).is_some_and(|u| u > 0.0), "{text}");
+
+    // ThingsBoard away: not ready, and why; back: ready again.
+    tb_broker.stop();
+    wait_for("not ready", &|| get(port, "GET", "/readyz").0 == 503);
+    let (_, why) = get(port, "GET", "/readyz");
+    let why: serde_json::Value = serde_json::from_str(&why).expect("JSON");
+    assert_eq!(why["ready"], false);
+    assert!(why["reasons"][0].as_str().is_some_and(|r| r.starts_with("ThingsBoard is not connected")), "{why}");
+    assert_eq!(get(port, "GET", "/healthz").0, 200, "alive all the same");
+    tb_broker.start();
+    wait_for("ready again", &|| get(port, "GET", "/readyz").0 == 200);
+
+    assert_eq!(get(port, "GET", "/nope").0, 404);
+    assert_eq!(get(port, "POST", "/metrics").0, 405);
+    shutdown.cancel();
+    rt.block_on(running).expect("stopped");
 }

@@ -1,0 +1,275 @@
+//! The optional HTTP listener (`tbgw.http`): a gateway one can see into
+//! without logging in to its machine.
+//!
+//! - `GET /metrics`: every counter of the [`Status`] snapshot in the
+//!   OpenMetrics text format that Prometheus scrapes, encoded by the
+//!   `prometheus-client` crate (the snapshot is taken at each scrape, so the
+//!   numbers are the ones the statistics publish).
+//! - `GET /healthz`: 200 while the process serves (a Docker HEALTHCHECK, a
+//!   Kubernetes liveness probe).
+//! - `GET /readyz`: 200 when ThingsBoard is connected, the store has room
+//!   and every connector is connected; 503 with the reasons otherwise (a
+//!   readiness probe).
+//!
+//! Off by default; on, it listens on loopback unless told otherwise. The
+//! server is deliberately small: HTTP/1.1, GET only, one request per
+//! connection, a request head of at most 8 KiB read within 5 s. It asks the
+//! service for the snapshot through the same query channel as the router's
+//! `gateway_stats`, so it never touches the gateway's state itself.
+
+use crate::service::ServiceQuery;
+use crate::status::Status;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// The listener's default address when `tbgw.http` names none.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9870";
+const MAX_HEAD: usize = 8 * 1024;
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serve until `shutdown`.
+pub async fn serve(listener: TcpListener, queries: mpsc::Sender<ServiceQuery>, shutdown: CancellationToken) {
+    loop {
+        let (socket, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("HTTP listener: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        tokio::spawn(answer(socket, queries.clone()));
+    }
+}
+
+async fn answer(mut socket: TcpStream, queries: mpsc::Sender<ServiceQuery>) {
+    let head = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut socket)).await {
+        Ok(Some(head)) => head,
+        _ => return,
+    };
+    let (status, content_type, body) = route(&head, &queries).await;
+    let reply = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = socket.write_all(reply.as_bytes()).await;
+    let _ = socket.write_all(body.as_bytes()).await;
+    let _ = socket.shutdown().await;
+}
+
+/// The request head (up to the blank line), or `None` for a connection
+/// that sent none in time or too much.
+async fn read_head(socket: &mut TcpStream) -> Option<String> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = socket.read(&mut chunk).await.ok()?;
+        if n == 0 || buf.len() + n > MAX_HEAD {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+const JSON: &str = "application/json";
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+async fn route(head: &str, queries: &mpsc::Sender<ServiceQuery>) -> (&'static str, &'static str, String) {
+    let mut words = head.lines().next().unwrap_or("").split_whitespace();
+    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    if method != "GET" {
+        return ("405 Method Not Allowed", TEXT, "only GET\n".into());
+    }
+    match path {
+        "/healthz" => ("200 OK", TEXT, "ok\n".into()),
+        "/readyz" | "/metrics" => {
+            let Some(status) = snapshot(queries).await else {
+                return ("503 Service Unavailable", TEXT, "the gateway is stopping\n".into());
+            };
+            if path == "/metrics" {
+                return match metrics(status) {
+                    Ok(text) => ("200 OK", OPENMETRICS, text),
+                    Err(e) => ("500 Internal Server Error", TEXT, format!("encoding the metrics failed: {e}\n")),
+                };
+            }
+            let reasons = not_ready(&status);
+            let body = serde_json::json!({"ready": reasons.is_empty(), "reasons": reasons}).to_string() + "\n";
+            if reasons.is_empty() { ("200 OK", JSON, body) } else { ("503 Service Unavailable", JSON, body) }
+        }
+        _ => ("404 Not Found", TEXT, "not found: try /metrics, /healthz or /readyz\n".into()),
+    }
+}
+
+async fn snapshot(queries: &mpsc::Sender<ServiceQuery>) -> Option<Status> {
+    let (tx, rx) = oneshot::channel();
+    queries.send(ServiceQuery::Status(tx)).await.ok()?;
+    tokio::time::timeout(Duration::from_secs(5), rx).await.ok()?.ok().map(|s| *s)
+}
+
+/// Why the gateway is not ready; empty when it is.
+pub fn not_ready(status: &Status) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if !status.client.connected {
+        let why = status.client.last_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+        reasons.push(format!("ThingsBoard is not connected{why}"));
+    }
+    if status.store_full {
+        reasons.push(format!("the store is full ({} events waiting)", status.store.records));
+    }
+    for c in status.connectors.iter().filter(|c| !c.connected) {
+        reasons.push(format!("connector `{}` is not connected", c.name));
+    }
+    reasons
+}
+
+/// The snapshot in the OpenMetrics text format.
+pub fn metrics(status: Status) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::with_prefix("tbgw");
+    registry.register_collector(Box::new(StatusMetrics(status)));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)?;
+    Ok(out)
+}
+
+#[derive(Debug)]
+struct StatusMetrics(Status);
+
+/// One metric: its samples, each with its labels.
+fn family(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    samples: impl IntoIterator<Item = (Vec<(&'static str, String)>, f64)>,
+) -> Result<(), std::fmt::Error> {
+    let value_of = |kind: MetricType, value: f64, sample: MetricEncoder| match kind {
+        MetricType::Counter => ConstCounter::new(value).encode(sample),
+        _ => ConstGauge::new(value).encode(sample),
+    };
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+    let samples: Vec<_> = samples.into_iter().collect();
+    // An unlabelled sample is written without `{}`, which some parsers refuse.
+    if let [(labels, value)] = samples.as_slice()
+        && labels.is_empty()
+    {
+        return value_of(kind, *value, metric);
+    }
+    for (labels, value) in samples {
+        value_of(kind, value, metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for StatusMetrics {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use MetricType::{Counter, Gauge};
+        let s = &self.0;
+        let one = |v: f64| [(Vec::new(), v)];
+        let flag = |b: bool| if b { 1.0 } else { 0.0 };
+        family(&mut e, "uptime_seconds", "Seconds since the gateway started", Gauge, one(s.uptime.as_secs_f64()))?;
+
+        type PerConnector = fn(&crate::status::ConnectorStatus) -> f64;
+        let connectors: [(&str, &str, MetricType, PerConnector); 13] = [
+            ("connector_connected", "1 while the connector is connected to its devices", Gauge, |c| {
+                f64::from(u8::from(c.connected))
+            }),
+            ("connector_messages_received", "Messages received from devices", Counter, |c| c.received as f64),
+            ("connector_messages_acked", "Messages confirmed to their source", Counter, |c| c.acked as f64),
+            ("connector_messages_unmatched", "Messages that matched no mapping", Counter, |c| c.unmatched as f64),
+            ("connector_messages_converted", "Messages converted", Counter, |c| c.converted as f64),
+            ("connector_conversion_errors", "Messages that failed to convert", Counter, |c| c.conversion_errors as f64),
+            ("connector_values_dropped", "Values converters left out", Counter, |c| c.dropped_values as f64),
+            ("connector_values_not_reported", "Values held back by report strategies", Counter, |c| {
+                c.not_reported as f64
+            }),
+            ("connector_events_stored", "Events stored for delivery", Counter, |c| c.stored as f64),
+            ("connector_events_delivered", "Events ThingsBoard acknowledged", Counter, |c| c.delivered as f64),
+            ("connector_sent_to_devices", "Messages sent to devices", Counter, |c| c.sent_to_devices as f64),
+            ("connector_downlink_errors", "Requests for devices answered with an error", Counter, |c| {
+                c.downlink_errors as f64
+            }),
+            ("connector_read_errors", "Polls a device refused or did not answer", Counter, |c| c.read_errors as f64),
+        ];
+        for (name, help, kind, get) in connectors {
+            let samples = s.connectors.iter().map(|c| (vec![("connector", c.name.clone())], get(c)));
+            family(&mut e, name, help, kind, samples)?;
+        }
+
+        type PerConverter = fn(&tbgw_wasm::ConverterInfo) -> f64;
+        let converters: [(&str, &str, MetricType, PerConverter); 9] = [
+            ("converter_calls", "Calls into the converter", Counter, |i| i.calls as f64),
+            ("converter_messages", "Messages (or requests) the converter was given", Counter, |i| i.messages as f64),
+            ("converter_message_errors", "Messages the converter failed", Counter, |i| i.message_errors as f64),
+            ("converter_call_errors", "Calls that trapped, timed out or ran out of memory", Counter, |i| {
+                i.call_errors as f64
+            }),
+            ("converter_busy_seconds", "Time spent in the converter", Counter, |i| i.busy_micros as f64 / 1e6),
+            ("converter_instances", "Instances started", Counter, |i| i.instances as f64),
+            ("converter_swaps", "New versions swapped in", Counter, |i| i.swaps as f64),
+            ("converter_generation", "The version serving: 1 first, +1 per swap", Gauge, |i| i.generation as f64),
+            ("converter_memory_limit_bytes", "Linear memory an instance may use", Gauge, |i| {
+                i.limits.memory_bytes as f64
+            }),
+        ];
+        for (name, help, kind, get) in converters {
+            let samples = s.converters.iter().map(|c| {
+                let labels = vec![("converter", c.info.name.clone()), ("connector", c.connector.clone())];
+                (labels, get(&c.info))
+            });
+            family(&mut e, name, help, kind, samples)?;
+        }
+
+        let st = &s.store;
+        family(&mut e, "store_backlog_events", "Events waiting for delivery", Gauge, one(st.records as f64))?;
+        family(&mut e, "store_backlog_bytes", "Bytes of the events waiting", Gauge, one(st.bytes as f64))?;
+        family(&mut e, "store_dropped_events", "Events dropped to make room", Counter, one(st.dropped as f64))?;
+        family(&mut e, "store_full", "1 while the store is at its bound", Gauge, one(flag(s.store_full)))?;
+        family(
+            &mut e,
+            "dead_letters",
+            "Messages kept because they failed to convert",
+            Gauge,
+            one(st.dead_letters as f64),
+        )?;
+        family(
+            &mut e,
+            "dead_letters_dropped",
+            "Dead letters not kept (their bound)",
+            Counter,
+            one(st.dead_letters_dropped as f64),
+        )?;
+
+        let c = &s.client;
+        family(&mut e, "thingsboard_connected", "1 while connected to ThingsBoard", Gauge, one(flag(c.connected)))?;
+        family(&mut e, "thingsboard_sessions", "Connections made to ThingsBoard", Counter, one(c.sessions as f64))?;
+        family(&mut e, "thingsboard_publishes", "Publishes to ThingsBoard", Counter, one(c.publishes as f64))?;
+        family(&mut e, "thingsboard_pubacks", "PUBACKs from ThingsBoard", Counter, one(c.pubacks as f64))?;
+        family(
+            &mut e,
+            "thingsboard_refused_publishes",
+            "Publishes ThingsBoard refused",
+            Counter,
+            one(c.pacer.refusals as f64),
+        )?;
+        family(&mut e, "thingsboard_pace_ratio", "Share of ThingsBoard's limits used now", Gauge, one(c.pacer.pace))?;
+        family(&mut e, "thingsboard_delivery_rate", "Events delivered per second lately", Gauge, one(c.delivery_rate))?;
+        family(&mut e, "requests", "Requests from ThingsBoard", Counter, one(s.requests as f64))?;
+        family(&mut e, "request_errors", "Requests answered with an error", Counter, one(s.request_errors as f64))?;
+        Ok(())
+    }
+}
