@@ -13,9 +13,14 @@
 //!
 //! Off by default; on, it listens on loopback unless told otherwise. The
 //! server is deliberately small: HTTP/1.1, GET only, one request per
-//! connection, a request head of at most 8 KiB read within 5 s. It asks the
-//! service for the snapshot through the same query channel as the router's
-//! `gateway_stats`, so it never touches the gateway's state itself.
+//! connection, a request head of at most 8 KiB, at most
+//! [`MAX_CONNECTIONS`] at once (more are closed at once) and each done
+//! within [`DEADLINE`] or dropped, so slow clients cannot hold the gateway's
+//! file descriptors. It asks the service for the snapshot through the same
+//! query channel as the router's `gateway_stats` (without waiting for room
+//! in it: a full channel answers 503), so it never touches the gateway's
+//! state itself. Label values (connector and converter names) are escaped
+//! here: the encoder writes them as given.
 
 use crate::service::ServiceQuery;
 use crate::status::Status;
@@ -34,10 +39,15 @@ use tokio_util::sync::CancellationToken;
 /// The listener's default address when `tbgw.http` names none.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9870";
 const MAX_HEAD: usize = 8 * 1024;
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 16;
+/// A connection's whole life: request, snapshot, reply.
+pub const DEADLINE: Duration = Duration::from_secs(10);
 
 /// Serve until `shutdown`.
 pub async fn serve(listener: TcpListener, queries: mpsc::Sender<ServiceQuery>, shutdown: CancellationToken) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let (socket, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -48,20 +58,30 @@ pub async fn serve(listener: TcpListener, queries: mpsc::Sender<ServiceQuery>, s
                     continue;
                 }
             },
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
         };
-        tokio::spawn(answer(socket, queries.clone()));
+        // Finished connections' results, so the set does not grow.
+        while connections.try_join_next().is_some() {}
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(socket);
+            continue;
+        };
+        let queries = queries.clone();
+        connections.spawn(async move {
+            let _ = tokio::time::timeout(DEADLINE, answer(socket, queries)).await;
+            drop(slot);
+        });
     }
+    // Stopping: those in progress are cut (the service no longer answers).
+    connections.shutdown().await;
 }
 
 async fn answer(mut socket: TcpStream, queries: mpsc::Sender<ServiceQuery>) {
-    let head = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut socket)).await {
-        Ok(Some(head)) => head,
-        _ => return,
-    };
+    let Some(head) = read_head(&mut socket).await else { return };
     let (status, content_type, body) = route(&head, &queries).await;
+    let allow = if status.starts_with("405") { "Allow: GET\r\n" } else { "" };
     let reply = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{allow}Cache-Control: no-store\r\nConnection: close\r\n\r\n",
         body.len()
     );
     let _ = socket.write_all(reply.as_bytes()).await;
@@ -99,7 +119,7 @@ async fn route(head: &str, queries: &mpsc::Sender<ServiceQuery>) -> (&'static st
         "/healthz" => ("200 OK", TEXT, "ok\n".into()),
         "/readyz" | "/metrics" => {
             let Some(status) = snapshot(queries).await else {
-                return ("503 Service Unavailable", TEXT, "the gateway is stopping\n".into());
+                return ("503 Service Unavailable", TEXT, "the gateway is busy or stopping\n".into());
             };
             if path == "/metrics" {
                 return match metrics(status) {
@@ -117,7 +137,7 @@ async fn route(head: &str, queries: &mpsc::Sender<ServiceQuery>) -> (&'static st
 
 async fn snapshot(queries: &mpsc::Sender<ServiceQuery>) -> Option<Status> {
     let (tx, rx) = oneshot::channel();
-    queries.send(ServiceQuery::Status(tx)).await.ok()?;
+    queries.try_send(ServiceQuery::Status(tx)).ok()?;
     tokio::time::timeout(Duration::from_secs(5), rx).await.ok()?.ok().map(|s| *s)
 }
 
@@ -131,7 +151,7 @@ pub fn not_ready(status: &Status) -> Vec<String> {
     if status.store_full {
         reasons.push(format!("the store is full ({} events waiting)", status.store.records));
     }
-    for c in status.connectors.iter().filter(|c| !c.connected) {
+    for c in status.connectors.iter().filter(|c| c.running && !c.connected) {
         reasons.push(format!("connector `{}` is not connected", c.name));
     }
     reasons
@@ -170,9 +190,24 @@ fn family(
         return value_of(kind, *value, metric);
     }
     for (labels, value) in samples {
+        let labels: Vec<(&str, String)> = labels.into_iter().map(|(k, v)| (k, escape(&v))).collect();
         value_of(kind, value, metric.encode_family(&labels)?)?;
     }
     Ok(())
+}
+
+/// A label value as the text format wants it: `\`, `"` and line breaks escaped.
+fn escape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for ch in v.chars() {
+        match ch {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 impl Collector for StatusMetrics {
@@ -185,9 +220,12 @@ impl Collector for StatusMetrics {
 
         type PerConnector = fn(&crate::status::ConnectorStatus) -> f64;
         let connectors: [(&str, &str, MetricType, PerConnector); 13] = [
-            ("connector_connected", "1 while the connector is connected to its devices", Gauge, |c| {
-                f64::from(u8::from(c.connected))
-            }),
+            (
+                "connector_connected",
+                "1 while the connector's link is up (MQTT: its broker; Modbus: a line)",
+                Gauge,
+                |c| f64::from(u8::from(c.connected)),
+            ),
             ("connector_messages_received", "Messages received from devices", Counter, |c| c.received as f64),
             ("connector_messages_acked", "Messages confirmed to their source", Counter, |c| c.acked as f64),
             ("connector_messages_unmatched", "Messages that matched no mapping", Counter, |c| c.unmatched as f64),
@@ -266,10 +304,65 @@ impl Collector for StatusMetrics {
             Counter,
             one(c.pacer.refusals as f64),
         )?;
-        family(&mut e, "thingsboard_pace_ratio", "Share of ThingsBoard's limits used now", Gauge, one(c.pacer.pace))?;
+        family(
+            &mut e,
+            "thingsboard_pace_ratio",
+            "Share of ThingsBoard's limits the client sends at (below 1 after a refusal)",
+            Gauge,
+            one(c.pacer.pace),
+        )?;
+        if let Some(used) = c.pacer.gateway_use {
+            family(
+                &mut e,
+                "thingsboard_rate_limit_use_ratio",
+                "How empty the devices' emptiest bucket is",
+                Gauge,
+                one(used),
+            )?;
+        }
         family(&mut e, "thingsboard_delivery_rate", "Events delivered per second lately", Gauge, one(c.delivery_rate))?;
         family(&mut e, "requests", "Requests from ThingsBoard", Counter, one(s.requests as f64))?;
         family(&mut e, "request_errors", "Requests answered with an error", Counter, one(s.request_errors as f64))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::ConnectorStatus;
+
+    #[test]
+    fn readiness_names_each_reason_and_label_values_are_escaped() {
+        let connector = |name: &str, running, connected| ConnectorStatus {
+            name: name.into(),
+            running,
+            connected,
+            received: 7,
+            ..ConnectorStatus::default()
+        };
+        let status = Status {
+            uptime: Duration::from_secs(3),
+            connectors: vec![
+                connector("A \"x\"\\y", true, false),
+                connector("B", false, false),
+                connector("C", true, true),
+            ],
+            converters: Vec::new(),
+            store: tbgw_store::StoreStats { records: 5, ..Default::default() },
+            store_full: true,
+            client: Default::default(),
+            requests: 2,
+            request_errors: 0,
+        };
+        let reasons = not_ready(&status);
+        assert_eq!(reasons.len(), 3, "ThingsBoard, the store, A (B was stopped on purpose): {reasons:?}");
+        assert!(reasons[0].starts_with("ThingsBoard is not connected") && reasons[1].contains("full"));
+        assert!(reasons[2].contains("A \"x\""));
+        let text = metrics(status).expect("encoded");
+        assert!(text.contains(r#"tbgw_connector_messages_received_total{connector="A \"x\"\\y"} 7"#), "{text}");
+        assert!(text.contains("tbgw_requests_total 2"), "{text}");
+        assert!(text.contains("tbgw_store_backlog_events 5"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

@@ -283,6 +283,7 @@ pub struct Gateway {
     watch_stop: CancellationToken,
     watcher: Option<tokio::task::JoinHandle<()>>,
     http_stop: CancellationToken,
+    http: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Gateway {
@@ -365,13 +366,7 @@ impl Gateway {
         drop(device_requests_tx);
         let (queries_tx, queries) = mpsc::channel(16);
         let http_stop = CancellationToken::new();
-        if let Some(listener) = http {
-            match listener.local_addr() {
-                Ok(addr) => tracing::info!("HTTP listener on http://{addr} (/metrics, /healthz, /readyz)"),
-                Err(e) => tracing::warn!("HTTP listener: {e}"),
-            }
-            tokio::spawn(crate::http::serve(listener, queries_tx.clone(), http_stop.clone()));
-        }
+        let http_queries = queries_tx.clone();
         let restart = CancellationToken::new();
         let router_stop = CancellationToken::new();
         let incoming = client.take_requests().unwrap_or_else(|| mpsc::unbounded_channel().1);
@@ -390,6 +385,14 @@ impl Gateway {
         .map_err(ServiceError::Threads)?;
         let watch_stop = CancellationToken::new();
         let watcher = crate::watch::spawn(&registry, config.watch_converters, watch_stop.clone());
+        // Last, so that nothing after it can fail and leave it holding the port.
+        let http = http.map(|listener| {
+            match listener.local_addr() {
+                Ok(addr) => tracing::info!("HTTP listener on http://{addr} (/metrics, /healthz, /readyz)"),
+                Err(e) => tracing::warn!("HTTP listener: {e}"),
+            }
+            tokio::spawn(crate::http::serve(listener, http_queries, http_stop.clone()))
+        });
         crate::memory::release_startup_memory();
         tracing::info!(
             "tbgw {} started: {} connector(s), {} converter(s); {} events waiting for delivery",
@@ -414,6 +417,7 @@ impl Gateway {
             watch_stop,
             watcher,
             http_stop,
+            http,
         })
     }
 
@@ -435,6 +439,7 @@ impl Gateway {
                     name: c.name.clone(),
                     kind: c.kind.to_owned(),
                     connected: s.connected.load(Ordering::Relaxed),
+                    running: c.task.is_some(),
                     received: get(&s.received),
                     acked: get(&s.acked),
                     unmatched: get(&s.unmatched),
@@ -468,7 +473,10 @@ impl Gateway {
             uptime: self.started.elapsed(),
             connectors,
             converters,
-            store_full: store.records >= limits.max_records || store.bytes >= limits.max_bytes,
+            // Under `block` a full store holds the connectors back; under
+            // `drop_oldest` being at the bound is how it works.
+            store_full: limits.when_full == tbgw_store::WhenFull::Block
+                && (store.records >= limits.max_records || store.bytes + (1 << 20) >= limits.max_bytes),
             store,
             client,
             requests: self.router.stats.requests.load(Ordering::Relaxed),
@@ -555,6 +563,10 @@ impl Gateway {
     pub async fn stop(mut self) {
         tracing::info!("stopping: no new messages; converting and storing what was received");
         self.http_stop.cancel();
+        if let Some(h) = self.http.take() {
+            // It cuts its connections and ends: the port is free after.
+            let _ = h.await;
+        }
         self.watch_stop.cancel();
         if let Some(w) = self.watcher.take() {
             // A swap in progress finishes first (it is short, and harmless).

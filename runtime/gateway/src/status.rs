@@ -35,6 +35,8 @@ pub struct ConnectorStatus {
     /// Its `type`.
     pub kind: String,
     pub connected: bool,
+    /// Still running (not stopped on its own by `stop_connector`).
+    pub running: bool,
     /// Messages received from devices, confirmed to their source, matching
     /// no route.
     pub received: u64,
