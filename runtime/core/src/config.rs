@@ -69,17 +69,9 @@ pub fn join(path: &str, key: &str) -> String {
     }
 }
 
-/// A JSON value's type, for messages.
-pub fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
-}
+/// A JSON value's type, for messages (one wording for the gateway's config
+/// and the converters').
+pub use tbgw_data::config::kind;
 
 /// An object being read.
 pub struct Obj<'a> {

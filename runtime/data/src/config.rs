@@ -146,7 +146,7 @@ pub fn array<'a>(obj: &mut Obj<'a>, key: &'static str) -> Result<Vec<(String, &'
             let base = obj.field(key);
             Ok(items.iter().enumerate().map(|(i, v)| (format!("{base}[{i}]"), v)).collect())
         }
-        Some(other) => Err(ConfigError::at(obj.field(key), format!("expected an array, found {}", kind(other)))),
+        Some(other) => Err(ConfigError::at(obj.field(key), format!("expected a list, found {}", kind(other)))),
     }
 }
 
@@ -161,7 +161,7 @@ pub fn kind(v: &Value) -> &'static str {
         Value::Bool(_) => "a boolean",
         Value::Number(_) => "a number",
         Value::String(_) => "a string",
-        Value::Array(_) => "an array",
+        Value::Array(_) => "a list",
         Value::Object(_) => "an object",
     }
 }

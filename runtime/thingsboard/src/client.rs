@@ -542,7 +542,8 @@ async fn run_session(
         tag: Tag::Control,
         cost: Cost::messages(Scope::Own, 1),
     });
-    // The first session waits for ThingsBoard's limits before anything else.
+    // Until ThingsBoard has answered once, a session waits for its limits
+    // before anything else.
     let mut hold_for_limits = pacer.source() != LimitsSource::ThingsBoard;
     let mut shown = Instant::now();
     // Connect every device ThingsBoard knows through us, so that its
@@ -626,7 +627,8 @@ async fn run_session(
                 if let Some(item) = s.outbox.pop_front() {
                     pacer.take(&item.cost);
                     let now = Instant::now();
-                    if s.last_publish.is_none_or(|t| now.duration_since(t) > Duration::from_secs(1)) || shown.elapsed() > Duration::from_secs(1) {
+                    // The status's view of the buckets, once a second at most.
+                    if now.duration_since(shown) >= Duration::from_secs(1) {
                         delivery.show(pacer);
                         shown = now;
                     }
