@@ -2,8 +2,11 @@
 //! a free loopback port and stopped with the test) and MQTT clients that
 //! publish and collect messages, standing in for devices and for
 //! ThingsBoard; a ThingsBoard that enforces its rate limits and a broker
-//! that records acknowledgements ([`fake_mqtt`]).
+//! that records acknowledgements ([`fake_mqtt`]); converter projects in
+//! Rust, Python and JavaScript built as users build them
+//! ([`converter_projects`]).
 
+pub mod converter_projects;
 pub mod fake_mqtt;
 pub mod modbus;
 

@@ -535,7 +535,8 @@ mod tests {
             "mapping[1].subscriptionQos: expected a whole number from 0 to 2, found 7",
             "mapping[1].converter: required",
             "mapping[2].converter.extension: `CustomMqttUplinkConverter` is not a .wasm file: tbgw runs converters \
-             compiled to WebAssembly components (see guest-converters/), not Python classes",
+             compiled to WebAssembly components, not Python classes; \
+             `tbgw converter new NAME --lang python` starts one in Python (or js, rust)",
         ] {
             assert!(errors.contains(&expected.to_owned()), "missing `{expected}` in {errors:#?}");
         }

@@ -196,8 +196,8 @@ pub fn wasm_file<'a>(d: &mut Diagnostics, path: &str, file: &'a str) -> Option<&
     d.error(
         path,
         format!(
-            "`{file}` is not a .wasm file: tbgw runs converters compiled to WebAssembly components \
-             (see guest-converters/), not Python classes"
+            "`{file}` is not a .wasm file: tbgw runs converters compiled to WebAssembly components, \
+             not Python classes; `tbgw converter new NAME --lang python` starts one in Python (or js, rust)"
         ),
     );
     None
@@ -254,7 +254,8 @@ mod tests {
                 "mapping[0].converter.limits.timeoutMs: expected a whole number from 1 to 600000, found 0",
                 "mapping[0].converter.limits.memoryMb: unknown key; did you mean `memoryMib`?",
                 "mapping[0].converter.extension: `CustomUplinkConverter` is not a .wasm file: tbgw runs \
-                 converters compiled to WebAssembly components (see guest-converters/), not Python classes",
+                 converters compiled to WebAssembly components, not Python classes; \
+                 `tbgw converter new NAME --lang python` starts one in Python (or js, rust)",
             ]
         );
         let (_, errors) = read(r#"{"type": "custom", "limits": 5}"#);

@@ -148,6 +148,43 @@ pub enum Value {
     Json(String),
 }
 
+impl Value {
+    /// A JSON value as ThingsBoard stores it, by its own JSON type: a whole
+    /// number is an integer, a number written with a fraction or an exponent
+    /// a double (`19.0` stays a double), objects and arrays JSON. The error
+    /// says why a value has no ThingsBoard form (null, an integer beyond 64
+    /// bits), for a `Dropped`.
+    pub fn from_json(v: &serde_json::Value) -> Result<Value, String> {
+        Ok(match v {
+            serde_json::Value::Null => return Err("null".to_owned()),
+            serde_json::Value::Bool(b) => Value::Bool(*b),
+            serde_json::Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+                (Some(i), _, _) => Value::Int(i),
+                (None, Some(u), _) => return Err(format!("{u} is outside the 64-bit integer range")),
+                (_, _, Some(f)) => Value::Float(f),
+                _ => return Err(format!("{n} is not a number ThingsBoard stores")),
+            },
+            serde_json::Value::String(s) => Value::Text(s.clone()),
+            serde_json::Value::Array(_) | serde_json::Value::Object(_) => Value::Json(v.to_string()),
+        })
+    }
+
+    /// The value as JSON: the inverse of [`Value::from_json`]. A `Json` value
+    /// is its document (text that is not JSON stays text); a non-finite
+    /// double, which no JSON holds, is null.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Value::Bool(b) => serde_json::Value::Bool(*b),
+            Value::Int(i) => serde_json::Value::from(*i),
+            Value::Float(f) => {
+                serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, serde_json::Value::Number)
+            }
+            Value::Text(s) => serde_json::Value::String(s.clone()),
+            Value::Json(text) => serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.clone())),
+        }
+    }
+}
+
 /// A key and its value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
@@ -600,6 +637,26 @@ impl RpcAnswer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_values_keep_their_type() {
+        let v = |text: &str| Value::from_json(&serde_json::from_str(text).expect("JSON"));
+        assert_eq!(v("19.0"), Ok(Value::Float(19.0)));
+        assert_eq!(v("19"), Ok(Value::Int(19)));
+        assert_eq!(v("-9223372036854775808"), Ok(Value::Int(i64::MIN)));
+        assert_eq!(v("true"), Ok(Value::Bool(true)));
+        assert_eq!(v(r#""x""#), Ok(Value::Text("x".into())));
+        assert_eq!(v(r#"{"a": [1, 2.5]}"#), Ok(Value::Json(r#"{"a":[1,2.5]}"#.into())));
+        assert_eq!(v("null"), Err("null".to_owned()));
+        for text in ["19.0", "19", "true", r#""x""#, r#"{"a":[1,2.5]}"#] {
+            let json: serde_json::Value = serde_json::from_str(text).expect("JSON");
+            assert_eq!(v(text).expect("a value").to_json(), json, "{text} back");
+        }
+        assert_eq!(
+            v("18446744073709551615"),
+            Err("18446744073709551615 is outside the 64-bit integer range".to_owned())
+        );
+    }
 
     #[test]
     fn keys_compare_as_text_and_share_their_text() {

@@ -18,6 +18,8 @@
 //!   stopped in order, a connector alone too.
 //! - [`status`]: what the gateway knows of itself, one snapshot; statistics
 //!   and the gateway RPCs render it.
+//! - [`templates`]: converter projects in Rust, Python and JavaScript, from
+//!   the templates built into the binary (`tbgw converter new`).
 //! - [`watch`]: converter files swapped in when they change (hot swap).
 //!
 //! The binary (`src/main.rs`, `src/cli/`) is a thin command line over this
@@ -34,4 +36,5 @@ pub mod pipeline;
 pub mod router;
 pub mod service;
 pub mod status;
+pub mod templates;
 pub mod watch;

@@ -36,6 +36,9 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ConverterCommand {
+    /// Create a converter project in Rust, Python or JavaScript: the
+    /// contract, a helper, a build script, a sample and its test.
+    New(cli::new::Args),
     /// Run a converter on sample input and print what ThingsBoard would get.
     Test(cli::converter_test::Args),
     /// Show which converter world a component implements and what it imports.
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Command::Run(args) => cli::run::run(args),
         Command::Demo(args) => cli::demo::run(args),
         Command::CheckConfig(args) => cli::run::check(args),
+        Command::Converter(ConverterCommand::New(args)) => cli::new::run(args),
         Command::Converter(ConverterCommand::Test(args)) => cli::converter_test::run(args),
         Command::Converter(ConverterCommand::Inspect(args)) => cli::inspect::run(args),
         Command::DeadLetters(command) => cli::dead_letters::run(command),

@@ -5,6 +5,7 @@ pub mod converter_test;
 pub mod dead_letters;
 pub mod demo;
 pub mod inspect;
+pub mod new;
 pub mod run;
 
 use std::fmt::Display;
