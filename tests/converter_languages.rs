@@ -49,6 +49,16 @@ fn test_sh(project: &Path) -> String {
     )
 }
 
+/// The Python and JavaScript helpers' own tests (`guest-converters/template-tests`).
+#[test]
+fn the_helpers_pass_their_own_tests() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest-converters/template-tests");
+    let python = run(Command::new("python3").args(["-m", "unittest", "-v", "test_tbgw"]).current_dir(&dir), "python3");
+    assert!(python.contains("Ran 3 tests") && python.contains("OK"), "{python}");
+    let node = run(Command::new("node").arg("--test").current_dir(&dir), "node --test");
+    assert!(node.contains("# pass 5") && node.contains("# fail 0"), "{node}");
+}
+
 #[test]
 fn fresh_projects_in_every_language_build_and_pass_their_tests() {
     let parent = tempfile::tempdir().expect("tempdir");

@@ -74,8 +74,8 @@ fn main() {
         "{MESSAGES} reports ({} bytes on average), {ROUNDS} rounds per run, best of {RUNS} runs\n",
         bytes / MESSAGES
     );
-    println!("| language | batch 1 µs/msg | batch 16 | batch 256 | × Rust at 256 |");
-    println!("|----------|---------------:|---------:|----------:|--------------:|");
+    println!("| language | batch 1 µs/msg | batch 16 | batch 256 | × Rust at 256 | instances (recycled) |");
+    println!("|----------|---------------:|---------:|----------:|--------------:|---------------------:|");
     let mut table: Vec<(Lang, Vec<f64>)> = workers.iter().map(|(l, _)| (*l, Vec::new())).collect();
     for batch in BATCHES {
         let mut runs: Vec<Vec<f64>> = vec![Vec::new(); workers.len()];
@@ -91,7 +91,17 @@ fn main() {
     }
     let rust_256 = table.iter().find(|(l, _)| *l == Lang::Rust).map_or(f64::NAN, |(_, t)| t[2]);
     for (lang, t) in &table {
-        println!("| {:<8} | {:>14.2} | {:>8.2} | {:>9.2} | {:>13.1} |", lang.dir(), t[0], t[1], t[2], t[2] / rust_256);
+        let info = loaded.iter().find(|(l, _, _, _)| l == lang).map(|(_, c, _, _)| c.info()).expect("loaded");
+        println!(
+            "| {:<8} | {:>14.2} | {:>8.2} | {:>9.2} | {:>13.1} | {:>11} ({:>6}) |",
+            lang.dir(),
+            t[0],
+            t[1],
+            t[2],
+            t[2] / rust_256,
+            info.instances,
+            info.recycled
+        );
     }
     drop(workers);
 
@@ -126,6 +136,8 @@ fn spec(wasm: &Path) -> ConverterSpec {
     ConverterSpec {
         component: ComponentSource::File(wasm.to_owned()),
         config: CONFIG.into(),
+        // The default memory limit, as users have it; a generous deadline
+        // so that a slow machine's moment is not a failed call.
         limits: Limits { per_message: Duration::from_secs(10), ..Limits::default() },
     }
 }

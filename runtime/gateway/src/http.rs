@@ -249,7 +249,7 @@ impl Collector for StatusMetrics {
         }
 
         type PerConverter = fn(&tbgw_wasm::ConverterInfo) -> f64;
-        let converters: [(&str, &str, MetricType, PerConverter); 9] = [
+        let converters: [(&str, &str, MetricType, PerConverter); 10] = [
             ("converter_calls", "Calls into the converter", Counter, |i| i.calls as f64),
             ("converter_messages", "Messages (or requests) the converter was given", Counter, |i| i.messages as f64),
             ("converter_message_errors", "Messages the converter failed", Counter, |i| i.message_errors as f64),
@@ -258,6 +258,9 @@ impl Collector for StatusMetrics {
             }),
             ("converter_busy_seconds", "Time spent in the converter", Counter, |i| i.busy_micros as f64 / 1e6),
             ("converter_instances", "Instances started", Counter, |i| i.instances as f64),
+            ("converter_recycled_instances", "Instances replaced because their memory had grown", Counter, |i| {
+                i.recycled as f64
+            }),
             ("converter_swaps", "New versions swapped in", Counter, |i| i.swaps as f64),
             ("converter_generation", "The version serving: 1 first, +1 per swap", Gauge, |i| i.generation as f64),
             ("converter_memory_limit_bytes", "Linear memory an instance may use", Gauge, |i| {

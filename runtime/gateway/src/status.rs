@@ -148,6 +148,7 @@ impl Status {
                         "callErrors": i.call_errors,
                         "droppedValues": i.dropped_values,
                         "instances": i.instances,
+                        "recycledInstances": i.recycled,
                         "swaps": i.swaps,
                         "refusedSwaps": i.refused_swaps,
                         "busyMicros": i.busy_micros,

@@ -1,22 +1,30 @@
 //! The on-disk cache of compiled components, so that a restart does not
-//! recompile (compiling a converter takes 0.1-1 s; loading it from here takes
-//! about a millisecond).
+//! recompile (compiling a converter takes 0.1-1 s, an interpreter's 8-20 s;
+//! loading it from here takes milliseconds).
 //!
-//! Layout: one file per (component, engine) pair,
-//! `<dir>/<sha256 of the .wasm>-<engine key>.cwasm`, where the engine key
-//! hashes the wasmtime version and every engine setting that changes
-//! generated code (`Engine::precompile_compatibility_hash`). Each file starts
-//! with the SHA-256 of the rest, checked before the artifact is loaded, so a
-//! truncated or corrupted file is recompiled rather than trusted. Files are
+//! Layout: two files per (component, engine) pair,
+//! `<dir>/<sha256 of the .wasm>-<engine key>.cwasm`, wasmtime's artifact as
+//! it wrote it, and `.sha256` beside it, the artifact's SHA-256, checked
+//! before the artifact is loaded, so a truncated or corrupted file is
+//! recompiled rather than trusted. The engine key hashes the wasmtime
+//! version, every engine setting that changes generated code
+//! (`Engine::precompile_compatibility_hash`) and this layout. Files are
 //! written to a temporary name and renamed into place, so readers never see
-//! half a file.
+//! half a file, and a file is never rewritten in place.
+//!
+//! The artifact is mapped, not read: its code and its memory images are then
+//! the file's pages, shared with the page cache and only resident where they
+//! are used, instead of an anonymous copy of the whole artifact (37 MB for a
+//! Python or JavaScript converter, whose interpreter's code mostly never
+//! runs). The checksum is computed by streaming the file, which does not
+//! make it resident in the process either.
 //!
 //! Loading a compiled artifact runs native code that wasmtime generated: the
 //! directory must be writable by tbgw only (it is created 0700).
 
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use tbgw_core::hex;
 use wasmtime::Engine;
@@ -57,16 +65,25 @@ impl Cache {
     /// `content_hash`, if there is a sound one.
     pub(crate) fn load(&self, engine: &Engine, content_hash: &str) -> Option<Component> {
         let path = self.path(content_hash);
-        let bytes = std::fs::read(&path).ok()?;
-        let (digest, body) = (bytes.get(..32)?, bytes.get(32..)?);
-        if Sha256::digest(body).as_slice() != digest {
-            tracing::warn!(path = %path.display(), "compiled component cache entry is corrupt; recompiling");
-            return None;
+        let digest = std::fs::read(path.with_extension("sha256")).ok()?;
+        match file_digest(&path) {
+            Ok(actual) if actual.as_slice() == digest.as_slice() => {}
+            Ok(_) => {
+                tracing::warn!(path = %path.display(), "compiled component cache entry is corrupt; recompiling");
+                return None;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "cannot read the cached component ({e}); recompiling");
+                return None;
+            }
         }
-        // SAFETY: the body is wasmtime's own output for this engine
+        // SAFETY: the file is wasmtime's own output for this engine
         // configuration (the file name carries the engine key, the checksum
-        // proves it is what tbgw wrote), in a directory only tbgw writes.
-        match unsafe { Component::deserialize(engine, body) } {
+        // proves it is what tbgw wrote), in a directory only tbgw writes,
+        // and never modified in place (new versions are renamed over it), so
+        // the mapping stays what was checked.
+        match unsafe { Component::deserialize_file(engine, &path) } {
             Ok(c) => Some(c),
             Err(e) => {
                 tracing::warn!(path = %path.display(), "cannot load compiled component ({e}); recompiling");
@@ -76,25 +93,49 @@ impl Cache {
     }
 
     /// Store a compilation; failures are logged, not fatal: the cache only
-    /// saves time.
-    pub(crate) fn store(&self, content_hash: &str, component: &Component) {
+    /// saves time. True when stored.
+    pub(crate) fn store(&self, content_hash: &str, component: &Component) -> bool {
         let result = component.serialize().map_err(|e| e.to_string()).and_then(|body| {
             let path = self.path(content_hash);
-            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-            let write = || -> std::io::Result<()> {
-                let mut f = std::fs::File::create(&tmp)?;
-                f.write_all(&Sha256::digest(&body))?;
-                f.write_all(&body)?;
-                f.sync_all()?;
-                std::fs::rename(&tmp, &path)
-            };
-            write().map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                format!("{}: {e}", path.display())
-            })
+            // The artifact first: a reader between the two renames finds a
+            // digest that does not match and recompiles.
+            write_atomically(&path, &body)
+                .and_then(|()| write_atomically(&path.with_extension("sha256"), &Sha256::digest(&body)))
+                .map_err(|e| format!("{}: {e}", path.display()))
         });
-        if let Err(e) = result {
-            tracing::warn!("cannot cache the compiled component: {e}");
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("cannot cache the compiled component: {e}");
+                false
+            }
+        }
+    }
+}
+
+/// Write `bytes` to `path` through a temporary file renamed into place.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// The SHA-256 of a file, read in blocks.
+fn file_digest(path: &Path) -> std::io::Result<[u8; 32]> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut block = vec![0u8; 256 * 1024];
+    loop {
+        match file.read(&mut block)? {
+            0 => return Ok(hasher.finalize().into()),
+            n => hasher.update(&block[..n]),
         }
     }
 }
@@ -117,7 +158,7 @@ fn engine_key(engine: &Engine) -> String {
     }
     let mut h = Sha(Sha256::new());
     // The layout of our cache files; wasmtime's own version is in the hash below.
-    h.write(b"tbgw-cache-v1");
+    h.write(b"tbgw-cache-v2");
     engine.precompile_compatibility_hash().hash(&mut h);
     hex(&h.0.finalize()[..8])
 }

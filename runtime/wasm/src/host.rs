@@ -149,6 +149,13 @@ pub(crate) struct MemoryLimiter {
     pub(crate) refused: bool,
 }
 
+impl MemoryLimiter {
+    /// Linear memory held now, all memories together.
+    pub(crate) fn used(&self) -> usize {
+        self.used
+    }
+}
+
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         let total = self.used - current.min(self.used) + desired;

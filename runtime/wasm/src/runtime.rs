@@ -213,10 +213,14 @@ impl Runtime {
                         origin: source.describe(),
                         reason: format!("{e:#}"),
                     })?;
-                if let Some(cache) = &self.inner.cache {
-                    cache.store(&sha256, &component);
-                }
-                (component, CompileSource::Compiled)
+                // Stored, the artifact is used from the file: mapped, it is
+                // resident only where it runs (see `cache`), while the
+                // compiler's copy would stay whole in anonymous memory.
+                let mapped = match &self.inner.cache {
+                    Some(cache) if cache.store(&sha256, &component) => cache.load(engine, &sha256),
+                    _ => None,
+                };
+                (mapped.unwrap_or(component), CompileSource::Compiled)
             }
         };
         self.inner.stats[how as usize].fetch_add(1, Ordering::Relaxed);

@@ -77,6 +77,39 @@ fn unbounded_allocation_runs_out_of_memory() {
     assert_eq!(calls(&mut w), 1);
 }
 
+/// A heap that creeps up call after call (as a garbage-collected guest's
+/// does) never reaches the limit: the instance is replaced between calls
+/// once it has grown into half its headroom, and no call fails.
+#[test]
+fn an_instance_whose_memory_creeps_up_is_replaced_before_it_runs_out() {
+    let mut spec = probe("{}");
+    spec.limits.memory_bytes = 32 * 1024 * 1024;
+    let c = load(spec);
+    let mut w = c.worker();
+    let mut served_by_one = Vec::new();
+    for _ in 0..20 {
+        let out = w.try_convert(&batch(&["keep:2"])).expect("no call fails").remove(0).expect("the message converts");
+        served_by_one.push(match attr(&out, "calls") {
+            Value::Int(n) => n,
+            other => panic!("calls is {other:?}"),
+        });
+    }
+    let info = c.info();
+    assert_eq!(info.call_errors, 0, "{info:?}");
+    assert!(info.recycled >= 2, "replaced as it grew: {info:?}");
+    assert_eq!(info.instances, info.recycled + 1, "{info:?}");
+    // Each instance served several calls before it was replaced: 2 MiB a
+    // call, half of the ~30 MiB headroom.
+    let most = served_by_one.iter().copied().max().unwrap_or_default();
+    assert!(served_by_one.iter().filter(|n| **n == 1).count() >= 3 && most >= 5, "{served_by_one:?}");
+    // A single call past the limit still runs out of memory.
+    let mut spec = probe("{}");
+    spec.limits.memory_bytes = 32 * 1024 * 1024;
+    let c = load(spec);
+    let mut w = c.worker();
+    assert!(w.try_convert(&batch(&["keep:40"])).is_err(), "more than the limit in one call still fails");
+}
+
 #[test]
 fn a_trap_is_reported_with_the_guest_panic_message() {
     let c = load(probe("{}"));

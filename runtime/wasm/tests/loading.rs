@@ -107,7 +107,7 @@ fn components_compile_once_per_process_and_once_per_machine() {
         assert_eq!((stats.compiled, stats.from_memory, stats.from_disk_cache), (1, 1, 0));
         assert_eq!(a.info().sha256, b.info().sha256);
     }
-    let cached: Vec<_> = std::fs::read_dir(dir.path()).expect("read").collect();
+    let cached: Vec<_> = artifacts(dir.path());
     assert_eq!(cached.len(), 1, "one compiled artifact");
 
     // A restart loads from disk instead of compiling.
@@ -118,11 +118,21 @@ fn components_compile_once_per_process_and_once_per_machine() {
     assert!(c.worker().try_convert(&batch(&["x"])).expect("call")[0].is_ok());
 }
 
+/// The compiled artifacts in a cache directory (each has its checksum beside it).
+fn artifacts(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let files: Vec<_> = std::fs::read_dir(dir).expect("read").map(|e| e.expect("entry").path()).collect();
+    let artifacts: Vec<_> = files.iter().filter(|p| p.extension().is_some_and(|e| e == "cwasm")).cloned().collect();
+    for a in &artifacts {
+        assert!(files.contains(&a.with_extension("sha256")), "{} has its checksum: {files:?}", a.display());
+    }
+    artifacts
+}
+
 #[test]
 fn a_corrupt_cache_entry_is_recompiled_not_trusted() {
     let dir = tempfile::tempdir().expect("tempdir");
     drop(runtime_with_cache(Some(dir.path().to_owned())).uplink("a", probe("{}")).expect("a"));
-    let entry = std::fs::read_dir(dir.path()).expect("read").next().expect("entry").expect("entry").path();
+    let entry = artifacts(dir.path()).pop().expect("the compiled artifact");
     let mut body = std::fs::read(&entry).expect("read");
     let mid = body.len() / 2;
     body[mid] ^= 0xff;

@@ -14,7 +14,9 @@
 //! - anything else: one update for device `<tag>` with the payload as the
 //!   `payload` telemetry value, timestamped with the receipt time, and the
 //!   number of messages this instance has converted as the `calls`
-//!   attribute;  `busy:MS`: the same, after spinning MS milliseconds.
+//!   attribute;  `busy:MS`: the same, after spinning MS milliseconds;
+//!   `keep:MIB`: the same, after allocating MIB MiB that the instance
+//!   keeps (a heap that creeps up).
 
 // An import tbgw does not provide, to test that such a component still
 // loads and that calling the import traps. Imports only: the export is the
@@ -90,6 +92,11 @@ impl Probe {
                 println!("chatty on stdout");
             }
             "snoop" => attributes.extend(self.snoop()),
+            keep if keep.starts_with("keep:") => {
+                let mib: usize = keep[5..].parse().unwrap_or(0);
+                // Leaked on purpose: the instance holds it until it is dropped.
+                std::hint::black_box(Box::leak(vec![1u8; mib << 20].into_boxed_slice()));
+            }
             busy if busy.starts_with("busy:") => {
                 let ms: u64 = busy[5..].parse().unwrap_or(0);
                 let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
