@@ -64,8 +64,13 @@ fn the_readme_example_converts_and_reports_dropped_values() {
         "{}",
         stderr(&o)
     );
-    // The compiled converter went to the cache.
-    assert_eq!(std::fs::read_dir(cache.path()).expect("cache").count(), 1);
+    // The compiled converter went to the cache (with its checksum beside it).
+    let cached: Vec<_> = std::fs::read_dir(cache.path())
+        .expect("cache")
+        .filter_map(|e| e.ok()?.path().extension().map(|x| x.to_string_lossy().into_owned()))
+        .collect();
+    assert_eq!(cached.iter().filter(|x| *x == "cwasm").count(), 1, "{cached:?}");
+    assert_eq!(cached.iter().filter(|x| *x == "sha256").count(), 1, "{cached:?}");
 }
 
 #[test]
