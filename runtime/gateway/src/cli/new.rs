@@ -52,14 +52,30 @@ pub fn run(args: Args) -> ExitCode {
     }
     let project = parent.join(&args.name);
     let shown = project.display();
-    println!("created {shown}: a {direction} converter in {}", lang.dir());
+    let language = match lang {
+        Lang::Rust => "Rust",
+        Lang::Python => "Python",
+        Lang::Js => "JavaScript",
+    };
+    let article = if direction == Direction::Uplink { "an" } else { "a" };
+    println!("created {shown}: {article} {direction} converter in {language}");
     println!();
-    println!("  cd {shown}");
-    println!("  $EDITOR {}        # your logic", lang.logic());
-    println!("  {}    # its unit tests, without WebAssembly", lang.unit_tests());
-    println!("  ./build.sh             # {}.wasm", args.name);
-    println!("  ./test.sh              # tbgw converter test on input.jsonl against expected.jsonl");
+    let steps = [
+        (format!("cd {shown}"), String::new()),
+        (format!("$EDITOR {}", lang.logic()), "your logic".to_owned()),
+        (lang.unit_tests().to_owned(), "its unit tests, without WebAssembly".to_owned()),
+        ("./build.sh".to_owned(), format!("{}.wasm", args.name)),
+        ("./test.sh".to_owned(), "tbgw converter test on input.jsonl, against expected.jsonl".to_owned()),
+    ];
+    let width = steps.iter().map(|(c, _)| c.len()).max().unwrap_or(0);
+    for (command, what) in steps {
+        if what.is_empty() {
+            println!("  {command}");
+        } else {
+            println!("  {command:<width$}  # {what}");
+        }
+    }
     println!();
-    println!("README.md says how to use it in mqtt.json or modbus.json.");
+    println!("Its README.md, and docs/converters.md in tbgw's repository, say how to use it in the gateway.");
     ExitCode::from(OK)
 }
