@@ -131,7 +131,7 @@ def reason(e: BaseException) -> str:
     while tb is not None:
         path = tb.tb_frame.f_code.co_filename
         directory, _, file = path.rpartition("/")
-        if directory == _HERE and file not in ("tbgw.py", "uplink.py", "downlink.py"):
+        if directory == _HERE and file not in ("tbgw.py", "glue.py", "uplink.py", "downlink.py"):
             where = f" ({file} line {tb.tb_lineno})"
         tb = tb.tb_next
     if isinstance(e, KeyError):

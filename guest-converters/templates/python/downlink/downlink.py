@@ -9,20 +9,10 @@ request only, and tbgw reports its reason to ThingsBoard.
 import json
 
 import converter
+import glue
 import tbgw
 from componentize_py_types import Err, Ok
-from wit_world.imports import log as wit_log
 from wit_world.imports import types as t
-
-_LEVELS = {
-    "trace": wit_log.Level.TRACE,
-    "debug": wit_log.Level.DEBUG,
-    "info": wit_log.Level.INFO,
-    "warn": wit_log.Level.WARN,
-    "error": wit_log.Level.ERROR,
-}
-tbgw.log._set_sink(lambda level, message: wit_log.log(_LEVELS[level], message))
-
 
 def _native(value):
     """A contract value as Python: JSON values parsed."""
@@ -55,26 +45,13 @@ def _publish(p: tbgw.Publish) -> t.DownlinkMessage_Mqtt:
     )
 
 
-def _answer(raw: t.RawUplink) -> tbgw.Message:
-    topic = raw.source.value.topic if isinstance(raw.source, t.Source_Mqtt) else None
-    return tbgw.Message(
-        payload=raw.payload, topic=topic, device=raw.device, metadata=dict(raw.metadata),
-        received_at=raw.received_at, source=raw.source,
-    )
-
-
 class Converter:
     def __init__(self, state):
         self.state = state
 
     @classmethod
     def create(cls, config: str) -> "Converter":
-        try:
-            return cls(converter.create(json.loads(config)))
-        except tbgw.ConfigError as e:
-            raise Err(t.ConfigError(field=e.field, message=e.message))
-        except Exception as e:
-            raise Err(t.ConfigError(field=None, message=tbgw.reason(e)))
+        return cls(glue.create(config))
 
     def convert(self, batch: list) -> list:
         results = []
@@ -91,7 +68,7 @@ class Converter:
         for a in batch:
             try:
                 request = _request(t.DownlinkRequest_Rpc(a.request))
-                data = converter.reply(self.state, request, [_answer(raw) for raw in a.answers])
+                data = converter.reply(self.state, request, [glue.message(raw) for raw in a.answers])
                 results.append(Ok(json.dumps(data, allow_nan=False, separators=(",", ":"))))
             except Exception as e:
                 results.append(Err(t.ConvertError(message=tbgw.reason(e))))

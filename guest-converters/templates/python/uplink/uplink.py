@@ -6,22 +6,11 @@ Each message of a batch is converted on its own: an exception fails that
 message only, with the exception (and where in your code) as its reason.
 """
 
-import json
-
 import converter
+import glue
 import tbgw
 from componentize_py_types import Err, Ok
-from wit_world.imports import log as wit_log
 from wit_world.imports import types as t
-
-_LEVELS = {
-    "trace": wit_log.Level.TRACE,
-    "debug": wit_log.Level.DEBUG,
-    "info": wit_log.Level.INFO,
-    "warn": wit_log.Level.WARN,
-    "error": wit_log.Level.ERROR,
-}
-tbgw.log._set_sink(lambda level, message: wit_log.log(_LEVELS[level], message))
 
 _VALUES = {
     "boolean": t.Value_Boolean,
@@ -30,18 +19,6 @@ _VALUES = {
     "text": t.Value_Text,
     "json": t.Value_Json,
 }
-
-
-def _message(raw: t.RawUplink) -> tbgw.Message:
-    topic = raw.source.value.topic if isinstance(raw.source, t.Source_Mqtt) else None
-    return tbgw.Message(
-        payload=raw.payload,
-        topic=topic,
-        device=raw.device,
-        metadata=dict(raw.metadata),
-        received_at=raw.received_at,
-        source=raw.source,
-    )
 
 
 class _Keys:
@@ -90,19 +67,14 @@ class Converter:
 
     @classmethod
     def create(cls, config: str) -> "Converter":
-        try:
-            return cls(converter.create(json.loads(config)))
-        except tbgw.ConfigError as e:
-            raise Err(t.ConfigError(field=e.field, message=e.message))
-        except Exception as e:
-            raise Err(t.ConfigError(field=None, message=tbgw.reason(e)))
+        return cls(glue.create(config))
 
     def convert(self, batch: list) -> t.UplinkResults:
         keys = _Keys()
         results = []
         for raw in batch:
             try:
-                results.append(Ok(_output(converter.convert(self.state, _message(raw)), keys)))
+                results.append(Ok(_output(converter.convert(self.state, glue.message(raw)), keys)))
             except Exception as e:
                 results.append(Err(t.ConvertError(message=tbgw.reason(e))))
         return t.UplinkResults(keys=keys.names, results=results)
