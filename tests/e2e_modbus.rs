@@ -6,7 +6,7 @@
 #[path = "e2e_common/mod.rs"]
 mod common;
 
-use common::Gateway;
+use common::{Gateway, latest, rpc};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tbgw_test_support::modbus::{Framing, ModbusDevice, SerialBus};
@@ -52,25 +52,6 @@ fn start(client_id: &str, modbus_json: &str) -> ((Mosquitto, tempfile::TempDir),
     );
     let gw = Gateway::start_modbus(dir.path(), &yaml, modbus_json);
     ((tb_broker, dir), tb, gw)
-}
-
-/// The latest value of `key` for `device` in what ThingsBoard received.
-fn latest(received: &[Received], device: &str, key: &str) -> Option<Value> {
-    let mut found = None;
-    for m in received.iter().filter(|m| m.topic == "v1/gateway/telemetry" || m.topic == "v1/gateway/attributes") {
-        let doc: Value = serde_json::from_slice(&m.payload).ok()?;
-        let Some(entry) = doc.get(device) else { continue };
-        let values: Vec<&Value> = match entry {
-            Value::Array(readings) => readings.iter().map(|r| &r["values"]).collect(),
-            attrs => vec![attrs],
-        };
-        for v in values {
-            if let Some(x) = v.get(key) {
-                found = Some(x.clone());
-            }
-        }
-    }
-    found
 }
 
 fn memory(d: &ModbusDevice, serial: &[u8; 4]) {
@@ -136,24 +117,6 @@ fn every_tag_arrives_decoded_over_tcp_and_rtu_framing() {
     s.tb.wait_until(Duration::from_secs(10), "the new temperature", |r| {
         latest(r, "Meter TCP", "temperature") == Some(json!(19.9))
     });
-}
-
-/// RPC replies ThingsBoard received: (device, id) → data.
-fn reply(received: &[Received], device: &str, id: i64) -> Option<Value> {
-    received
-        .iter()
-        .filter(|m| m.topic == "v1/gateway/rpc")
-        .filter_map(|m| serde_json::from_slice::<Value>(&m.payload).ok())
-        .find(|v| v["device"] == device && v["id"] == id)
-        .map(|v| v["data"].clone())
-}
-
-fn rpc(tb: &Collector, device: &str, id: i64, method: &str, params: Value) -> Value {
-    let request = json!({"device": device, "data": {"id": id, "method": method, "params": params}});
-    tb.publish("v1/gateway/rpc", request.to_string());
-    let got =
-        tb.wait_until(Duration::from_secs(20), &format!("the reply to RPC {id}"), |r| reply(r, device, id).is_some());
-    reply(&got, device, id).expect("found")
 }
 
 #[test]

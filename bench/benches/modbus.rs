@@ -20,11 +20,12 @@
 
 #[path = "common/gateway.rs"]
 mod gateway;
+#[path = "common/thingsboard.rs"]
+mod thingsboard;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tbgw_bench::env_u64 as env;
 use tbgw_bench::process::{cpu_seconds, status_kb};
@@ -32,8 +33,6 @@ use tbgw_test_support::Mosquitto;
 use tbgw_test_support::modbus::{Framing, ModbusDevice};
 
 const POLLER_MODE: &str = "TBGW_BENCH_POLLER";
-/// The largest store backlog (events) tbgw's statistics reported.
-static PEAK_BACKLOG: AtomicU64 = AtomicU64::new(0);
 
 fn main() -> anyhow::Result<()> {
     if let Some(gateway) = gateway::run_if_asked() {
@@ -60,9 +59,9 @@ fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let config = write_config(dir.path(), tb.port, sim.port, devices as usize, tags as u16)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    let received = Arc::new(AtomicU64::new(0));
-    rt.block_on(count_datapoints(tb.port, received.clone()))?;
-    let tbgw = run_child(&sim, &[(gateway::GATEWAY_MODE, config.display().to_string())], seconds, Some(&received))?;
+    let received = Arc::new(thingsboard::Received::default());
+    rt.block_on(thingsboard::count_datapoints(tb.port, received.clone()))?;
+    let tbgw = run_child(&sim, &[(gateway::GATEWAY_MODE, config.display().to_string())], seconds, Some(&*received))?;
 
     println!("{:<48} {:>9} {:>10} {:>12} {:>12}", "", "reads/s", "tags/s", "CPU % core", "peak RSS MB");
     for (name, r) in [
@@ -78,7 +77,7 @@ fn main() -> anyhow::Result<()> {
         );
     }
     println!();
-    println!("tbgw's largest store backlog: {} events (blocks)", PEAK_BACKLOG.load(Ordering::Relaxed));
+    println!("tbgw's largest store backlog: {} events (blocks)", received.peak_backlog.load(Ordering::Relaxed));
     println!(
         "tbgw's high-water mark (VmHWM, start-up included: reading the configuration): {:.1} MB",
         tbgw.high_water_mb
@@ -142,56 +141,13 @@ fn write_config(
     Ok(config)
 }
 
-/// ThingsBoard's side: counts the telemetry datapoints it receives.
-async fn count_datapoints(port: u16, received: Arc<AtomicU64>) -> anyhow::Result<()> {
-    let mut o = MqttOptions::new("bench-thingsboard", "127.0.0.1", port);
-    o.set_max_packet_size(16 << 20, 1 << 20);
-    let (c, mut el) = AsyncClient::new(o, 10);
-    c.subscribe("v1/gateway/telemetry", QoS::AtLeastOnce).await?;
-    c.subscribe("v1/devices/me/telemetry", QoS::AtLeastOnce).await?;
-    let mut subacks = 0;
-    loop {
-        if let Event::Incoming(Packet::SubAck(_)) = el.poll().await? {
-            subacks += 1;
-            if subacks == 2 {
-                break;
-            }
-        }
-    }
-    tokio::spawn(async move {
-        let _keep = c;
-        while let Ok(ev) = el.poll().await {
-            if let Event::Incoming(Packet::Publish(p)) = ev {
-                if p.topic == "v1/devices/me/telemetry" {
-                    let stats: serde_json::Value = serde_json::from_slice(&p.payload).unwrap_or_default();
-                    let backlog = stats["storageBacklog"].as_u64().unwrap_or(0);
-                    PEAK_BACKLOG.fetch_max(backlog, Ordering::Relaxed);
-                    continue;
-                }
-                let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&p.payload) else { continue };
-                let n: usize = doc
-                    .as_object()
-                    .map(|o| {
-                        o.values()
-                            .flat_map(|readings| readings.as_array().into_iter().flatten())
-                            .map(|r| r["values"].as_object().map_or(0, |v| v.len()))
-                            .sum()
-                    })
-                    .unwrap_or(0);
-                received.fetch_add(n as u64, Ordering::Relaxed);
-            }
-        }
-    });
-    Ok(())
-}
-
 /// Run this binary in a mode for `seconds` after a warm-up, sampling its
 /// CPU and RSS; reads counted at the simulator, datapoints at `received`.
 fn run_child(
     sim: &ModbusDevice,
     env: &[(&str, String)],
     seconds: u64,
-    received: Option<&AtomicU64>,
+    received: Option<&thingsboard::Received>,
 ) -> anyhow::Result<Run> {
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
     for (k, v) in env {
@@ -207,7 +163,7 @@ fn run_child(
     let (reads0, cpu0, got0, t0) = (
         sim.requests(),
         cpu_seconds(pid).unwrap_or(0.0),
-        received.map_or(0, |r| r.load(Ordering::Relaxed)),
+        received.map_or(0, |r| r.datapoints.load(Ordering::Relaxed)),
         Instant::now(),
     );
     let mut peak = 0u64;
@@ -219,7 +175,7 @@ fn run_child(
     let cpu = cpu_seconds(pid).unwrap_or(0.0) - cpu0;
     let high_water = status_kb(pid, "VmHWM:").unwrap_or(0);
     let reads = sim.requests() - reads0;
-    let got = received.map(|r| r.load(Ordering::Relaxed) - got0);
+    let got = received.map(|r| r.datapoints.load(Ordering::Relaxed) - got0);
     let _ = child.kill();
     let _ = child.wait();
     Ok(Run {

@@ -19,8 +19,14 @@ use std::process::Command;
 /// The built-in converters: the name configs use, the direction; each is
 /// the guest package `tbgw-<name>-<direction>`, embedded as
 /// `<NAME>_<DIRECTION>`. Adding one here is all the host needs.
-const BUILTINS: &[(&str, &str)] =
-    &[("json", "uplink"), ("json", "downlink"), ("modbus", "uplink"), ("modbus", "downlink")];
+const BUILTINS: &[(&str, &str)] = &[
+    ("json", "uplink"),
+    ("json", "downlink"),
+    ("modbus", "uplink"),
+    ("modbus", "downlink"),
+    ("can", "uplink"),
+    ("can", "downlink"),
+];
 
 /// A guest to build: its package, the const that names it, and for a
 /// built-in converter its name and direction.

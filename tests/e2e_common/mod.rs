@@ -4,10 +4,11 @@
 
 #![allow(dead_code)]
 
+use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tbgw_test_support::Received;
+use tbgw_test_support::{Collector, Received};
 
 /// Compiled converters shared by every gateway of a test binary.
 pub fn shared_cache() -> &'static Path {
@@ -216,4 +217,41 @@ pub fn message(d: usize, seq: usize) -> String {
 
 pub fn device(d: usize) -> String {
     format!("dev-{d:03}")
+}
+
+/// The latest value of `key` for `device` in what ThingsBoard received.
+pub fn latest(received: &[Received], device: &str, key: &str) -> Option<Value> {
+    let mut found = None;
+    for m in received.iter().filter(|m| m.topic == "v1/gateway/telemetry" || m.topic == "v1/gateway/attributes") {
+        let doc: Value = serde_json::from_slice(&m.payload).ok()?;
+        let Some(entry) = doc.get(device) else { continue };
+        let values: Vec<&Value> = match entry {
+            Value::Array(readings) => readings.iter().map(|r| &r["values"]).collect(),
+            attrs => vec![attrs],
+        };
+        for v in values {
+            if let Some(x) = v.get(key) {
+                found = Some(x.clone());
+            }
+        }
+    }
+    found
+}
+
+/// RPC replies ThingsBoard received: (device, id) → data.
+pub fn reply(received: &[Received], device: &str, id: i64) -> Option<Value> {
+    received
+        .iter()
+        .filter(|m| m.topic == "v1/gateway/rpc")
+        .filter_map(|m| serde_json::from_slice::<Value>(&m.payload).ok())
+        .find(|v| v["device"] == device && v["id"] == id)
+        .map(|v| v["data"].clone())
+}
+
+pub fn rpc(tb: &Collector, device: &str, id: i64, method: &str, params: Value) -> Value {
+    let request = json!({"device": device, "data": {"id": id, "method": method, "params": params}});
+    tb.publish("v1/gateway/rpc", request.to_string());
+    let got =
+        tb.wait_until(Duration::from_secs(20), &format!("the reply to RPC {id}"), |r| reply(r, device, id).is_some());
+    reply(&got, device, id).expect("found")
 }

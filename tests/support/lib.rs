@@ -4,11 +4,13 @@
 //! ThingsBoard; a ThingsBoard that enforces its rate limits and a broker
 //! that records acknowledgements ([`fake_mqtt`]); converter projects in
 //! Rust, Python and JavaScript built as users build them
-//! ([`converter_projects`]).
+//! ([`converter_projects`]); a CAN bus (a socketcand hub) with python-can
+//! on it as a device ([`socketcand`]).
 
 pub mod converter_projects;
 pub mod fake_mqtt;
 pub mod modbus;
+pub mod socketcand;
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};

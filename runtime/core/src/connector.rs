@@ -100,6 +100,10 @@ pub struct ConnectorStats {
     /// Polls of a device that failed: refused (a Modbus exception) or not
     /// answered. Data quality, not a fault of the gateway.
     pub read_errors: AtomicU64,
+    /// Links made again after one was lost (a CAN bus reopened).
+    pub reconnects: AtomicU64,
+    /// Error frames the bus reported (CAN).
+    pub bus_errors: AtomicU64,
 }
 
 /// What a running connector gets.

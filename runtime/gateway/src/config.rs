@@ -700,7 +700,7 @@ mod tests {
             "thingsboard.security.type: unknown security type `tokn`; expected accessToken, tlsAccessToken, usernamePassword or tlsPrivateKey",
             "thingsboard.hots: unknown key; did you mean `host`?",
             "storage.type: `sqlite` storage is the Python gateway's; use `fjall` (durable, in data_folder_path) or `memory`",
-            "connectors[0].type: the `opcua` connector is not available yet; this tbgw has: mqtt, modbus",
+            "connectors[0].type: the `opcua` connector is not available yet; this tbgw has: mqtt, modbus, can",
             "connectors[1].name: required",
             "connectors[1].configuration.mapping: no mapping: the connector would receive nothing",
         ] {

@@ -10,6 +10,8 @@ pub const KINDS: &[&dyn ConnectorKind] = &[
     &tbgw_connector_mqtt::KIND,
     #[cfg(feature = "modbus")]
     &tbgw_connector_modbus::KIND,
+    #[cfg(feature = "can")]
+    &tbgw_connector_can::KIND,
 ];
 
 /// The connector kind configs call `kind` (`mqtt`).

@@ -219,7 +219,7 @@ impl Collector for StatusMetrics {
         family(&mut e, "uptime_seconds", "Seconds since the gateway started", Gauge, one(s.uptime.as_secs_f64()))?;
 
         type PerConnector = fn(&crate::status::ConnectorStatus) -> f64;
-        let connectors: [(&str, &str, MetricType, PerConnector); 13] = [
+        let connectors: [(&str, &str, MetricType, PerConnector); 15] = [
             (
                 "connector_connected",
                 "1 while the connector's link is up (MQTT: its broker; Modbus: a line)",
@@ -242,6 +242,8 @@ impl Collector for StatusMetrics {
                 c.downlink_errors as f64
             }),
             ("connector_read_errors", "Polls a device refused or did not answer", Counter, |c| c.read_errors as f64),
+            ("connector_reconnects", "Links made again after one was lost", Counter, |c| c.reconnects as f64),
+            ("connector_bus_errors", "Error frames the bus reported (CAN)", Counter, |c| c.bus_errors as f64),
         ];
         for (name, help, kind, get) in connectors {
             let samples = s.connectors.iter().map(|c| (vec![("connector", c.name.clone())], get(c)));

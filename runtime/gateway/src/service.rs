@@ -446,6 +446,8 @@ impl Gateway {
                     sent_to_devices: get(&s.sent_to_devices),
                     downlink_errors: get(&s.downlink_errors),
                     read_errors: get(&s.read_errors),
+                    reconnects: get(&s.reconnects),
+                    bus_errors: get(&s.bus_errors),
                     delivered: client.delivered_per_connector.get(&c.name).copied().unwrap_or(0),
                     routes: c.routes.clone(),
                     ..ConnectorStatus::default()

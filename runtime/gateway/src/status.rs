@@ -55,6 +55,9 @@ pub struct ConnectorStatus {
     pub sent_to_devices: u64,
     pub downlink_errors: u64,
     pub read_errors: u64,
+    /// Links made again after a loss; error frames on the bus (CAN).
+    pub reconnects: u64,
+    pub bus_errors: u64,
     /// The names of its uplink routes' converters, in route order.
     pub routes: Vec<String>,
 }
@@ -93,6 +96,8 @@ impl Status {
             put("SentToDevices", c.sent_to_devices.into());
             put("DownlinkErrors", c.downlink_errors.into());
             put("ReadErrors", c.read_errors.into());
+            put("Reconnects", c.reconnects.into());
+            put("BusErrors", c.bus_errors.into());
         }
         out.insert("requestsReceived".into(), self.requests.into());
         out.insert("requestErrors".into(), self.request_errors.into());
