@@ -131,6 +131,11 @@ pub fn parse(doc: &Value, base_dir: &Path, d: &mut Diagnostics) -> Option<CanCon
     let mut report = ReportPolicy { route: route_report, ..Default::default() };
     device_reports(d, &schema, &mut report);
     let polls = polls(&schema);
+    if matches!(interface, Some(Interface::Socketcand { .. })) {
+        for item in schema.items.iter().filter(|i| i.polling.is_some() && i.frame.fd) {
+            d.error(format!("{}.isFd", item.path), "a CAN FD poll; socketcand carries classic CAN frames only");
+        }
+    }
     let (route_decls, device_routes, downlinks) = converters(d, doc, &schema, base_dir, &report);
     let interface = interface?;
     Some(CanConfig {
@@ -170,7 +175,6 @@ fn interface(d: &mut Diagnostics, root: &mut Obj) -> Option<Interface> {
         for k in others {
             d.notice(format!("backend.{k}"), "ignored: a python-can option; tbgw reads `fd`");
         }
-        backend.allow(&[]);
     }
     let host = root.string(d, "host");
     let port = root.uint(d, "port", 1..=65535);

@@ -94,3 +94,13 @@ fn a_device_with_its_own_converters() {
     assert_eq!(c.downlinks.len(), 1, "both devices on the built-in downlink");
     assert_eq!(c.downlinks[0].devices, Devices::Named(vec!["A".into(), "B".into()]));
 }
+
+#[test]
+fn an_fd_poll_over_socketcand_is_refused() {
+    let doc = json!({"interface": "socketcand", "host": "127.0.0.1", "devices": [{"name": "A", "timeseries": [
+        {"key": "a", "nodeId": 1, "isFd": true, "value": "0:1:int", "polling": {"dataInHex": "00"}},
+        {"key": "b", "nodeId": 2, "isFd": true, "value": "0:1:int"}
+    ]}]});
+    let (_, errors, _) = read(doc);
+    assert_eq!(errors, ["devices[0].timeseries[0].isFd: a CAN FD poll; socketcand carries classic CAN frames only"]);
+}

@@ -97,32 +97,71 @@ pub fn send_command(frame: &CanFrame, data: &[u8]) -> Result<String, String> {
     Ok(out)
 }
 
-/// Cut the next whole message out of `buf` (garbage before a `<` is
-/// dropped); `Ok(None)` when it holds none yet.
-pub fn take_message(buf: &mut Vec<u8>) -> Result<Option<String>, String> {
-    let Some(start) = buf.iter().position(|b| *b == b'<') else {
-        if buf.len() > MAX_MESSAGE {
-            return Err("socketcand sent data that is not its protocol".to_owned());
+/// How much room a read is given.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// socketcand's messages cut out of a byte stream: what was read, and how
+/// far it has been taken. Taking a message moves an offset; the taken
+/// bytes are dropped only before the next read, so a read of many
+/// messages costs one move, not one per message.
+#[derive(Default)]
+pub struct Framer {
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Framer {
+    /// The next whole message (garbage before a `<` is dropped);
+    /// `Ok(None)` when none is complete yet.
+    pub fn take(&mut self) -> Result<Option<Message>, String> {
+        let rest = &self.buf[self.pos..];
+        let Some(start) = rest.iter().position(|b| *b == b'<') else {
+            if rest.len() > MAX_MESSAGE {
+                return Err("socketcand sent data that is not its protocol".to_owned());
+            }
+            self.consume(rest.len());
+            return Ok(None);
+        };
+        let Some(len) = rest[start..].iter().position(|b| *b == b'>') else {
+            if rest.len() - start > MAX_MESSAGE {
+                return Err("socketcand sent a message without its end (`>`)".to_owned());
+            }
+            self.consume(start);
+            return Ok(None);
+        };
+        let end = start + len;
+        let body = &rest[start + 1..end];
+        let message = match std::str::from_utf8(body) {
+            Ok(text) => parse(text),
+            Err(_) => parse(&String::from_utf8_lossy(body)),
+        };
+        self.consume(end + 1);
+        message.map(Some)
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos += n;
+        if self.pos >= self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
         }
-        buf.clear();
-        return Ok(None);
-    };
-    let Some(end) = buf[start..].iter().position(|b| *b == b'>').map(|e| start + e) else {
-        if buf.len() - start > MAX_MESSAGE {
-            return Err("socketcand sent a message without its end (`>`)".to_owned());
+    }
+
+    /// Where the next read goes: the taken bytes dropped, room reserved.
+    pub fn spare(&mut self) -> &mut Vec<u8> {
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
         }
-        buf.drain(..start);
-        return Ok(None);
-    };
-    let text = String::from_utf8_lossy(&buf[start + 1..end]).into_owned();
-    buf.drain(..=end);
-    Ok(Some(text))
+        self.buf.reserve(READ_CHUNK);
+        &mut self.buf
+    }
 }
 
 /// A connection to a socketcand server, in raw mode on its bus.
 pub struct Client {
     stream: TcpStream,
-    buf: Vec<u8>,
+    framer: Framer,
 }
 
 impl Client {
@@ -134,7 +173,7 @@ impl Client {
             .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
         // Frames are small and each one matters now, not in 40 ms.
         let _ = stream.set_nodelay(true);
-        let mut c = Client { stream, buf: Vec::with_capacity(1024) };
+        let mut c = Client { stream, framer: Framer::default() };
         c.expect(Message::Hi, "its greeting `< hi >`").await?;
         c.write(&format!("< open {channel} >")).await?;
         c.expect(Message::Ok, &format!("`< ok >` to `< open {channel} >`")).await?;
@@ -161,11 +200,14 @@ impl Client {
     /// The next message. Cancel-safe: what was read stays in the buffer.
     pub async fn next(&mut self) -> Result<Message, String> {
         loop {
-            if let Some(text) = take_message(&mut self.buf)? {
-                return parse(&text);
+            if let Some(message) = self.framer.take()? {
+                return Ok(message);
             }
-            let n =
-                self.stream.read_buf(&mut self.buf).await.map_err(|e| format!("socketcand connection failed: {e}"))?;
+            let n = self
+                .stream
+                .read_buf(self.framer.spare())
+                .await
+                .map_err(|e| format!("socketcand connection failed: {e}"))?;
             if n == 0 {
                 return Err("socketcand closed the connection".to_owned());
             }
@@ -209,15 +251,19 @@ mod tests {
 
     #[test]
     fn messages_are_cut_from_the_stream_whole() {
-        let mut buf = b"junk< hi >< ok >< frame 12".to_vec();
-        assert_eq!(take_message(&mut buf), Ok(Some(" hi ".into())));
-        assert_eq!(take_message(&mut buf), Ok(Some(" ok ".into())));
-        assert_eq!(take_message(&mut buf), Ok(None));
-        buf.extend_from_slice(b"3 1.0 AB >");
-        assert_eq!(take_message(&mut buf), Ok(Some(" frame 123 1.0 AB ".into())));
-        assert!(buf.is_empty());
-        let mut long = vec![b'<'; 1];
-        long.extend(std::iter::repeat_n(b'x', MAX_MESSAGE + 1));
-        assert!(take_message(&mut long).is_err());
+        let mut f = Framer::default();
+        f.spare().extend_from_slice(b"junk< hi >< ok >< frame 12");
+        assert_eq!(f.take(), Ok(Some(Message::Hi)));
+        assert_eq!(f.take(), Ok(Some(Message::Ok)));
+        assert_eq!(f.take(), Ok(None));
+        f.spare().extend_from_slice(b"3 1.0 AB >");
+        let frame = CanFrame { id: 0x123, ..CanFrame::default() };
+        assert_eq!(f.take(), Ok(Some(Message::Frame(frame, vec![0xAB]))));
+        assert_eq!(f.take(), Ok(None));
+        assert!(f.buf.is_empty());
+        let mut long = Framer::default();
+        long.spare().push(b'<');
+        long.spare().extend(std::iter::repeat_n(b'x', MAX_MESSAGE + 1));
+        assert!(long.take().is_err());
     }
 }
