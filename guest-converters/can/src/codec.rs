@@ -208,7 +208,8 @@ impl ValueSpec {
             b
         };
         Ok(match self.kind {
-            Kind::Bool => unreachable!("handled above"),
+            // (Taken above: a bool is one byte whatever the length.)
+            Kind::Bool => Val::Bool(bytes.first().is_some_and(|b| *b != 0)),
             Kind::Int { signed } => {
                 if bytes.len() > 8 {
                     return Err(format!("{} bytes do not fit a 64-bit integer", bytes.len()));

@@ -222,7 +222,7 @@ impl Collector for StatusMetrics {
         let connectors: [(&str, &str, MetricType, PerConnector); 15] = [
             (
                 "connector_connected",
-                "1 while the connector's link is up (MQTT: its broker; Modbus: a line)",
+                "1 while the connector's link is up (MQTT: its broker; Modbus: a line; CAN: the bus)",
                 Gauge,
                 |c| f64::from(u8::from(c.connected)),
             ),

@@ -26,7 +26,8 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub input: PathBuf,
     /// Where the messages came from: an MQTT topic, or `node:NODE-ID`,
-    /// `characteristic:UUID`, `can:ID`, `registers:UNIT:FUNCTION:ADDRESS:COUNT`
+    /// `characteristic:UUID`, `can:ID` (`can:ID:ext` for an extended id
+    /// under 0x800), `registers:UNIT:FUNCTION:ADDRESS:COUNT`
     /// (`topic:TEXT` for a topic that starts like those).
     #[arg(long, value_name = "TEXT")]
     pub source: Option<String>,
@@ -283,12 +284,17 @@ fn parse_source(text: &str) -> Result<Source, String> {
             characteristic: rest.to_owned(),
         }),
         "can" => {
+            // `can:0x77E:ext`: an extended id that would fit 11 bits.
+            let (rest, ext) = match rest.strip_suffix(":ext") {
+                Some(id) => (id, true),
+                None => (rest, false),
+            };
             let id = parse_int(rest).ok_or_else(|| format!("`{rest}` is not a CAN id"))?;
             let id = u32::try_from(id)
                 .ok()
                 .filter(|id| *id < 1 << 29)
                 .ok_or_else(|| format!("CAN id {id} is over 29 bits"))?;
-            Source::Can(CanFrame { id, extended: id > 0x7ff, ..CanFrame::default() })
+            Source::Can(CanFrame { id, extended: ext || id > 0x7ff, ..CanFrame::default() })
         }
         "registers" => {
             let parts: Vec<Option<u64>> = rest.split(':').map(parse_int).collect();
@@ -339,6 +345,7 @@ mod tests {
         let can = |id, extended| Ok(Source::Can(CanFrame { id, extended, ..CanFrame::default() }));
         assert_eq!(parse_source("can:0x18FF50E5"), can(0x18FF50E5, true));
         assert_eq!(parse_source("can:0x123"), can(0x123, false));
+        assert_eq!(parse_source("can:0x77E:ext"), can(0x77E, true));
         assert_eq!(
             parse_source("registers:1:3:100:2"),
             Ok(Source::Registers(RegisterBlock { unit_id: 1, function_code: 3, address: 100, count: 2 }))
