@@ -17,6 +17,14 @@
 //! (until tbgw is caught up with the live data), the latency of live data
 //! published during the drain, what ThingsBoard refused, tbgw's CPU and RSS.
 //!
+//! `TBGW_BENCH_MODE=live`: devices publishing while tbgw runs, as they do:
+//! 100 devices, `TBGW_BENCH_RATE` messages/s in all (default 1,000), evenly
+//! paced, QoS 1, through a stock mosquitto, into ThingsBoard's side (the fake
+//! ThingsBoard, limits far above the load); tbgw with the fjall store and
+//! the default config. Prints messages/s delivered, tbgw's CPU (% of a core
+//! and µs per message), peak RSS, and the latency publish → ThingsBoard
+//! (p50/p99/max) over `TBGW_BENCH_SECONDS` (default 20) after a 5 s warm-up.
+//!
 //! Rates run from the first message ThingsBoard's side receives to the
 //! last, so start-up is not counted; every run has to deliver every message
 //! or the bench fails. tbgw runs as a child process (this binary again, in
@@ -42,8 +50,10 @@ fn main() -> anyhow::Result<()> {
     }
     let messages: usize = std::env::var("TBGW_BENCH_MESSAGES").ok().and_then(|n| n.parse().ok()).unwrap_or(100_000);
     let cache = tempfile::tempdir()?;
-    if std::env::var("TBGW_BENCH_MODE").as_deref() == Ok("drain") {
-        return drain(cache.path());
+    match std::env::var("TBGW_BENCH_MODE").as_deref() {
+        Ok("drain") => return drain(cache.path()),
+        Ok("live") => return live(cache.path()),
+        _ => {}
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
 
@@ -450,5 +460,113 @@ fn drain(cache: &Path) -> anyhow::Result<()> {
         (cpu_after - cpu_before) / drained.as_secs_f64() * 100.0
     );
     println!("{:<58} {:>14.1}", "tbgw peak RSS during the drain (MB)", peak as f64 / 1024.0);
+    Ok(())
+}
+
+/// Devices publishing at a steady rate while tbgw runs (`TBGW_BENCH_MODE=live`).
+fn live(cache: &Path) -> anyhow::Result<()> {
+    let rate = tbgw_bench::env_u64("TBGW_BENCH_RATE", 1000).max(1);
+    let seconds = tbgw_bench::env_u64("TBGW_BENCH_SECONDS", 20);
+    let source = Mosquitto::start_new();
+    let tb = FakeThingsBoard::start(TbLimits {
+        gateway: LimitSpec::new("1000000:1", "1000000:1", "10000000:1"),
+        own: LimitSpec::new("1000:1", "1000:1", "10000:1"),
+        announced: None,
+        refusal: Refusal::PubackThenClose,
+    });
+    let dir = tempfile::tempdir()?;
+    let config = gateway_config(dir.path(), tb.port, source.port, "fjall", cache)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    // The gateway's persistent session first: nothing published is lost
+    // while it starts.
+    rt.block_on(open_session(source.port, "bench-gw"))?;
+    let mut child = spawn_gateway(&config)?;
+    let pid = child.id();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let start = Instant::now() + Duration::from_secs(1);
+    let publisher = rt.spawn(publish_at(source.port, rate, start, stop.clone()));
+    std::thread::sleep(Duration::from_secs(6));
+    if let Some(status) = child.try_wait()? {
+        anyhow::bail!("the gateway exited: {status}");
+    }
+    let (cpu0, t0) = (cpu_seconds(pid).unwrap_or(0.0), Instant::now());
+    let mut peak = 0u64;
+    while t0.elapsed() < Duration::from_secs(seconds) {
+        peak = peak.max(status_kb(pid, "VmRSS:").unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (cpu1, t1) = (cpu_seconds(pid).unwrap_or(0.0), Instant::now());
+    stop.store(true, Ordering::Relaxed);
+    // What was published in the window has a moment to arrive.
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = rt.block_on(publisher);
+    let _ = child.kill();
+    let _ = child.wait();
+    let sent_at = |k: u64| start + Duration::from_secs_f64(k as f64 / rate as f64);
+    let mut latencies = Vec::new();
+    for r in tb.readings() {
+        let (Some(d), Some(seq)) = (
+            r.device.strip_prefix("dev-").and_then(|d| d.parse::<u64>().ok()),
+            r.values.get("seq").and_then(serde_json::Value::as_u64),
+        ) else {
+            continue;
+        };
+        let sent = sent_at(seq * DEVICES as u64 + d);
+        if sent >= t0 && sent < t1 {
+            latencies.push(r.at.saturating_duration_since(sent).as_secs_f64() * 1000.0);
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let window = (t1 - t0).as_secs_f64();
+    let delivered = latencies.len() as f64 / window;
+    let cpu = (cpu1 - cpu0) / window;
+    println!(
+        "live load: {DEVICES} devices publishing {rate} JSON messages/s in all (QoS 1, evenly paced) through a stock \
+         mosquitto while tbgw runs (fjall store), {seconds} s after a 5 s warm-up"
+    );
+    println!();
+    println!("{:<44} {:>14.0}", "messages/s delivered (published in the window)", delivered);
+    println!("{:<44} {:>14.1}", "tbgw CPU (% of a core)", cpu * 100.0);
+    println!("{:<44} {:>14.1}", "tbgw CPU per message (µs)", cpu * 1e6 / delivered.max(1e-9));
+    println!("{:<44} {:>14.1}", "tbgw peak RSS (MB)", peak as f64 / 1024.0);
+    println!(
+        "{:<44} {:>14}",
+        "latency publish -> ThingsBoard p50/p99/max (ms)",
+        format!("{:.1} / {:.1} / {:.1}", pct(0.5), pct(0.99), pct(1.0))
+    );
+    anyhow::ensure!(
+        latencies.len() as f64 >= 0.99 * rate as f64 * window,
+        "only {} of the {:.0} messages published in the window arrived",
+        latencies.len(),
+        rate as f64 * window
+    );
+    Ok(())
+}
+
+/// Publish message k (device k % 100, its seq k / 100) at `start` + k / `rate`,
+/// QoS 1 without waiting for each PUBACK, until `stop`.
+async fn publish_at(
+    port: u16,
+    rate: u64,
+    start: Instant,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<()> {
+    let mut o = MqttOptions::new("bench-devices", "127.0.0.1", port);
+    o.set_inflight(1000);
+    let (c, mut el) = AsyncClient::new(o, 10_000);
+    tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    let mut k = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep_until((start + Duration::from_secs_f64(k as f64 / rate as f64)).into()).await;
+        let (topic, payload) = message((k % DEVICES as u64) as usize, (k / DEVICES as u64) as usize);
+        c.publish(topic, QoS::AtLeastOnce, false, payload).await?;
+        k += 1;
+    }
     Ok(())
 }
