@@ -426,12 +426,7 @@ fn drain(cache: &Path) -> anyhow::Result<()> {
         })
         .collect();
     latencies.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    let pct = |p: f64| tbgw_bench::quantile(&latencies, p);
     let rate = (dp_after - dp_before) as f64 / drained.as_secs_f64();
     let _ = child.kill();
     let _ = child.wait();
@@ -517,12 +512,7 @@ fn live(cache: &Path) -> anyhow::Result<()> {
         }
     }
     latencies.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    let pct = |p: f64| tbgw_bench::quantile(&latencies, p);
     let window = (t1 - t0).as_secs_f64();
     let delivered = latencies.len() as f64 / window;
     let cpu = (cpu1 - cpu0) / window;

@@ -65,8 +65,7 @@ struct Latencies(Vec<f64>);
 
 impl Latencies {
     fn at(&self, q: f64) -> f64 {
-        let i = ((self.0.len() as f64 * q).ceil() as usize).clamp(1, self.0.len().max(1)) - 1;
-        self.0.get(i).copied().unwrap_or(f64::NAN)
+        tbgw_bench::quantile(&self.0, q)
     }
 }
 

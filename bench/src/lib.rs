@@ -13,3 +13,10 @@ pub mod process;
 pub fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
+
+/// The `p` quantile (0.5 for the median, 1.0 the largest) of `sorted`,
+/// sorted ascending, by nearest rank; NaN when it is empty.
+pub fn quantile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len().max(1)) - 1;
+    sorted.get(i).copied().unwrap_or(f64::NAN)
+}

@@ -13,7 +13,7 @@
 //!   bus, devices publishing at a steady rate), the worker sleeps until
 //!   `LINGER` after the batch's first message and takes what came meanwhile:
 //!   each stage then wakes a few times per `LINGER` instead of once per
-//!   message (at 10,000 CAN frames/s, half the CPU per frame), for at most
+//!   message (at 10,000 CAN frames/s, 40% less CPU per frame), for at most
 //!   2 ms more latency; a message after a pause goes at once. A batch is split by converter (route),
 //!   each part converted in one call. Missing timestamps are filled with the
 //!   receipt time. Wasm calls never run on tokio's threads. Then the
