@@ -25,13 +25,23 @@
 //! downlink converter), a two-way RPC's with the response it waits for. The
 //! receive loop publishes them; for a two-way RPC it first subscribes to the
 //! response topic (one subscription per topic however many RPCs wait on it),
-//! then publishes the request. MQTT brokers handle one connection's packets
-//! in order, so the subscription is in place before the device can see the
-//! request, and there is no SUBACK to wait for. The first message on that
-//! exact topic answers the oldest RPC waiting on it, as it came (the
-//! converter makes ThingsBoard's reply of it); a deadline answers it with an
-//! error otherwise. A message on a pending response topic goes to the RPC
-//! even if a mapping matches it too.
+//! then publishes the request once the SUBACK is in. MQTT brokers handle one
+//! connection's packets in order, so the subscription would be in place
+//! before the device sees the request even without the wait: the wait is
+//! for latency. A broker with Nagle on (mosquitto's default,
+//! `set_tcp_nodelay false`) holds a small packet while the one before it is
+//! unacknowledged, and our kernel delays its ACK of a packet we do not
+//! answer by ~40 ms: a SUBACK followed by the device's answer cost an RPC
+//! 40 ms. Sent after the SUBACK, the request carries its ACK, and the answer
+//! comes at once. (A SUBACK the accounting did not expect, after a
+//! reconnect, only releases a request early: still in order, so still
+//! safe.) For the same reason a topic no RPC waits on any more is
+//! unsubscribed a little later, with the others of the moment
+//! ([`UNSUBSCRIBE_EVERY`]): one UNSUBACK per period, not one per RPC. The
+//! first message on that exact topic answers the oldest RPC
+//! waiting on it, as it came (the converter makes ThingsBoard's reply of
+//! it); a deadline answers it with an error otherwise. A message on a
+//! pending response topic goes to the RPC even if a mapping matches it too.
 //!
 //! Devices' own requests (the topics of `connectRequests`,
 //! `disconnectRequests`, `attributeRequests`) go, after the mappings, to the
@@ -311,12 +321,34 @@ fn v5_qos(q: u8) -> rumqttc::v5::mqttbytes::QoS {
 }
 
 /// Two-way RPCs waiting for their answer, by response topic, with their
-/// deadlines.
+/// deadlines; the requests waiting for their topic's SUBACK; the SUBSCRIBEs
+/// waiting for theirs, in the order they were sent (brokers answer in order).
 #[derive(Default)]
 struct Pending {
     by_topic: HashMap<String, VecDeque<(u64, Answers)>>,
     deadlines: BinaryHeap<Reverse<(tokio::time::Instant, u64, String)>>,
     next_id: u64,
+    /// By response topic: each RPC's publishes, sent when the topic's SUBACK comes.
+    held: HashMap<String, Vec<(u64, Vec<MqttPublish>)>>,
+    subscribes: VecDeque<Subscribe>,
+    /// Response topics no RPC waits on, unsubscribed together at `unsubscribe_at`.
+    retired: Vec<String>,
+    unsubscribe_at: Option<tokio::time::Instant>,
+}
+
+/// How long answered RPCs' response topics stay subscribed, so that one
+/// UNSUBSCRIBE goes for all of them: the broker's UNSUBACK is a packet we
+/// do not answer, and under Nagle it holds up the broker's next packet to
+/// us until our delayed ACK (see the module's doc); once per this period,
+/// not once per RPC.
+const UNSUBSCRIBE_EVERY: Duration = Duration::from_secs(2);
+
+/// What a SUBSCRIBE in flight was for.
+struct Subscribe {
+    /// The mappings' topics (a new session).
+    mappings: bool,
+    /// Response topics whose held requests go when it is acknowledged.
+    topics: Vec<String>,
 }
 
 impl Pending {
@@ -328,7 +360,32 @@ impl Pending {
         self.deadlines.push(Reverse((tokio::time::Instant::now() + timeout, id, topic.to_owned())));
         let queue = self.by_topic.entry(topic.to_owned()).or_default();
         queue.push_back((id, reply));
-        (id, queue.len() == 1)
+        let new = queue.len() == 1;
+        // Retired but still subscribed: no SUBSCRIBE needed.
+        let still_subscribed = new && self.retired.iter().any(|t| t == topic);
+        if still_subscribed {
+            self.retired.retain(|t| t != topic);
+        }
+        (id, new && !still_subscribed)
+    }
+
+    /// No RPC waits on `topic` any more: unsubscribe it with the others, soon.
+    fn retire(&mut self, topic: &str) {
+        if !self.retired.iter().any(|t| t == topic) {
+            self.retired.push(topic.to_owned());
+        }
+        self.unsubscribe_at.get_or_insert_with(|| tokio::time::Instant::now() + UNSUBSCRIBE_EVERY);
+    }
+
+    /// The topics to unsubscribe now, if their time has come.
+    fn due_unsubscribes(&mut self) -> Vec<String> {
+        match self.unsubscribe_at {
+            Some(at) if at <= tokio::time::Instant::now() => {
+                self.unsubscribe_at = None;
+                std::mem::take(&mut self.retired)
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// Stop waiting for `id`: its reply, and whether `topic` has no RPC left.
@@ -340,22 +397,30 @@ impl Pending {
         if empty {
             self.by_topic.remove(topic);
         }
+        self.unhold(topic, id);
         Some((reply, empty))
     }
 
     /// The oldest RPC waiting on `topic`, and whether none is left (unsubscribe).
     fn take(&mut self, topic: &str) -> Option<(Answers, bool)> {
         let queue = self.by_topic.get_mut(topic)?;
-        let (_, reply) = queue.pop_front()?;
+        let (id, reply) = queue.pop_front()?;
         let empty = queue.is_empty();
         if empty {
             self.by_topic.remove(topic);
         }
+        // Answered before its request went out (a retained message): it stays unsent.
+        self.unhold(topic, id);
         Some((reply, empty))
     }
 
+    /// The next RPC deadline or unsubscribe time.
     fn next_deadline(&self) -> Option<tokio::time::Instant> {
-        self.deadlines.peek().map(|Reverse((t, _, _))| *t)
+        let rpc = self.deadlines.peek().map(|Reverse((t, _, _))| *t);
+        match (rpc, self.unsubscribe_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The RPCs past their deadline: (topic, reply, whether the topic has
@@ -375,13 +440,56 @@ impl Pending {
             if empty {
                 self.by_topic.remove(&topic);
             }
+            // A request that never went out (no SUBACK in time) stays unsent.
+            self.unhold(&topic, id);
             out.push((topic, reply, empty));
         }
         out
     }
 
-    fn topics(&self) -> impl Iterator<Item = &String> {
-        self.by_topic.keys()
+    /// Whether `topic`'s SUBACK is still awaited (requests on it wait).
+    fn awaiting_suback(&self, topic: &str) -> bool {
+        self.held.contains_key(topic)
+    }
+
+    fn hold(&mut self, topic: &str, id: u64, publishes: Vec<MqttPublish>) {
+        self.held.entry(topic.to_owned()).or_default().push((id, publishes));
+    }
+
+    /// Forget RPC `id`'s held publishes; once no RPC waits on `topic`,
+    /// its SUBACK is not waited for either (a later RPC subscribes anew).
+    fn unhold(&mut self, topic: &str, id: u64) {
+        if let Some(held) = self.held.get_mut(topic) {
+            held.retain(|(i, _)| *i != id);
+        }
+        if !self.by_topic.contains_key(topic) {
+            self.held.remove(topic);
+        }
+    }
+
+    /// A SUBACK came: what its SUBSCRIBE was for (mappings: whether it was
+    /// the mappings'), and the publishes it releases, in order.
+    #[allow(clippy::type_complexity)]
+    fn subscribed(&mut self) -> (bool, Vec<(String, u64, Vec<MqttPublish>)>) {
+        let Some(done) = self.subscribes.pop_front() else { return (false, Vec::new()) };
+        let mut release = Vec::new();
+        for topic in done.topics {
+            for (id, publishes) in self.held.remove(&topic).unwrap_or_default() {
+                release.push((topic.clone(), id, publishes));
+            }
+        }
+        (done.mappings, release)
+    }
+
+    /// A new connection: no SUBSCRIBE of the last one will be answered.
+    /// The response topics to subscribe again: all of them when the broker
+    /// forgot the session, else those whose requests still wait.
+    fn reconnected(&mut self, session_present: bool) -> Vec<String> {
+        self.subscribes.clear();
+        if !session_present {
+            self.retired.clear();
+        }
+        if session_present { self.held.keys().cloned().collect() } else { self.by_topic.keys().cloned().collect() }
     }
 }
 
@@ -467,29 +575,25 @@ impl<P: Protocol> Downlink<'_, P> {
             return self.fail(job.reply, why);
         }
         let wait = publishes.iter().find_map(|p| p.response.clone());
-        // Subscribe before publishing the request: the broker handles our
-        // packets in order, so the answer cannot come before we listen.
+        // Subscribe, then publish the request once the SUBACK is in (the
+        // module's doc says why).
         if let Some(MqttResponse { topic, qos, timeout_ms }) = wait {
             let timeout = Duration::from_millis(u64::from(timeout_ms.max(1)));
             let (id, new_topic) = self.pending.add(&topic, timeout, job.reply);
-            if new_topic && let Err(e) = P::subscribe(self.client, &[(topic.clone(), qos.min(1))]) {
-                if let Some((reply, _)) = self.pending.cancel(&topic, id) {
-                    self.fail(reply, format!("cannot subscribe to the response topic `{topic}`: {e}"));
-                }
-                return;
-            }
-            for p in publishes {
-                if let Err(e) = self.send(p) {
-                    // Nothing will answer a request that did not go out.
-                    if let Some((reply, last)) = self.pending.cancel(&topic, id) {
-                        if last {
-                            let _ = P::unsubscribe(self.client, &topic);
-                        }
-                        self.fail(reply, e);
+            if new_topic {
+                if let Err(e) = P::subscribe(self.client, &[(topic.clone(), qos.min(1))]) {
+                    if let Some((reply, _)) = self.pending.cancel(&topic, id) {
+                        self.fail(reply, format!("cannot subscribe to the response topic `{topic}`: {e}"));
                     }
                     return;
                 }
+                self.pending.subscribes.push_back(Subscribe { mappings: false, topics: vec![topic.clone()] });
             }
+            if self.pending.awaiting_suback(&topic) || new_topic {
+                self.pending.hold(&topic, id, publishes);
+                return;
+            }
+            self.publish_request(&topic, id, publishes);
             return;
         }
         for p in publishes {
@@ -498,6 +602,32 @@ impl<P: Protocol> Downlink<'_, P> {
             }
         }
         let _ = job.reply.send(Ok(Vec::new()));
+    }
+
+    /// Publish a two-way RPC's messages; on failure it is answered with the error.
+    fn publish_request(&mut self, topic: &str, id: u64, publishes: Vec<MqttPublish>) {
+        for p in publishes {
+            if let Err(e) = self.send(p) {
+                // Nothing will answer a request that did not go out.
+                if let Some((reply, last)) = self.pending.cancel(topic, id) {
+                    if last {
+                        self.pending.retire(topic);
+                    }
+                    self.fail(reply, e);
+                }
+                return;
+            }
+        }
+    }
+
+    /// A SUBACK came: send the requests it released; true when it was the
+    /// mappings' SUBSCRIBE.
+    fn subscribed(&mut self) -> bool {
+        let (mappings, release) = self.pending.subscribed();
+        for (topic, id, publishes) in release {
+            self.publish_request(&topic, id, publishes);
+        }
+        mappings
     }
 
     fn send(&self, p: MqttPublish) -> Result<(), String> {
@@ -553,17 +683,21 @@ impl<P: Protocol> Downlink<'_, P> {
         };
         let _ = reply.send(Ok(vec![answer]));
         if last {
-            let _ = P::unsubscribe(self.client, topic);
+            self.pending.retire(topic);
         }
         true
     }
 
+    /// Answer the RPCs past their deadline; unsubscribe retired topics when due.
     fn expire(&mut self) {
         for (topic, reply, last) in self.pending.expired() {
             if last {
-                let _ = P::unsubscribe(self.client, &topic);
+                self.pending.retire(&topic);
             }
             self.fail(reply, format!("no answer from the device on `{topic}` in time"));
+        }
+        for topic in self.pending.due_unsubscribes() {
+            let _ = P::unsubscribe(self.client, &topic);
         }
     }
 }
@@ -613,8 +747,6 @@ async fn run<P: Protocol>(conn: MqttConnector, mut ctx: ConnectorContext) {
     let mut sink: Option<UplinkSink> = Some(ctx.sink);
     let mut backoff = Duration::from_millis(500);
     let (mut connected_once, mut failures) = (false, 0u64);
-    // A SUBSCRIBE of the mappings' topics is waiting for its SUBACK.
-    let mut awaiting_suback = false;
     let mut connected = false;
     loop {
         let deadline = down.pending.next_deadline();
@@ -648,22 +780,26 @@ async fn run<P: Protocol>(conn: MqttConnector, mut ctx: ConnectorContext) {
                 let verb = if connected_once { "reconnected" } else { "connected" };
                 tracing::info!(connector = %name, session_present, "{verb} to the MQTT broker at {target}");
                 connected_once = true;
-                if !session_present {
-                    let mut all = subscriptions.clone();
-                    all.extend(down.pending.topics().map(|t| (t.clone(), 1)));
+                let responses = down.pending.reconnected(session_present);
+                let mut all = if session_present { Vec::new() } else { subscriptions.clone() };
+                all.extend(responses.iter().map(|t| (t.clone(), 1)));
+                if !all.is_empty() {
                     match P::subscribe(&client, &all) {
-                        Ok(()) => awaiting_suback = true,
+                        Ok(()) => down
+                            .pending
+                            .subscribes
+                            .push_back(Subscribe { mappings: !session_present, topics: responses }),
                         Err(e) => tracing::error!(connector = %name, "subscribing failed: {e}"),
                     }
                 }
             }
             // From here the broker delivers what is published on the
             // mappings' topics (with a new session, not before).
-            Polled::Subscribed if awaiting_suback => {
-                awaiting_suback = false;
-                tracing::info!(connector = %name, "subscribed to {} topic filter(s) at {target}", subscriptions.len());
+            Polled::Subscribed => {
+                if down.subscribed() {
+                    tracing::info!(connector = %name, "subscribed to {} topic filter(s) at {target}", subscriptions.len());
+                }
             }
-            Polled::Subscribed => {}
             Polled::Message(p) => {
                 ctx.stats.received.fetch_add(1, Ordering::Relaxed);
                 let (topic, payload, q) = P::parts(&p);
@@ -833,6 +969,65 @@ mod tests {
         assert_eq!(expired.len(), 1);
         assert_eq!((expired[0].0.as_str(), expired[0].2), ("t", true));
         assert!(rb.try_recv().is_err(), "not answered yet: the connector answers it with the error");
-        assert!(p.next_deadline().is_none() && p.topics().next().is_none());
+        assert!(p.deadlines.is_empty() && p.by_topic.is_empty());
+    }
+
+    fn request(topic: &str) -> MqttPublish {
+        MqttPublish { topic: topic.into(), payload: Vec::new(), qos: 0, retain: false, response: None }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_wait_for_their_topics_suback_in_order() {
+        let mut p = Pending::default();
+        let (a, _ra) = tokio::sync::oneshot::channel();
+        let (b, _rb) = tokio::sync::oneshot::channel();
+        let (c, _rc) = tokio::sync::oneshot::channel();
+        p.subscribes.push_back(Subscribe { mappings: true, topics: Vec::new() });
+        let (id_a, _) = p.add("t", Duration::from_secs(10), a);
+        p.subscribes.push_back(Subscribe { mappings: false, topics: vec!["t".into()] });
+        p.hold("t", id_a, vec![request("req/a")]);
+        assert!(p.awaiting_suback("t"));
+        // A second RPC on `t` before its SUBACK waits too.
+        let (id_b, new) = p.add("t", Duration::from_secs(10), b);
+        assert!(!new);
+        p.hold("t", id_b, vec![request("req/b")]);
+        let (id_c, _) = p.add("u", Duration::from_secs(10), c);
+        p.subscribes.push_back(Subscribe { mappings: false, topics: vec!["u".into()] });
+        p.hold("u", id_c, vec![request("req/c")]);
+        // The first SUBACK is the mappings': nothing released.
+        let (mappings, released) = p.subscribed();
+        assert!(mappings && released.is_empty());
+        let (mappings, released) = p.subscribed();
+        let topics: Vec<_> = released.iter().flat_map(|(_, _, ps)| ps.iter().map(|p| p.topic.as_str())).collect();
+        assert!(!mappings);
+        assert_eq!(topics, ["req/a", "req/b"]);
+        assert!(!p.awaiting_suback("t") && p.awaiting_suback("u"));
+        // An RPC that expires before its SUBACK never sends its request.
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(p.expired().len(), 3);
+        let (_, released) = p.subscribed();
+        assert!(released.is_empty(), "{:?}", released.len());
+        assert!(p.held.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answered_topics_are_unsubscribed_together_later() {
+        let mut p = Pending::default();
+        let (a, _ra) = tokio::sync::oneshot::channel();
+        let (b, _rb) = tokio::sync::oneshot::channel();
+        let (c, _rc) = tokio::sync::oneshot::channel();
+        p.add("t", Duration::from_secs(60), a);
+        p.add("u", Duration::from_secs(60), b);
+        assert!(p.take("t").expect("waiting").1);
+        p.retire("t");
+        assert!(p.take("u").expect("waiting").1);
+        p.retire("u");
+        assert!(p.due_unsubscribes().is_empty(), "not yet");
+        // A new RPC on a retired topic is still subscribed: no SUBSCRIBE, and it stays.
+        assert!(!p.add("u", Duration::from_secs(60), c).1);
+        assert_eq!(p.next_deadline(), Some(tokio::time::Instant::now() + UNSUBSCRIBE_EVERY));
+        tokio::time::advance(UNSUBSCRIBE_EVERY).await;
+        assert_eq!(p.due_unsubscribes(), ["t"]);
+        assert!(p.due_unsubscribes().is_empty() && p.unsubscribe_at.is_none());
     }
 }
