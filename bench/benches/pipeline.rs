@@ -17,6 +17,12 @@
 //! (until tbgw is caught up with the live data), the latency of live data
 //! published during the drain, what ThingsBoard refused, tbgw's CPU and RSS.
 //!
+//! `TBGW_BENCH_MODE=outage`: memory through a long outage. 100 devices
+//! publish `TBGW_BENCH_RATE` messages/s (default 5,000) while ThingsBoard
+//! is away for `TBGW_BENCH_SECONDS` (default 600); every 10% of it prints
+//! tbgw's RSS, its store's backlog (from its `/metrics`) and the messages
+//! published, then the peak RSS and whether tbgw kept up with the devices.
+//!
 //! `TBGW_BENCH_MODE=live`: devices publishing while tbgw runs, as they do:
 //! 100 devices, `TBGW_BENCH_RATE` messages/s in all (default 1,000), evenly
 //! paced, QoS 1, through a stock mosquitto, into ThingsBoard's side (the fake
@@ -24,6 +30,9 @@
 //! the default config. Prints messages/s delivered, tbgw's CPU (% of a core
 //! and µs per message), peak RSS, and the latency publish → ThingsBoard
 //! (p50/p99/max) over `TBGW_BENCH_SECONDS` (default 20) after a 5 s warm-up.
+//!
+//! In every mode `TBGW_BENCH_FSYNC=interval` runs tbgw with
+//! `storage.fsync: interval` instead of the default (`batch`).
 //!
 //! Rates run from the first message ThingsBoard's side receives to the
 //! last, so start-up is not counted; every run has to deliver every message
@@ -53,6 +62,7 @@ fn main() -> anyhow::Result<()> {
     match std::env::var("TBGW_BENCH_MODE").as_deref() {
         Ok("drain") => return drain(cache.path()),
         Ok("live") => return live(cache.path()),
+        Ok("outage") => return outage(cache.path()),
         _ => {}
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -256,17 +266,30 @@ fn gateway_config(
     storage: &str,
     cache: &Path,
 ) -> anyhow::Result<std::path::PathBuf> {
+    gateway_config_with(dir, tb_port, source_port, storage, cache, "")
+}
+
+/// [`gateway_config`] with more keys in the `tbgw` section (`, http: ...`).
+fn gateway_config_with(
+    dir: &Path,
+    tb_port: u16,
+    source_port: u16,
+    storage: &str,
+    cache: &Path,
+    tbgw_keys: &str,
+) -> anyhow::Result<std::path::PathBuf> {
     let config = dir.join("tb_gateway.yaml");
     std::fs::write(
         &config,
         format!(
             "thingsboard: {{host: 127.0.0.1, port: {}, security: {{type: accessToken, accessToken: bench}}}}\n\
-             storage: {{type: {storage}, data_folder_path: {}}}\n\
+             storage: {{type: {storage}, data_folder_path: {}{fsync}}}\n\
              connectors: [{{type: mqtt, name: Devices, configuration: mqtt.json}}]\n\
-             tbgw: {{cacheDir: {}}}\n",
+             tbgw: {{cacheDir: {}{tbgw_keys}}}\n",
             tb_port,
             dir.join("data").display(),
-            cache.display()
+            cache.display(),
+            fsync = std::env::var("TBGW_BENCH_FSYNC").map(|f| format!(", fsync: {f}")).unwrap_or_default(),
         ),
     )?;
     std::fs::write(
@@ -462,25 +485,7 @@ fn drain(cache: &Path) -> anyhow::Result<()> {
 fn live(cache: &Path) -> anyhow::Result<()> {
     let rate = tbgw_bench::env_u64("TBGW_BENCH_RATE", 1000).max(1);
     let seconds = tbgw_bench::env_u64("TBGW_BENCH_SECONDS", 20);
-    let source = Mosquitto::start_new();
-    let tb = FakeThingsBoard::start(TbLimits {
-        gateway: LimitSpec::new("1000000:1", "1000000:1", "10000000:1"),
-        own: LimitSpec::new("1000:1", "1000:1", "10000:1"),
-        announced: None,
-        refusal: Refusal::PubackThenClose,
-    });
-    let dir = tempfile::tempdir()?;
-    let config = gateway_config(dir.path(), tb.port, source.port, "fjall", cache)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    // The gateway's persistent session first: nothing published is lost
-    // while it starts.
-    rt.block_on(open_session(source.port, "bench-gw"))?;
-    let mut child = spawn_gateway(&config)?;
-    let pid = child.id();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let start = Instant::now() + Duration::from_secs(1);
-    let publisher = rt.spawn(publish_at(source.port, rate, start, stop.clone()));
-    std::thread::sleep(Duration::from_secs(6));
+    let Steady { tb, rt, mut child, pid, stop, start, publisher, _source, _dir } = Steady::start(cache, rate, "")?;
     if let Some(status) = child.try_wait()? {
         anyhow::bail!("the gateway exited: {status}");
     }
@@ -537,6 +542,111 @@ fn live(cache: &Path) -> anyhow::Result<()> {
         rate as f64 * window
     );
     Ok(())
+}
+
+/// tbgw (the default config, fjall, more `tbgw` keys) between a stock
+/// mosquitto where 100 devices publish `rate` messages/s and the fake
+/// ThingsBoard, 5 s after the load began.
+struct Steady {
+    tb: FakeThingsBoard,
+    rt: tokio::runtime::Runtime,
+    child: std::process::Child,
+    pid: u32,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    /// When message 0 was due.
+    start: Instant,
+    publisher: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _source: Mosquitto,
+    _dir: tempfile::TempDir,
+}
+
+impl Steady {
+    fn start(cache: &Path, rate: u64, tbgw_keys: &str) -> anyhow::Result<Steady> {
+        let source = Mosquitto::start_new();
+        let tb = FakeThingsBoard::start(TbLimits {
+            gateway: LimitSpec::new("1000000:1", "1000000:1", "10000000:1"),
+            own: LimitSpec::new("1000:1", "1000:1", "10000:1"),
+            announced: None,
+            refusal: Refusal::PubackThenClose,
+        });
+        let dir = tempfile::tempdir()?;
+        let config = gateway_config_with(dir.path(), tb.port, source.port, "fjall", cache, tbgw_keys)?;
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+        // The gateway's persistent session first: nothing published is lost
+        // while it starts.
+        rt.block_on(open_session(source.port, "bench-gw"))?;
+        let child = spawn_gateway(&config)?;
+        let pid = child.id();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let start = Instant::now() + Duration::from_secs(1);
+        let publisher = rt.spawn(publish_at(source.port, rate, start, stop.clone()));
+        std::thread::sleep(Duration::from_secs(6));
+        Ok(Steady { tb, rt, child, pid, stop, start, publisher, _source: source, _dir: dir })
+    }
+}
+
+/// ThingsBoard away for a long while under a steady load (`TBGW_BENCH_MODE=outage`).
+fn outage(cache: &Path) -> anyhow::Result<()> {
+    let rate = tbgw_bench::env_u64("TBGW_BENCH_RATE", 5000).max(1);
+    let seconds = tbgw_bench::env_u64("TBGW_BENCH_SECONDS", 600).max(10);
+    let http = tbgw_test_support::free_port();
+    let Steady { mut tb, rt, mut child, pid, stop, start, publisher, _source, _dir } =
+        Steady::start(cache, rate, &format!(", http: {{listen: 127.0.0.1:{http}}}"))?;
+    let rss = || status_kb(pid, "VmRSS:").unwrap_or(0) as f64 / 1024.0;
+    let published = || (start.elapsed().as_secs_f64() * rate as f64) as u64;
+    let before = rss();
+    tb.stop();
+    println!(
+        "outage: {DEVICES} devices publishing {rate} JSON messages/s in all (QoS 1, evenly paced) through a stock \
+         mosquitto, ThingsBoard away {seconds} s (fjall store, default config)"
+    );
+    println!();
+    println!("{:>10} {:>12} {:>16} {:>16}", "outage s", "RSS MB", "store backlog", "published");
+    let first = (backlog(http).unwrap_or(0), published());
+    println!("{:>10} {:>12.1} {:>16} {:>16}", 0, before, first.0, first.1);
+    let (t0, cpu0) = (Instant::now(), cpu_seconds(pid).unwrap_or(0.0));
+    let (mut peak, mut row, mut last) = (0f64, 1u64, first);
+    while row <= 10 {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("the gateway exited: {status}");
+        }
+        peak = peak.max(rss());
+        if t0.elapsed() >= Duration::from_secs(seconds * row / 10) {
+            last = (backlog(http).unwrap_or(0), published());
+            println!("{:>10} {:>12.1} {:>16} {:>16}", seconds * row / 10, rss(), last.0, last.1);
+            row += 1;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let cpu = (cpu_seconds(pid).unwrap_or(0.0) - cpu0) / t0.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let _ = rt.block_on(publisher);
+    let _ = child.kill();
+    let _ = child.wait();
+    println!();
+    println!("{:<52} {:>12.1}", "tbgw RSS before the outage (MB)", before);
+    println!("{:<52} {:>12.1}", "tbgw peak RSS during the outage (MB)", peak);
+    println!("{:<52} {:>12.1}", "tbgw CPU during the outage (% of a core)", cpu * 100.0);
+    println!(
+        "{:<52} {:>12.3}",
+        "stored / published in the outage (< 1: store full or behind)",
+        (last.0 - first.0) as f64 / (last.1 - first.1).max(1) as f64
+    );
+    Ok(())
+}
+
+/// The store's backlog, from tbgw's `/metrics` on 127.0.0.1:`port`.
+fn backlog(port: u16) -> Option<u64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix("tbgw_store_backlog_events "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
 }
 
 /// Publish message k (device k % 100, its seq k / 100) at `start` + k / `rate`,
