@@ -168,9 +168,8 @@ async fn relay(tb_port: u16, device_port: u16) -> anyhow::Result<()> {
 }
 
 async fn run(rate: u64, count: usize, between: Between, cache: &Path) -> anyhow::Result<Latencies> {
-    // The devices' broker as users run it (Nagle on); ThingsBoard's as
-    // ThingsBoard runs (see `start_like_thingsboard`).
-    let (tb_broker, source) = (Mosquitto::start_like_thingsboard(), Mosquitto::start_new());
+    // Both brokers on mosquitto's stock settings (Nagle on), as users run them.
+    let (tb_broker, source) = (Mosquitto::start_new(), Mosquitto::start_new());
     devices(source.port).await?;
     let dir = tempfile::tempdir()?;
     let mut child = None;

@@ -38,8 +38,6 @@ pub struct Mosquitto {
     tls: Option<TlsListener>,
     /// `user:password` pairs; anonymous clients are refused when set.
     users: Vec<(String, String)>,
-    /// `set_tcp_nodelay true` ([`Mosquitto::start_like_thingsboard`]).
-    nodelay: bool,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -71,27 +69,12 @@ impl Mosquitto {
         Self::with(None, users.iter().map(|(u, p)| (u.to_string(), p.to_string())).collect())
     }
 
-    /// A broker standing in for ThingsBoard's MQTT transport, whose sockets
-    /// send at once as ThingsBoard's do (it is built on netty, which sets
-    /// TCP_NODELAY by default): `set_tcp_nodelay true`. Devices' brokers are
-    /// the users' and keep mosquitto's default (Nagle on).
-    pub fn start_like_thingsboard() -> Mosquitto {
-        let mut m = Self::unstarted(None, Vec::new());
-        m.nodelay = true;
-        m.start();
-        m
-    }
-
     fn with(tls: Option<TlsListener>, users: Vec<(String, String)>) -> Mosquitto {
-        let mut m = Self::unstarted(tls, users);
-        m.start();
-        m
-    }
-
-    fn unstarted(tls: Option<TlsListener>, users: Vec<(String, String)>) -> Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
         let tls_port = tls.as_ref().map(|_| free_port());
-        Mosquitto { port: free_port(), tls_port, tls, users, nodelay: false, dir, child: None }
+        let mut m = Mosquitto { port: free_port(), tls_port, tls, users, dir, child: None };
+        m.start();
+        m
     }
 
     fn config(&self) -> PathBuf {
@@ -101,8 +84,7 @@ impl Mosquitto {
         let _ = std::fs::create_dir_all(&data);
         // Generous queues: tests publish bursts to sessions that are away.
         // TCP settings are mosquitto's stock ones (Nagle on, as users run
-        // it): latency measured through these brokers is what users see;
-        // except for a broker playing ThingsBoard, which sends as it does.
+        // it): latency measured through these brokers is what users see.
         writeln!(
             f,
             "{user}per_listener_settings true\npersistence true\npersistence_location {data}/\nautosave_interval 1\n\
@@ -117,9 +99,6 @@ impl Mosquitto {
             user = if is_root() { "user root\n" } else { "" },
         )
         .expect("write mosquitto.conf");
-        if self.nodelay {
-            writeln!(f, "set_tcp_nodelay true").expect("write mosquitto.conf");
-        }
         if self.users.is_empty() {
             writeln!(f, "allow_anonymous true").expect("write");
         } else {
