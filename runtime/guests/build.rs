@@ -26,6 +26,7 @@ const BUILTINS: &[(&str, &str)] = &[
     ("modbus", "downlink"),
     ("can", "uplink"),
     ("can", "downlink"),
+    ("opcua", "uplink"),
 ];
 
 /// A guest to build: its package, the const that names it, and for a

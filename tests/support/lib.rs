@@ -10,6 +10,7 @@
 pub mod converter_projects;
 pub mod fake_mqtt;
 pub mod modbus;
+pub mod opcua;
 pub mod socketcand;
 
 use std::io::Write;

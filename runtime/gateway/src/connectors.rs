@@ -12,6 +12,8 @@ pub const KINDS: &[&dyn ConnectorKind] = &[
     &tbgw_connector_modbus::KIND,
     #[cfg(feature = "can")]
     &tbgw_connector_can::KIND,
+    #[cfg(feature = "opcua")]
+    &tbgw_connector_opcua::KIND,
 ];
 
 /// The connector kind configs call `kind` (`mqtt`).

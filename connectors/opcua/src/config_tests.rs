@@ -1,0 +1,136 @@
+use super::*;
+use crate::path::{Element, Part};
+use opcua::types::NodeId;
+
+fn read(doc: &Value) -> (Option<OpcuaConfig>, Diagnostics) {
+    let mut d = Diagnostics::default();
+    let c = parse(doc, Path::new("/etc/tbgw"), &mut d);
+    (c, d)
+}
+
+fn errors(doc: Value) -> Vec<String> {
+    read(&doc).1.errors.iter().map(ToString::to_string).collect()
+}
+
+fn el(ns: Option<u16>, name: &str) -> Element {
+    Element { ns, name: name.to_owned() }
+}
+
+#[test]
+fn the_python_gateways_sample_loads_with_its_code_defaults() {
+    let doc: Value = serde_json::from_str(include_str!("python-sample.json")).unwrap();
+    let (c, d) = read(&doc);
+    assert_eq!(d.errors, vec![], "{d:?}");
+    let c = c.unwrap();
+    let s = &c.server;
+    assert_eq!(s.url, "opc.tcp://127.0.0.1:4840/freeopcua/server/");
+    assert_eq!(
+        (s.timeout, s.poll_period, s.scan_period),
+        (Duration::from_secs(5), Duration::from_secs(5), Duration::from_secs(3600))
+    );
+    assert!(!s.subscriptions);
+    assert_eq!(s.publish_interval, Duration::from_millis(100));
+    assert_eq!(s.identity, Identity::Anonymous);
+    let m = &c.mappings[0];
+    assert_eq!(
+        m.device_node,
+        NodeRef::Path { absolute: true, elements: vec![el(Some(0), "Objects"), el(None, "MyObject")] }
+    );
+    assert_eq!(m.device_name.render(&[]), "Demo Device");
+    assert_eq!(m.device_profile.render(&[]), "default");
+    let keys: Vec<(Section, &str)> = m.keys.iter().map(|k| (k.section, k.key.as_str())).collect();
+    assert_eq!(
+        keys,
+        [
+            (Section::Attributes, "frequency"),
+            (Section::Attributes, "power"),
+            (Section::Timeseries, "temperature"),
+            (Section::Timeseries, "humidity"),
+            (Section::Timeseries, "relay"),
+        ]
+    );
+    assert_eq!(
+        m.keys[2].source,
+        Source::Node(NodeRef::Path { absolute: false, elements: vec![el(None, "Temperature")] })
+    );
+    assert_eq!(c.route_decls.len(), 1);
+    assert_eq!(c.route_decls[0].converter.component, ComponentRef::Builtin("opcua".into()));
+    // Its batching knobs and its RPCs are accepted, each with why.
+    let notices: Vec<String> = d.notices.iter().map(ToString::to_string).collect();
+    assert!(notices.iter().any(|n| n.starts_with("server.subDataMaxBatchSize: ignored")), "{notices:?}");
+    assert!(notices.iter().any(|n| n.starts_with("mapping[0]: attributes_updates and rpc_methods")), "{notices:?}");
+}
+
+#[test]
+fn the_older_format_is_read_as_the_adapter_reads_it() {
+    let doc: Value = serde_json::from_str(include_str!("python-sample-old.json")).unwrap();
+    let (c, d) = read(&doc);
+    assert_eq!(d.errors, vec![], "{d:?}");
+    let c = c.unwrap();
+    // disableSubscriptions: true; a scan period below a second is a second.
+    assert!(!c.server.subscriptions);
+    assert_eq!(c.server.scan_period, Duration::from_secs(1));
+    let m = &c.mappings[0];
+    assert_eq!(m.device_name.0, vec![Part::Text("G OPCUA".into())]);
+    assert_eq!(m.keys.len(), 4);
+    assert_eq!(m.keys[0].key, "/FileSystem/FileSystemFileCountLimit");
+    assert_eq!(m.keys[0].source, Source::Node(NodeRef::Id(NodeId::new(80, "FileSystemFileCountLimit"))));
+    assert_eq!(m.keys[2].source, Source::Node(NodeRef::Id(NodeId::new(3, 25u32))));
+    assert!(d.notices.iter().any(|n| n.path == "mapping[0].converter"), "{d:?}");
+}
+
+#[test]
+fn sub_second_polls_node_ids_constants_and_timestamps() {
+    let doc = json!({
+        "server": {"url": "127.0.0.1:4840", "pollPeriodInMillis": 250, "identity": {"type": "username", "username": "op", "password": "s3cret"}},
+        "mapping": [{
+            "deviceNodeSource": "identifier", "deviceNodePattern": "ns=2;s=Line 1",
+            "deviceInfo": {"deviceNameExpression": "Line ${ns=2;i=7}", "deviceNameExpressionSource": "identifier",
+                           "deviceProfileExpression": "${Profile}", "deviceProfileExpressionSource": "path"},
+            "attributes": [{"key": "site", "type": "constant", "value": "Plant A"}],
+            "timeseries": [
+                {"key": "speed", "type": "identifier", "value": "${ns=2;i=1234}", "timestampLocation": "SourceTimestamp"},
+                {"key": "level", "type": "path", "value": "${Tank\\.2:Füllstand %}", "reportStrategy": {"type": "ON_CHANGE"}}
+            ]
+        }]
+    });
+    let (c, d) = read(&doc);
+    assert_eq!(d.errors, vec![], "{d:?}");
+    let c = c.unwrap();
+    assert_eq!(c.server.url, "opc.tcp://127.0.0.1:4840");
+    assert_eq!(c.server.poll_period, Duration::from_millis(250));
+    assert_eq!(c.server.identity, Identity::UserName { user: "op".into(), password: "s3cret".into() });
+    let m = &c.mappings[0];
+    assert_eq!(m.device_node, NodeRef::Id(NodeId::new(2, "Line 1")));
+    assert_eq!(m.device_name.nodes().count(), 1);
+    assert_eq!(m.keys[0].source, Source::Constant("Plant A".into()));
+    assert_eq!((m.keys[1].timestamp, m.keys[2].timestamp), ("source", "gateway"));
+    assert_eq!(
+        m.keys[2].source,
+        Source::Node(NodeRef::Path { absolute: false, elements: vec![el(None, "Tank"), el(Some(2), "Füllstand %")] })
+    );
+    assert!(c.route_decls[0].report.keys.contains_key("level"));
+}
+
+#[test]
+fn mistakes_are_named_by_their_field() {
+    let e = errors(json!({"mapping": []}));
+    assert!(e.iter().any(|e| e.starts_with("server: required")), "{e:?}");
+    let e = errors(json!({
+        "server": {"url": "opc.tcp://h:4840", "identity": {"type": "cert.PEM"}, "pollPeriodInMillis": -5},
+        "mapping": [{
+            "deviceNodeSource": "identifier", "deviceNodePattern": "ns=2;q=1", "deviceInfo": {},
+            "timeseries": [{"key": "t", "type": "magic", "value": "x"}, {"type": "path", "value": "${A\\.\\.B}"}]
+        }]
+    }));
+    let has = |prefix: &str| e.iter().any(|e| e.starts_with(prefix));
+    assert!(has("server.identity.type: certificate identities"), "{e:?}");
+    assert!(has("server.pollPeriodInMillis: expected a whole number"), "{e:?}");
+    assert!(has("mapping[0].deviceNodePattern: `ns=2;q=1` is not a NodeId"), "{e:?}");
+    assert!(has("mapping[0].deviceInfo.deviceNameExpression: required"), "{e:?}");
+    assert!(has("mapping[0].timeseries[0].type: `magic`"), "{e:?}");
+    assert!(has("mapping[0].timeseries[1].key: required"), "{e:?}");
+    assert!(has("mapping[0].timeseries[1].value: `A\\.\\.B` has an empty element"), "{e:?}");
+    let e = errors(json!({"server": {"url": "h", "pollPeriod": 5}, "mapping": []}));
+    assert!(e.iter().any(|e| e.starts_with("server.pollPeriod:")), "{e:?}");
+}

@@ -1,0 +1,780 @@
+//! The running OPC-UA connector: one task owns the session.
+//!
+//! On each new session (the first, and after the server lost it: a restart,
+//! a session timeout) the connector builds its node table from the
+//! configuration: the server's limits, each mapping's device nodes, the
+//! devices' names and profiles (read once), and every key's node, all
+//! resolved in bulk ([`crate::resolve`]). A node two keys or two devices
+//! read is monitored (or read) once and its value sent to each. Then:
+//!
+//! - **subscriptions** (`enableSubscriptions`, the default): every node in
+//!   subscriptions shared by all devices, publishing every
+//!   `subCheckPeriodInMillis`; a subscription takes monitored items until
+//!   the server says it is full (`BadTooManyMonitoredItems`), then the next
+//!   one takes the rest. Items sample at the publishing interval and queue
+//!   16 values (the oldest dropped first), so a value that changes twice
+//!   between publishes is not lost. The subscription callbacks run inside
+//!   async-opcua's event loop: they only hand each notification, whole, to a
+//!   bounded channel; a notification that does not fit (the converter
+//!   stage is far behind) is dropped and counted, never waited for there.
+//! - **polling** (`enableSubscriptions: false`): every node read every
+//!   `pollPeriodInMillis`, in chunks of the server's read limit.
+//!
+//! Devices are connected in ThingsBoard once (and never deleted on a
+//! reconnect, unlike the Python gateway, which deletes and creates them
+//! again); constants are sent once per table. Every `scanPeriodInMillis`
+//! the table is built again, and the subscriptions made again if it
+//! changed (a device or a node appeared or went).
+//!
+//! Session life is async-opcua's event loop, told to retry forever (its
+//! default gives up after 10 attempts) and to drop a session whose
+//! keep-alive fails 3 times (a frozen server, a half-open link; by default
+//! it never does). A session the server still has is reactivated with its
+//! subscriptions; a new session gets a new table, so that a namespace index
+//! that moved on a server restart is resolved again. The first connection
+//! is this task's: an unreachable server is tried again with a backoff
+//! (`reconnectBackoffInitialDelay`, doubling up to a minute), not in a
+//! spin.
+
+use crate::config::{Identity, Mapping, OpcuaConfig, Section, Source};
+use crate::path::{NodeRef, Part};
+use crate::resolve::{self, Limits, PathRequest, describe};
+use futures_util::StreamExt;
+use opcua::client::{
+    ClientBuilder, IdentityToken, MonitoredItemMap, OnSubscriptionNotificationCore, Session, SessionConnectMode,
+    SessionPollResult,
+};
+use opcua::crypto::SecurityPolicy;
+use opcua::types::{
+    DataChangeNotification, DataValue, ExtensionObject, MessageSecurityMode, MonitoredItemCreateRequest,
+    MonitoringMode, MonitoringParameters, NodeId, NotificationMessage, ObjectId, StatusChangeNotification, StatusCode,
+    TimestampsToReturn,
+};
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tbgw_core::connector::{Connector, ConnectorContext, RouteId, Uplink};
+use tbgw_core::downlink::ToConnector;
+use tbgw_core::{DeviceRequest, OpcuaValue, RawUplink, Source as RawSource, now_ms};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior, sleep_until};
+
+/// Notifications waiting for the connector task. Each is one Publish
+/// response: up to the server's notifications per publish.
+const NOTIFICATION_QUEUE: usize = 256;
+/// The longest wait between attempts at a first connection.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Values each monitored item queues between publishes.
+const ITEM_QUEUE: u32 = 16;
+
+/// An OPC-UA connector: the server, the mappings, and each mapping's route.
+pub struct OpcuaConnector {
+    name: String,
+    config: OpcuaConfig,
+    /// The route of each mapping.
+    routes: Vec<RouteId>,
+}
+
+impl OpcuaConnector {
+    /// `routes[i]` is the route id of mapping `i`.
+    pub fn new(name: impl Into<String>, config: OpcuaConfig, routes: &[RouteId]) -> OpcuaConnector {
+        OpcuaConnector { name: name.into(), config, routes: routes.to_vec() }
+    }
+}
+
+impl Connector for OpcuaConnector {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn run(self: Box<Self>, ctx: ConnectorContext) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(run(*self, ctx))
+    }
+}
+
+/// Where one node's value goes: a key of a device.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Target {
+    device: Arc<str>,
+    device_type: Profile,
+    key: Arc<str>,
+    section: Section,
+    timestamp: &'static str,
+    route: RouteId,
+}
+
+/// A node the connector reads, and every key it feeds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Node {
+    id: NodeId,
+    /// `id` as text, as the converter gets it.
+    text: String,
+    targets: Vec<Target>,
+}
+
+/// A device's profile; `None` is ThingsBoard's `default`.
+type Profile = Option<Arc<str>>;
+
+/// What the configuration resolved to on this server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Table {
+    nodes: Vec<Node>,
+    /// Every device found (name, profile), in mapping order.
+    devices: Vec<(Arc<str>, Profile)>,
+    constants: Vec<(Target, String)>,
+}
+
+/// What async-opcua's event loop tells the connector.
+enum SessionEvent {
+    /// A session again: `true` for a new one (its subscriptions are gone).
+    Reconnected(bool),
+    Lost(StatusCode),
+    /// The event loop ended (it was closed).
+    Ended,
+}
+
+/// What the subscriptions' callbacks hand over.
+enum Notice {
+    Values(Vec<(u32, DataValue)>),
+    /// A subscription's state changed (it timed out on the server, say).
+    Status(StatusCode),
+}
+
+/// The subscriptions' callback: hand each notification over, whole.
+struct Handoff {
+    tx: mpsc::Sender<Notice>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl OnSubscriptionNotificationCore for Handoff {
+    fn on_subscription_notification(&mut self, notification: NotificationMessage, _items: MonitoredItemMap<'_>) {
+        let mut values = Vec::new();
+        for obj in notification.notification_data.into_iter().flatten() {
+            if let Some(change) = obj.inner_as::<DataChangeNotification>() {
+                for item in change.monitored_items.iter().flatten() {
+                    values.push((item.client_handle, item.value.clone()));
+                }
+            } else if let Some(status) = obj.inner_as::<StatusChangeNotification>() {
+                let _ = self.tx.try_send(Notice::Status(status.status));
+            }
+        }
+        if values.is_empty() {
+            return;
+        }
+        let n = values.len() as u64;
+        if self.tx.try_send(Notice::Values(values)).is_err() {
+            self.dropped.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+fn refuse(ctx: &ConnectorContext, job: ToConnector) {
+    match job {
+        ToConnector::Device(job) => {
+            ctx.stats.downlink_errors.fetch_add(1, Ordering::Relaxed);
+            let _ = job.reply.send(Err("the opcua connector does not write to devices or call methods yet".into()));
+        }
+        ToConnector::ConnectorRpc { method, reply, .. } => {
+            let _ = reply.send(Err(format!("the opcua connector has no connector RPC `{method}` yet")));
+        }
+    }
+}
+
+async fn run(conn: OpcuaConnector, mut ctx: ConnectorContext) {
+    let server = &conn.config.server;
+    let mut wait = server.reconnect_initial;
+    let mut connected_devices: HashSet<Arc<str>> = HashSet::new();
+    let mut sessions = 0u64;
+    loop {
+        let connecting = connect(&conn);
+        tokio::pin!(connecting);
+        let opened = loop {
+            tokio::select! {
+                r = &mut connecting => break Some(r),
+                _ = ctx.stop_intake.cancelled() => break None,
+                Some(job) = ctx.downlink.jobs.recv() => refuse(&ctx, job),
+            }
+        };
+        let Some(opened) = opened else { break };
+        match opened {
+            Ok((session, events)) => {
+                wait = server.reconnect_initial;
+                sessions += 1;
+                if sessions > 1 {
+                    ctx.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::info!(connector = %conn.name, "connecting to {}", server.url);
+                let mut live = Live::new(&conn, &mut ctx, session.clone(), &mut connected_devices);
+                let stopped = live.run(events).await;
+                ctx.stats.connected.store(false, Ordering::Relaxed);
+                // Close the session (the server frees its subscriptions),
+                // without waiting long for a server that is gone.
+                let _ = tokio::time::timeout(server.timeout, session.disconnect()).await;
+                if stopped {
+                    break;
+                }
+            }
+            Err(why) => {
+                tracing::warn!(connector = %conn.name, "cannot connect to {}: {why}; next attempt in {wait:?}", server.url)
+            }
+        }
+        let wake = Instant::now() + wait;
+        wait = (wait * 2).min(MAX_BACKOFF);
+        loop {
+            tokio::select! {
+                _ = sleep_until(wake) => break,
+                _ = ctx.stop_intake.cancelled() => break,
+                Some(job) = ctx.downlink.jobs.recv() => refuse(&ctx, job),
+            }
+        }
+        if ctx.stop_intake.is_cancelled() {
+            break;
+        }
+    }
+    ctx.stats.connected.store(false, Ordering::Relaxed);
+    loop {
+        tokio::select! {
+            _ = ctx.finish.cancelled() => break,
+            Some(job) = ctx.downlink.jobs.recv() => refuse(&ctx, job),
+        }
+    }
+}
+
+/// A session, and its event loop's events.
+async fn connect(conn: &OpcuaConnector) -> Result<(Arc<Session>, mpsc::Receiver<SessionEvent>), String> {
+    let s = &conn.config.server;
+    // No certificate is needed without message security; the store still
+    // wants a directory, which must not be the working directory.
+    let pki = std::env::temp_dir().join("tbgw-opcua-pki");
+    let keep_alive = (s.session_timeout / 4).clamp(Duration::from_millis(500), Duration::from_secs(10));
+    let mut client = ClientBuilder::new()
+        .application_name("tbgw")
+        .application_uri(s.application_uri.clone().unwrap_or_else(|| "urn:tbgw:opcua".into()))
+        .product_uri("urn:tbgw")
+        .pki_dir(pki)
+        .create_sample_keypair(false)
+        .session_retry_limit(-1)
+        .session_retry_initial(s.reconnect_initial)
+        .session_retry_max(MAX_BACKOFF)
+        .keep_alive_interval(keep_alive)
+        .max_failed_keep_alive_count(3)
+        .request_timeout(s.timeout)
+        .session_timeout(u32::try_from(s.session_timeout.as_millis()).unwrap_or(u32::MAX))
+        .recreate_subscriptions(false)
+        .session_name(format!("tbgw {}", conn.name))
+        .client()
+        .map_err(|e| format!("the client's settings: {}", e.join("; ")))?;
+    let identity = match &s.identity {
+        Identity::Anonymous => IdentityToken::Anonymous,
+        Identity::UserName { user, password } => IdentityToken::UserName(user.clone(), password.clone().into()),
+    };
+    let (session, event_loop) = tokio::time::timeout(
+        s.timeout * 2,
+        client.connect_to_matching_endpoint(
+            (s.url.as_str(), SecurityPolicy::None.to_str(), MessageSecurityMode::None),
+            identity,
+        ),
+    )
+    .await
+    .map_err(|_| format!("no answer in {:?}", s.timeout * 2))?
+    .map_err(|e| e.to_string())?;
+    let (tx, rx) = mpsc::channel(16);
+    let name = conn.name.clone();
+    tokio::spawn(async move {
+        let events = event_loop.enter();
+        tokio::pin!(events);
+        while let Some(event) = events.next().await {
+            let forward = match event {
+                Ok(SessionPollResult::Reconnected(mode)) => {
+                    SessionEvent::Reconnected(matches!(mode, SessionConnectMode::NewSession(_)))
+                }
+                Ok(SessionPollResult::ConnectionLost(status)) => SessionEvent::Lost(status),
+                Ok(SessionPollResult::ReconnectFailed(status)) => {
+                    // A refused login or an unreachable server: the event
+                    // loop waits longer before each next attempt.
+                    let hint = if matches!(
+                        status,
+                        StatusCode::BadIdentityTokenRejected
+                            | StatusCode::BadIdentityTokenInvalid
+                            | StatusCode::BadUserAccessDenied
+                    ) {
+                        ": the server refused the login (server.identity)"
+                    } else {
+                        ""
+                    };
+                    tracing::warn!(connector = %name, "cannot open a session: {}{hint}", describe(status));
+                    continue;
+                }
+                Ok(_) => continue,
+                Err(status) => {
+                    tracing::warn!(connector = %name, "the session ended: {}", describe(status));
+                    break;
+                }
+            };
+            if tx.send(forward).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(SessionEvent::Ended).await;
+    });
+    Ok((session, rx))
+}
+
+/// One session's work.
+struct Live<'a> {
+    conn: &'a OpcuaConnector,
+    ctx: &'a mut ConnectorContext,
+    session: Arc<Session>,
+    connected_devices: &'a mut HashSet<Arc<str>>,
+    limits: Limits,
+    table: Table,
+    subscriptions: Vec<u32>,
+    notices: (mpsc::Sender<Notice>, mpsc::Receiver<Notice>),
+    dropped: Arc<AtomicU64>,
+    dropped_logged: u64,
+}
+
+impl<'a> Live<'a> {
+    fn new(
+        conn: &'a OpcuaConnector,
+        ctx: &'a mut ConnectorContext,
+        session: Arc<Session>,
+        connected_devices: &'a mut HashSet<Arc<str>>,
+    ) -> Live<'a> {
+        Live {
+            conn,
+            ctx,
+            session,
+            connected_devices,
+            limits: Limits::default(),
+            table: Table::default(),
+            subscriptions: Vec::new(),
+            notices: mpsc::channel(NOTIFICATION_QUEUE),
+            dropped: Arc::new(AtomicU64::new(0)),
+            dropped_logged: 0,
+        }
+    }
+
+    /// Until the connector stops (`true`) or the session is gone for good.
+    async fn run(&mut self, mut events: mpsc::Receiver<SessionEvent>) -> bool {
+        let server = &self.conn.config.server;
+        let mut poll = tokio::time::interval(server.poll_period);
+        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Set up now, then at each scan; a failed setup is tried again soon.
+        let mut setup_at = Instant::now();
+        let mut retry = server.reconnect_initial;
+        // The event loop makes the session; it says when (a first
+        // `Reconnected`), or why it cannot (a wrong password, say).
+        let mut connected = false;
+        let mut ever = false;
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.ctx.stop_intake.cancelled() => return true,
+                event = events.recv() => match event {
+                    Some(SessionEvent::Reconnected(new)) => {
+                        if ever {
+                            tracing::info!(connector = %self.conn.name, "reconnected ({} session)", if new { "a new" } else { "the same" });
+                        } else {
+                            tracing::info!(connector = %self.conn.name, "session open on {}", server.url);
+                        }
+                        connected = true;
+                        self.ctx.stats.connected.store(true, Ordering::Relaxed);
+                        if ever {
+                            self.ctx.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                        }
+                        ever = true;
+                        if new {
+                            // The server has none of our subscriptions any more.
+                            self.subscriptions.clear();
+                            self.table = Table::default();
+                            setup_at = Instant::now();
+                        }
+                    }
+                    Some(SessionEvent::Lost(status)) => {
+                        tracing::warn!(connector = %self.conn.name, "lost the server: {}", describe(status));
+                        connected = false;
+                        self.ctx.stats.connected.store(false, Ordering::Relaxed);
+                    }
+                    Some(SessionEvent::Ended) | None => return false,
+                },
+                Some(notice) = self.notices.1.recv() => match notice {
+                    Notice::Values(values) => self.emit(values).await,
+                    Notice::Status(status) => {
+                        tracing::warn!(connector = %self.conn.name, "a subscription changed state: {}; subscribing again", describe(status));
+                        self.subscriptions.clear();
+                        self.table = Table::default();
+                        setup_at = Instant::now();
+                    }
+                },
+                _ = sleep_until(setup_at), if connected => {
+                    match self.setup().await {
+                        Ok(()) => {
+                            retry = server.reconnect_initial;
+                            setup_at = Instant::now() + server.scan_period;
+                        }
+                        Err(why) => {
+                            tracing::warn!(connector = %self.conn.name, "setting up the nodes failed: {why}; again in {retry:?}");
+                            setup_at = Instant::now() + retry;
+                            retry = (retry * 2).min(MAX_BACKOFF);
+                        }
+                    }
+                }
+                _ = poll.tick(), if connected && !server.subscriptions && !self.table.nodes.is_empty() => {
+                    if let Err(why) = self.poll().await {
+                        tracing::warn!(connector = %self.conn.name, "polling failed: {why}");
+                    }
+                }
+                Some(job) = self.ctx.downlink.jobs.recv() => refuse(self.ctx, job),
+            }
+            let dropped = self.dropped.load(Ordering::Relaxed);
+            if dropped > self.dropped_logged {
+                tracing::warn!(
+                    connector = %self.conn.name,
+                    "{} values dropped: the converter stage is behind the subscriptions ({dropped} in all)",
+                    dropped - self.dropped_logged
+                );
+                self.dropped_logged = dropped;
+            }
+        }
+    }
+
+    /// Build the table; when it changed, connect new devices, send the
+    /// constants and make the subscriptions again.
+    async fn setup(&mut self) -> Result<(), String> {
+        let started = std::time::Instant::now();
+        let (limits, namespaces) = resolve::limits(&self.session).await?;
+        self.limits = limits;
+        let table = build(self.conn, &self.session, &limits, namespaces).await?;
+        if table == self.table && (!self.conn.config.server.subscriptions || !self.subscriptions.is_empty()) {
+            tracing::debug!(connector = %self.conn.name, "rescan: nothing changed");
+            return Ok(());
+        }
+        for (device, device_type) in &table.devices {
+            if self.connected_devices.insert(device.clone()) {
+                let request = DeviceRequest::Connect {
+                    device: device.to_string(),
+                    device_type: device_type.as_ref().map(|t| t.to_string()),
+                };
+                self.ctx.downlink.requests.send(request);
+            }
+        }
+        if !self.subscriptions.is_empty() {
+            let ids = std::mem::take(&mut self.subscriptions);
+            if let Err(e) = self.session.delete_subscriptions(&ids).await {
+                tracing::info!(connector = %self.conn.name, "deleting the old subscriptions: {e}");
+            }
+        }
+        self.table = table;
+        let constants: Vec<(Target, String)> = self.table.constants.clone();
+        for (target, value) in constants {
+            let payload = serde_json::json!({"Type": 12, "Body": value}).to_string().into_bytes();
+            let value = OpcuaValue { node: String::new(), status: 0, source_time: None, server_time: None };
+            self.send(&target, value, payload, None).await;
+        }
+        if self.conn.config.server.subscriptions {
+            self.subscribe().await?;
+        }
+        tracing::info!(
+            connector = %self.conn.name,
+            "{} devices, {} nodes ({} monitored in {} subscriptions) set up in {:?}",
+            self.table.devices.len(),
+            self.table.nodes.len(),
+            if self.conn.config.server.subscriptions { self.table.nodes.len() } else { 0 },
+            self.subscriptions.len(),
+            started.elapsed()
+        );
+        Ok(())
+    }
+
+    /// Monitor every node: subscriptions fill up to the server's cap, in
+    /// chunks of its per-call limit. The cap is no OperationLimit: it is
+    /// learnt from the server's `BadTooManyMonitoredItems` (a whole
+    /// request refused, or its items one by one), halving the chunk until
+    /// the subscription takes no more; the next subscriptions are then
+    /// filled to the cap found, in as few calls as the limits allow.
+    async fn subscribe(&mut self) -> Result<(), String> {
+        let s = &self.conn.config.server;
+        let interval_ms = s.publish_interval.as_millis().max(1) as u64;
+        // A keep-alive at least every 5 s; the subscription outlives 6 of them.
+        let keep_alive = u32::try_from((5000 / interval_ms).max(3)).unwrap_or(u32::MAX);
+        let lifetime = keep_alive.saturating_mul(6);
+        let total = self.table.nodes.len();
+        let mut next = 0usize;
+        let mut cap: Option<usize> = None;
+        let mut refused = 0usize;
+        while next < total {
+            let handoff = Handoff { tx: self.notices.0.clone(), dropped: self.dropped.clone() };
+            let id = self
+                .session
+                .create_subscription(s.publish_interval, lifetime, keep_alive, 0, 0, true, handoff)
+                .await
+                .map_err(|e| format!("creating a subscription: {e}"))?;
+            self.subscriptions.push(id);
+            let mut in_this = 0usize;
+            let mut chunk = self.limits.monitored_items;
+            while next < total {
+                let room = cap.map_or(usize::MAX, |c| c.saturating_sub(in_this));
+                if room == 0 {
+                    break;
+                }
+                let n = chunk.min(room).min(total - next);
+                let items: Vec<MonitoredItemCreateRequest> =
+                    (next..next + n).map(|i| self.item(i, interval_ms)).collect();
+                match self.session.create_monitored_items(id, TimestampsToReturn::Both, items).await {
+                    Ok(results) => {
+                        let mut full = false;
+                        let mut taken = 0usize;
+                        for (i, r) in (next..next + n).zip(&results) {
+                            let status = r.result.status_code;
+                            if status == StatusCode::BadTooManyMonitoredItems {
+                                full = true;
+                                break;
+                            }
+                            taken += 1;
+                            if status.is_bad() {
+                                refused += 1;
+                                tracing::warn!(connector = %self.conn.name, "node {} cannot be monitored: {}", self.table.nodes[i].text, describe(status));
+                            }
+                        }
+                        next += taken;
+                        in_this += taken;
+                        if full {
+                            cap = Some(in_this);
+                        }
+                    }
+                    Err(e) if e.status() == StatusCode::BadTooManyMonitoredItems && n > 1 => chunk = n / 2,
+                    Err(e) if e.status() == StatusCode::BadTooManyMonitoredItems => cap = Some(in_this),
+                    Err(e) => return Err(format!("creating {n} monitored items: {e}")),
+                }
+            }
+            if in_this == 0 {
+                return Err(
+                    "the server takes no monitored items in a new subscription (BadTooManyMonitoredItems)".into()
+                );
+            }
+        }
+        if refused > 0 {
+            self.ctx.stats.read_errors.fetch_add(refused as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The monitored item of node `i`: its handle is its place in the table
+    /// + 1 (0 would mean "pick one").
+    fn item(&self, i: usize, interval_ms: u64) -> MonitoredItemCreateRequest {
+        MonitoredItemCreateRequest::new(
+            resolve::value_of(self.table.nodes[i].id.clone()),
+            MonitoringMode::Reporting,
+            MonitoringParameters {
+                client_handle: i as u32 + 1,
+                sampling_interval: interval_ms as f64,
+                filter: ExtensionObject::null(),
+                queue_size: ITEM_QUEUE,
+                discard_oldest: true,
+            },
+        )
+    }
+
+    /// Read every node once.
+    async fn poll(&mut self) -> Result<(), String> {
+        let ids: Vec<NodeId> = self.table.nodes.iter().map(|n| n.id.clone()).collect();
+        let values = resolve::read(&self.session, &self.limits, &ids).await?;
+        let values = values.into_iter().enumerate().map(|(i, v)| (i as u32 + 1, v)).collect();
+        self.emit(values).await;
+        Ok(())
+    }
+
+    /// Send values (by client handle) to every key they feed.
+    async fn emit(&mut self, values: Vec<(u32, DataValue)>) {
+        let received_at = now_ms();
+        for (handle, value) in values {
+            let Some(node) = (handle as usize).checked_sub(1).and_then(|i| self.table.nodes.get(i)) else {
+                // A notification of a subscription made for an older table.
+                continue;
+            };
+            self.ctx.stats.received.fetch_add(1, Ordering::Relaxed);
+            let status = value.status.unwrap_or(StatusCode::Good);
+            if status.is_bad() {
+                self.ctx.stats.read_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            let payload = {
+                let ctx = self.session.encoding_context().read();
+                match value.value.as_ref() {
+                    Some(v) => opcua::types::json::to_bytes(v, &ctx.context())
+                        .unwrap_or_else(|e| format!("\"not encodable: {e}\"").into_bytes()),
+                    None => b"null".to_vec(),
+                }
+            };
+            let raw = OpcuaValue {
+                node: node.text.clone(),
+                status: status.bits(),
+                source_time: value.source_timestamp.map(|t| t.as_chrono().timestamp_millis()),
+                server_time: value.server_timestamp.map(|t| t.as_chrono().timestamp_millis()),
+            };
+            let targets = node.targets.clone();
+            let status_name = (!status.is_good()).then(|| status.sub_code().to_string());
+            for t in &targets {
+                let mut raw = self.uplink(t, raw.clone(), payload.clone(), status_name.clone());
+                raw.received_at = received_at;
+                if self.ctx.sink.send(&t.device, Uplink { route: t.route, raw, ack: None }).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn send(&mut self, target: &Target, value: OpcuaValue, payload: Vec<u8>, status: Option<String>) {
+        let raw = self.uplink(target, value, payload, status);
+        let _ = self.ctx.sink.send(&target.device, Uplink { route: target.route, raw, ack: None }).await;
+    }
+
+    fn uplink(&self, t: &Target, value: OpcuaValue, payload: Vec<u8>, status: Option<String>) -> RawUplink {
+        let mut metadata = vec![
+            ("key".to_owned(), t.key.to_string()),
+            ("section".to_owned(), t.section.as_str().to_owned()),
+            ("timestamp".to_owned(), t.timestamp.to_owned()),
+        ];
+        if let Some(dt) = &t.device_type {
+            metadata.push(("device-type".to_owned(), dt.to_string()));
+        }
+        if let Some(s) = status {
+            metadata.push(("status".to_owned(), s));
+        }
+        RawUplink {
+            source: RawSource::Opcua(value),
+            device: Some(t.device.to_string()),
+            payload,
+            metadata,
+            received_at: now_ms(),
+        }
+    }
+}
+
+/// Where a node reference starts: its own NodeId, the root, or the
+/// device's node.
+fn request(r: &NodeRef, device: &NodeId) -> PathRequest {
+    match r {
+        NodeRef::Id(id) => PathRequest { start: id.clone(), elements: Vec::new() },
+        NodeRef::Path { absolute: true, elements } => {
+            PathRequest { start: ObjectId::RootFolder.into(), elements: elements.clone() }
+        }
+        NodeRef::Path { absolute: false, elements } => {
+            PathRequest { start: device.clone(), elements: elements.clone() }
+        }
+    }
+}
+
+/// The devices each mapping finds on the server, and their keys' nodes.
+async fn build(conn: &OpcuaConnector, session: &Session, limits: &Limits, namespaces: usize) -> Result<Table, String> {
+    let mappings = &conn.config.mappings;
+    // 1. Each mapping's device node (relative paths start at Objects).
+    let objects: NodeId = ObjectId::ObjectsFolder.into();
+    let requests: Vec<PathRequest> = mappings.iter().map(|m| request(&m.device_node, &objects)).collect();
+    let device_nodes = resolve::resolve(session, limits, namespaces, &requests).await?;
+    let found: Vec<(usize, NodeId)> = device_nodes
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, n)| {
+            if n.is_none() {
+                tracing::warn!(connector = %conn.name, "{}: no node {} on the server", mappings[i].path, mappings[i].device_node);
+            }
+            n.map(|n| (i, n))
+        })
+        .collect();
+    // 2. Their names and profiles: the expressions' nodes, resolved and read.
+    let mut requests = Vec::new();
+    for (i, node) in &found {
+        let m = &mappings[*i];
+        for r in m.device_name.nodes().chain(m.device_profile.nodes()) {
+            requests.push(request(r, node));
+        }
+    }
+    let resolved = resolve::resolve(session, limits, namespaces, &requests).await?;
+    let readable: Vec<NodeId> = resolved.iter().flatten().cloned().collect();
+    let values = resolve::read(session, limits, &readable).await?;
+    let mut values = values.iter();
+    let mut texts: Vec<Option<String>> = Vec::with_capacity(resolved.len());
+    for r in &resolved {
+        texts.push(match r {
+            Some(_) => values.next().and_then(resolve::text),
+            None => None,
+        });
+    }
+    let mut texts = texts.into_iter();
+    // (mapping, device node, name, profile)
+    let mut devices: Vec<(usize, NodeId, Arc<str>, Profile)> = Vec::new();
+    for (i, node) in &found {
+        let m = &mappings[*i];
+        let name_parts: Vec<Option<String>> = texts.by_ref().take(m.device_name.nodes().count()).collect();
+        let profile_parts: Vec<Option<String>> = texts.by_ref().take(m.device_profile.nodes().count()).collect();
+        if name_parts.iter().any(Option::is_none) {
+            tracing::warn!(connector = %conn.name, "{}: the device at {node} has no value for its name's nodes ({}); skipped", m.path, render_expr(m));
+            continue;
+        }
+        let name = m.device_name.render(&name_parts.into_iter().flatten().collect::<Vec<_>>());
+        let profile =
+            m.device_profile.render(&profile_parts.into_iter().map(Option::unwrap_or_default).collect::<Vec<_>>());
+        let profile = (!profile.is_empty() && profile != "default").then(|| Arc::from(profile.as_str()));
+        devices.push((*i, node.clone(), Arc::from(name.as_str()), profile));
+    }
+    // 3. Every key's node, from its device's node.
+    let mut requests = Vec::new();
+    let mut targets = Vec::new();
+    let mut constants = Vec::new();
+    for (i, node, device, device_type) in &devices {
+        let m = &mappings[*i];
+        for k in &m.keys {
+            let target = Target {
+                device: device.clone(),
+                device_type: device_type.clone(),
+                key: Arc::from(k.key.as_str()),
+                section: k.section,
+                timestamp: k.timestamp,
+                route: conn.routes[*i],
+            };
+            match &k.source {
+                Source::Node(r) => {
+                    requests.push(request(r, node));
+                    targets.push((target, r));
+                }
+                Source::Constant(v) => constants.push((target, v.clone())),
+            }
+        }
+    }
+    let resolved = resolve::resolve(session, limits, namespaces, &requests).await?;
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut index: HashMap<NodeId, usize> = HashMap::new();
+    let mut missing = 0usize;
+    for ((target, r), id) in targets.into_iter().zip(resolved) {
+        let Some(id) = id else {
+            missing += 1;
+            tracing::warn!(connector = %conn.name, "device {}: no node {} for key {}", target.device, r, target.key);
+            continue;
+        };
+        let slot = *index.entry(id.clone()).or_insert_with(|| {
+            nodes.push(Node { text: id.to_string(), id, targets: Vec::new() });
+            nodes.len() - 1
+        });
+        nodes[slot].targets.push(target);
+    }
+    if missing > 0 {
+        tracing::warn!(connector = %conn.name, "{missing} keys have no node on the server");
+    }
+    let devices = devices.into_iter().map(|(_, _, d, t)| (d, t)).collect();
+    Ok(Table { nodes, devices, constants })
+}
+
+fn render_expr(m: &Mapping) -> String {
+    m.device_name
+        .0
+        .iter()
+        .map(|p| match p {
+            Part::Text(t) => t.clone(),
+            Part::Node(n) => format!("${{{n}}}"),
+        })
+        .collect()
+}

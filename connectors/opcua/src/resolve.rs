@@ -1,0 +1,172 @@
+//! Talking to the server in bulk: its operation limits, browse paths to
+//! NodeIds, reads of many nodes.
+//!
+//! No service of async-opcua splits a request itself, and a server refuses
+//! a request above its `OperationLimits` (`BadTooManyOperations`): every
+//! call here is cut into chunks of the server's limit (a limit of 0, or one
+//! the server does not publish, is taken as [`DEFAULT_CHUNK`]).
+//!
+//! Paths are resolved with TranslateBrowsePathsToNodeIds, a whole chunk of
+//! paths per request: 10,000 keys of 100 devices cost a few requests, not
+//! a browse walk per node. A browse name given without its namespace index
+//! is tried in each of the server's namespaces, one bulk request per
+//! namespace for the paths still unresolved.
+
+use crate::path::Element;
+use opcua::client::Session;
+use opcua::types::{
+    AttributeId, BrowsePath, DataValue, NodeId, QualifiedName, ReadValueId, ReferenceTypeId, RelativePath,
+    RelativePathElement, StatusCode, TimestampsToReturn, VariableId, Variant,
+};
+
+/// The chunk size where the server publishes no limit.
+pub const DEFAULT_CHUNK: usize = 1000;
+
+/// The server's limits per request, each at least 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub read: usize,
+    pub translate: usize,
+    pub monitored_items: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { read: DEFAULT_CHUNK, translate: DEFAULT_CHUNK, monitored_items: DEFAULT_CHUNK }
+    }
+}
+
+/// Why a bulk call failed as a whole (the session is gone, a timeout).
+pub type Failure = String;
+
+fn failed(what: &str, e: impl std::fmt::Display) -> Failure {
+    format!("{what}: {e}")
+}
+
+/// The server's OperationLimits and the number of its namespaces.
+pub async fn limits(session: &Session) -> Result<(Limits, usize), Failure> {
+    let ids = [
+        VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
+        VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerTranslateBrowsePathsToNodeIds,
+        VariableId::Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
+        VariableId::Server_NamespaceArray,
+    ];
+    let reads: Vec<ReadValueId> = ids.iter().map(|id| value_of(NodeId::from(*id))).collect();
+    let values = session
+        .read(&reads, TimestampsToReturn::Neither, 0.0)
+        .await
+        .map_err(|e| failed("reading the server's limits", e))?;
+    let limit = |i: usize| -> usize {
+        match values.get(i).and_then(|v| v.value.as_ref()) {
+            Some(Variant::UInt32(n)) if *n > 0 => *n as usize,
+            _ => DEFAULT_CHUNK,
+        }
+    };
+    let namespaces = match values.get(3).and_then(|v| v.value.as_ref()) {
+        Some(Variant::Array(a)) => a.values.len(),
+        _ => 1,
+    };
+    Ok((Limits { read: limit(0), translate: limit(1), monitored_items: limit(2) }, namespaces))
+}
+
+/// A read of a node's Value attribute.
+pub fn value_of(node: NodeId) -> ReadValueId {
+    ReadValueId { node_id: node, attribute_id: AttributeId::Value as u32, ..Default::default() }
+}
+
+/// Read the values of `nodes`, in chunks; one result per node, in order.
+pub async fn read(session: &Session, limits: &Limits, nodes: &[NodeId]) -> Result<Vec<DataValue>, Failure> {
+    let mut out = Vec::with_capacity(nodes.len());
+    for chunk in nodes.chunks(limits.read) {
+        let reads: Vec<ReadValueId> = chunk.iter().cloned().map(value_of).collect();
+        let values = session
+            .read(&reads, TimestampsToReturn::Both, 0.0)
+            .await
+            .map_err(|e| failed(&format!("reading {} nodes", chunk.len()), e))?;
+        if values.len() != chunk.len() {
+            return Err(format!("the server answered a read of {} nodes with {} values", chunk.len(), values.len()));
+        }
+        out.extend(values);
+    }
+    Ok(out)
+}
+
+/// A path to resolve: from `start`, down `elements` (none: `start` itself).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PathRequest {
+    pub start: NodeId,
+    pub elements: Vec<Element>,
+}
+
+/// Resolve every path; `None` where the server has no such node (or only
+/// answers with an error for it). One result per request, in order.
+pub async fn resolve(
+    session: &Session,
+    limits: &Limits,
+    namespaces: usize,
+    requests: &[PathRequest],
+) -> Result<Vec<Option<NodeId>>, Failure> {
+    let mut out: Vec<Option<NodeId>> =
+        requests.iter().map(|r| r.elements.is_empty().then(|| r.start.clone())).collect();
+    // The namespaces an unqualified name is tried in: the servers' own
+    // first (a device tree is rarely in namespace 0), then OPC UA's.
+    let mut candidates: Vec<u16> = (1..namespaces.min(usize::from(u16::MAX))).map(|n| n as u16).collect();
+    candidates.push(0);
+    for (round, ns) in candidates.iter().enumerate() {
+        let pending: Vec<usize> = (0..requests.len())
+            .filter(|&i| out[i].is_none())
+            .filter(|&i| round == 0 || requests[i].elements.iter().any(|e| e.ns.is_none()))
+            .collect();
+        if pending.is_empty() {
+            break;
+        }
+        for chunk in pending.chunks(limits.translate) {
+            let paths: Vec<BrowsePath> = chunk.iter().map(|&i| browse_path(&requests[i], *ns)).collect();
+            let results = session
+                .translate_browse_paths_to_node_ids(&paths)
+                .await
+                .map_err(|e| failed(&format!("resolving {} browse paths", chunk.len()), e))?;
+            for (&i, r) in chunk.iter().zip(results) {
+                if r.status_code.is_good()
+                    && let Some(t) = r.targets.as_ref().and_then(|t| t.first())
+                {
+                    out[i] = Some(t.target_id.node_id.clone());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn browse_path(r: &PathRequest, ns: u16) -> BrowsePath {
+    let elements = r
+        .elements
+        .iter()
+        .map(|e| RelativePathElement {
+            reference_type_id: ReferenceTypeId::HierarchicalReferences.into(),
+            is_inverse: false,
+            include_subtypes: true,
+            target_name: QualifiedName::new(e.ns.unwrap_or(ns), e.name.as_str()),
+        })
+        .collect();
+    BrowsePath { starting_node: r.start.clone(), relative_path: RelativePath { elements: Some(elements) } }
+}
+
+/// A value as text, for device names and profiles: a string as it is, a
+/// localized text its text, anything else as OPC UA prints it.
+pub fn text(value: &DataValue) -> Option<String> {
+    if value.status.is_some_and(|s| s.is_bad()) {
+        return None;
+    }
+    Some(match value.value.as_ref()? {
+        Variant::String(s) => s.as_ref().to_owned(),
+        Variant::LocalizedText(t) => t.text.as_ref().to_owned(),
+        Variant::Empty => return None,
+        other => other.to_string(),
+    })
+}
+
+/// A status's name and code, for logs.
+pub fn describe(status: StatusCode) -> String {
+    format!("{status} ({:#010x})", status.bits())
+}

@@ -1,0 +1,291 @@
+//! The connector's loop against a real OPC-UA server (async-opcua's own
+//! server side, in process on 127.0.0.1), driven as the gateway drives it:
+//! values out to the converter stage, the devices' connect requests to the
+//! router. Checked as the converter receives them: the node, the JSON
+//! Variant, the key and device they are for.
+
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tbgw_core::config::Diagnostics;
+use tbgw_core::connector::{Connector, ConnectorContext, ConnectorStats, Uplink, UplinkSink};
+use tbgw_core::downlink::{DeviceRequests, DownlinkLink, FromDevice};
+use tbgw_core::{DeviceRequest, Source};
+use tbgw_test_support::opcua::{OpcuaServer, Plant, USER, initial};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+struct Running {
+    uplinks: flume::Receiver<Uplink>,
+    stats: Arc<ConnectorStats>,
+    stop: CancellationToken,
+    finish: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    requests: mpsc::UnboundedReceiver<FromDevice>,
+    _jobs: mpsc::Sender<tbgw_core::downlink::ToConnector>,
+}
+
+/// One value as the converter gets it.
+#[derive(Debug, Clone, PartialEq)]
+struct Got {
+    device: String,
+    key: String,
+    section: String,
+    node: String,
+    value: Value,
+}
+
+fn start(doc: Value) -> Running {
+    // RUST_LOG=debug shows the connector's (and async-opcua's) side.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let mut d = Diagnostics::default();
+    let config = tbgw_connector_opcua::parse(&doc, Path::new("."), &mut d).expect("config");
+    assert!(d.errors.is_empty(), "{:?}", d.errors);
+    let routes: Vec<usize> = (0..config.mappings.len()).map(|i| 10 + i).collect();
+    let connector = Box::new(tbgw_connector_opcua::OpcuaConnector::new("plc", config, &routes));
+    let (tx, uplinks) = flume::bounded(100_000);
+    let (jobs, jobs_rx) = mpsc::channel(16);
+    let (requests, requests_rx) = mpsc::unbounded_channel();
+    let stats = Arc::new(ConnectorStats::default());
+    let (stop, finish) = (CancellationToken::new(), CancellationToken::new());
+    let ctx = ConnectorContext {
+        sink: UplinkSink::new(vec![tx]),
+        downlink: DownlinkLink { jobs: jobs_rx, requests: DeviceRequests::new("plc", requests) },
+        stop_intake: stop.clone(),
+        finish: finish.clone(),
+        stats: stats.clone(),
+    };
+    let task = tokio::spawn(connector.run(ctx));
+    Running { uplinks, stats, stop, finish, task, requests: requests_rx, _jobs: jobs }
+}
+
+fn doc(url: &str, server: Value, timeseries: Value) -> Value {
+    let mut s =
+        json!({"url": url, "timeoutInMillis": 2000, "subCheckPeriodInMillis": 50, "reconnectBackoffInitialDelay": 0.2});
+    if let (Some(s), Some(extra)) = (s.as_object_mut(), server.as_object()) {
+        s.extend(extra.clone());
+    }
+    json!({
+        "server": s,
+        "mapping": [{
+            "deviceNodeSource": "path",
+            "deviceNodePattern": "Root\\.Objects\\.Plant\\.Boiler 1",
+            "deviceInfo": {"deviceNameExpression": "Boiler ${SerialNumber}", "deviceNameExpressionSource": "path",
+                           "deviceProfileExpression": "boiler"},
+            "attributes": [{"key": "serial", "type": "path", "value": "${SerialNumber}"},
+                           {"key": "site", "type": "constant", "value": "Plant A"}],
+            "timeseries": timeseries
+        }, {
+            "deviceNodeSource": "path",
+            "deviceNodePattern": "Root\\.Objects\\.Plant\\.Boiler 2",
+            "deviceInfo": {"deviceNameExpression": "Boiler ${SerialNumber}", "deviceNameExpressionSource": "path"},
+            "timeseries": timeseries
+        }]
+    })
+}
+
+fn keys(n: usize) -> Value {
+    let mut keys = vec![
+        json!({"key": "temperature", "type": "path", "value": "${Temperature}"}),
+        json!({"key": "level", "type": "path", "value": "${Füllstand}"}),
+        // The same node under a second key.
+        json!({"key": "temperatureAgain", "type": "path", "value": "${Temperature}"}),
+    ];
+    for j in 0..n {
+        keys.push(json!({"key": format!("v{j}"), "type": "path", "value": format!("${{V{j}}}")}));
+    }
+    Value::Array(keys)
+}
+
+fn take(r: &Running) -> Vec<Got> {
+    r.uplinks
+        .try_iter()
+        .map(|u| {
+            let meta =
+                |k: &str| u.raw.metadata.iter().find(|(m, _)| m == k).map(|(_, v)| v.clone()).unwrap_or_default();
+            let Source::Opcua(v) = &u.raw.source else { panic!("not an OPC-UA value: {:?}", u.raw.source) };
+            Got {
+                device: u.raw.device.clone().unwrap_or_default(),
+                key: meta("key"),
+                section: meta("section"),
+                node: v.node.clone(),
+                value: serde_json::from_slice(&u.raw.payload).expect("a JSON Variant"),
+            }
+        })
+        .collect()
+}
+
+/// Values until `done` says they are enough (10 s at most).
+async fn collect(r: &Running, what: &str, mut got: Vec<Got>, done: impl Fn(&[Got]) -> bool) -> Vec<Got> {
+    let end = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        got.extend(take(r));
+        if done(&got) {
+            return got;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "not within 15 s: {what}; got {} values: {:?}",
+            got.len(),
+            got.last()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn latest(got: &[Got], device: &str, key: &str) -> Option<Value> {
+    got.iter().rev().find(|g| g.device == device && g.key == key).map(|g| g.value["Body"].clone())
+}
+
+/// The latest value of a numeric key (OPC UA JSON writes a whole double
+/// as `75`: its Variant type says it is a Double).
+fn number(got: &[Got], device: &str, key: &str) -> Option<f64> {
+    latest(got, device, key).and_then(|v| v.as_f64())
+}
+
+fn connects(r: &mut Running) -> Vec<(String, Option<String>)> {
+    let mut out = Vec::new();
+    while let Ok(FromDevice { request, .. }) = r.requests.try_recv() {
+        if let DeviceRequest::Connect { device, device_type } = request {
+            out.push((device, device_type));
+        }
+    }
+    out
+}
+
+async fn stop(r: Running) {
+    r.stop.cancel();
+    r.finish.cancel();
+    tokio::time::timeout(Duration::from_secs(10), r.task).await.expect("the connector stops").expect("no panic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_bring_every_keys_first_value_then_each_change_split_at_the_servers_cap() {
+    // 5 items per subscription: 2 devices x 5 nodes take 2 subscriptions,
+    // and the shared nodes are monitored once.
+    let server = OpcuaServer::start(Plant { devices: 2, variables: 3, items_per_subscription: 5, ..Plant::default() });
+    let mut r = start(doc(&server.url(), json!({}), keys(3)));
+    let expected: BTreeSet<(String, String)> = ["Boiler SN-1", "Boiler SN-2"]
+        .iter()
+        .flat_map(|d| {
+            ["temperature", "level", "temperatureAgain", "v0", "v1", "v2"].map(|k| (d.to_string(), k.to_string()))
+        })
+        .chain([("Boiler SN-1".to_string(), "serial".to_string()), ("Boiler SN-1".to_string(), "site".to_string())])
+        .collect();
+    let got = collect(&r, "every key's first value", Vec::new(), |g| {
+        g.iter().map(|g| (g.device.clone(), g.key.clone())).collect::<BTreeSet<_>>() == expected
+    })
+    .await;
+    assert_eq!(number(&got, "Boiler SN-1", "v2"), Some(initial(1, 2)));
+    assert_eq!(number(&got, "Boiler SN-2", "level"), Some(75.0));
+    assert_eq!(latest(&got, "Boiler SN-1", "serial"), Some(json!("SN-1")));
+    assert_eq!(latest(&got, "Boiler SN-1", "site"), Some(json!("Plant A")));
+    let t = got.iter().find(|g| g.device == "Boiler SN-2" && g.key == "temperatureAgain").expect("temperatureAgain");
+    assert_eq!(
+        (t.value.clone(), t.node.as_str(), t.section.as_str()),
+        (json!({"Type": 11, "Body": 20.5}), format!("ns={};s=Boiler 2.Temperature", server.ns).as_str(), "timeseries")
+    );
+    let serial = got.iter().find(|g| g.key == "serial").expect("serial");
+    assert_eq!(serial.section, "attributes");
+    // No value twice: each key's first value came once.
+    let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for g in &got {
+        *counts.entry((g.device.clone(), g.key.clone())).or_default() += 1;
+    }
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+    assert_eq!(
+        connects(&mut r),
+        vec![("Boiler SN-1".to_string(), Some("boiler".to_string())), ("Boiler SN-2".to_string(), None)]
+    );
+
+    // A change reaches both keys of the node, and only the node's keys.
+    server.set(2, "Temperature", 30.25);
+    server.tick(1.0);
+    let got = collect(&r, "the changes", Vec::new(), |g| {
+        number(g, "Boiler SN-2", "temperatureAgain") == Some(30.25)
+            && number(g, "Boiler SN-2", "temperature") == Some(30.25)
+            && number(g, "Boiler SN-1", "v2") == Some(initial(1, 2) + 1.0)
+    })
+    .await;
+    assert!(got.iter().all(|g| g.key != "level" && g.key != "serial"), "unchanged nodes sent again: {got:?}");
+    assert!(r.stats.connected.load(Ordering::Relaxed));
+    stop(r).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_reads_every_node_each_period_and_a_username_logs_in() {
+    let server = OpcuaServer::start(Plant::default());
+    let login = json!({"enableSubscriptions": false, "pollPeriodInMillis": 200,
+        "identity": {"type": "username", "username": USER.0, "password": USER.1}});
+    let r = start(doc(&server.url(), login, keys(1)));
+    let started = tokio::time::Instant::now();
+    let got = collect(&r, "five polls", Vec::new(), |g| {
+        g.iter().filter(|g| g.device == "Boiler SN-2" && g.key == "v0").count() >= 5
+    })
+    .await;
+    let elapsed = started.elapsed();
+    // Five polls 200 ms apart: about a second, not five (whole seconds).
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    assert_eq!(number(&got, "Boiler SN-2", "v0"), Some(initial(2, 0)));
+    server.set(1, "V0", -1.5);
+    collect(&r, "the new value", got, |g| number(g, "Boiler SN-1", "v0") == Some(-1.5)).await;
+    stop(r).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_is_a_clear_error_and_a_backoff() {
+    let server = OpcuaServer::start(Plant::default());
+    let login = json!({"identity": {"type": "username", "username": USER.0, "password": "wrong"}});
+    let r = start(doc(&server.url(), login, keys(0)));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(take(&r).is_empty());
+    assert!(!r.stats.connected.load(Ordering::Relaxed));
+    stop(r).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_is_subscribed_again_with_its_namespace_moved() {
+    let server = OpcuaServer::start(Plant::default());
+    let port = server.port;
+    let old_ns = server.ns;
+    let mut r = start(doc(&server.url(), json!({}), keys(1)));
+    collect(&r, "the first values", Vec::new(), |g| latest(g, "Boiler SN-2", "v0").is_some()).await;
+    assert_eq!(connects(&mut r).len(), 2);
+    server.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!r.stats.connected.load(Ordering::Relaxed), "the loss is seen");
+    // The same port, the plant's namespace index moved by one.
+    let server = OpcuaServer::start_on(port, Plant { extra_namespaces: 1, ..Plant::default() });
+    assert_ne!(server.ns, old_ns);
+    let started = tokio::time::Instant::now();
+    server.set(1, "V0", 99.0);
+    let got =
+        collect(&r, "values after the restart", Vec::new(), |g| number(g, "Boiler SN-1", "v0") == Some(99.0)).await;
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    let v0 = got.iter().rev().find(|g| g.key == "v0" && g.device == "Boiler SN-1").expect("v0");
+    assert_eq!(v0.node, format!("ns={};s=Boiler 1.V0", server.ns));
+    server.set(2, "V0", 7.0);
+    collect(&r, "the next change", got, |g| number(g, "Boiler SN-2", "v0") == Some(7.0)).await;
+    assert!(r.stats.reconnects.load(Ordering::Relaxed) >= 1);
+    assert_eq!(connects(&mut r), vec![], "devices are not connected (or deleted) again");
+    stop(r).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_is_tried_again_until_it_comes() {
+    let port = tbgw_test_support::free_port();
+    let r = start(doc(&format!("opc.tcp://127.0.0.1:{port}/"), json!({}), keys(0)));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!r.stats.connected.load(Ordering::Relaxed));
+    let server = OpcuaServer::start_on(port, Plant::default());
+    collect(&r, "values once the server is up", Vec::new(), |g| latest(g, "Boiler SN-1", "temperature").is_some())
+        .await;
+    drop(server);
+    stop(r).await;
+}

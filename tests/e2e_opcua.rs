@@ -1,0 +1,154 @@
+//! End to end with the real `tbgw` process on an OPC-UA server: the server
+//! is async-opcua's own server side, in this test's process on 127.0.0.1,
+//! holding a plant of boilers; ThingsBoard's side is a mosquitto broker with
+//! its default settings. Values are checked as ThingsBoard receives them,
+//! converted by the built-in `opcua` converter (WebAssembly).
+
+#[path = "e2e_common/mod.rs"]
+mod common;
+
+use common::{Gateway, latest};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use tbgw_test_support::opcua::{OpcuaServer, Plant, initial};
+use tbgw_test_support::{Collector, Mosquitto, Received};
+
+/// The Python gateway's `opcua.json` shape: one mapping per boiler found
+/// by its browse path (names with a space), named by its serial number.
+fn opcua_json(url: &str, subscriptions: bool) -> Value {
+    let keys = json!([
+        {"key": "temperature", "type": "path", "value": "${Temperature}", "timestampLocation": "SourceTimestamp"},
+        {"key": "level", "type": "path", "value": "${Füllstand}"},
+        {"key": "v0", "type": "path", "value": "${V0}"},
+        {"key": "v1", "type": "identifier", "value": "${ns=2;s=Boiler 1.V1}"}
+    ]);
+    let mapping = |d: usize| {
+        json!({
+            "deviceNodeSource": "path",
+            "deviceNodePattern": format!("Root\\.Objects\\.Plant\\.Boiler {d}"),
+            "deviceInfo": {"deviceNameExpression": "Boiler ${SerialNumber}", "deviceNameExpressionSource": "path",
+                           "deviceProfileExpression": "boiler", "deviceProfileExpressionSource": "constant"},
+            "attributes": [{"key": "serial", "type": "path", "value": "${SerialNumber}"}],
+            "timeseries": keys
+        })
+    };
+    json!({
+        "server": {"url": url, "timeoutInMillis": 2000, "enableSubscriptions": subscriptions, "pollPeriodInMillis": 300,
+                   "subCheckPeriodInMillis": 100, "reconnectBackoffInitialDelay": 0.2, "identity": {"type": "anonymous"}},
+        "mapping": [mapping(1), mapping(2)]
+    })
+}
+
+struct Setup {
+    tb: Collector,
+    gw: Gateway,
+    _keep: (Mosquitto, tempfile::TempDir),
+}
+
+fn setup(name: &str, url: &str, subscriptions: bool) -> Setup {
+    let tb_broker = Mosquitto::start_new();
+    let tb = Collector::connect(tb_broker.port, &format!("tb-{name}"), &["v1/gateway/#", "v1/devices/me/#"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        "thingsboard:\n  host: 127.0.0.1\n  port: {port}\n  security: {{type: accessToken, accessToken: t}}\n  \
+         statistics: {{enable: true, statsSendPeriodInSeconds: 1}}\n\
+         storage: {{type: memory}}\n\
+         connectors:\n  - {{type: opcua, name: PLC, configuration: opcua.json}}\n\
+         tbgw:\n  cacheDir: {cache}\n",
+        port = tb_broker.port,
+        cache = common::shared_cache().display(),
+    );
+    let config = opcua_json(url, subscriptions).to_string();
+    let gw = Gateway::start_with(dir.path(), &[("tb_gateway.yaml", &yaml), ("opcua.json", &config)]);
+    Setup { tb, gw, _keep: (tb_broker, dir) }
+}
+
+/// The latest value of a gateway statistic (`PLCConnected`).
+fn statistic(received: &[Received], key: &str) -> Option<Value> {
+    received
+        .iter()
+        .filter(|m| m.topic == "v1/devices/me/telemetry")
+        .filter_map(|m| serde_json::from_slice::<Value>(&m.payload).ok())
+        .filter_map(|v| v.get(key).cloned())
+        .next_back()
+}
+
+fn connects(received: &[Received]) -> Vec<String> {
+    received.iter().filter(|m| m.topic == "v1/gateway/connect").map(Received::text).collect()
+}
+
+/// The `ts` of the latest telemetry of `key` for `device`.
+fn latest_ts(received: &[Received], device: &str, key: &str) -> Option<i64> {
+    let mut found = None;
+    for m in received.iter().filter(|m| m.topic == "v1/gateway/telemetry") {
+        let Ok(doc) = serde_json::from_slice::<Value>(&m.payload) else { continue };
+        for r in doc.get(device).and_then(Value::as_array).into_iter().flatten() {
+            if r["values"].get(key).is_some() {
+                found = r["ts"].as_i64();
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn subscribed_values_reach_thingsboard_typed_and_follow_each_change() {
+    let server = OpcuaServer::start(Plant { devices: 2, variables: 2, ..Plant::default() });
+    assert_eq!(server.ns, 2, "the identifier key names namespace 2");
+    let s = setup("subscribe", &server.url(), true);
+    let got = s.tb.wait_until(Duration::from_secs(30), "both boilers' values", |r| {
+        ["Boiler SN-1", "Boiler SN-2"]
+            .iter()
+            .all(|d| ["temperature", "level", "v0", "v1", "serial"].iter().all(|k| latest(r, d, k).is_some()))
+    });
+    // A Double stays a double in ThingsBoard, whole or not; text is text.
+    assert_eq!(latest(&got, "Boiler SN-1", "temperature"), Some(json!(20.5)));
+    assert_eq!(latest(&got, "Boiler SN-2", "level"), Some(json!(75.0)));
+    assert_eq!(latest(&got, "Boiler SN-2", "v0"), Some(json!(initial(2, 0))));
+    // `v1` names Boiler 1's node for both devices.
+    assert_eq!(latest(&got, "Boiler SN-2", "v1"), Some(json!(initial(1, 1))));
+    assert_eq!(latest(&got, "Boiler SN-1", "serial"), Some(json!("SN-1")));
+    let mut c = connects(&got);
+    c.sort();
+    assert_eq!(c, [r#"{"device":"Boiler SN-1","type":"boiler"}"#, r#"{"device":"Boiler SN-2","type":"boiler"}"#]);
+
+    // A change, stamped by the server: the source time is the telemetry's
+    // time where `timestampLocation` says so.
+    let before = tbgw_core_now();
+    std::thread::sleep(Duration::from_millis(20));
+    server.set(1, "Temperature", 61.25);
+    server.set(2, "V0", -3.0);
+    let got = s.tb.wait_until(Duration::from_secs(10), "the changes", |r| {
+        latest(r, "Boiler SN-1", "temperature") == Some(json!(61.25))
+            && latest(r, "Boiler SN-2", "v0") == Some(json!(-3.0))
+    });
+    let ts = latest_ts(&got, "Boiler SN-1", "temperature").expect("a ts");
+    assert!(ts > before && ts <= tbgw_core_now(), "the source timestamp {ts} (set after {before})");
+    let stats = s.tb.wait_until(Duration::from_secs(10), "the statistics", |r| statistic(r, "PLCConnected").is_some());
+    assert_eq!(statistic(&stats, "PLCConnected"), Some(json!(true)));
+    assert!(s.gw.log().contains("2 devices, 9 nodes"), "{}", s.gw.log());
+}
+
+#[test]
+fn a_restarted_server_is_read_again_within_seconds_and_no_device_is_created_twice() {
+    let server = OpcuaServer::start(Plant::default());
+    let port = server.port;
+    let s = setup("restart", &server.url(), false);
+    let got = s.tb.wait_until(Duration::from_secs(30), "the first polls", |r| latest(r, "Boiler SN-2", "v0").is_some());
+    assert_eq!(connects(&got).len(), 2);
+    server.stop();
+    std::thread::sleep(Duration::from_secs(1));
+    let server = OpcuaServer::start_on(port, Plant::default());
+    let restarted = Instant::now();
+    server.set(2, "V0", 42.5);
+    let got = s.tb.wait_until(Duration::from_secs(20), "a value after the restart", |r| {
+        latest(r, "Boiler SN-2", "v0") == Some(json!(42.5))
+    });
+    assert!(restarted.elapsed() < Duration::from_secs(10), "{:?}", restarted.elapsed());
+    assert_eq!(connects(&got).len(), 2, "no device connected (or deleted and created) again");
+    assert!(!got.iter().any(|m| m.topic == "v1/gateway/disconnect"));
+}
+
+fn tbgw_core_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}

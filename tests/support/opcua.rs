@@ -1,0 +1,232 @@
+//! An OPC-UA server for tests and benches: async-opcua's own server side,
+//! in process, on 127.0.0.1 (port 0, or a given port to come back on after
+//! a restart), on a runtime thread of its own.
+//!
+//! Its address space is a plant: `Objects/Plant/Boiler <n>` folders (names
+//! with a space), each with `SerialNumber` (`SN-<n>`), `Temperature`,
+//! `Füllstand` (a non-ASCII name) and `V0`..`V<k>` doubles, all in the
+//! namespace [`NAMESPACE`]; `extra_namespaces` registers namespaces before
+//! it, so that its index moves between two servers. Values are set by the
+//! test ([`OpcuaServer::set`], [`OpcuaServer::tick`]) with a source time.
+
+use opcua::server::address_space::Variable;
+use opcua::server::diagnostics::NamespaceMetadata;
+use opcua::server::node_manager::memory::{SimpleNodeManager, simple_node_manager};
+use opcua::server::{ANONYMOUS_USER_TOKEN_ID, ServerBuilder, ServerEndpoint, ServerHandle, ServerUserToken};
+use opcua::types::{DataValue, DateTime, NodeId, ObjectId, QualifiedName, UAString, Variant};
+use std::sync::Arc;
+
+/// The plant's namespace URI.
+pub const NAMESPACE: &str = "urn:tbgw:test:plant";
+/// The user the server accepts besides anonymous ones.
+pub const USER: (&str, &str) = ("operator", "s3cret");
+
+/// What the server holds.
+#[derive(Debug, Clone, Copy)]
+pub struct Plant {
+    pub devices: usize,
+    /// `V0`.. variables per device (besides the named ones).
+    pub variables: usize,
+    /// The server's cap of monitored items per subscription.
+    pub items_per_subscription: usize,
+    /// Namespaces registered before the plant's (moving its index).
+    pub extra_namespaces: usize,
+}
+
+impl Default for Plant {
+    fn default() -> Self {
+        Plant { devices: 2, variables: 2, items_per_subscription: 1000, extra_namespaces: 0 }
+    }
+}
+
+/// A running server.
+pub struct OpcuaServer {
+    pub port: u16,
+    pub plant: Plant,
+    /// The plant's namespace index.
+    pub ns: u16,
+    handle: ServerHandle,
+    manager: Arc<SimpleNodeManager>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The name of device `d` (from 1).
+pub fn device_name(d: usize) -> String {
+    format!("Boiler {d}")
+}
+
+/// The NodeId (string id) of `variable` of device `d`.
+pub fn node(ns: u16, d: usize, variable: &str) -> NodeId {
+    NodeId::new(ns, format!("{}.{variable}", device_name(d)))
+}
+
+/// The value a plant starts with: device `d`, `V<j>`.
+pub fn initial(d: usize, j: usize) -> f64 {
+    (d * 1000 + j) as f64 + 0.5
+}
+
+impl OpcuaServer {
+    /// A server on a free port.
+    pub fn start(plant: Plant) -> OpcuaServer {
+        OpcuaServer::start_on(0, plant)
+    }
+
+    /// A server on `port` (0: a free one). It runs on a thread of its own
+    /// (with its own runtime), so that it starts and stops the same from
+    /// a test's runtime or from none.
+    pub fn start_on(port: u16, plant: Plant) -> OpcuaServer {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("a runtime for the OPC-UA server");
+            runtime.block_on(async move {
+                let listener = bind(port).await;
+                let port = listener.local_addr().expect("its address").port();
+                let (server, handle, manager, ns) = build(port, plant);
+                let token = handle.token().clone();
+                let _ = tx.send((port, handle, manager, ns));
+                tokio::select! {
+                    _ = server.run_with(listener) => {}
+                    _ = token.cancelled() => {}
+                }
+            });
+            runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+        });
+        let (port, handle, manager, ns) = rx.recv().expect("the OPC-UA server starts");
+        OpcuaServer { port, plant, ns, handle, manager, thread: Some(thread) }
+    }
+
+    pub fn url(&self) -> String {
+        format!("opc.tcp://127.0.0.1:{}/", self.port)
+    }
+
+    /// Set `variable` of device `d`, stamped now.
+    pub fn set(&self, d: usize, variable: &str, value: impl Into<Variant>) {
+        self.set_many([(node(self.ns, d, variable), value.into())]);
+    }
+
+    /// Set many nodes at once, stamped now.
+    pub fn set_many(&self, values: impl IntoIterator<Item = (NodeId, Variant)>) {
+        let now = DateTime::now();
+        let values: Vec<(NodeId, DataValue)> = values
+            .into_iter()
+            .map(|(n, v)| {
+                let mut dv = DataValue::new_at(v, now);
+                dv.server_timestamp = Some(now);
+                (n, dv)
+            })
+            .collect();
+        let _ = self.manager.set_values(self.handle.subscriptions(), values.iter().map(|(n, v)| (n, None, v.clone())));
+    }
+
+    /// Every `V<j>` of every device to `initial(d, j) + step`.
+    pub fn tick(&self, step: f64) {
+        let ns = self.ns;
+        let p = self.plant;
+        self.set_many((1..=p.devices).flat_map(|d| {
+            (0..p.variables).map(move |j| (node(ns, d, &format!("V{j}")), Variant::Double(initial(d, j) + step)))
+        }));
+    }
+
+    /// Stop the server (its sessions end at once).
+    pub fn stop(mut self) -> u16 {
+        self.shutdown();
+        self.port
+    }
+
+    fn shutdown(&mut self) {
+        self.handle.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for OpcuaServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A listener on 127.0.0.1:`port`; the port of a server just stopped may
+/// linger a moment.
+async fn bind(port: u16) -> tokio::net::TcpListener {
+    let mut tries = 0;
+    loop {
+        match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(l) => return l,
+            Err(e) if tries >= 50 => panic!("bind the OPC-UA server on 127.0.0.1:{port}: {e}"),
+            Err(_) => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// The server and its plant.
+fn build(port: u16, plant: Plant) -> (opcua::server::Server, ServerHandle, Arc<SimpleNodeManager>, u16) {
+    let pki = std::env::temp_dir().join(format!("tbgw-test-opcua-pki-{}", std::process::id()));
+    let mut builder = ServerBuilder::new()
+        .application_name("tbgw test plant")
+        .application_uri("urn:tbgw:test:server")
+        .product_uri("urn:tbgw:test")
+        .host("127.0.0.1")
+        .port(port)
+        .pki_dir(pki)
+        .create_sample_keypair(false)
+        .discovery_urls(vec![format!("opc.tcp://127.0.0.1:{port}/")])
+        .add_user_token(USER.0, ServerUserToken::user_pass(USER.0, USER.1))
+        .add_endpoint("none", ServerEndpoint::new_none("/", &[ANONYMOUS_USER_TOKEN_ID.to_owned(), USER.0.to_owned()]));
+    for i in 0..plant.extra_namespaces {
+        builder = builder.with_node_manager(simple_node_manager(
+            NamespaceMetadata { namespace_uri: format!("urn:tbgw:test:extra{i}"), ..Default::default() },
+            &format!("extra{i}"),
+        ));
+    }
+    builder = builder.with_node_manager(simple_node_manager(
+        NamespaceMetadata { namespace_uri: NAMESPACE.to_owned(), ..Default::default() },
+        "plant",
+    ));
+    let limits = builder.limits_mut();
+    limits.subscriptions.max_monitored_items_per_sub = plant.items_per_subscription;
+    limits.subscriptions.max_subscriptions_per_session = 100;
+    limits.max_array_length = 100_000;
+    let (server, handle) = builder.build().expect("build the OPC-UA server");
+    let ns = handle.get_namespace_index(NAMESPACE).expect("the plant's namespace");
+    let manager = handle.node_managers().get_by_name::<SimpleNodeManager>("plant").expect("the plant's node manager");
+    {
+        let mut space = manager.address_space().write();
+        let plant_folder = NodeId::new(ns, "Plant");
+        space.add_folder(&plant_folder, QualifiedName::new(ns, "Plant"), "Plant", &ObjectId::ObjectsFolder.into());
+        for d in 1..=plant.devices {
+            let folder = NodeId::new(ns, device_name(d));
+            let name = device_name(d);
+            space.add_folder(&folder, QualifiedName::new(ns, name.as_str()), name.as_str(), &plant_folder);
+            let mut vars = vec![
+                Variable::new(
+                    &node(ns, d, "SerialNumber"),
+                    QualifiedName::new(ns, "SerialNumber"),
+                    "SerialNumber",
+                    UAString::from(format!("SN-{d}")),
+                ),
+                Variable::new(&node(ns, d, "Temperature"), QualifiedName::new(ns, "Temperature"), "Temperature", 20.5),
+                Variable::new(&node(ns, d, "Füllstand"), QualifiedName::new(ns, "Füllstand"), "Füllstand", 75.0),
+            ];
+            for j in 0..plant.variables {
+                let v = format!("V{j}");
+                vars.push(Variable::new(
+                    &node(ns, d, &v),
+                    QualifiedName::new(ns, v.as_str()),
+                    v.as_str(),
+                    initial(d, j),
+                ));
+            }
+            space.add_variables(vars, &folder);
+        }
+    }
+    (server, handle, manager, ns)
+}
