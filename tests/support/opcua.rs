@@ -124,11 +124,25 @@ impl OpcuaServer {
 
     /// Every `V<j>` of every device to `initial(d, j) + step`.
     pub fn tick(&self, step: f64) {
-        let ns = self.ns;
-        let p = self.plant;
-        self.set_many((1..=p.devices).flat_map(|d| {
-            (0..p.variables).map(move |j| (node(ns, d, &format!("V{j}")), Variant::Double(initial(d, j) + step)))
-        }));
+        (self.setter())(step)
+    }
+
+    /// [`OpcuaServer::tick`] for another thread (a bench's ticker).
+    pub fn setter(&self) -> impl Fn(f64) + Send + 'static {
+        let (manager, subscriptions, ns, p) =
+            (self.manager.clone(), self.handle.subscriptions().clone(), self.ns, self.plant);
+        move |step| {
+            let now = DateTime::now();
+            let values: Vec<(NodeId, DataValue)> = (1..=p.devices)
+                .flat_map(|d| (0..p.variables).map(move |j| (d, j)))
+                .map(|(d, j)| {
+                    let mut dv = DataValue::new_at(Variant::Double(initial(d, j) + step), now);
+                    dv.server_timestamp = Some(now);
+                    (node(ns, d, &format!("V{j}")), dv)
+                })
+                .collect();
+            let _ = manager.set_values(&subscriptions, values.iter().map(|(n, v)| (n, None, v.clone())));
+        }
     }
 
     /// Stop the server (its sessions end at once).

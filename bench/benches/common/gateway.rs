@@ -11,6 +11,11 @@ pub const GATEWAY_MODE: &str = "TBGW_BENCH_GATEWAY";
 pub fn run_if_asked() -> Option<anyhow::Result<()>> {
     let config = std::env::var(GATEWAY_MODE).ok()?;
     tbgw::memory::limit_arenas();
+    // Warnings (RUST_LOG, as the bench sets it) to stderr, as tbgw's own.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
     Some(run(Path::new(&config)))
 }
 

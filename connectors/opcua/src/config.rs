@@ -117,8 +117,12 @@ pub struct Mapping {
 pub struct OpcuaConfig {
     pub server: Server,
     pub mappings: Vec<Mapping>,
-    /// One uplink route per mapping, in order.
+    /// The uplink routes: one per distinct converter and report policy
+    /// (a hundred mappings of one shape share one route, and so one set of
+    /// converter instances).
     pub(crate) route_decls: Vec<RouteDecl>,
+    /// The route (an index into `route_decls`) of each mapping.
+    pub(crate) mapping_routes: Vec<usize>,
     pub(crate) downlinks: Vec<DownlinkDecl>,
 }
 
@@ -133,17 +137,26 @@ pub fn parse(doc: &Value, base_dir: &Path, d: &mut Diagnostics) -> Option<OpcuaC
     }
     let route_report = root.get("reportStrategy").and_then(|v| report::parse(d, "reportStrategy", v));
     let mut mappings = Vec::new();
-    let mut route_decls = Vec::new();
+    let mut route_decls: Vec<RouteDecl> = Vec::new();
+    let mut mapping_routes = Vec::new();
     for (path, entry) in root.list(d, "mapping") {
         if let Some((m, route)) = mapping(d, &path, entry, base_dir, route_report) {
             mappings.push(m);
-            route_decls.push(route);
+            let same = |r: &RouteDecl| {
+                let (a, b) = (&r.converter, &route.converter);
+                a.component == b.component && a.config == b.config && a.limits == b.limits && r.report == route.report
+            };
+            let slot = route_decls.iter().position(same).unwrap_or_else(|| {
+                route_decls.push(route);
+                route_decls.len() - 1
+            });
+            mapping_routes.push(slot);
         }
     }
     root.unused(d, &[("logLevel", "set logging with RUST_LOG"), ("enableRemoteLogging", "not implemented")]);
     root.allow(&["name", "id"]);
     root.finish(d);
-    Some(OpcuaConfig { server: server?, mappings, route_decls, downlinks: Vec::new() })
+    Some(OpcuaConfig { server: server?, mappings, route_decls, mapping_routes, downlinks: Vec::new() })
 }
 
 fn millis(d: &mut Diagnostics, o: &mut Obj, key: &'static str, default: u64) -> Duration {

@@ -53,7 +53,7 @@ fn the_python_gateways_sample_loads_with_its_code_defaults() {
         m.keys[2].source,
         Source::Node(NodeRef::Path { absolute: false, elements: vec![el(None, "Temperature")] })
     );
-    assert_eq!(c.route_decls.len(), 1);
+    assert_eq!((c.route_decls.len(), c.mapping_routes.as_slice()), (1, &[0][..]));
     assert_eq!(c.route_decls[0].converter.component, ComponentRef::Builtin("opcua".into()));
     // Its batching knobs and its RPCs are accepted, each with why.
     let notices: Vec<String> = d.notices.iter().map(ToString::to_string).collect();
@@ -133,4 +133,26 @@ fn mistakes_are_named_by_their_field() {
     assert!(has("mapping[0].timeseries[1].value: `A\\.\\.B` has an empty element"), "{e:?}");
     let e = errors(json!({"server": {"url": "h", "pollPeriod": 5}, "mapping": []}));
     assert!(e.iter().any(|e| e.starts_with("server.pollPeriod:")), "{e:?}");
+}
+
+#[test]
+fn mappings_of_one_shape_share_a_route() {
+    let m = |d: usize, report: Option<Value>| {
+        let mut m = json!({"deviceNodePattern": format!("Root\\.Objects\\.Boiler {d}"),
+                           "deviceInfo": {"deviceNameExpression": format!("Boiler {d}")},
+                           "timeseries": [{"key": "t", "type": "path", "value": "${T}"}]});
+        if let Some(r) = report {
+            m["reportStrategy"] = r;
+        }
+        m
+    };
+    let doc = json!({"server": {"url": "opc.tcp://h:4840"},
+                     "mapping": [m(1, None), m(2, None), m(3, Some(json!({"type": "ON_CHANGE"}))), m(4, None)]});
+    let (c, d) = read(&doc);
+    assert_eq!(d.errors, vec![], "{d:?}");
+    let c = c.unwrap();
+    // One set of converter instances for the hundred boilers of a plant;
+    // a mapping with its own report strategy has its own route.
+    assert_eq!(c.route_decls.len(), 2);
+    assert_eq!(c.mapping_routes, vec![0, 0, 1, 0]);
 }

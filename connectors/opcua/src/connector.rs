@@ -12,8 +12,9 @@
 //!   `subCheckPeriodInMillis`; a subscription takes monitored items until
 //!   the server says it is full (`BadTooManyMonitoredItems`), then the next
 //!   one takes the rest. Items sample at the publishing interval and queue
-//!   16 values (the oldest dropped first), so a value that changes twice
-//!   between publishes is not lost. The subscription callbacks run inside
+//!   16 values (the oldest dropped first; async-opcua's default queues
+//!   none), so that a publish the server delays loses nothing it sampled.
+//!   The subscription callbacks run inside
 //!   async-opcua's event loop: they only hand each notification, whole, to a
 //!   bounded channel; a notification that does not fit (the converter
 //!   stage is far behind) is dropped and counted, never waited for there.
@@ -67,6 +68,8 @@ use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 const NOTIFICATION_QUEUE: usize = 256;
 /// The longest wait between attempts at a first connection.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// The largest array (of notifications, of read results) a response may hold.
+const MAX_ARRAY: usize = 1_000_000;
 /// Values each monitored item queues between publishes.
 const ITEM_QUEUE: u32 = 16;
 
@@ -79,9 +82,16 @@ pub struct OpcuaConnector {
 }
 
 impl OpcuaConnector {
-    /// `routes[i]` is the route id of mapping `i`.
+    /// `routes[i]` is the route id of the config's route `i`.
     pub fn new(name: impl Into<String>, config: OpcuaConfig, routes: &[RouteId]) -> OpcuaConnector {
-        OpcuaConnector { name: name.into(), config, routes: routes.to_vec() }
+        // The gateway gives one id per declared route, and every mapping
+        // has one of them (`parse`): a miss is a bug of tbgw, not of the config.
+        let routes = config
+            .mapping_routes
+            .iter()
+            .map(|r| *routes.get(*r).expect("the gateway gives every declared route an id"))
+            .collect();
+        OpcuaConnector { name: name.into(), config, routes }
     }
 }
 
@@ -264,6 +274,10 @@ async fn connect(conn: &OpcuaConnector) -> Result<(Arc<Session>, mpsc::Receiver<
         .request_timeout(s.timeout)
         .session_timeout(u32::try_from(s.session_timeout.as_millis()).unwrap_or(u32::MAX))
         .recreate_subscriptions(false)
+        // A Publish response carries every notification queued since the
+        // last: thousands of values at once from a large server (the
+        // default limit, 1,000 array elements, drops the connection).
+        .max_array_length(MAX_ARRAY)
         .session_name(format!("tbgw {}", conn.name))
         .client()
         .map_err(|e| format!("the client's settings: {}", e.join("; ")))?;
@@ -475,8 +489,15 @@ impl<'a> Live<'a> {
             let value = OpcuaValue { node: String::new(), status: 0, source_time: None, server_time: None };
             self.send(&target, value, payload, None).await;
         }
-        if self.conn.config.server.subscriptions {
-            self.subscribe().await?;
+        if self.conn.config.server.subscriptions
+            && let Err(why) = self.subscribe().await
+        {
+            // Half a set of subscriptions is none: the next attempt makes
+            // them all again.
+            let ids = std::mem::take(&mut self.subscriptions);
+            let _ = self.session.delete_subscriptions(&ids).await;
+            self.table = Table::default();
+            return Err(why);
         }
         tracing::info!(
             connector = %self.conn.name,
@@ -616,7 +637,7 @@ impl<'a> Live<'a> {
                 server_time: value.server_timestamp.map(|t| t.as_chrono().timestamp_millis()),
             };
             let targets = node.targets.clone();
-            let status_name = (!status.is_good()).then(|| status.sub_code().to_string());
+            let status_name = (!status.is_good()).then(|| status.sub_code().name().to_owned());
             for t in &targets {
                 let mut raw = self.uplink(t, raw.clone(), payload.clone(), status_name.clone());
                 raw.received_at = received_at;

@@ -47,7 +47,7 @@ fn start(doc: Value) -> Running {
     let mut d = Diagnostics::default();
     let config = tbgw_connector_opcua::parse(&doc, Path::new("."), &mut d).expect("config");
     assert!(d.errors.is_empty(), "{:?}", d.errors);
-    let routes: Vec<usize> = (0..config.mappings.len()).map(|i| 10 + i).collect();
+    let routes: Vec<usize> = (0..tbgw_core::setup::ConnectorSetup::routes(&config).len()).map(|i| 10 + i).collect();
     let connector = Box::new(tbgw_connector_opcua::OpcuaConnector::new("plc", config, &routes));
     let (tx, uplinks) = flume::bounded(100_000);
     let (jobs, jobs_rx) = mpsc::channel(16);
