@@ -148,7 +148,10 @@ enum SessionEvent {
 
 /// What the subscriptions' callbacks hand over.
 enum Notice {
-    Values(Vec<(u32, DataValue)>),
+    /// Values by client handle, of the subscriptions of a table generation
+    /// (a notification still queued from before a rescan is not read
+    /// against the new table's handles).
+    Values(u64, Vec<(u32, DataValue)>),
     /// A subscription's state changed (it timed out on the server, say).
     Status(StatusCode),
 }
@@ -157,6 +160,7 @@ enum Notice {
 struct Handoff {
     tx: mpsc::Sender<Notice>,
     dropped: Arc<AtomicU64>,
+    generation: u64,
 }
 
 impl OnSubscriptionNotificationCore for Handoff {
@@ -175,7 +179,7 @@ impl OnSubscriptionNotificationCore for Handoff {
             return;
         }
         let n = values.len() as u64;
-        if self.tx.try_send(Notice::Values(values)).is_err() {
+        if self.tx.try_send(Notice::Values(self.generation, values)).is_err() {
             self.dropped.fetch_add(n, Ordering::Relaxed);
         }
     }
@@ -345,6 +349,8 @@ struct Live<'a> {
     connected_devices: &'a mut HashSet<Arc<str>>,
     limits: Limits,
     table: Table,
+    /// Counts the tables made; the subscriptions are the current one's.
+    generation: u64,
     subscriptions: Vec<u32>,
     notices: (mpsc::Sender<Notice>, mpsc::Receiver<Notice>),
     dropped: Arc<AtomicU64>,
@@ -365,6 +371,7 @@ impl<'a> Live<'a> {
             connected_devices,
             limits: Limits::default(),
             table: Table::default(),
+            generation: 0,
             subscriptions: Vec::new(),
             notices: mpsc::channel(NOTIFICATION_QUEUE),
             dropped: Arc::new(AtomicU64::new(0)),
@@ -416,7 +423,8 @@ impl<'a> Live<'a> {
                     Some(SessionEvent::Ended) | None => return false,
                 },
                 Some(notice) = self.notices.1.recv() => match notice {
-                    Notice::Values(values) => self.emit(values).await,
+                    Notice::Values(generation, values) if generation == self.generation => self.emit(values).await,
+                    Notice::Values(..) => {}
                     Notice::Status(status) => {
                         tracing::warn!(connector = %self.conn.name, "a subscription changed state: {}; subscribing again", describe(status));
                         self.subscriptions.clear();
@@ -483,6 +491,7 @@ impl<'a> Live<'a> {
             }
         }
         self.table = table;
+        self.generation += 1;
         let constants: Vec<(Target, String)> = self.table.constants.clone();
         for (target, value) in constants {
             let payload = serde_json::json!({"Type": 12, "Body": value}).to_string().into_bytes();
@@ -528,7 +537,8 @@ impl<'a> Live<'a> {
         let mut cap: Option<usize> = None;
         let mut refused = 0usize;
         while next < total {
-            let handoff = Handoff { tx: self.notices.0.clone(), dropped: self.dropped.clone() };
+            let handoff =
+                Handoff { tx: self.notices.0.clone(), dropped: self.dropped.clone(), generation: self.generation };
             let id = self
                 .session
                 .create_subscription(s.publish_interval, lifetime, keep_alive, 0, 0, true, handoff)
@@ -692,10 +702,11 @@ fn request(r: &NodeRef, device: &NodeId) -> PathRequest {
 /// The devices each mapping finds on the server, and their keys' nodes.
 async fn build(conn: &OpcuaConnector, session: &Session, limits: &Limits, namespaces: usize) -> Result<Table, String> {
     let mappings = &conn.config.mappings;
+    let mut hint = None;
     // 1. Each mapping's device node (relative paths start at Objects).
     let objects: NodeId = ObjectId::ObjectsFolder.into();
     let requests: Vec<PathRequest> = mappings.iter().map(|m| request(&m.device_node, &objects)).collect();
-    let device_nodes = resolve::resolve(session, limits, namespaces, &requests).await?;
+    let device_nodes = resolve::resolve(session, limits, namespaces, &mut hint, &requests).await?;
     let found: Vec<(usize, NodeId)> = device_nodes
         .into_iter()
         .enumerate()
@@ -714,7 +725,7 @@ async fn build(conn: &OpcuaConnector, session: &Session, limits: &Limits, namesp
             requests.push(request(r, node));
         }
     }
-    let resolved = resolve::resolve(session, limits, namespaces, &requests).await?;
+    let resolved = resolve::resolve(session, limits, namespaces, &mut hint, &requests).await?;
     let readable: Vec<NodeId> = resolved.iter().flatten().cloned().collect();
     let values = resolve::read(session, limits, &readable).await?;
     let mut values = values.iter();
@@ -766,7 +777,7 @@ async fn build(conn: &OpcuaConnector, session: &Session, limits: &Limits, namesp
             }
         }
     }
-    let resolved = resolve::resolve(session, limits, namespaces, &requests).await?;
+    let resolved = resolve::resolve(session, limits, namespaces, &mut hint, &requests).await?;
     let mut nodes: Vec<Node> = Vec::new();
     let mut index: HashMap<NodeId, usize> = HashMap::new();
     let mut missing = 0usize;

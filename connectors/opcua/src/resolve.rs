@@ -10,7 +10,9 @@
 //! paths per request: 10,000 keys of 100 devices cost a few requests, not
 //! a browse walk per node. A browse name given without its namespace index
 //! is tried in each of the server's namespaces, one bulk request per
-//! namespace for the paths still unresolved.
+//! namespace for the paths still unresolved, starting with the namespace
+//! the last such name was found in (a device's keys are in its
+//! namespace: one round, not one per namespace).
 
 use crate::path::Element;
 use opcua::client::Session;
@@ -100,18 +102,26 @@ pub struct PathRequest {
 
 /// Resolve every path; `None` where the server has no such node (or only
 /// answers with an error for it). One result per request, in order.
+///
+/// `hint` is the namespace an unqualified name was last found in: it is
+/// tried first (the keys of a device are in its namespace), and updated.
 pub async fn resolve(
     session: &Session,
     limits: &Limits,
     namespaces: usize,
+    hint: &mut Option<u16>,
     requests: &[PathRequest],
 ) -> Result<Vec<Option<NodeId>>, Failure> {
     let mut out: Vec<Option<NodeId>> =
         requests.iter().map(|r| r.elements.is_empty().then(|| r.start.clone())).collect();
-    // The namespaces an unqualified name is tried in: the servers' own
-    // first (a device tree is rarely in namespace 0), then OPC UA's.
+    // The namespaces an unqualified name is tried in: the hint, the
+    // servers' own (a device tree is rarely in namespace 0), then OPC UA's.
     let mut candidates: Vec<u16> = (1..namespaces.min(usize::from(u16::MAX))).map(|n| n as u16).collect();
     candidates.push(0);
+    if let Some(h) = *hint {
+        candidates.retain(|&c| c != h);
+        candidates.insert(0, h);
+    }
     for (round, ns) in candidates.iter().enumerate() {
         let pending: Vec<usize> = (0..requests.len())
             .filter(|&i| out[i].is_none())
@@ -131,6 +141,9 @@ pub async fn resolve(
                     && let Some(t) = r.targets.as_ref().and_then(|t| t.first())
                 {
                     out[i] = Some(t.target_id.node_id.clone());
+                    if requests[i].elements.iter().any(|e| e.ns.is_none()) {
+                        *hint = Some(*ns);
+                    }
                 }
             }
         }

@@ -64,7 +64,13 @@ fn every_example_gateway_config_passes_check_config() {
     checked.sort();
     assert_eq!(
         checked,
-        ["tb_gateway.json", "tb_gateway.yaml", "tb_gateway_can.yaml", "tb_gateway_modbus.yaml"],
+        [
+            "tb_gateway.json",
+            "tb_gateway.yaml",
+            "tb_gateway_can.yaml",
+            "tb_gateway_modbus.yaml",
+            "tb_gateway_opcua.yaml"
+        ],
         "the gateway configs of config/"
     );
 }
