@@ -114,7 +114,7 @@ fn subscribed_values_reach_thingsboard_typed_and_follow_each_change() {
 
     // A change, stamped by the server: the source time is the telemetry's
     // time where `timestampLocation` says so.
-    let before = tbgw_core_now();
+    let before = tbgw_core::now_ms();
     std::thread::sleep(Duration::from_millis(20));
     server.set(1, "Temperature", 61.25);
     server.set(2, "V0", -3.0);
@@ -123,7 +123,7 @@ fn subscribed_values_reach_thingsboard_typed_and_follow_each_change() {
             && latest(r, "Boiler SN-2", "v0") == Some(json!(-3.0))
     });
     let ts = latest_ts(&got, "Boiler SN-1", "temperature").expect("a ts");
-    assert!(ts > before && ts <= tbgw_core_now(), "the source timestamp {ts} (set after {before})");
+    assert!(ts > before && ts <= tbgw_core::now_ms(), "the source timestamp {ts} (set after {before})");
     let stats = s.tb.wait_until(Duration::from_secs(10), "the statistics", |r| statistic(r, "PLCConnected").is_some());
     assert_eq!(statistic(&stats, "PLCConnected"), Some(json!(true)));
     assert!(s.gw.log().contains("2 devices, 9 nodes"), "{}", s.gw.log());
@@ -147,8 +147,4 @@ fn a_restarted_server_is_read_again_within_seconds_and_no_device_is_created_twic
     assert!(restarted.elapsed() < Duration::from_secs(10), "{:?}", restarted.elapsed());
     assert_eq!(connects(&got).len(), 2, "no device connected (or deleted and created) again");
     assert!(!got.iter().any(|m| m.topic == "v1/gateway/disconnect"));
-}
-
-fn tbgw_core_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
