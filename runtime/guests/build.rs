@@ -27,6 +27,7 @@ const BUILTINS: &[(&str, &str)] = &[
     ("can", "uplink"),
     ("can", "downlink"),
     ("opcua", "uplink"),
+    ("opcua", "downlink"),
 ];
 
 /// A guest to build: its package, the const that names it, and for a

@@ -7,6 +7,7 @@
 //! ([`converter_projects`]); a CAN bus (a socketcand hub) with python-can
 //! on it as a device ([`socketcand`]).
 
+pub mod asyncua;
 pub mod converter_projects;
 pub mod fake_mqtt;
 pub mod modbus;
@@ -27,6 +28,31 @@ fn is_root() -> bool {
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+}
+
+/// A Python venv under `target/tmp/<name>` with `requirements` (pinned,
+/// from PyPI) installed, made once; its `python`.
+pub fn python_venv(name: &str, requirements: &[&str]) -> std::path::PathBuf {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/tmp")).join(name);
+    let python = dir.join(".venv/bin/python");
+    if !dir.join("ready").exists() {
+        std::fs::create_dir_all(&dir).expect("the venv's directory");
+        converter_projects::run(
+            std::process::Command::new("python3").args(["-m", "venv", ".venv"]).current_dir(&dir),
+            "python3 -m venv (python3-venv)",
+        );
+        converter_projects::run(
+            std::process::Command::new(dir.join(".venv/bin/pip"))
+                .args(["install", "--quiet", "--disable-pip-version-check"])
+                .args(requirements)
+                .current_dir(&dir),
+            &format!("pip install {}", requirements.join(" ")),
+        );
+        std::fs::write(dir.join("ready"), b"").expect("stamp");
+    }
+    python
 }
 
 /// A mosquitto broker on 127.0.0.1, stopped when dropped. It keeps its port

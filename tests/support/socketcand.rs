@@ -16,7 +16,6 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -296,30 +295,6 @@ pub struct PeerFrame {
     pub at: Instant,
 }
 
-/// python-can 4.6.1 (its `socketcand` interface) in a venv of its own
-/// under `target/tmp`, made once.
-fn python_can() -> PathBuf {
-    static ONE: Mutex<()> = Mutex::new(());
-    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/tmp/python-can-4.6.1"));
-    let python = dir.join(".venv/bin/python");
-    if !dir.join("ready").exists() {
-        std::fs::create_dir_all(&dir).expect("python-can dir");
-        crate::converter_projects::run(
-            Command::new("python3").args(["-m", "venv", ".venv"]).current_dir(&dir),
-            "python3 -m venv (python3-venv)",
-        );
-        crate::converter_projects::run(
-            Command::new(dir.join(".venv/bin/pip"))
-                .args(["install", "--quiet", "--disable-pip-version-check", "python-can==4.6.1"])
-                .current_dir(&dir),
-            "pip install python-can==4.6.1",
-        );
-        std::fs::write(dir.join("ready"), b"").expect("stamp");
-    }
-    python
-}
-
 /// The peer's script: frames it receives go to stdout, commands (JSON
 /// lines) come on stdin.
 const PEER: &str = r#"
@@ -373,7 +348,8 @@ pub struct CanPeer {
 impl CanPeer {
     /// Join the hub on 127.0.0.1:`port` (channel `can0`).
     pub fn connect(port: u16) -> CanPeer {
-        let python = python_can();
+        // python-can 4.6.1: its `socketcand` interface.
+        let python = crate::python_venv("python-can-4.6.1", &["python-can==4.6.1"]);
         let mut child = Command::new(python)
             .args(["-c", PEER, "127.0.0.1", &port.to_string(), "can0"])
             .stdin(Stdio::piped())

@@ -25,25 +25,77 @@
 //! each notification the server publishes on as one batch.
 //! `reconnectRetriesCount` too: tbgw reconnects forever.
 //!
-//! Security: as in the Python gateway, `security` applies to certificate
-//! identities only; anonymous and username identities connect without
-//! message security. Certificate identities (and so signed and encrypted
-//! channels) are refused for now, naming the field, rather than connecting
-//! in a way the user did not ask for.
+//! A mapping's `attributes_updates` and `rpc_methods` are checked here and
+//! handed to the built-in `opcua` downlink converter (or the mapping's
+//! `downlinkConverter`); mappings whose downlink part is the same share one
+//! converter, which serves the devices the connector finds for them
+//! ([`Devices::Found`]: their names are known only once read from the
+//! server).
+//!
+//! Security, as in the Python gateway: `security` (the policy) applies to
+//! certificate identities (`identity.type` `cert.PEM` or `certificates`),
+//! which open a signed (`mode: Sign`) or signed and encrypted channel
+//! (`SignAndEncrypt`, the default) with the client's certificate
+//! (`cert`, `privateKey`) and log in with `username`/`password` when given,
+//! else anonymously; anonymous and username identities connect without
+//! message security. tbgw adds `type: x509`, the same channel with the
+//! certificate as the user identity too, the policies Aes128Sha256RsaOaep
+//! and Aes256Sha256RsaPss beside Basic128Rsa15, Basic256 and
+//! Basic256Sha256 (the default, where the Python gateway has none), and a
+//! trust list: the server's certificate is trusted when it is `caCert`, or
+//! in `<pkiDir>/trusted/`, or (only with `trustOnFirstUse: true`) when it
+//! is the first one seen; `pkiDir` defaults to `opcua-pki/<connector>` next
+//! to the configuration.
 
 use crate::path::{self, Expression, NodeRef};
+use opcua::crypto::SecurityPolicy;
+use opcua::types::MessageSecurityMode;
 use serde_json::{Map, Value, json};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tbgw_core::config::{Diagnostics, Obj};
 use tbgw_core::report::{self, ReportPolicy};
-use tbgw_core::setup::{self, ComponentRef, ConverterDecl, DownlinkDecl, LimitsDecl, RouteDecl};
+use tbgw_core::setup::{
+    self, ComponentRef, ConverterDecl, Devices, DownlinkDecl, FoundDevices, LimitsDecl, RouteDecl, Site,
+};
 
 /// How the gateway logs in.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Identity {
     Anonymous,
-    UserName { user: String, password: String },
+    UserName {
+        user: String,
+        password: String,
+    },
+    /// The channel's certificate as the user identity (X509IdentityToken).
+    X509,
+}
+
+impl std::fmt::Debug for Identity {
+    // Never the password: a config may be logged.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Identity::Anonymous => f.write_str("Anonymous"),
+            Identity::UserName { user, .. } => write!(f, "UserName({user:?}, password redacted)"),
+            Identity::X509 => f.write_str("X509"),
+        }
+    }
+}
+
+/// A signed (and encrypted) channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Channel {
+    pub policy: SecurityPolicy,
+    pub mode: MessageSecurityMode,
+    /// The client's application instance certificate and its key.
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    /// The server's certificate, trusted (`caCert`).
+    pub server_certificate: Option<PathBuf>,
+    /// Trust the server's certificate when none is trusted yet.
+    pub trust_on_first_use: bool,
+    /// Where trusted and rejected server certificates are kept.
+    pub pki_dir: PathBuf,
 }
 
 /// The server and how to talk to it.
@@ -61,6 +113,8 @@ pub struct Server {
     pub publish_interval: Duration,
     pub session_timeout: Duration,
     pub identity: Identity,
+    /// Message security, for certificate identities.
+    pub channel: Option<Channel>,
     /// The client's application URI (`uri`).
     pub application_uri: Option<String>,
     /// The first wait before connecting again (`reconnectBackoffInitialDelay`).
@@ -123,15 +177,20 @@ pub struct OpcuaConfig {
     pub(crate) route_decls: Vec<RouteDecl>,
     /// The route (an index into `route_decls`) of each mapping.
     pub(crate) mapping_routes: Vec<usize>,
+    /// The downlink converters: one per distinct downlink part of the
+    /// mappings, each serving the devices the connector finds for them.
     pub(crate) downlinks: Vec<DownlinkDecl>,
+    /// The downlink converter (an index into `downlinks`) of each mapping.
+    pub(crate) mapping_downlinks: Vec<usize>,
 }
 
-/// Read `opcua.json` (custom converters' paths relative to `base_dir`);
-/// problems go to `d` by path.
-pub fn parse(doc: &Value, base_dir: &Path, d: &mut Diagnostics) -> Option<OpcuaConfig> {
+/// Read `opcua.json` (paths relative to `site.base_dir`); problems go to
+/// `d` by path.
+pub fn parse(doc: &Value, site: &Site<'_>, d: &mut Diagnostics) -> Option<OpcuaConfig> {
+    let base_dir = site.base_dir;
     let doc = upgrade(doc, d);
     let mut root = Obj::new(d, "", &doc)?;
-    let server = root.object(d, "server").and_then(|o| server(d, o));
+    let server = root.object(d, "server").and_then(|o| server(d, o, site));
     if !root.has("server") {
         d.error("server", "required: the OPC-UA server (`{\"url\": \"opc.tcp://host:4840\"}`)");
     }
@@ -139,9 +198,22 @@ pub fn parse(doc: &Value, base_dir: &Path, d: &mut Diagnostics) -> Option<OpcuaC
     let mut mappings = Vec::new();
     let mut route_decls: Vec<RouteDecl> = Vec::new();
     let mut mapping_routes = Vec::new();
+    let mut downlinks: Vec<DownlinkDecl> = Vec::new();
+    let mut mapping_downlinks = Vec::new();
     for (path, entry) in root.list(d, "mapping") {
-        if let Some((m, route)) = mapping(d, &path, entry, base_dir, route_report) {
+        if let Some((m, route, downlink)) = mapping(d, &path, entry, base_dir, route_report) {
             mappings.push(m);
+            // Mappings whose downlink part is the same share one converter
+            // (and the set of devices the connector finds for them).
+            let same = |decl: &DownlinkDecl| {
+                let a = &decl.converter;
+                a.component == downlink.component && a.config == downlink.config && a.limits == downlink.limits
+            };
+            let slot = downlinks.iter().position(same).unwrap_or_else(|| {
+                downlinks.push(DownlinkDecl { converter: downlink, devices: Devices::Found(FoundDevices::default()) });
+                downlinks.len() - 1
+            });
+            mapping_downlinks.push(slot);
             let same = |r: &RouteDecl| {
                 let (a, b) = (&r.converter, &route.converter);
                 a.component == b.component && a.config == b.config && a.limits == b.limits && r.report == route.report
@@ -156,14 +228,14 @@ pub fn parse(doc: &Value, base_dir: &Path, d: &mut Diagnostics) -> Option<OpcuaC
     root.unused(d, &[("logLevel", "set logging with RUST_LOG"), ("enableRemoteLogging", "not implemented")]);
     root.allow(&["name", "id"]);
     root.finish(d);
-    Some(OpcuaConfig { server: server?, mappings, route_decls, mapping_routes, downlinks: Vec::new() })
+    Some(OpcuaConfig { server: server?, mappings, route_decls, mapping_routes, downlinks, mapping_downlinks })
 }
 
 fn millis(d: &mut Diagnostics, o: &mut Obj, key: &'static str, default: u64) -> Duration {
     Duration::from_millis(o.uint(d, key, 1..=u64::from(u32::MAX)).unwrap_or(default))
 }
 
-fn server(d: &mut Diagnostics, mut o: Obj) -> Option<Server> {
+fn server(d: &mut Diagnostics, mut o: Obj, site: &Site<'_>) -> Option<Server> {
     let url = o.required_string(d, "url").map(|u| {
         // As the Python gateway: a bare `host:port/path` is an opc.tcp URL.
         if u.contains("opc.tcp") { u.to_owned() } else { format!("opc.tcp://{u}") }
@@ -190,10 +262,23 @@ fn server(d: &mut Diagnostics, mut o: Obj) -> Option<Server> {
     };
     let application_uri = o.string(d, "uri").map(str::to_owned);
     let security = o.string(d, "security");
-    let identity = match o.object(d, "identity") {
-        Some(i) => identity(d, i, security),
-        None => Some(Identity::Anonymous),
+    let pki_dir = match o.string(d, "pkiDir") {
+        Some(dir) => site.base_dir.join(dir),
+        None => site.base_dir.join("opcua-pki").join(file_name(site.name)),
     };
+    let identity = match o.object(d, "identity") {
+        Some(i) => identity(d, i, security, site.base_dir, pki_dir),
+        None => Some((Identity::Anonymous, None)),
+    };
+    if identity.as_ref().is_some_and(|(_, c)| c.is_none())
+        && let Some(policy) = security
+        && policy != "None"
+    {
+        d.notice(
+            o.field("security"),
+            format!("{policy} applies to certificate identities (identity.type cert.PEM): this one connects without message security"),
+        );
+    }
     o.unused(
         d,
         &[
@@ -216,46 +301,118 @@ fn server(d: &mut Diagnostics, mut o: Obj) -> Option<Server> {
         subscriptions,
         publish_interval,
         session_timeout,
-        identity: identity?,
+        identity: identity.as_ref()?.0.clone(),
+        channel: identity?.1,
         application_uri,
         reconnect_initial,
     })
 }
 
-fn identity(d: &mut Diagnostics, mut o: Obj, security: Option<&str>) -> Option<Identity> {
+fn identity(
+    d: &mut Diagnostics,
+    mut o: Obj,
+    security: Option<&str>,
+    base: &Path,
+    pki_dir: PathBuf,
+) -> Option<(Identity, Option<Channel>)> {
     let kind = o.string(d, "type").unwrap_or("anonymous");
     let user = o.string(d, "username");
     let password = o.string(d, "password");
+    let login = user.map(|u| Identity::UserName { user: u.to_owned(), password: password.unwrap_or("").to_owned() });
     let out = match kind {
-        "anonymous" if user.is_none() => Some(Identity::Anonymous),
+        "anonymous" if user.is_none() => Some((Identity::Anonymous, None)),
         // The Python gateway logs in with `username` whatever `type` says.
-        "anonymous" | "username" | "basic" => match user {
-            Some(user) => {
-                Some(Identity::UserName { user: user.to_owned(), password: password.unwrap_or("").to_owned() })
-            }
+        "anonymous" | "username" | "basic" => match login {
+            Some(login) => Some((login, None)),
             None => {
                 d.error(o.field("username"), "required for a username identity");
                 None
             }
         },
-        "cert.PEM" | "certificates" => {
+        "cert.PEM" | "certificates" | "x509" => {
+            let channel = channel(d, &mut o, security, base, pki_dir);
+            let identity = match (kind, login) {
+                ("x509", _) => Identity::X509,
+                (_, Some(login)) => login,
+                (_, None) => Identity::Anonymous,
+            };
+            channel.map(|c| (identity, Some(c)))
+        }
+        other => {
+            d.error(o.field("type"), format!("`{other}`: expected anonymous, username, cert.PEM or x509"));
+            None
+        }
+    };
+    o.finish(d);
+    out
+}
+
+/// The channel a certificate identity opens.
+fn channel(d: &mut Diagnostics, o: &mut Obj, security: Option<&str>, base: &Path, pki_dir: PathBuf) -> Option<Channel> {
+    let policy = match security.unwrap_or("Basic256Sha256") {
+        "Basic128Rsa15" => Some(SecurityPolicy::Basic128Rsa15),
+        "Basic256" => Some(SecurityPolicy::Basic256),
+        "Basic256Sha256" => Some(SecurityPolicy::Basic256Sha256),
+        "Aes128Sha256RsaOaep" => Some(SecurityPolicy::Aes128Sha256RsaOaep),
+        "Aes256Sha256RsaPss" => Some(SecurityPolicy::Aes256Sha256RsaPss),
+        other => {
             d.error(
-                o.field("type"),
+                "server.security",
                 format!(
-                    "certificate identities (security {}) are not supported by this tbgw yet; use anonymous or username",
-                    security.unwrap_or("Basic128Rsa15")
+                    "`{other}`: expected Basic256Sha256, Aes128Sha256RsaOaep, Aes256Sha256RsaPss, Basic256 or \
+                     Basic128Rsa15 (a certificate identity signs its messages)"
                 ),
             );
             None
         }
+    };
+    let mode = match o.string(d, "mode").unwrap_or("SignAndEncrypt") {
+        "SignAndEncrypt" => Some(MessageSecurityMode::SignAndEncrypt),
+        "Sign" => Some(MessageSecurityMode::Sign),
         other => {
-            d.error(o.field("type"), format!("`{other}`: expected anonymous, username or cert.PEM"));
+            d.error(o.field("mode"), format!("`{other}`: expected Sign or SignAndEncrypt"));
             None
         }
     };
-    o.allow(&["caCert", "privateKey", "cert", "pathToCACert", "pathToPrivateKey", "pathToClientCert", "mode"]);
-    o.finish(d);
-    out
+    // The Python gateway's names, and its older ones.
+    let mut file = |d: &mut Diagnostics, key: &'static str, old: &'static str, required: bool| -> Option<PathBuf> {
+        let (key, text) = match (o.string(d, key), o.string(d, old)) {
+            (Some(t), _) => (key, t),
+            (None, Some(t)) => (old, t),
+            (None, None) => {
+                if required {
+                    d.error(o.field(key), "required for a certificate identity (a PEM or DER file)");
+                }
+                return None;
+            }
+        };
+        let path = base.join(text);
+        if !path.is_file() {
+            d.error(o.field(key), format!("no file {}", path.display()));
+            return None;
+        }
+        Some(path)
+    };
+    let certificate = file(d, "cert", "pathToClientCert", true);
+    let private_key = file(d, "privateKey", "pathToPrivateKey", true);
+    let server_certificate = file(d, "caCert", "pathToCACert", false);
+    let trust_on_first_use = o.bool(d, "trustOnFirstUse").unwrap_or(false);
+    Some(Channel {
+        policy: policy?,
+        mode: mode?,
+        certificate: certificate?,
+        private_key: private_key?,
+        server_certificate,
+        trust_on_first_use,
+        pki_dir,
+    })
+}
+
+/// A connector's name as a directory name.
+fn file_name(name: &str) -> String {
+    let clean: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect();
+    if clean.is_empty() || clean.starts_with('.') { format!("connector{clean}") } else { clean }
 }
 
 /// A node written as `source` (`path`, `identifier`) says, or as it reads
@@ -291,7 +448,7 @@ fn mapping(
     entry: &Value,
     base: &Path,
     route_report: Option<report::Strategy>,
-) -> Option<(Mapping, RouteDecl)> {
+) -> Option<(Mapping, RouteDecl, ConverterDecl)> {
     let mut o = Obj::new(d, path, entry)?;
     let source = o.string(d, "deviceNodeSource");
     if let Some(s) = source
@@ -358,14 +515,7 @@ fn mapping(
             c => c,
         },
     };
-    let writes = o.list(d, "attributes_updates").len() + o.list(d, "rpc_methods").len();
-    if writes > 0 {
-        d.notice(
-            path,
-            "attributes_updates and rpc_methods: writes and method calls are not in this tbgw yet; \
-             ThingsBoard's requests to these devices are answered with an error",
-        );
-    }
+    let downlink = downlink(d, &mut o, path, entry, base);
     o.finish(d);
     let m = Mapping {
         path: path.to_owned(),
@@ -374,7 +524,83 @@ fn mapping(
         device_profile: device_profile?,
         keys,
     };
-    Some((m, RouteDecl { converter, report: policy, answers: None }))
+    Some((m, RouteDecl { converter, report: policy, answers: None }, downlink?))
+}
+
+/// A mapping's downlink converter: its `downlinkConverter` (a custom
+/// component, given the whole mapping), else the built-in `opcua` one,
+/// given the mapping's `attributes_updates` and `rpc_methods` (checked
+/// here, so that errors name the mapping's fields).
+fn downlink(d: &mut Diagnostics, o: &mut Obj, path: &str, entry: &Value, base: &Path) -> Option<ConverterDecl> {
+    let mut updates = Vec::new();
+    for (upath, u) in o.list(d, "attributes_updates") {
+        let Some(mut u) = Obj::new(d, &upath, u) else { continue };
+        let key = u.required_string(d, "key").map(str::to_owned);
+        let source = u.string(d, "type");
+        if let Some(s) = source
+            && !matches!(s, "path" | "identifier")
+        {
+            d.error(u.field("type"), format!("`{s}`: expected path or identifier"));
+        }
+        let value = u.required_string(d, "value").map(str::to_owned);
+        if let Some(v) = &value {
+            let bare = v.strip_prefix("${").and_then(|n| n.strip_suffix('}')).unwrap_or(v);
+            node_at(d, &u.field("value"), bare, source);
+        }
+        u.finish(d);
+        if let (Some(key), Some(value)) = (key, value) {
+            updates.push(json!({"key": key, "value": value}));
+        }
+    }
+    let mut methods = Vec::new();
+    for (mpath, m) in o.list(d, "rpc_methods") {
+        let Some(mut m) = Obj::new(d, &mpath, m) else { continue };
+        let name = m.required_string(d, "method").map(str::to_owned);
+        let mut arguments = Vec::new();
+        for (apath, a) in m.list(d, "arguments") {
+            let Some(mut a) = Obj::new(d, &apath, a) else { continue };
+            a.string(d, "type");
+            let value = a.get("value").cloned().unwrap_or(Value::Null);
+            a.finish(d);
+            arguments.push(json!({"value": value}));
+        }
+        m.finish(d);
+        if let Some(name) = name {
+            methods.push(json!({"method": name, "arguments": arguments}));
+        }
+    }
+    let builtin = ConverterDecl {
+        path: path.to_owned(),
+        label: "opcua".into(),
+        component: ComponentRef::Builtin("opcua".into()),
+        config: json!({"attributes_updates": updates, "rpc_methods": methods}).to_string(),
+        limits: LimitsDecl::default(),
+    };
+    match o.get("downlinkConverter") {
+        None => Some(builtin),
+        Some(Value::String(file)) => {
+            let file = setup::wasm_file(d, &o.field("downlinkConverter"), file)?;
+            Some(setup::custom(&o.field("downlinkConverter"), base, file, entry.to_string(), LimitsDecl::default()))
+        }
+        Some(c) => match setup::converter(d, &o.field("downlinkConverter"), c, base, "opcua")? {
+            c if c.component == builtin.component => {
+                setup::only_type_and_limits(
+                    d,
+                    &o.field("downlinkConverter"),
+                    o.get("downlinkConverter").unwrap_or(&Value::Null),
+                );
+                Some(ConverterDecl { limits: c.limits, ..builtin })
+            }
+            ConverterDecl { component: ComponentRef::Builtin(other), .. } => {
+                d.error(
+                    o.field("downlinkConverter.type"),
+                    format!("`{other}` is not an OPC-UA converter; expected opcua or custom"),
+                );
+                None
+            }
+            c => Some(c),
+        },
+    }
 }
 
 fn key(d: &mut Diagnostics, path: &str, v: &Value, section: Section, policy: &mut ReportPolicy) -> Option<KeyDecl> {

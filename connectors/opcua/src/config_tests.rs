@@ -4,7 +4,7 @@ use opcua::types::NodeId;
 
 fn read(doc: &Value) -> (Option<OpcuaConfig>, Diagnostics) {
     let mut d = Diagnostics::default();
-    let c = parse(doc, Path::new("/etc/tbgw"), &mut d);
+    let c = parse(doc, &Site { name: "PLC 1", base_dir: Path::new("/etc/tbgw") }, &mut d);
     (c, d)
 }
 
@@ -55,10 +55,52 @@ fn the_python_gateways_sample_loads_with_its_code_defaults() {
     );
     assert_eq!((c.route_decls.len(), c.mapping_routes.as_slice()), (1, &[0][..]));
     assert_eq!(c.route_decls[0].converter.component, ComponentRef::Builtin("opcua".into()));
-    // Its batching knobs and its RPCs are accepted, each with why.
+    // Its batching knobs are accepted, with why.
     let notices: Vec<String> = d.notices.iter().map(ToString::to_string).collect();
     assert!(notices.iter().any(|n| n.starts_with("server.subDataMaxBatchSize: ignored")), "{notices:?}");
-    assert!(notices.iter().any(|n| n.starts_with("mapping[0]: attributes_updates and rpc_methods")), "{notices:?}");
+    // Its writes and methods go to the built-in downlink converter, which
+    // serves the devices the connector finds for the mapping.
+    assert_eq!((c.downlinks.len(), c.mapping_downlinks.as_slice()), (1, &[0][..]));
+    let down = &c.downlinks[0];
+    assert_eq!(down.converter.component, ComponentRef::Builtin("opcua".into()));
+    assert!(matches!(&down.devices, Devices::Found(f) if !f.contains("Temp Sensor")));
+    let config: Value = serde_json::from_str(&down.converter.config).unwrap();
+    assert_eq!(
+        config,
+        json!({"attributes_updates": [{"key": "relay", "value": "Root\\.Objects\\.MyObject\\.Relay"}],
+               "rpc_methods": [{"method": "multiply", "arguments": [{"value": 2}, {"value": 4}]},
+                               {"method": "get_relay", "arguments": []}, {"method": "set_relay", "arguments": []}]})
+    );
+}
+
+#[test]
+fn mappings_with_the_same_downlink_share_one_converter() {
+    let mapping = |d: usize, key: &str| {
+        json!({"deviceNodeSource": "path", "deviceNodePattern": format!("Root\\.Objects\\.B{d}"),
+               "deviceInfo": {"deviceNameExpression": format!("B{d}")},
+               "attributes_updates": [{"key": key, "type": "path", "value": "${SetPoint}"}]})
+    };
+    let doc = json!({"server": {"url": "opc.tcp://127.0.0.1:4840"},
+                     "mapping": [mapping(1, "sp"), mapping(2, "sp"), mapping(3, "setpoint")]});
+    let (c, d) = read(&doc);
+    assert_eq!(d.errors, vec![], "{d:?}");
+    let c = c.unwrap();
+    assert_eq!((c.downlinks.len(), c.mapping_downlinks.as_slice()), (2, &[0, 0, 1][..]));
+    let bad = json!({"server": {"url": "opc.tcp://127.0.0.1:4840"}, "mapping": [{
+        "deviceNodePattern": "Root\\.Objects\\.B", "deviceInfo": {"deviceNameExpression": "B"},
+        "attributes_updates": [{"key": "sp", "type": "path", "value": "A\\.\\.B"}, {"value": "X"}],
+        "rpc_methods": [{"arguments": []}], "downlinkConverter": {"type": "json"}}]});
+    let (_, d) = read(&bad);
+    let errors: Vec<String> = d.errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        errors,
+        [
+            "mapping[0].attributes_updates[0].value: `A\\.\\.B` has an empty element",
+            "mapping[0].attributes_updates[1].key: required",
+            "mapping[0].rpc_methods[0].method: required",
+            "mapping[0].downlinkConverter.type: `json` is not an OPC-UA converter; expected opcua or custom",
+        ]
+    );
 }
 
 #[test]
@@ -124,7 +166,8 @@ fn mistakes_are_named_by_their_field() {
         }]
     }));
     let has = |prefix: &str| e.iter().any(|e| e.starts_with(prefix));
-    assert!(has("server.identity.type: certificate identities"), "{e:?}");
+    assert!(has("server.identity.cert: required for a certificate identity"), "{e:?}");
+    assert!(has("server.identity.privateKey: required for a certificate identity"), "{e:?}");
     assert!(has("server.pollPeriodInMillis: expected a whole number"), "{e:?}");
     assert!(has("mapping[0].deviceNodePattern: `ns=2;q=1` is not a NodeId"), "{e:?}");
     assert!(has("mapping[0].deviceInfo.deviceNameExpression: required"), "{e:?}");
@@ -155,4 +198,53 @@ fn mappings_of_one_shape_share_a_route() {
     // a mapping with its own report strategy has its own route.
     assert_eq!(c.route_decls.len(), 2);
     assert_eq!(c.mapping_routes, vec![0, 0, 1, 0]);
+}
+
+#[test]
+fn certificate_identities_open_a_secure_channel_with_a_trust_list() {
+    let dir = std::env::temp_dir().join(format!("tbgw-opcua-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["client.pem", "client.key", "server.der"] {
+        std::fs::write(dir.join(f), "x").unwrap();
+    }
+    let read_in = |server: Value| {
+        let doc = json!({"server": server, "mapping": []});
+        let mut d = Diagnostics::default();
+        let c = parse(&doc, &Site { name: "PLC 1", base_dir: &dir }, &mut d);
+        (c, d)
+    };
+    // The Python gateway's shape: the policy beside the identity.
+    let (c, d) = read_in(json!({"url": "opc.tcp://h:4840", "security": "Aes256Sha256RsaPss",
+        "identity": {"type": "cert.PEM", "cert": "client.pem", "privateKey": "client.key", "caCert": "server.der",
+                     "mode": "Sign", "username": "op", "password": "pw"}}));
+    assert_eq!(d.errors, vec![], "{d:?}");
+    let s = c.unwrap().server;
+    let ch = s.channel.expect("a channel");
+    assert_eq!((ch.policy, ch.mode), (SecurityPolicy::Aes256Sha256RsaPss, MessageSecurityMode::Sign));
+    assert_eq!((ch.certificate, ch.server_certificate), (dir.join("client.pem"), Some(dir.join("server.der"))));
+    assert_eq!(ch.pki_dir, dir.join("opcua-pki").join("PLC_1"));
+    assert!(!ch.trust_on_first_use);
+    assert_eq!(s.identity, Identity::UserName { user: "op".into(), password: "pw".into() });
+    assert!(!format!("{:?}", s.identity).contains("pw"), "a password in a Debug");
+    // x509: the certificate is the login too; the default policy and mode.
+    let (c, d) = read_in(json!({"url": "opc.tcp://h:4840", "pkiDir": "pki",
+        "identity": {"type": "x509", "pathToClientCert": "client.pem", "pathToPrivateKey": "client.key",
+                     "trustOnFirstUse": true}}));
+    assert_eq!(d.errors, vec![], "{d:?}");
+    let s = c.unwrap().server;
+    let ch = s.channel.expect("a channel");
+    assert_eq!((ch.policy, ch.mode), (SecurityPolicy::Basic256Sha256, MessageSecurityMode::SignAndEncrypt));
+    assert_eq!((ch.pki_dir, ch.trust_on_first_use, s.identity), (dir.join("pki"), true, Identity::X509));
+    // Mistakes, by field.
+    let (_, d) = read_in(json!({"url": "opc.tcp://h:4840", "security": "Basic512",
+        "identity": {"type": "cert.PEM", "cert": "missing.pem", "privateKey": "client.key", "mode": "Encrypt"}}));
+    let e: Vec<String> = d.errors.iter().map(ToString::to_string).collect();
+    assert!(e.iter().any(|e| e.starts_with("server.security: `Basic512`: expected Basic256Sha256")), "{e:?}");
+    assert!(e.iter().any(|e| e.starts_with("server.identity.mode: `Encrypt`")), "{e:?}");
+    assert!(e.contains(&format!("server.identity.cert: no file {}", dir.join("missing.pem").display())), "{e:?}");
+    // A policy without a certificate identity says it does nothing.
+    let (c, d) = read_in(json!({"url": "opc.tcp://h:4840", "security": "Basic256Sha256"}));
+    assert!(c.unwrap().server.channel.is_none());
+    assert!(d.notices.iter().any(|n| n.to_string().starts_with("server.security: Basic256Sha256 applies to")));
+    let _ = std::fs::remove_dir_all(&dir);
 }

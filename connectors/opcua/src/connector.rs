@@ -38,8 +38,10 @@
 //! spin.
 
 use crate::config::{Identity, Mapping, OpcuaConfig, Section, Source};
+use crate::downlink::{self, Downlink};
 use crate::path::{NodeRef, Part};
 use crate::resolve::{self, Limits, PathRequest, describe};
+use crate::security;
 use futures_util::StreamExt;
 use opcua::client::{
     ClientBuilder, IdentityToken, MonitoredItemMap, OnSubscriptionNotificationCore, Session, SessionConnectMode,
@@ -59,6 +61,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tbgw_core::connector::{Connector, ConnectorContext, RouteId, Uplink};
 use tbgw_core::downlink::ToConnector;
+use tbgw_core::setup::{Devices, DownlinkDecl};
 use tbgw_core::{DeviceRequest, OpcuaValue, RawUplink, Source as RawSource, now_ms};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, sleep_until};
@@ -132,8 +135,10 @@ type Profile = Option<Arc<str>>;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Table {
     nodes: Vec<Node>,
-    /// Every device found (name, profile), in mapping order.
-    devices: Vec<(Arc<str>, Profile)>,
+    /// Every device found (name, profile, mapping), in mapping order.
+    devices: Vec<(Arc<str>, Profile, usize)>,
+    /// Where requests for each device go: its node, its keys' nodes.
+    nodes_of: Arc<HashMap<Arc<str>, downlink::Device>>,
     constants: Vec<(Target, String)>,
 }
 
@@ -185,17 +190,20 @@ impl OnSubscriptionNotificationCore for Handoff {
     }
 }
 
-fn refuse(ctx: &ConnectorContext, job: ToConnector) {
+/// A request while there is no session (or no table yet): answered at once.
+fn refuse(ctx: &ConnectorContext, job: ToConnector, why: &str) {
     match job {
         ToConnector::Device(job) => {
             ctx.stats.downlink_errors.fetch_add(1, Ordering::Relaxed);
-            let _ = job.reply.send(Err("the opcua connector does not write to devices or call methods yet".into()));
+            let _ = job.reply.send(Err(why.to_owned()));
         }
-        ToConnector::ConnectorRpc { method, reply, .. } => {
-            let _ = reply.send(Err(format!("the opcua connector has no connector RPC `{method}` yet")));
+        ToConnector::ConnectorRpc { reply, .. } => {
+            let _ = reply.send(Err(why.to_owned()));
         }
     }
 }
+
+const NO_SESSION: &str = "the opcua connector has no session with its server now";
 
 async fn run(conn: OpcuaConnector, mut ctx: ConnectorContext) {
     let server = &conn.config.server;
@@ -209,7 +217,7 @@ async fn run(conn: OpcuaConnector, mut ctx: ConnectorContext) {
             tokio::select! {
                 r = &mut connecting => break Some(r),
                 _ = ctx.stop_intake.cancelled() => break None,
-                Some(job) = ctx.downlink.jobs.recv() => refuse(&ctx, job),
+                Some(job) = ctx.downlink.jobs.recv() => refuse(&ctx, job, NO_SESSION),
             }
         };
         let Some(opened) = opened else { break };
@@ -241,7 +249,7 @@ async fn run(conn: OpcuaConnector, mut ctx: ConnectorContext) {
             tokio::select! {
                 _ = sleep_until(wake) => break,
                 _ = ctx.stop_intake.cancelled() => break,
-                Some(job) = ctx.downlink.jobs.recv() => refuse(&ctx, job),
+                Some(job) = ctx.downlink.jobs.recv() => refuse(&ctx, job, NO_SESSION),
             }
         }
         if ctx.stop_intake.is_cancelled() {
@@ -252,7 +260,7 @@ async fn run(conn: OpcuaConnector, mut ctx: ConnectorContext) {
     loop {
         tokio::select! {
             _ = ctx.finish.cancelled() => break,
-            Some(job) = ctx.downlink.jobs.recv() => refuse(&ctx, job),
+            Some(job) = ctx.downlink.jobs.recv() => refuse(&ctx, job, NO_SESSION),
         }
     }
 }
@@ -260,16 +268,37 @@ async fn run(conn: OpcuaConnector, mut ctx: ConnectorContext) {
 /// A session, and its event loop's events.
 async fn connect(conn: &OpcuaConnector) -> Result<(Arc<Session>, mpsc::Receiver<SessionEvent>), String> {
     let s = &conn.config.server;
-    // No certificate is needed without message security; the store still
+    let channel = s.channel.as_ref();
+    let prepared = channel.map(security::prepare).transpose()?;
+    // Without message security no certificate is needed; the store still
     // wants a directory, which must not be the working directory.
-    let pki = std::env::temp_dir().join("tbgw-opcua-pki");
+    let pki = channel.map_or_else(|| std::env::temp_dir().join("tbgw-opcua-pki"), |c| c.pki_dir.clone());
+    let uri = match (prepared.as_ref().and_then(|p| p.application_uri.clone()), &s.application_uri) {
+        (Some(from_cert), Some(configured)) if from_cert != *configured => {
+            tracing::warn!(
+                connector = %conn.name,
+                "server.uri `{configured}` is not the application URI of identity.cert (`{from_cert}`): \
+                 using the certificate's, as the server checks them against each other"
+            );
+            from_cert
+        }
+        (Some(from_cert), _) => from_cert,
+        (None, configured) => configured.clone().unwrap_or_else(|| "urn:tbgw:opcua".into()),
+    };
     let keep_alive = (s.session_timeout / 4).clamp(Duration::from_millis(500), Duration::from_secs(10));
-    let mut client = ClientBuilder::new()
+    let mut builder = ClientBuilder::new()
         .application_name("tbgw")
-        .application_uri(s.application_uri.clone().unwrap_or_else(|| "urn:tbgw:opcua".into()))
+        .application_uri(uri)
         .product_uri("urn:tbgw")
         .pki_dir(pki)
-        .create_sample_keypair(false)
+        .create_sample_keypair(false);
+    if let (Some(c), Some(p)) = (channel, &prepared) {
+        builder = builder
+            .certificate_path(&c.certificate)
+            .private_key_path(&c.private_key)
+            .trust_server_certs(p.trust_unknown);
+    }
+    let mut client = builder
         .session_retry_limit(-1)
         .session_retry_initial(s.reconnect_initial)
         .session_retry_max(MAX_BACKOFF)
@@ -285,44 +314,44 @@ async fn connect(conn: &OpcuaConnector) -> Result<(Arc<Session>, mpsc::Receiver<
         .session_name(format!("tbgw {}", conn.name))
         .client()
         .map_err(|e| format!("the client's settings: {}", e.join("; ")))?;
-    let identity = match &s.identity {
-        Identity::Anonymous => IdentityToken::Anonymous,
-        Identity::UserName { user, password } => IdentityToken::UserName(user.clone(), password.clone().into()),
+    let identity = match (&s.identity, channel) {
+        (Identity::Anonymous, _) => IdentityToken::Anonymous,
+        (Identity::UserName { user, password }, _) => IdentityToken::UserName(user.clone(), password.clone().into()),
+        (Identity::X509, Some(c)) => IdentityToken::new_x509_path(&c.certificate, &c.private_key)
+            .map_err(|e| format!("identity.cert as the login: {e}"))?,
+        (Identity::X509, None) => return Err("an x509 identity without its certificate".into()),
     };
+    let (policy, mode) = channel.map_or((SecurityPolicy::None, MessageSecurityMode::None), |c| (c.policy, c.mode));
     let (session, event_loop) = tokio::time::timeout(
         s.timeout * 2,
-        client.connect_to_matching_endpoint(
-            (s.url.as_str(), SecurityPolicy::None.to_str(), MessageSecurityMode::None),
-            identity,
-        ),
+        client.connect_to_matching_endpoint((s.url.as_str(), policy.to_str(), mode), identity),
     )
     .await
     .map_err(|_| format!("no answer in {:?}", s.timeout * 2))?
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| format!("{e}{}", security::hint(e.status(), channel)))?;
     let (tx, rx) = mpsc::channel(16);
     let name = conn.name.clone();
+    let channel = s.channel.clone();
+    // Trust on first use trusts the first certificate only: once a
+    // channel is open, the store takes no new one (a server that comes
+    // back with another certificate is refused).
+    let store = prepared.is_some_and(|p| p.trust_unknown).then(|| client.certificate_store().clone());
     tokio::spawn(async move {
         let events = event_loop.enter();
         tokio::pin!(events);
         while let Some(event) = events.next().await {
             let forward = match event {
                 Ok(SessionPollResult::Reconnected(mode)) => {
+                    if let Some(store) = &store {
+                        store.write().set_trust_unknown_certs(false);
+                    }
                     SessionEvent::Reconnected(matches!(mode, SessionConnectMode::NewSession(_)))
                 }
                 Ok(SessionPollResult::ConnectionLost(status)) => SessionEvent::Lost(status),
                 Ok(SessionPollResult::ReconnectFailed(status)) => {
                     // A refused login or an unreachable server: the event
                     // loop waits longer before each next attempt.
-                    let hint = if matches!(
-                        status,
-                        StatusCode::BadIdentityTokenRejected
-                            | StatusCode::BadIdentityTokenInvalid
-                            | StatusCode::BadUserAccessDenied
-                    ) {
-                        ": the server refused the login (server.identity)"
-                    } else {
-                        ""
-                    };
+                    let hint = security::hint(status, channel.as_ref());
                     tracing::warn!(connector = %name, "cannot open a session: {}{hint}", describe(status));
                     continue;
                 }
@@ -355,6 +384,10 @@ struct Live<'a> {
     notices: (mpsc::Sender<Notice>, mpsc::Receiver<Notice>),
     dropped: Arc<AtomicU64>,
     dropped_logged: u64,
+    /// The server's namespaces, as the last setup found them.
+    namespaces: usize,
+    /// What requests from ThingsBoard have learnt on this session.
+    learnt: Arc<std::sync::Mutex<downlink::Cache>>,
 }
 
 impl<'a> Live<'a> {
@@ -376,6 +409,8 @@ impl<'a> Live<'a> {
             notices: mpsc::channel(NOTIFICATION_QUEUE),
             dropped: Arc::new(AtomicU64::new(0)),
             dropped_logged: 0,
+            namespaces: 1,
+            learnt: Arc::default(),
         }
     }
 
@@ -409,9 +444,11 @@ impl<'a> Live<'a> {
                         }
                         ever = true;
                         if new {
-                            // The server has none of our subscriptions any more.
+                            // The server has none of our subscriptions any
+                            // more, and its namespaces may have moved.
                             self.subscriptions.clear();
                             self.table = Table::default();
+                            self.learnt = Arc::default();
                             setup_at = Instant::now();
                         }
                     }
@@ -450,7 +487,15 @@ impl<'a> Live<'a> {
                         tracing::warn!(connector = %self.conn.name, "polling failed: {why}");
                     }
                 }
-                Some(job) = self.ctx.downlink.jobs.recv() => refuse(self.ctx, job),
+                Some(job) = self.ctx.downlink.jobs.recv() => {
+                    if !connected {
+                        refuse(self.ctx, job, NO_SESSION);
+                    } else if self.table.devices.is_empty() {
+                        refuse(self.ctx, job, "the opcua connector has found no devices on its server yet");
+                    } else {
+                        self.dispatch(job);
+                    }
+                }
             }
             let dropped = self.dropped.load(Ordering::Relaxed);
             if dropped > self.dropped_logged {
@@ -470,12 +515,18 @@ impl<'a> Live<'a> {
         let started = std::time::Instant::now();
         let (limits, namespaces) = resolve::limits(&self.session).await?;
         self.limits = limits;
+        self.namespaces = namespaces;
         let table = build(self.conn, &self.session, &limits, namespaces).await?;
         if table == self.table && (!self.conn.config.server.subscriptions || !self.subscriptions.is_empty()) {
             tracing::debug!(connector = %self.conn.name, "rescan: nothing changed");
             return Ok(());
         }
-        for (device, device_type) in &table.devices {
+        for (device, device_type, mapping) in &table.devices {
+            let downlink =
+                self.conn.config.mapping_downlinks.get(*mapping).and_then(|d| self.conn.config.downlinks.get(*d));
+            if let Some(DownlinkDecl { devices: Devices::Found(found), .. }) = downlink {
+                found.insert(device);
+            }
             if self.connected_devices.insert(device.clone()) {
                 let request = DeviceRequest::Connect {
                     device: device.to_string(),
@@ -518,6 +569,37 @@ impl<'a> Live<'a> {
             started.elapsed()
         );
         Ok(())
+    }
+
+    /// Serve a request from ThingsBoard on a task of its own (a method
+    /// that runs for seconds must not hold the values back).
+    fn dispatch(&self, job: ToConnector) {
+        let downlink = Downlink {
+            session: self.session.clone(),
+            limits: self.limits,
+            namespaces: self.namespaces,
+            timeout: self.conn.config.server.timeout,
+            cache: self.learnt.clone(),
+            devices: self.table.nodes_of.clone(),
+        };
+        let stats = self.ctx.stats.clone();
+        match job {
+            ToConnector::Device(job) => {
+                let n = job.messages.len() as u64;
+                tokio::spawn(async move {
+                    if downlink.serve(job).await {
+                        stats.sent_to_devices.fetch_add(n, Ordering::Relaxed);
+                    } else {
+                        stats.downlink_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+            ToConnector::ConnectorRpc { method, params, reply } => {
+                tokio::spawn(async move {
+                    let _ = reply.send(downlink.connector_rpc(method, params).await);
+                });
+            }
+        }
     }
 
     /// Monitor every node: subscriptions fill up to the server's cap, in
@@ -632,13 +714,9 @@ impl<'a> Live<'a> {
             if status.is_bad() {
                 self.ctx.stats.read_errors.fetch_add(1, Ordering::Relaxed);
             }
-            let payload = {
-                let ctx = self.session.encoding_context().read();
-                match value.value.as_ref() {
-                    Some(v) => opcua::types::json::to_bytes(v, &ctx.context())
-                        .unwrap_or_else(|e| format!("\"not encodable: {e}\"").into_bytes()),
-                    None => b"null".to_vec(),
-                }
+            let payload = match value.value.as_ref() {
+                Some(v) => resolve::json(&self.session, v),
+                None => b"null".to_vec(),
             };
             let raw = OpcuaValue {
                 node: node.text.clone(),
@@ -685,44 +763,38 @@ impl<'a> Live<'a> {
     }
 }
 
-/// Where a node reference starts: its own NodeId, the root, or the
-/// device's node.
-fn request(r: &NodeRef, device: &NodeId) -> PathRequest {
-    match r {
-        NodeRef::Id(id) => PathRequest { start: id.clone(), elements: Vec::new() },
-        NodeRef::Path { absolute: true, elements } => {
-            PathRequest { start: ObjectId::RootFolder.into(), elements: elements.clone() }
-        }
-        NodeRef::Path { absolute: false, elements } => {
-            PathRequest { start: device.clone(), elements: elements.clone() }
-        }
-    }
-}
-
 /// The devices each mapping finds on the server, and their keys' nodes.
 async fn build(conn: &OpcuaConnector, session: &Session, limits: &Limits, namespaces: usize) -> Result<Table, String> {
     let mappings = &conn.config.mappings;
     let mut hint = None;
     // 1. Each mapping's device node (relative paths start at Objects).
     let objects: NodeId = ObjectId::ObjectsFolder.into();
-    let requests: Vec<PathRequest> = mappings.iter().map(|m| request(&m.device_node, &objects)).collect();
+    let requests: Vec<PathRequest> = mappings.iter().map(|m| PathRequest::of(&m.device_node, &objects)).collect();
     let device_nodes = resolve::resolve(session, limits, namespaces, &mut hint, &requests).await?;
-    let found: Vec<(usize, NodeId)> = device_nodes
-        .into_iter()
-        .enumerate()
-        .filter_map(|(i, n)| {
-            if n.is_none() {
-                tracing::warn!(connector = %conn.name, "{}: no node {} on the server", mappings[i].path, mappings[i].device_node);
+    let mut found: Vec<(usize, NodeId)> = Vec::new();
+    for (i, n) in device_nodes.into_iter().enumerate() {
+        let m = &mappings[i];
+        match (n, &m.device_node) {
+            (Some(n), _) => found.push((i, n)),
+            // Named by no node as written: a pattern over browse names,
+            // matching any number of devices.
+            (None, NodeRef::Path { absolute, elements }) if elements.iter().any(|e| resolve::pattern(e).is_some()) => {
+                let start = if *absolute { ObjectId::RootFolder.into() } else { objects.clone() };
+                let nodes = resolve::matching(session, limits, namespaces, &mut hint, start, elements).await?;
+                if nodes.is_empty() {
+                    tracing::warn!(connector = %conn.name, "{}: no node matches {}", m.path, m.device_node);
+                }
+                found.extend(nodes.into_iter().map(|n| (i, n)));
             }
-            n.map(|n| (i, n))
-        })
-        .collect();
+            (None, _) => tracing::warn!(connector = %conn.name, "{}: no node {} on the server", m.path, m.device_node),
+        }
+    }
     // 2. Their names and profiles: the expressions' nodes, resolved and read.
     let mut requests = Vec::new();
     for (i, node) in &found {
         let m = &mappings[*i];
         for r in m.device_name.nodes().chain(m.device_profile.nodes()) {
-            requests.push(request(r, node));
+            requests.push(PathRequest::of(r, node));
         }
     }
     let resolved = resolve::resolve(session, limits, namespaces, &mut hint, &requests).await?;
@@ -770,7 +842,7 @@ async fn build(conn: &OpcuaConnector, session: &Session, limits: &Limits, namesp
             };
             match &k.source {
                 Source::Node(r) => {
-                    requests.push(request(r, node));
+                    requests.push(PathRequest::of(r, node));
                     targets.push((target, r));
                 }
                 Source::Constant(v) => constants.push((target, v.clone())),
@@ -796,8 +868,19 @@ async fn build(conn: &OpcuaConnector, session: &Session, limits: &Limits, namesp
     if missing > 0 {
         tracing::warn!(connector = %conn.name, "{missing} keys have no node on the server");
     }
-    let devices = devices.into_iter().map(|(_, _, d, t)| (d, t)).collect();
-    Ok(Table { nodes, devices, constants })
+    let mut nodes_of: HashMap<Arc<str>, downlink::Device> = devices
+        .iter()
+        .map(|(_, node, d, _)| (d.clone(), downlink::Device { node: node.clone(), keys: HashMap::new() }))
+        .collect();
+    for n in &nodes {
+        for t in &n.targets {
+            if let Some(d) = nodes_of.get_mut(&t.device) {
+                d.keys.insert(t.key.clone(), n.id.clone());
+            }
+        }
+    }
+    let devices = devices.into_iter().map(|(i, _, d, t)| (d, t, i)).collect();
+    Ok(Table { nodes, devices, nodes_of: Arc::new(nodes_of), constants })
 }
 
 fn render_expr(m: &Mapping) -> String {

@@ -11,6 +11,11 @@
 //! - [`connector`]: the task that owns the session: the node table,
 //!   subscriptions shared by every device (or chunked polling), rescans,
 //!   what happens when the server goes away and comes back.
+//! - `security`: the client's certificate, the trust list of server
+//!   certificates (and trust on first use), what a refused channel means.
+//! - `downlink`: ThingsBoard's writes, reads and method calls carried out
+//!   on the session (typed by the nodes' DataTypes), and the
+//!   `opcua_<method>` connector RPC.
 //!
 //! Like every connector it does protocol I/O only: each value goes to the
 //! `opcua` converter (WebAssembly) as the OPC UA JSON Variant the server
@@ -18,8 +23,10 @@
 
 pub mod config;
 pub mod connector;
+mod downlink;
 pub mod path;
 pub mod resolve;
+mod security;
 
 pub use config::{OpcuaConfig, parse};
 pub use connector::OpcuaConnector;
@@ -40,7 +47,7 @@ impl ConnectorKind for Opcua {
     }
 
     fn parse(&self, doc: &serde_json::Value, site: &Site<'_>, d: &mut Diagnostics) -> Option<Box<dyn ConnectorSetup>> {
-        parse(doc, site.base_dir, d).map(|c| Box::new(c) as Box<dyn ConnectorSetup>)
+        parse(doc, site, d).map(|c| Box::new(c) as Box<dyn ConnectorSetup>)
     }
 }
 

@@ -157,6 +157,25 @@ pub fn node_ref(text: &str) -> Result<NodeRef, String> {
     if is_node_id(text) { node_id(text).map(NodeRef::Id) } else { browse_path(text) }
 }
 
+/// A node as a request from ThingsBoard names it: as the config does, or
+/// as the converter contract does, a path of `/`-separated names from the
+/// device's node (`Pump/Speed`, `2:Pump/2:Speed`). A text with `\.` in it,
+/// or one from `Root`, is the config's form.
+pub fn request_ref(text: &str) -> Result<NodeRef, String> {
+    let text = text.trim();
+    if is_node_id(text) || text.contains("\\.") || text.starts_with("Root") || !text.contains('/') {
+        return node_ref(text);
+    }
+    let mut elements = Vec::new();
+    for raw in text.split('/') {
+        if raw.is_empty() {
+            return Err(format!("`{text}` has an empty element"));
+        }
+        elements.push(element(raw));
+    }
+    Ok(NodeRef::Path { absolute: false, elements })
+}
+
 /// A piece of an expression.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Part {

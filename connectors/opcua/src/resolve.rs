@@ -13,12 +13,18 @@
 //! namespace for the paths still unresolved, starting with the namespace
 //! the last such name was found in (a device's keys are in its
 //! namespace: one round, not one per namespace).
+//!
+//! A device pattern that names no node as written is matched level by
+//! level ([`matching`]): its elements that are regular expressions over
+//! the children's browse names are browsed (in bulk too), the others
+//! resolved as paths.
 
-use crate::path::Element;
+use crate::path::{Element, NodeRef};
 use opcua::client::Session;
 use opcua::types::{
-    AttributeId, BrowsePath, DataValue, NodeId, QualifiedName, ReadValueId, ReferenceTypeId, RelativePath,
-    RelativePathElement, StatusCode, TimestampsToReturn, VariableId, Variant,
+    AttributeId, BrowseDescription, BrowseDirection, BrowsePath, BrowseResultMask, DataValue, NodeId, ObjectId,
+    QualifiedName, ReadValueId, ReferenceTypeId, RelativePath, RelativePathElement, StatusCode, TimestampsToReturn,
+    VariableId, Variant,
 };
 
 /// The chunk size where the server publishes no limit.
@@ -30,11 +36,12 @@ pub struct Limits {
     pub read: usize,
     pub translate: usize,
     pub monitored_items: usize,
+    pub browse: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { read: DEFAULT_CHUNK, translate: DEFAULT_CHUNK, monitored_items: DEFAULT_CHUNK }
+        Limits { read: DEFAULT_CHUNK, translate: DEFAULT_CHUNK, monitored_items: DEFAULT_CHUNK, browse: DEFAULT_CHUNK }
     }
 }
 
@@ -52,6 +59,7 @@ pub async fn limits(session: &Session) -> Result<(Limits, usize), Failure> {
         VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerTranslateBrowsePathsToNodeIds,
         VariableId::Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
         VariableId::Server_NamespaceArray,
+        VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerBrowse,
     ];
     let reads: Vec<ReadValueId> = ids.iter().map(|id| value_of(NodeId::from(*id))).collect();
     let values = session
@@ -68,7 +76,7 @@ pub async fn limits(session: &Session) -> Result<(Limits, usize), Failure> {
         Some(Variant::Array(a)) => a.values.len(),
         _ => 1,
     };
-    Ok((Limits { read: limit(0), translate: limit(1), monitored_items: limit(2) }, namespaces))
+    Ok((Limits { read: limit(0), translate: limit(1), monitored_items: limit(2), browse: limit(4) }, namespaces))
 }
 
 /// A read of a node's Value attribute.
@@ -98,6 +106,22 @@ pub async fn read(session: &Session, limits: &Limits, nodes: &[NodeId]) -> Resul
 pub struct PathRequest {
     pub start: NodeId,
     pub elements: Vec<Element>,
+}
+
+impl PathRequest {
+    /// Where a node reference starts: its own NodeId, the root, or `base`
+    /// (the device's node).
+    pub fn of(r: &NodeRef, base: &NodeId) -> PathRequest {
+        match r {
+            NodeRef::Id(id) => PathRequest { start: id.clone(), elements: Vec::new() },
+            NodeRef::Path { absolute: true, elements } => {
+                PathRequest { start: ObjectId::RootFolder.into(), elements: elements.clone() }
+            }
+            NodeRef::Path { absolute: false, elements } => {
+                PathRequest { start: base.clone(), elements: elements.clone() }
+            }
+        }
+    }
 }
 
 /// Resolve every path; `None` where the server has no such node (or only
@@ -151,6 +175,83 @@ pub async fn resolve(
     Ok(out)
 }
 
+/// Whether a browse name of a pattern is a regular expression: it has one
+/// of a regular expression's operators and compiles as one (anchored: the
+/// whole name must match).
+pub fn pattern(element: &Element) -> Option<regex::Regex> {
+    if !element.name.contains(['*', '+', '?', '|', '[', '(', '{', '^', '$']) {
+        return None;
+    }
+    regex::Regex::new(&format!("^(?:{})$", element.name)).ok()
+}
+
+/// The nodes below `start` whose browse names match `elements`, level by
+/// level: an element that is a [`pattern`] matched against every child's
+/// browse name (Browse, in chunks of the server's `MaxNodesPerBrowse`,
+/// following continuation points), a literal one resolved as a path.
+pub async fn matching(
+    session: &Session,
+    limits: &Limits,
+    namespaces: usize,
+    hint: &mut Option<u16>,
+    start: NodeId,
+    elements: &[Element],
+) -> Result<Vec<NodeId>, Failure> {
+    let mut current = vec![start];
+    for element in elements {
+        let Some(re) = pattern(element) else {
+            let requests: Vec<PathRequest> =
+                current.iter().map(|n| PathRequest { start: n.clone(), elements: vec![element.clone()] }).collect();
+            current = resolve(session, limits, namespaces, hint, &requests).await?.into_iter().flatten().collect();
+            continue;
+        };
+        let mut next: Vec<NodeId> = Vec::new();
+        for chunk in current.chunks(limits.browse) {
+            let nodes: Vec<BrowseDescription> = chunk
+                .iter()
+                .map(|n| BrowseDescription {
+                    node_id: n.clone(),
+                    browse_direction: BrowseDirection::Forward,
+                    reference_type_id: ReferenceTypeId::HierarchicalReferences.into(),
+                    include_subtypes: true,
+                    node_class_mask: 0,
+                    result_mask: BrowseResultMask::All as u32,
+                })
+                .collect();
+            let mut results = session
+                .browse(&nodes, 0, None)
+                .await
+                .map_err(|e| failed(&format!("browsing {} nodes for `{element}`", nodes.len()), e))?;
+            loop {
+                let mut more = Vec::new();
+                for r in &results {
+                    for child in r.references.iter().flatten() {
+                        let name = &child.browse_name;
+                        if element.ns.is_none_or(|ns| ns == name.namespace_index)
+                            && re.is_match(name.name.as_ref())
+                            && !next.contains(&child.node_id.node_id)
+                        {
+                            next.push(child.node_id.node_id.clone());
+                        }
+                    }
+                    if !r.continuation_point.is_null_or_empty() {
+                        more.push(r.continuation_point.clone());
+                    }
+                }
+                if more.is_empty() {
+                    break;
+                }
+                results = session
+                    .browse_next(false, &more)
+                    .await
+                    .map_err(|e| failed(&format!("browsing on for `{element}`"), e))?;
+            }
+        }
+        current = next;
+    }
+    Ok(current)
+}
+
 fn browse_path(r: &PathRequest, ns: u16) -> BrowsePath {
     let elements = r
         .elements
@@ -177,6 +278,14 @@ pub fn text(value: &DataValue) -> Option<String> {
         Variant::Empty => return None,
         other => other.to_string(),
     })
+}
+
+/// A value as an OPC UA JSON Variant (reversible form), in the session's
+/// encoding context (its namespaces and the structures it knows).
+pub fn json(session: &Session, value: &Variant) -> Vec<u8> {
+    let ctx = session.encoding_context().read();
+    opcua::types::json::to_bytes(value, &ctx.context())
+        .unwrap_or_else(|e| format!("\"not encodable: {e}\"").into_bytes())
 }
 
 /// A status's name and code, for logs.

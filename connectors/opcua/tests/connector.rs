@@ -14,7 +14,8 @@ use tbgw_core::config::Diagnostics;
 use tbgw_core::connector::{Connector, ConnectorContext, ConnectorStats, Uplink, UplinkSink};
 use tbgw_core::downlink::{DeviceRequests, DownlinkLink, FromDevice};
 use tbgw_core::{DeviceRequest, Source};
-use tbgw_test_support::opcua::{OpcuaServer, Plant, USER, initial};
+use tbgw_test_support::asyncua::AsyncuaServer;
+use tbgw_test_support::opcua::{OpcuaServer, Plant, USER, client_certificate, initial};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +26,7 @@ struct Running {
     finish: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     requests: mpsc::UnboundedReceiver<FromDevice>,
-    _jobs: mpsc::Sender<tbgw_core::downlink::ToConnector>,
+    jobs: mpsc::Sender<tbgw_core::downlink::ToConnector>,
 }
 
 /// One value as the converter gets it.
@@ -45,7 +46,8 @@ fn start(doc: Value) -> Running {
         .with_test_writer()
         .try_init();
     let mut d = Diagnostics::default();
-    let config = tbgw_connector_opcua::parse(&doc, Path::new("."), &mut d).expect("config");
+    let site = tbgw_core::setup::Site { name: "plc", base_dir: Path::new(".") };
+    let config = tbgw_connector_opcua::parse(&doc, &site, &mut d).expect("config");
     assert!(d.errors.is_empty(), "{:?}", d.errors);
     let routes: Vec<usize> = (0..tbgw_core::setup::ConnectorSetup::routes(&config).len()).map(|i| 10 + i).collect();
     let connector = Box::new(tbgw_connector_opcua::OpcuaConnector::new("plc", config, &routes));
@@ -62,7 +64,7 @@ fn start(doc: Value) -> Running {
         stats: stats.clone(),
     };
     let task = tokio::spawn(connector.run(ctx));
-    Running { uplinks, stats, stop, finish, task, requests: requests_rx, _jobs: jobs }
+    Running { uplinks, stats, stop, finish, task, requests: requests_rx, jobs }
 }
 
 fn doc(url: &str, server: Value, timeseries: Value) -> Value {
@@ -287,5 +289,203 @@ async fn an_unreachable_server_is_tried_again_until_it_comes() {
     collect(&r, "values once the server is up", Vec::new(), |g| latest(g, "Boiler SN-1", "temperature").is_some())
         .await;
     drop(server);
+    stop(r).await;
+}
+
+/// A directory of this test's own, emptied.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tbgw-opcua-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    dir
+}
+
+/// The certificates (`.der`) in a directory of the trust store.
+fn certificates(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| d.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "der")).count())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_policy_signs_or_encrypts_and_logs_in_by_password_or_certificate() {
+    let dir = scratch("policies");
+    let (cert, key) = client_certificate(&dir, "tbgw-client", "urn:tbgw:test:client");
+    let server = OpcuaServer::start_secure(Plant::default(), &cert);
+    let trusted = server.certificate();
+    let mut cases: Vec<(&str, &str, Value)> = Vec::new();
+    for policy in ["Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss"] {
+        for mode in ["Sign", "SignAndEncrypt"] {
+            cases.push((policy, mode, json!({"type": "cert.PEM"})));
+        }
+    }
+    // A password over an encrypted channel, and the certificate as the login.
+    cases.push((
+        "Aes256Sha256RsaPss",
+        "SignAndEncrypt",
+        json!({"type": "cert.PEM", "username": USER.0, "password": USER.1}),
+    ));
+    cases.push(("Basic256Sha256", "SignAndEncrypt", json!({"type": "x509"})));
+    for (i, (policy, mode, mut identity)) in cases.into_iter().enumerate() {
+        let extra = json!({"cert": cert, "privateKey": key, "caCert": trusted, "mode": mode});
+        if let (Some(id), Some(extra)) = (identity.as_object_mut(), extra.as_object()) {
+            id.extend(extra.clone());
+        }
+        let what = format!("{policy} {mode} {identity}");
+        let mut server_keys = json!({"security": policy, "identity": identity, "pkiDir": dir.join(format!("pki-{i}"))});
+        if identity["type"] == "x509" {
+            // A hand-set URI that is not the certificate's gives way to it.
+            server_keys["uri"] = json!("urn:tbgw:set:by:hand");
+        }
+        let r = start(doc(&server.url(), server_keys, keys(0)));
+        let got = collect(&r, &what, Vec::new(), |g| latest(g, "Boiler SN-1", "temperature").is_some()).await;
+        assert_eq!(number(&got, "Boiler SN-1", "temperature"), Some(20.5), "{what}");
+        stop(r).await;
+    }
+    // A wrong password is refused over a secure channel too.
+    let identity = json!({"type": "cert.PEM", "cert": cert, "privateKey": key, "caCert": trusted,
+                          "username": USER.0, "password": "wrong"});
+    let r = start(doc(&server.url(), json!({"identity": identity, "pkiDir": dir.join("pki-wrong")}), keys(0)));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(take(&r).is_empty());
+    assert!(!r.stats.connected.load(Ordering::Relaxed));
+    stop(r).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_server_is_refused_until_trusted_and_trust_on_first_use_trusts_the_first_only() {
+    let dir = scratch("trust");
+    let (cert, key) = client_certificate(&dir, "tbgw-client", "urn:tbgw:test:client");
+    let server = OpcuaServer::start_secure(Plant::default(), &cert);
+    let identity = |tofu: bool| json!({"type": "cert.PEM", "cert": cert, "privateKey": key, "trustOnFirstUse": tofu});
+    let pki = dir.join("pki");
+    let keys_of = |tofu: bool| json!({"security": "Basic256Sha256", "identity": identity(tofu), "pkiDir": pki});
+
+    // Not in the trust list: refused, and kept in `rejected/` for a user
+    // to move; no data.
+    let r = start(doc(&server.url(), keys_of(false), keys(0)));
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert!(take(&r).is_empty());
+    assert!(!r.stats.connected.load(Ordering::Relaxed));
+    assert_eq!((certificates(&pki.join("rejected")), certificates(&pki.join("trusted"))), (1, 0));
+    stop(r).await;
+
+    // Trust on first use: the first server seen is trusted and kept.
+    let _ = std::fs::remove_dir_all(pki.join("rejected"));
+    let r = start(doc(&server.url(), keys_of(true), keys(0)));
+    collect(&r, "values from the first server seen", Vec::new(), |g| latest(g, "Boiler SN-1", "temperature").is_some())
+        .await;
+    assert_eq!(certificates(&pki.join("trusted")), 1);
+
+    // The server comes back at the same address with another certificate:
+    // not the first one, refused, while the connector runs and after.
+    let port = server.stop();
+    let other = OpcuaServer::start_secure_on(port, Plant::default(), &cert);
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    take(&r);
+    other.set(1, "Temperature", 99.5);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(take(&r).is_empty(), "values from a server of another certificate");
+    assert!(!r.stats.connected.load(Ordering::Relaxed));
+    stop(r).await;
+    let r = start(doc(&other.url(), keys_of(true), keys(0)));
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert!(take(&r).is_empty());
+    assert!(!r.stats.connected.load(Ordering::Relaxed));
+    assert_eq!((certificates(&pki.join("rejected")), certificates(&pki.join("trusted"))), (1, 1));
+    stop(r).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Requests for `device`, as the router hands them over; what the
+/// connector answered.
+async fn serve(r: &Running, device: &str, messages: Vec<tbgw_core::DownlinkMessage>) -> Vec<tbgw_core::RawUplink> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let kind = tbgw_core::downlink::JobKind::Rpc { id: 1, method: "test".into() };
+    let job = tbgw_core::downlink::DeviceJob { device: device.into(), kind, messages, reply };
+    r.jobs.send(tbgw_core::downlink::ToConnector::Device(job)).await.expect("the connector takes requests");
+    let answered = tokio::time::timeout(Duration::from_secs(10), answer).await.expect("an answer in time");
+    answered.expect("answered").expect("carried out")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_independent_server_python_asyncua_every_change_once_and_typed_writes_and_calls() {
+    use tbgw_core::{DownlinkMessage, OpcuaRequest, Value as V};
+    let mut server = AsyncuaServer::start(2);
+    let timeseries = json!([{"key": "temperature", "type": "path", "value": "${Temperature}"},
+                            {"key": "counter", "type": "path", "value": "${Counter}"}]);
+    let r = start(doc(&server.url(), json!({}), timeseries));
+    let devices = ["Boiler SN-1", "Boiler SN-2"];
+    let got = collect(&r, "asyncua's first values", Vec::new(), |g| {
+        devices.iter().all(|d| latest(g, d, "counter").is_some() && latest(g, d, "temperature").is_some())
+    })
+    .await;
+    assert_eq!(number(&got, "Boiler SN-2", "temperature"), Some(20.5));
+
+    // Every change of a counter, once, in order: no duplicate, no gap.
+    tokio::task::block_in_place(|| server.count(100, 20));
+    let got = collect(&r, "every count", got, |g| devices.iter().all(|d| number(g, d, "counter") == Some(100.0))).await;
+    for d in devices {
+        let seen: Vec<u64> = got
+            .iter()
+            .filter(|g| g.device == d && g.key == "counter")
+            .filter_map(|g| g.value["Body"].as_u64())
+            .collect();
+        assert_eq!(seen, (0..=100).collect::<Vec<u64>>(), "{d}");
+    }
+
+    // A write typed by the node's DataType (text to an Int16), read back
+    // by asyncua with its type; a method called with Int32 arguments.
+    let write = |value: V| DownlinkMessage::Opcua(OpcuaRequest::Write { node: "SetPoint".into(), value });
+    let answers = serve(&r, "Boiler SN-1", vec![write(V::Text("42".into()))]).await;
+    let Source::Opcua(v) = &answers[0].source else { panic!("{:?}", answers[0]) };
+    assert_eq!(v.status, 0, "{:?}", answers[0]);
+    assert_eq!(tokio::task::block_in_place(|| server.get(1, "SetPoint")), (json!(42), "Int16".to_owned()));
+    let answers = serve(&r, "Boiler SN-1", vec![write(V::Int(70000))]).await;
+    let meta: BTreeMap<String, String> = answers[0].metadata.iter().cloned().collect();
+    assert_eq!(meta.get("status").map(String::as_str), Some("BadTypeMismatch"), "{meta:?}");
+    assert!(meta["error"].contains("out of the range of a Int16"), "{meta:?}");
+    assert_eq!(tokio::task::block_in_place(|| server.get(1, "SetPoint")).0, json!(42));
+    let call = OpcuaRequest::Call {
+        object: String::new(),
+        method: "multiply".into(),
+        arguments: vec![V::Int(6), V::Text("7".into())],
+    };
+    let answers = serve(&r, "Boiler SN-2", vec![DownlinkMessage::Opcua(call)]).await;
+    let outputs: Value = serde_json::from_slice(&answers[0].payload).expect("JSON");
+    assert_eq!(outputs, json!([{"Type": 6, "Body": 42}]));
+    stop(r).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_pattern_finds_every_matching_device() {
+    let server = OpcuaServer::start(Plant { devices: 3, ..Plant::default() });
+    // `Boiler [0-9]+` names no node as written: it is matched against
+    // the browse names under Plant (not the Python gateway's one device).
+    let doc = json!({
+        "server": {"url": server.url(), "timeoutInMillis": 2000, "subCheckPeriodInMillis": 50},
+        "mapping": [{
+            "deviceNodeSource": "path",
+            "deviceNodePattern": "Root\\.Objects\\.Plant\\.Boiler [0-9]+",
+            "deviceInfo": {"deviceNameExpression": "Boiler ${SerialNumber}", "deviceNameExpressionSource": "path"},
+            "timeseries": [{"key": "temperature", "type": "path", "value": "${Temperature}"}]
+        }, {
+            "deviceNodeSource": "path",
+            "deviceNodePattern": "Root\\.Objects\\.Plant\\.Pump.*",
+            "deviceInfo": {"deviceNameExpression": "Pump"},
+            "timeseries": [{"key": "speed", "type": "path", "value": "${Speed}"}]
+        }]
+    });
+    let mut r = start(doc);
+    let devices = ["Boiler SN-1", "Boiler SN-2", "Boiler SN-3"];
+    let got = collect(&r, "every boiler's temperature", Vec::new(), |g| {
+        devices.iter().all(|d| latest(g, d, "temperature").is_some())
+    })
+    .await;
+    assert!(got.iter().all(|g| g.key == "temperature"), "no pump matches: {got:?}");
+    let mut connected: Vec<String> = connects(&mut r).into_iter().map(|(d, _)| d).collect();
+    connected.sort();
+    assert_eq!(connected, devices);
     stop(r).await;
 }

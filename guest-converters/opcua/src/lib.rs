@@ -1,4 +1,5 @@
-//! The built-in `opcua` uplink converter's logic, in plain Rust.
+//! The built-in `opcua` converters' logic, in plain Rust: the uplink one
+//! here, the downlink one in [`downlink`].
 //!
 //! The OPC-UA connector resolves the configuration (which node feeds which
 //! key of which device) and sends one message per value and key: the
@@ -30,6 +31,10 @@
 //! a Bad one is left out and reported as dropped with its status, not sent
 //! as an error text in place of the value as the Python gateway does (a
 //! string in a numeric time series breaks its charts and rules).
+
+pub mod downlink;
+
+pub use downlink::DownlinkConverter;
 
 use serde_json::Value as Json;
 use tbgw_data::config::{self as cfg};

@@ -81,6 +81,9 @@ pub struct DownlinkDecl {
 pub enum Devices {
     All,
     Named(Vec<String>),
+    /// Devices the connector finds as it runs (OPC-UA devices named from
+    /// their nodes' values): it adds each to the set as it finds it.
+    Found(FoundDevices),
 }
 
 impl Devices {
@@ -88,9 +91,43 @@ impl Devices {
         match self {
             Devices::All => true,
             Devices::Named(names) => names.iter().any(|n| n == device),
+            Devices::Found(found) => found.contains(device),
         }
     }
 }
+
+/// A set of device names shared by a connector's configuration (which
+/// hands it to the router in a [`DownlinkDecl`]) and the running
+/// connector (which fills it). Two sets are equal when they hold the same
+/// names.
+#[derive(Debug, Clone, Default)]
+pub struct FoundDevices(std::sync::Arc<std::sync::RwLock<std::collections::HashSet<String>>>);
+
+impl FoundDevices {
+    pub fn insert(&self, device: &str) {
+        let mut set = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if !set.contains(device) {
+            set.insert(device.to_owned());
+        }
+    }
+
+    pub fn contains(&self, device: &str) -> bool {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).contains(device)
+    }
+}
+
+impl PartialEq for FoundDevices {
+    fn eq(&self, other: &Self) -> bool {
+        if std::sync::Arc::ptr_eq(&self.0, &other.0) {
+            return true;
+        }
+        let (a, b) =
+            (self.0.read().unwrap_or_else(|e| e.into_inner()), other.0.read().unwrap_or_else(|e| e.into_inner()));
+        *a == *b
+    }
+}
+
+impl Eq for FoundDevices {}
 
 /// A converter as a connector's configuration names it.
 #[derive(Debug, Clone, PartialEq)]

@@ -344,6 +344,26 @@ pub fn hex(bytes: &[u8]) -> String {
     out
 }
 
+/// Hex text (whitespace ignored) as bytes; the error names the offending
+/// character's position.
+pub fn unhex(text: &[u8]) -> Result<Vec<u8>, String> {
+    let digits: Vec<(usize, u8)> = text.iter().copied().enumerate().filter(|(_, c)| !c.is_ascii_whitespace()).collect();
+    if !digits.len().is_multiple_of(2) {
+        return Err(format!("{} hex digits: bytes take two each", digits.len()));
+    }
+    digits
+        .chunks(2)
+        .map(|pair| {
+            let value = |(at, c): (usize, u8)| {
+                (c as char)
+                    .to_digit(16)
+                    .ok_or_else(|| format!("`{}` at column {} is not a hex digit", c as char, at + 1))
+            };
+            Ok((value(pair[0])? * 16 + value(pair[1])?) as u8)
+        })
+        .collect()
+}
+
 /// The time now, ms since the epoch (how messages are stamped).
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

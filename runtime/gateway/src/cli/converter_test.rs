@@ -91,7 +91,7 @@ pub fn run(args: Args) -> ExitCode {
     let binary: Vec<(usize, Vec<u8>)> = if args.hex {
         match messages
             .iter()
-            .map(|(line, text)| hex(text).map(|b| (*line, b)).map_err(|e| format!("line {line}: {e}")))
+            .map(|(line, text)| tbgw_core::unhex(text).map(|b| (*line, b)).map_err(|e| format!("line {line}: {e}")))
             .collect()
         {
             Ok(b) => b,
@@ -222,26 +222,6 @@ fn read_config(path: &Path) -> Result<String, String> {
     serde_json::from_str::<serde_json::Value>(&text)
         .map_err(|e| format!("--config {}: not valid JSON: {e}", path.display()))?;
     Ok(text)
-}
-
-/// Hex text (whitespace ignored) as bytes; the error names the offending
-/// character's position.
-fn hex(text: &[u8]) -> Result<Vec<u8>, String> {
-    let digits: Vec<(usize, u8)> = text.iter().copied().enumerate().filter(|(_, c)| !c.is_ascii_whitespace()).collect();
-    if !digits.len().is_multiple_of(2) {
-        return Err(format!("{} hex digits: bytes take two each", digits.len()));
-    }
-    digits
-        .chunks(2)
-        .map(|pair| {
-            let value = |(at, c): (usize, u8)| {
-                (c as char)
-                    .to_digit(16)
-                    .ok_or_else(|| format!("`{}` at column {} is not a hex digit", c as char, at + 1))
-            };
-            Ok((value(pair[0])? * 16 + value(pair[1])?) as u8)
-        })
-        .collect()
 }
 
 fn read_input(path: &Path) -> Result<Vec<u8>, String> {
