@@ -193,21 +193,31 @@ struct Run {
     peak_rss_mb: f64,
 }
 
-fn spawn(env: &[(&str, String)]) -> anyhow::Result<std::process::Child> {
+/// A child process killed when dropped: a bench that fails leaves none behind.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(env: &[(&str, String)]) -> anyhow::Result<Child> {
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
     for (k, v) in env {
         cmd.env(k, v);
     }
     let log = std::env::var("TBGW_BENCH_LOG").unwrap_or_else(|_| "warn".into());
-    Ok(cmd.env("RUST_LOG", log).stdout(std::process::Stdio::null()).spawn()?)
+    Ok(Child(cmd.env("RUST_LOG", log).stdout(std::process::Stdio::null()).spawn()?))
 }
 
 /// After settling, sample the child's CPU and RSS for `seconds`; the peak
 /// RSS counts from the start.
-fn measure(mut child: std::process::Child, seconds: u64, counted: impl Fn() -> Option<u64>) -> anyhow::Result<Run> {
-    let pid = child.id();
+fn measure(mut child: Child, seconds: u64, counted: impl Fn() -> Option<u64>) -> anyhow::Result<Run> {
+    let pid = child.0.id();
     std::thread::sleep(SETTLE);
-    if let Some(status) = child.try_wait()? {
+    if let Some(status) = child.0.try_wait()? {
         anyhow::bail!("the child exited: {status}");
     }
     let (cpu0, n0, t0) = (cpu_seconds(pid).unwrap_or(0.0), counted().unwrap_or(0), Instant::now());
@@ -218,8 +228,7 @@ fn measure(mut child: std::process::Child, seconds: u64, counted: impl Fn() -> O
     let cpu = cpu_seconds(pid).unwrap_or(0.0) - cpu0;
     let n = counted().unwrap_or(0).saturating_sub(n0);
     let peak = status_kb(pid, "VmHWM:").unwrap_or(0);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     Ok(Run { counted_per_s: n as f64 / elapsed, cpu_percent: cpu / elapsed * 100.0, peak_rss_mb: peak as f64 / 1024.0 })
 }
 

@@ -57,9 +57,9 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tbgw_core::connector::{Connector, ConnectorContext, RouteId, Uplink};
+use tbgw_core::connector::{Connector, ConnectorContext, ConnectorStats, Extra, RouteId, Uplink};
 use tbgw_core::downlink::ToConnector;
 use tbgw_core::setup::{Devices, DownlinkDecl};
 use tbgw_core::{DeviceRequest, OpcuaValue, RawUplink, Source as RawSource, now_ms};
@@ -164,7 +164,7 @@ enum Notice {
 /// The subscriptions' callback: hand each notification over, whole.
 struct Handoff {
     tx: mpsc::Sender<Notice>,
-    dropped: Arc<AtomicU64>,
+    dropped: Arc<Extra>,
     generation: u64,
 }
 
@@ -185,7 +185,41 @@ impl OnSubscriptionNotificationCore for Handoff {
         }
         let n = values.len() as u64;
         if self.tx.try_send(Notice::Values(self.generation, values)).is_err() {
-            self.dropped.fetch_add(n, Ordering::Relaxed);
+            self.dropped.add(n);
+        }
+    }
+}
+
+/// The connector's own counts in the status snapshot.
+struct Counts {
+    devices: Arc<Extra>,
+    nodes: Arc<Extra>,
+    subscriptions: Arc<Extra>,
+    monitored_items: Arc<Extra>,
+    bad_status: Arc<Extra>,
+    dropped: Arc<Extra>,
+}
+
+impl Counts {
+    fn of(stats: &ConnectorStats) -> Counts {
+        Counts {
+            devices: stats.extra("devices", "Devices the mappings found on the server", true),
+            nodes: stats.extra("nodes", "Distinct nodes read or monitored", true),
+            subscriptions: stats.extra("subscriptions", "Subscriptions on the server", true),
+            monitored_items: stats.extra("monitored_items", "Monitored items the server took", true),
+            bad_status: stats.extra("bad_status_values", "Values with a Bad status (sent as their status name)", false),
+            dropped: stats.extra(
+                "notifications_dropped",
+                "Values dropped because the converter stage was behind the subscriptions",
+                false,
+            ),
+        }
+    }
+
+    /// Nothing monitored (the session is gone).
+    fn clear(&self) {
+        for c in [&self.subscriptions, &self.monitored_items] {
+            c.set(0);
         }
     }
 }
@@ -382,7 +416,7 @@ struct Live<'a> {
     generation: u64,
     subscriptions: Vec<u32>,
     notices: (mpsc::Sender<Notice>, mpsc::Receiver<Notice>),
-    dropped: Arc<AtomicU64>,
+    counts: Counts,
     dropped_logged: u64,
     /// The server's namespaces, as the last setup found them.
     namespaces: usize,
@@ -397,6 +431,7 @@ impl<'a> Live<'a> {
         session: Arc<Session>,
         connected_devices: &'a mut HashSet<Arc<str>>,
     ) -> Live<'a> {
+        let counts = Counts::of(&ctx.stats);
         Live {
             conn,
             ctx,
@@ -407,8 +442,8 @@ impl<'a> Live<'a> {
             generation: 0,
             subscriptions: Vec::new(),
             notices: mpsc::channel(NOTIFICATION_QUEUE),
-            dropped: Arc::new(AtomicU64::new(0)),
-            dropped_logged: 0,
+            dropped_logged: counts.dropped.get(),
+            counts,
             namespaces: 1,
             learnt: Arc::default(),
         }
@@ -447,6 +482,7 @@ impl<'a> Live<'a> {
                             // The server has none of our subscriptions any
                             // more, and its namespaces may have moved.
                             self.subscriptions.clear();
+                            self.counts.clear();
                             self.table = Table::default();
                             self.learnt = Arc::default();
                             setup_at = Instant::now();
@@ -457,7 +493,10 @@ impl<'a> Live<'a> {
                         connected = false;
                         self.ctx.stats.connected.store(false, Ordering::Relaxed);
                     }
-                    Some(SessionEvent::Ended) | None => return false,
+                    Some(SessionEvent::Ended) | None => {
+                        self.counts.clear();
+                        return false;
+                    }
                 },
                 Some(notice) = self.notices.1.recv() => match notice {
                     Notice::Values(generation, values) if generation == self.generation => self.emit(values).await,
@@ -497,7 +536,7 @@ impl<'a> Live<'a> {
                     }
                 }
             }
-            let dropped = self.dropped.load(Ordering::Relaxed);
+            let dropped = self.counts.dropped.get();
             if dropped > self.dropped_logged {
                 tracing::warn!(
                     connector = %self.conn.name,
@@ -559,12 +598,17 @@ impl<'a> Live<'a> {
             self.table = Table::default();
             return Err(why);
         }
+        let monitored = if self.conn.config.server.subscriptions { self.table.nodes.len() } else { 0 };
+        self.counts.devices.set(self.table.devices.len() as u64);
+        self.counts.nodes.set(self.table.nodes.len() as u64);
+        self.counts.subscriptions.set(self.subscriptions.len() as u64);
+        self.counts.monitored_items.set(monitored as u64);
         tracing::info!(
             connector = %self.conn.name,
             "{} devices, {} nodes ({} monitored in {} subscriptions) set up in {:?}",
             self.table.devices.len(),
             self.table.nodes.len(),
-            if self.conn.config.server.subscriptions { self.table.nodes.len() } else { 0 },
+            monitored,
             self.subscriptions.len(),
             started.elapsed()
         );
@@ -619,8 +663,11 @@ impl<'a> Live<'a> {
         let mut cap: Option<usize> = None;
         let mut refused = 0usize;
         while next < total {
-            let handoff =
-                Handoff { tx: self.notices.0.clone(), dropped: self.dropped.clone(), generation: self.generation };
+            let handoff = Handoff {
+                tx: self.notices.0.clone(),
+                dropped: self.counts.dropped.clone(),
+                generation: self.generation,
+            };
             let id = self
                 .session
                 .create_subscription(s.publish_interval, lifetime, keep_alive, 0, 0, true, handoff)
@@ -695,7 +742,7 @@ impl<'a> Live<'a> {
     /// Read every node once.
     async fn poll(&mut self) -> Result<(), String> {
         let ids: Vec<NodeId> = self.table.nodes.iter().map(|n| n.id.clone()).collect();
-        let values = resolve::read(&self.session, &self.limits, &ids).await?;
+        let values = resolve::read(&self.session, &mut self.limits, &ids).await?;
         let values = values.into_iter().enumerate().map(|(i, v)| (i as u32 + 1, v)).collect();
         self.emit(values).await;
         Ok(())
@@ -712,7 +759,7 @@ impl<'a> Live<'a> {
             self.ctx.stats.received.fetch_add(1, Ordering::Relaxed);
             let status = value.status.unwrap_or(StatusCode::Good);
             if status.is_bad() {
-                self.ctx.stats.read_errors.fetch_add(1, Ordering::Relaxed);
+                self.counts.bad_status.add(1);
             }
             let payload = match value.value.as_ref() {
                 Some(v) => resolve::json(&self.session, v),
@@ -724,10 +771,13 @@ impl<'a> Live<'a> {
                 source_time: value.source_timestamp.map(|t| t.as_chrono().timestamp_millis()),
                 server_time: value.server_timestamp.map(|t| t.as_chrono().timestamp_millis()),
             };
-            let targets = node.targets.clone();
             let status_name = (!status.is_good()).then(|| status.sub_code().name().to_owned());
-            for t in &targets {
-                let mut raw = self.uplink(t, raw.clone(), payload.clone(), status_name.clone());
+            // Most nodes feed one key: the value moves to the last, not copied.
+            let mut value = Some((raw, payload));
+            for (i, t) in node.targets.iter().enumerate() {
+                let last = i + 1 == node.targets.len();
+                let Some((raw, payload)) = (if last { value.take() } else { value.clone() }) else { break };
+                let mut raw = uplink(t, raw, payload, status_name.clone());
                 raw.received_at = received_at;
                 if self.ctx.sink.send(&t.device, Uplink { route: t.route, raw, ack: None }).await.is_err() {
                     return;
@@ -737,29 +787,30 @@ impl<'a> Live<'a> {
     }
 
     async fn send(&mut self, target: &Target, value: OpcuaValue, payload: Vec<u8>, status: Option<String>) {
-        let raw = self.uplink(target, value, payload, status);
+        let raw = uplink(target, value, payload, status);
         let _ = self.ctx.sink.send(&target.device, Uplink { route: target.route, raw, ack: None }).await;
     }
+}
 
-    fn uplink(&self, t: &Target, value: OpcuaValue, payload: Vec<u8>, status: Option<String>) -> RawUplink {
-        let mut metadata = vec![
-            ("key".to_owned(), t.key.to_string()),
-            ("section".to_owned(), t.section.as_str().to_owned()),
-            ("timestamp".to_owned(), t.timestamp.to_owned()),
-        ];
-        if let Some(dt) = &t.device_type {
-            metadata.push(("device-type".to_owned(), dt.to_string()));
-        }
-        if let Some(s) = status {
-            metadata.push(("status".to_owned(), s));
-        }
-        RawUplink {
-            source: RawSource::Opcua(value),
-            device: Some(t.device.to_string()),
-            payload,
-            metadata,
-            received_at: now_ms(),
-        }
+/// The message of one value for one key.
+fn uplink(t: &Target, value: OpcuaValue, payload: Vec<u8>, status: Option<String>) -> RawUplink {
+    let mut metadata = vec![
+        ("key".to_owned(), t.key.to_string()),
+        ("section".to_owned(), t.section.as_str().to_owned()),
+        ("timestamp".to_owned(), t.timestamp.to_owned()),
+    ];
+    if let Some(dt) = &t.device_type {
+        metadata.push(("device-type".to_owned(), dt.to_string()));
+    }
+    if let Some(s) = status {
+        metadata.push(("status".to_owned(), s));
+    }
+    RawUplink {
+        source: RawSource::Opcua(value),
+        device: Some(t.device.to_string()),
+        payload,
+        metadata,
+        received_at: now_ms(),
     }
 }
 
@@ -799,7 +850,7 @@ async fn build(conn: &OpcuaConnector, session: &Session, limits: &Limits, namesp
     }
     let resolved = resolve::resolve(session, limits, namespaces, &mut hint, &requests).await?;
     let readable: Vec<NodeId> = resolved.iter().flatten().cloned().collect();
-    let values = resolve::read(session, limits, &readable).await?;
+    let values = resolve::read(session, &mut { *limits }, &readable).await?;
     let mut values = values.iter();
     let mut texts: Vec<Option<String>> = Vec::with_capacity(resolved.len());
     for r in &resolved {

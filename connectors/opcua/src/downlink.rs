@@ -197,7 +197,7 @@ impl Downlink {
     }
 
     async fn read(&self, text: &str, id: &NodeId) -> Outcome {
-        match resolve::read(&self.session, &self.limits, std::slice::from_ref(id)).await {
+        match resolve::read(&self.session, &mut { self.limits }, std::slice::from_ref(id)).await {
             Ok(values) => {
                 let value = values.into_iter().next().unwrap_or_default();
                 let status = value.status.unwrap_or(StatusCode::Good);
@@ -280,7 +280,7 @@ impl Downlink {
             .map_err(failed)?;
         let mut inputs = Vec::new();
         if let Some(node) = found.into_iter().next().flatten() {
-            let values = resolve::read(&self.session, &self.limits, &[node]).await.map_err(failed)?;
+            let values = resolve::read(&self.session, &mut { self.limits }, &[node]).await.map_err(failed)?;
             if let Some(Variant::Array(a)) = values.first().and_then(|v| v.value.as_ref()) {
                 for v in &a.values {
                     let Variant::ExtensionObject(o) = v else { continue };

@@ -151,6 +151,11 @@ fn number(got: &[Got], device: &str, key: &str) -> Option<f64> {
     latest(got, device, key).and_then(|v| v.as_f64())
 }
 
+/// The connector's own count `name` in the status snapshot.
+fn extra(r: &Running, name: &str) -> Option<u64> {
+    r.stats.extras().iter().find(|e| e.name == name).map(|e| e.get())
+}
+
 fn connects(r: &mut Running) -> Vec<(String, Option<String>)> {
     let mut out = Vec::new();
     while let Ok(FromDevice { request, .. }) = r.requests.try_recv() {
@@ -217,6 +222,12 @@ async fn subscriptions_bring_every_keys_first_value_then_each_change_split_at_th
     .await;
     assert!(got.iter().all(|g| g.key != "level" && g.key != "serial"), "unchanged nodes sent again: {got:?}");
     assert!(r.stats.connected.load(Ordering::Relaxed));
+    // The status snapshot: 5 nodes a device (`temperatureAgain` reads
+    // `temperature`'s) and Boiler 1's serial number, in subscriptions of
+    // the server's 5 items: 5 + 5 + 1.
+    let counts =
+        [("devices", 2), ("nodes", 11), ("subscriptions", 3), ("monitored_items", 11), ("bad_status_values", 0)];
+    assert_eq!(counts.map(|(name, _)| (name, extra(&r, name))), counts.map(|(name, n)| (name, Some(n))));
     stop(r).await;
 }
 
@@ -276,6 +287,7 @@ async fn a_restarted_server_is_subscribed_again_with_its_namespace_moved() {
     collect(&r, "the next change", got, |g| number(g, "Boiler SN-2", "v0") == Some(7.0)).await;
     assert!(r.stats.reconnects.load(Ordering::Relaxed) >= 1);
     assert_eq!(connects(&mut r), vec![], "devices are not connected (or deleted) again");
+    assert_eq!(extra(&r, "subscriptions"), Some(1), "the old session's subscriptions are not counted");
     stop(r).await;
 }
 

@@ -21,7 +21,7 @@ use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio_util::sync::CancellationToken;
 
 /// Which converter handles a message (an index the gateway assigns).
@@ -104,6 +104,56 @@ pub struct ConnectorStats {
     pub reconnects: AtomicU64,
     /// Error frames the bus reported (CAN).
     pub bus_errors: AtomicU64,
+    /// Counts of this connector's kind only (OPC-UA's monitored items, ...).
+    extras: std::sync::Mutex<Vec<Arc<Extra>>>,
+}
+
+/// A count one kind of connector keeps beyond the common ones. The status
+/// snapshot, the statistics (`<Connector><Name>`, in CamelCase) and
+/// `/metrics` (`connector_<name>`) show every one a connector registered.
+#[derive(Debug)]
+pub struct Extra {
+    /// In snake_case: `monitored_items`.
+    pub name: &'static str,
+    /// One line for `/metrics`.
+    pub help: &'static str,
+    /// A level (`set`), not a count that only grows (`add`).
+    pub gauge: bool,
+    value: AtomicU64,
+}
+
+impl Extra {
+    pub fn set(&self, v: u64) {
+        self.value.store(v, Ordering::Relaxed);
+    }
+
+    pub fn add(&self, n: u64) {
+        self.value.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.value.load(Ordering::Relaxed)
+    }
+}
+
+impl ConnectorStats {
+    /// The connector's count `name`, made on first use (the same name gives
+    /// the same count: a connector run again keeps counting). Shown from
+    /// its registration on, in the order registered.
+    pub fn extra(&self, name: &'static str, help: &'static str, gauge: bool) -> Arc<Extra> {
+        let mut extras = self.extras.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = extras.iter().find(|e| e.name == name) {
+            return e.clone();
+        }
+        let e = Arc::new(Extra { name, help, gauge, value: AtomicU64::new(0) });
+        extras.push(e.clone());
+        e
+    }
+
+    /// Every count registered, in order.
+    pub fn extras(&self) -> Vec<Arc<Extra>> {
+        self.extras.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// What a running connector gets.

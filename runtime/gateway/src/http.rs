@@ -249,6 +249,27 @@ impl Collector for StatusMetrics {
             let samples = s.connectors.iter().map(|c| (vec![("connector", c.name.clone())], get(c)));
             family(&mut e, name, help, kind, samples)?;
         }
+        // Counts of one kind of connector: a family per name, over the
+        // connectors that keep it.
+        let mut extras: Vec<&str> = Vec::new();
+        for x in s.connectors.iter().flat_map(|c| &c.extras) {
+            if !extras.contains(&x.name) {
+                extras.push(x.name);
+            }
+        }
+        for name in extras {
+            let mut samples = Vec::new();
+            let mut described = None;
+            for c in &s.connectors {
+                if let Some(x) = c.extras.iter().find(|x| x.name == name) {
+                    described.get_or_insert((x.help, if x.gauge { Gauge } else { Counter }));
+                    samples.push((vec![("connector", c.name.clone())], x.value as f64));
+                }
+            }
+            if let Some((help, kind)) = described {
+                family(&mut e, &format!("connector_{name}"), help, kind, samples)?;
+            }
+        }
 
         type PerConverter = fn(&tbgw_wasm::ConverterInfo) -> f64;
         let converters: [(&str, &str, MetricType, PerConverter); 10] = [
@@ -335,7 +356,7 @@ impl Collector for StatusMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::ConnectorStatus;
+    use crate::status::{ConnectorStatus, ExtraStatus};
 
     #[test]
     fn readiness_names_each_reason_and_label_values_are_escaped() {
@@ -369,5 +390,44 @@ mod tests {
         assert!(text.contains("tbgw_requests_total 2"), "{text}");
         assert!(text.contains("tbgw_store_backlog_events 5"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn a_connectors_own_counts_are_a_family_each_over_the_connectors_that_keep_them() {
+        let extra = |name, gauge, value| ExtraStatus { name, help: "h", gauge, value };
+        let connector =
+            |name: &str, extras| ConnectorStatus { name: name.into(), extras, ..ConnectorStatus::default() };
+        let status = Status {
+            uptime: Duration::from_secs(3),
+            connectors: vec![
+                connector("plc", vec![extra("monitored_items", true, 1000), extra("bad_status_values", false, 3)]),
+                connector("mqtt", Vec::new()),
+                connector("plc2", vec![extra("monitored_items", true, 5)]),
+            ],
+            converters: Vec::new(),
+            store: Default::default(),
+            store_full: false,
+            client: Default::default(),
+            requests: 0,
+            request_errors: 0,
+        };
+        let stats = status.statistics();
+        assert_eq!((stats["plcMonitoredItems"].clone(), stats["plcBadStatusValues"].clone()), (1000.into(), 3.into()));
+        assert!(stats.get("mqttMonitoredItems").is_none());
+        let text = metrics(status).expect("encoded");
+        let lines: Vec<&str> =
+            text.lines().filter(|l| l.contains("monitored_items") || l.contains("bad_status")).collect();
+        assert_eq!(
+            lines,
+            [
+                "# HELP tbgw_connector_monitored_items h",
+                "# TYPE tbgw_connector_monitored_items gauge",
+                r#"tbgw_connector_monitored_items{connector="plc"} 1000.0"#,
+                r#"tbgw_connector_monitored_items{connector="plc2"} 5.0"#,
+                "# HELP tbgw_connector_bad_status_values h",
+                "# TYPE tbgw_connector_bad_status_values counter",
+                r#"tbgw_connector_bad_status_values_total{connector="plc"} 3.0"#,
+            ]
+        );
     }
 }

@@ -33,7 +33,7 @@ use crate::config::{ConnectorConfig, GatewayConfig, StorageKind};
 use crate::converters::{self, AnyConverter, DeclError, Registered, Registry};
 use crate::pipeline::{Pipeline, Route};
 use crate::router::{Port, Router};
-use crate::status::{ConnectorStatus, ConverterStatus, Status};
+use crate::status::{ConnectorStatus, ConverterStatus, ExtraStatus, Status};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -450,6 +450,11 @@ impl Gateway {
                     bus_errors: get(&s.bus_errors),
                     delivered: client.delivered_per_connector.get(&c.name).copied().unwrap_or(0),
                     routes: c.routes.clone(),
+                    extras: s
+                        .extras()
+                        .iter()
+                        .map(|e| ExtraStatus { name: e.name, help: e.help, gauge: e.gauge, value: e.get() })
+                        .collect(),
                     ..ConnectorStatus::default()
                 };
                 for (route, st) in self.pipeline.routes().iter().zip(self.pipeline.stats()) {

@@ -60,6 +60,31 @@ pub struct ConnectorStatus {
     pub bus_errors: u64,
     /// The names of its uplink routes' converters, in route order.
     pub routes: Vec<String>,
+    /// Counts of its kind only ([`tbgw_core::connector::Extra`]).
+    pub extras: Vec<ExtraStatus>,
+}
+
+/// A connector's count of its kind only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExtraStatus {
+    /// In snake_case.
+    pub name: &'static str,
+    pub help: &'static str,
+    pub gauge: bool,
+    pub value: u64,
+}
+
+impl ExtraStatus {
+    /// `monitored_items` as the statistics name it: `MonitoredItems`.
+    pub fn camel_name(&self) -> String {
+        self.name
+            .split('_')
+            .map(|w| {
+                let mut c = w.chars();
+                c.next().map(|f| f.to_uppercase().chain(c).collect::<String>()).unwrap_or_default()
+            })
+            .collect()
+    }
 }
 
 /// One converter.
@@ -98,6 +123,9 @@ impl Status {
             put("ReadErrors", c.read_errors.into());
             put("Reconnects", c.reconnects.into());
             put("BusErrors", c.bus_errors.into());
+            for e in &c.extras {
+                put(&e.camel_name(), e.value.into());
+            }
         }
         out.insert("requestsReceived".into(), self.requests.into());
         out.insert("requestErrors".into(), self.request_errors.into());
