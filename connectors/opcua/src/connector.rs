@@ -206,8 +206,12 @@ impl Counts {
             devices: stats.extra("devices", "Devices the mappings found on the server", true),
             nodes: stats.extra("nodes", "Distinct nodes read or monitored", true),
             subscriptions: stats.extra("subscriptions", "Subscriptions on the server", true),
-            monitored_items: stats.extra("monitored_items", "Monitored items the server took", true),
-            bad_status: stats.extra("bad_status_values", "Values with a Bad status (sent as their status name)", false),
+            monitored_items: stats.extra("monitored_items", "Monitored items made (one a node)", true),
+            bad_status: stats.extra(
+                "bad_status_values",
+                "Values with a Bad status (left out, with their status name)",
+                false,
+            ),
             dropped: stats.extra(
                 "notifications_dropped",
                 "Values dropped because the converter stage was behind the subscriptions",
