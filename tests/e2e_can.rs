@@ -8,7 +8,7 @@
 #[path = "e2e_common/mod.rs"]
 mod common;
 
-use common::{Gateway, latest, rpc};
+use common::{Gateway, latest, rpc, statistic};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use tbgw_test_support::socketcand::{CanPeer, Hub};
@@ -67,29 +67,11 @@ fn setup(name: &str, reconnect_period: f64) -> Setup {
     let tb_broker = Mosquitto::start_new();
     let tb = Collector::connect(tb_broker.port, &format!("tb-{name}"), &["v1/gateway/#", "v1/devices/me/#"]);
     let dir = tempfile::tempdir().expect("tempdir");
-    let yaml = format!(
-        "thingsboard:\n  host: 127.0.0.1\n  port: {port}\n  security: {{type: accessToken, accessToken: t}}\n  \
-         statistics: {{enable: true, statsSendPeriodInSeconds: 1}}\n\
-         storage: {{type: memory}}\n\
-         connectors:\n  - {{type: can, name: CAN, configuration: can.json}}\n\
-         tbgw:\n  cacheDir: {cache}\n",
-        port = tb_broker.port,
-        cache = common::shared_cache().display(),
-    );
+    let yaml = common::connector_yaml(tb_broker.port, "can", "CAN", "can.json");
     let config = can_json(hub.port, reconnect_period).to_string();
     let gw = Gateway::start_with(dir.path(), &[("tb_gateway.yaml", &yaml), ("can.json", &config)]);
     hub.wait_joined(2, Duration::from_secs(20));
     Setup { tb, gw, hub, peer, _keep: (tb_broker, dir) }
-}
-
-/// The latest value of a gateway statistic (`CANReconnects`).
-fn statistic(received: &[Received], key: &str) -> Option<Value> {
-    received
-        .iter()
-        .filter(|m| m.topic == "v1/devices/me/telemetry")
-        .filter_map(|m| serde_json::from_slice::<Value>(&m.payload).ok())
-        .filter_map(|v| v.get(key).cloned())
-        .next_back()
 }
 
 /// The frames tbgw (the hub's client that is not the peer) sent.

@@ -7,7 +7,7 @@
 #[path = "e2e_common/mod.rs"]
 mod common;
 
-use common::{Gateway, latest};
+use common::{Gateway, latest, statistic};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use tbgw_test_support::opcua::{OpcuaServer, Plant, Value as Variant, initial};
@@ -55,28 +55,10 @@ fn setup(name: &str, url: &str, subscriptions: bool) -> Setup {
     let tb_broker = Mosquitto::start_new();
     let tb = Collector::connect(tb_broker.port, &format!("tb-{name}"), &["v1/gateway/#", "v1/devices/me/#"]);
     let dir = tempfile::tempdir().expect("tempdir");
-    let yaml = format!(
-        "thingsboard:\n  host: 127.0.0.1\n  port: {port}\n  security: {{type: accessToken, accessToken: t}}\n  \
-         statistics: {{enable: true, statsSendPeriodInSeconds: 1}}\n\
-         storage: {{type: memory}}\n\
-         connectors:\n  - {{type: opcua, name: PLC, configuration: opcua.json}}\n\
-         tbgw:\n  cacheDir: {cache}\n",
-        port = tb_broker.port,
-        cache = common::shared_cache().display(),
-    );
+    let yaml = common::connector_yaml(tb_broker.port, "opcua", "PLC", "opcua.json");
     let config = opcua_json(url, subscriptions).to_string();
     let gw = Gateway::start_with(dir.path(), &[("tb_gateway.yaml", &yaml), ("opcua.json", &config)]);
     Setup { tb, gw, _keep: (tb_broker, dir) }
-}
-
-/// The latest value of a gateway statistic (`PLCConnected`).
-fn statistic(received: &[Received], key: &str) -> Option<Value> {
-    received
-        .iter()
-        .filter(|m| m.topic == "v1/devices/me/telemetry")
-        .filter_map(|m| serde_json::from_slice::<Value>(&m.payload).ok())
-        .filter_map(|v| v.get(key).cloned())
-        .next_back()
 }
 
 fn connects(received: &[Received]) -> Vec<String> {

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tbgw_bench::env_u64 as env;
-use tbgw_bench::process::{cpu_seconds, status_kb};
+use tbgw_bench::process::{measure, spawn_self as spawn};
 use tbgw_test_support::Mosquitto;
 use tbgw_test_support::socketcand::{CanPeer, Hub};
 
@@ -54,7 +54,7 @@ fn main() -> anyhow::Result<()> {
         let child = spawn(&[(FLOOR_MODE, format!("{}:{}", hub.port, count_file.display()))])?;
         hub.wait_joined(1, Duration::from_secs(10));
         let load = Load::start(&hub, rust_peer, rate, ids, seconds)?;
-        let run = measure(child, seconds, || std::fs::read_to_string(&count_file).ok()?.trim().parse().ok())?;
+        let run = measure(child, WARM_UP, seconds, || std::fs::read_to_string(&count_file).ok()?.trim().parse().ok())?;
         (run, load.finish())
     };
 
@@ -67,7 +67,7 @@ fn main() -> anyhow::Result<()> {
     let child = spawn(&[(gateway::GATEWAY_MODE, config.display().to_string())])?;
     hub.wait_joined(1, Duration::from_secs(30));
     let load = Load::start(&hub, rust_peer, rate, ids, seconds)?;
-    let tbgw_run = measure(child, seconds, || Some(received.datapoints.load(Ordering::Relaxed)))?;
+    let tbgw_run = measure(child, WARM_UP, seconds, || Some(received.datapoints.load(Ordering::Relaxed)))?;
     let tbgw_sent = load.finish();
 
     println!("{:<52} {:>10} {:>10} {:>12} {:>12}", "", "frames/s", "values/s", "CPU % core", "peak RSS MB");
@@ -153,42 +153,6 @@ impl Load {
             }
         }
     }
-}
-
-struct Run {
-    counted_per_s: f64,
-    cpu_percent: f64,
-    peak_rss_mb: f64,
-}
-
-fn spawn(env: &[(&str, String)]) -> anyhow::Result<std::process::Child> {
-    let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    Ok(cmd.env("RUST_LOG", "warn").stdout(std::process::Stdio::null()).spawn()?)
-}
-
-/// After the warm-up, sample the child's CPU and RSS for `seconds`;
-/// `counted` is what it has done so far (frames, values).
-fn measure(mut child: std::process::Child, seconds: u64, counted: impl Fn() -> Option<u64>) -> anyhow::Result<Run> {
-    let pid = child.id();
-    std::thread::sleep(WARM_UP);
-    if let Some(status) = child.try_wait()? {
-        anyhow::bail!("the child exited: {status}");
-    }
-    let (cpu0, n0, t0) = (cpu_seconds(pid).unwrap_or(0.0), counted().unwrap_or(0), Instant::now());
-    let mut peak = 0u64;
-    while t0.elapsed() < Duration::from_secs(seconds) {
-        peak = peak.max(status_kb(pid, "VmRSS:").unwrap_or(0));
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let elapsed = t0.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(pid).unwrap_or(0.0) - cpu0;
-    let n = counted().unwrap_or(0).saturating_sub(n0);
-    let _ = child.kill();
-    let _ = child.wait();
-    Ok(Run { counted_per_s: n as f64 / elapsed, cpu_percent: cpu / elapsed * 100.0, peak_rss_mb: peak as f64 / 1024.0 })
 }
 
 fn write_config(dir: &Path, tb_port: u16, hub_port: u16, ids: u64) -> anyhow::Result<std::path::PathBuf> {

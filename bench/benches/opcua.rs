@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tbgw_bench::env_u64 as env;
-use tbgw_bench::process::{cpu_seconds, status_kb};
+use tbgw_bench::process::{measure, spawn_self as spawn};
 use tbgw_test_support::Mosquitto;
 use tbgw_test_support::opcua::{OpcuaServer, Plant, node};
 
@@ -83,7 +83,7 @@ fn main() -> anyhow::Result<()> {
             Some((n.parse().ok()?, first.parse().ok()?))
         };
         let first = wait_first(started, || read().filter(|(_, f)| *f > 0.0).map(|(_, f)| Duration::from_secs_f64(f)))?;
-        let run = measure(child, seconds, || read().map(|(n, _)| n))?;
+        let run = measure(child, SETTLE, seconds, || read().map(|(n, _)| n))?;
         drop(ticker);
         (run, first)
     };
@@ -109,7 +109,7 @@ fn main() -> anyhow::Result<()> {
             anyhow::bail!("{e}: {keys} of {total} keys reached ThingsBoard");
         }
     };
-    let run = measure(child, seconds, || Some(received.values.load(Ordering::Relaxed)))?;
+    let run = measure(child, SETTLE, seconds, || Some(received.values.load(Ordering::Relaxed)))?;
     drop(ticker);
     let (floor_run, floor_first) = floor_run;
 
@@ -185,51 +185,6 @@ fn wait_first(started: Instant, done: impl Fn() -> Option<Duration>) -> anyhow::
         std::thread::sleep(Duration::from_millis(20));
     }
     anyhow::bail!("not every key had a value within 120 s")
-}
-
-struct Run {
-    counted_per_s: f64,
-    cpu_percent: f64,
-    peak_rss_mb: f64,
-}
-
-/// A child process killed when dropped: a bench that fails leaves none behind.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(env: &[(&str, String)]) -> anyhow::Result<Child> {
-    let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let log = std::env::var("TBGW_BENCH_LOG").unwrap_or_else(|_| "warn".into());
-    Ok(Child(cmd.env("RUST_LOG", log).stdout(std::process::Stdio::null()).spawn()?))
-}
-
-/// After settling, sample the child's CPU and RSS for `seconds`; the peak
-/// RSS counts from the start.
-fn measure(mut child: Child, seconds: u64, counted: impl Fn() -> Option<u64>) -> anyhow::Result<Run> {
-    let pid = child.0.id();
-    std::thread::sleep(SETTLE);
-    if let Some(status) = child.0.try_wait()? {
-        anyhow::bail!("the child exited: {status}");
-    }
-    let (cpu0, n0, t0) = (cpu_seconds(pid).unwrap_or(0.0), counted().unwrap_or(0), Instant::now());
-    while t0.elapsed() < Duration::from_secs(seconds) {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let elapsed = t0.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(pid).unwrap_or(0.0) - cpu0;
-    let n = counted().unwrap_or(0).saturating_sub(n0);
-    let peak = status_kb(pid, "VmHWM:").unwrap_or(0);
-    drop(child);
-    Ok(Run { counted_per_s: n as f64 / elapsed, cpu_percent: cpu / elapsed * 100.0, peak_rss_mb: peak as f64 / 1024.0 })
 }
 
 fn write_config(

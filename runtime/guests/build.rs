@@ -28,6 +28,8 @@ const BUILTINS: &[(&str, &str)] = &[
     ("can", "downlink"),
     ("opcua", "uplink"),
     ("opcua", "downlink"),
+    ("ble", "uplink"),
+    ("ble", "downlink"),
 ];
 
 /// A guest to build: its package, the const that names it, and for a

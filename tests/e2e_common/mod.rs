@@ -53,6 +53,30 @@ pub fn gateway_yaml(tb_port: u16, dir: &Path, stats_secs: u64) -> String {
     )
 }
 
+/// A gateway config for one connector of `kind` named `name`, configured by
+/// `file`: ThingsBoard on `tb_port`, statistics every second, a memory store.
+pub fn connector_yaml(tb_port: u16, kind: &str, name: &str, file: &str) -> String {
+    format!(
+        "thingsboard:\n  host: 127.0.0.1\n  port: {tb_port}\n  security: {{type: accessToken, accessToken: t}}\n  \
+         statistics: {{enable: true, statsSendPeriodInSeconds: 1}}\n\
+         storage: {{type: memory}}\n\
+         connectors:\n  - {{type: {kind}, name: {name}, configuration: {file}}}\n\
+         tbgw:\n  cacheDir: {cache}\n",
+        cache = shared_cache().display(),
+    )
+}
+
+/// The latest value of a gateway statistic (`CANReconnects`) ThingsBoard
+/// received.
+pub fn statistic(received: &[Received], key: &str) -> Option<Value> {
+    received
+        .iter()
+        .filter(|m| m.topic == "v1/devices/me/telemetry")
+        .filter_map(|m| serde_json::from_slice::<Value>(&m.payload).ok())
+        .filter_map(|v| v.get(key).cloned())
+        .next_back()
+}
+
 /// The `tbgw` process.
 pub struct Gateway {
     pub dir: PathBuf,
@@ -62,6 +86,8 @@ pub struct Gateway {
     starts: usize,
     /// It has an MQTT connector: ready once subscribed to the devices' topics.
     mqtt: bool,
+    /// Environment for the process beyond the harness's own.
+    env: Vec<(String, String)>,
 }
 
 impl Gateway {
@@ -78,12 +104,20 @@ impl Gateway {
     /// Write `files` (name, content) into `dir` and start `tbgw run` with
     /// the first.
     pub fn start_with(dir: &Path, files: &[(&str, &str)]) -> Gateway {
+        Self::start_with_env(dir, files, &[])
+    }
+
+    /// [`Gateway::start_with`], the process given `env` too (a BLE test's
+    /// `DBUS_SYSTEM_BUS_ADDRESS`).
+    pub fn start_with_env(dir: &Path, files: &[(&str, &str)], env: &[(&str, &str)]) -> Gateway {
         for (name, content) in files {
             std::fs::write(dir.join(name), content).expect("write config");
         }
         let config = dir.join(files.first().expect("a gateway config").0);
         let mqtt = files.iter().any(|(name, _)| *name == "mqtt.json");
-        let mut g = Gateway { dir: dir.to_owned(), config, child: None, log: dir.join("tbgw.log"), starts: 0, mqtt };
+        let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let mut g =
+            Gateway { dir: dir.to_owned(), config, child: None, log: dir.join("tbgw.log"), starts: 0, mqtt, env };
         g.spawn();
         g
     }
@@ -102,6 +136,7 @@ impl Gateway {
             )
             // Configs without tbgw's cacheDir compile here, not in $HOME.
             .env("TBGW_CACHE_DIR", shared_cache())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -221,19 +256,21 @@ pub fn device(d: usize) -> String {
 
 /// The latest value of `key` for `device` in what ThingsBoard received.
 pub fn latest(received: &[Received], device: &str, key: &str) -> Option<Value> {
-    let mut found = None;
+    values(received, device, key).pop()
+}
+
+/// Every value of `key` for `device` ThingsBoard received (telemetry and
+/// attributes), in order.
+pub fn values(received: &[Received], device: &str, key: &str) -> Vec<Value> {
+    let mut found = Vec::new();
     for m in received.iter().filter(|m| m.topic == "v1/gateway/telemetry" || m.topic == "v1/gateway/attributes") {
-        let doc: Value = serde_json::from_slice(&m.payload).ok()?;
+        let Ok(doc) = serde_json::from_slice::<Value>(&m.payload) else { continue };
         let Some(entry) = doc.get(device) else { continue };
-        let values: Vec<&Value> = match entry {
+        let readings: Vec<&Value> = match entry {
             Value::Array(readings) => readings.iter().map(|r| &r["values"]).collect(),
             attrs => vec![attrs],
         };
-        for v in values {
-            if let Some(x) = v.get(key) {
-                found = Some(x.clone());
-            }
-        }
+        found.extend(readings.into_iter().filter_map(|v| v.get(key)).cloned());
     }
     found
 }

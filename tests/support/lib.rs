@@ -5,9 +5,11 @@
 //! that records acknowledgements ([`fake_mqtt`]); converter projects in
 //! Rust, Python and JavaScript built as users build them
 //! ([`converter_projects`]); a CAN bus (a socketcand hub) with python-can
-//! on it as a device ([`socketcand`]).
+//! on it as a device ([`socketcand`]); a fake BlueZ on a private D-Bus
+//! ([`bluez`]).
 
 pub mod asyncua;
+pub mod bluez;
 pub mod converter_projects;
 pub mod fake_mqtt;
 pub mod modbus;

@@ -222,7 +222,7 @@ pub fn frame_id(o: &mut Obj) -> Result<FrameId, ConfigError> {
     let field = o.field("nodeId");
     let id = match o.get("nodeId") {
         None | Some(Value::Null) => return Err(o.missing("nodeId")),
-        Some(v) => parse_id(v).ok_or_else(|| {
+        Some(v) => config::uint_or_hex(v).ok_or_else(|| {
             ConfigError::at(field.clone(), format!("expected a CAN identifier (a number, or `0x` hex text), found {v}"))
         })?,
     };
@@ -238,20 +238,6 @@ pub fn frame_id(o: &mut Obj) -> Result<FrameId, ConfigError> {
         return Err(ConfigError::at(o.field("bitrateSwitch"), "a bit rate switch needs a CAN FD frame (`isFd: true`)"));
     }
     Ok(FrameId { id: u32::try_from(id).unwrap_or(max), extended, fd, brs })
-}
-
-fn parse_id(v: &Value) -> Option<u64> {
-    match v {
-        Value::Number(n) => n.as_u64(),
-        Value::String(s) => {
-            let s = s.trim();
-            match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-                Some(hex) => u64::from_str_radix(hex, 16).ok(),
-                None => s.parse().ok(),
-            }
-        }
-        _ => None,
-    }
 }
 
 /// A byte order as the file writes it (`big`, `little`; `big` when

@@ -32,6 +32,7 @@ use tbgw_data::{
     CanFrame, CanSend, ConvertedMessage, DeviceUpdate, DownlinkMessage, DownlinkRequest, Dropped, Entry, Key,
     RawUplink, RpcAnswer, Source, Telemetry, Value,
 };
+use tbgw_expr::data::{expression, to_value};
 use tbgw_expr::{Expr, Val};
 
 /// The names an uplink `expression` may read.
@@ -51,40 +52,6 @@ struct Decoder {
 struct DeviceInfo {
     name: String,
     device_type: Option<String>,
-}
-
-/// A parsed `expression`/`dataExpression` at `path`, its variables checked
-/// against `allowed` (all allowed when `None`).
-pub fn expression(path: &str, text: &str, allowed: Option<&[&str]>) -> Result<Option<Expr>, ConfigError> {
-    if text.trim().is_empty() {
-        return Ok(None);
-    }
-    let expr = Expr::parse(text).map_err(|e| ConfigError::at(path, format!("`{text}`: {e}")))?;
-    if let Some(allowed) = allowed
-        && let Some(n) = expr.names().iter().find(|n| !allowed.contains(&n.as_str()))
-    {
-        return Err(ConfigError::at(
-            path,
-            format!("`{text}` reads `{n}`; an expression here reads {}", allowed.join(" and ")),
-        ));
-    }
-    Ok(Some(expr))
-}
-
-/// An expression's result as ThingsBoard takes it.
-pub fn to_value(v: Val) -> Result<Value, String> {
-    match v {
-        Val::Bool(b) => Ok(Value::Bool(b)),
-        Val::Int(i) => Ok(Value::Int(i)),
-        Val::Float(x) if x.is_finite() => Ok(Value::Float(x)),
-        Val::Float(x) => Err(format!("{x} is not a number ThingsBoard stores")),
-        Val::Str(s) => Ok(Value::Text(s)),
-        Val::Bytes(b) => Err(format!(
-            "bytes {} are not a value; decode them (e.g. `can_data[0] << 8 | can_data[1]`)",
-            tbgw_data::hex(&b)
-        )),
-        Val::None => Err("None is not a value".to_owned()),
-    }
 }
 
 /// The uplink converter: frames to device updates.
@@ -155,7 +122,7 @@ impl UplinkConverter {
                 continue;
             }
             let value = d.spec.decode(data).and_then(|v| match &d.expression {
-                None => to_value(v),
+                None => to_value(v, "can_data"),
                 Some(e) => {
                     let can_data = Val::Bytes(data.to_vec());
                     let result = e.eval(&|name| match name {
@@ -163,7 +130,7 @@ impl UplinkConverter {
                         "can_data" => Some(can_data.clone()),
                         _ => None,
                     });
-                    result.map_err(|err| format!("expression: {err}")).and_then(to_value)
+                    result.map_err(|err| format!("expression: {err}")).and_then(|v| to_value(v, "can_data"))
                 }
             });
             let value = match value {

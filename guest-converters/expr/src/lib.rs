@@ -31,6 +31,8 @@
 //! grow), as is every error Python would raise (division by zero, an index
 //! out of range), with Python's wording where it has one.
 
+pub mod data;
+
 use std::cmp::Ordering;
 use std::fmt;
 

@@ -150,6 +150,22 @@ pub fn array<'a>(obj: &mut Obj<'a>, key: &'static str) -> Result<Vec<(String, &'
     }
 }
 
+/// A whole number, or its text in decimal or hex (`"0x7E8"`), as configs
+/// write ids (a CAN id, a BLE company id).
+pub fn uint_or_hex(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => {
+            let s = s.trim();
+            match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+                Some(hex) => u64::from_str_radix(hex, 16).ok(),
+                None => s.parse().ok(),
+            }
+        }
+        _ => None,
+    }
+}
+
 fn error_at(path: &str, message: String) -> ConfigError {
     if path.is_empty() { ConfigError::whole(message) } else { ConfigError::at(path, message) }
 }

@@ -14,6 +14,8 @@ pub const KINDS: &[&dyn ConnectorKind] = &[
     &tbgw_connector_can::KIND,
     #[cfg(feature = "opcua")]
     &tbgw_connector_opcua::KIND,
+    #[cfg(feature = "ble")]
+    &tbgw_connector_ble::KIND,
 ];
 
 /// The connector kind configs call `kind` (`mqtt`).

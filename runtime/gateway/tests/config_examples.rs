@@ -67,6 +67,7 @@ fn every_example_gateway_config_passes_check_config() {
         [
             "tb_gateway.json",
             "tb_gateway.yaml",
+            "tb_gateway_ble.yaml",
             "tb_gateway_can.yaml",
             "tb_gateway_modbus.yaml",
             "tb_gateway_opcua.yaml"
