@@ -17,6 +17,7 @@ use tbgw_test_support::{Collector, Mosquitto, Received};
 const THERMO: &str = "AA:BB:CC:DD:EE:01";
 const BEACON: &str = "AA:BB:CC:DD:EE:02";
 const ABSENT: &str = "AA:BB:CC:DD:EE:03";
+const CUSTOM: &str = "AA:BB:CC:DD:EE:04";
 const CLIMATE: &str = "226caa55-6476-4566-7562-66734470666d";
 const BATTERY: &str = "00002a19-0000-1000-8000-00805f9b34fb";
 const NAME: &str = "00002a00-0000-1000-8000-00805f9b34fb";
@@ -48,7 +49,10 @@ fn ble_json() -> Value {
              ],
              "attributes": [{"key": "rssi", "dataSourceType": "advertisement", "advertisementData": "rssi"}]},
             {"name": "Absent", "MACAddress": ABSENT, "pollPeriod": 300,
-             "telemetry": [{"key": "x", "method": "read", "characteristicUUID": "2a19"}]}
+             "telemetry": [{"key": "x", "method": "read", "characteristicUUID": "2a19"}]},
+            // A device's own converter (the probe guest: the payload as text, device `probe`).
+            {"name": "Custom", "MACAddress": CUSTOM, "converters": {"uplink": tbgw_guests::PROBE},
+             "telemetry": [{"key": "raw", "method": "notify", "characteristicUUID": CLIMATE}]}
         ]
     })
 }
@@ -98,6 +102,7 @@ fn setup(name: &str) -> Setup {
     let bluez = FakeBluez::start();
     bluez.add_device(&thermo());
     bluez.add_device(&beacon());
+    bluez.add_device(&FakeDevice { address: CUSTOM.into(), ..thermo() });
     let tb_broker = Mosquitto::start_new();
     let tb = Collector::connect(tb_broker.port, &format!("tb-{name}"), &["v1/gateway/#", "v1/devices/me/#"]);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -159,8 +164,15 @@ fn notified_read_and_advertised_values_reach_thingsboard_and_a_missing_device_de
     });
     assert_eq!(statistic(&stats, "BLEReconnects"), Some(json!(0)));
     assert_eq!(s.bluez.connects(THERMO), 1);
-    assert_eq!(statistic(&stats, "BLEDevicesConnected"), Some(json!(1)));
-    assert_eq!(statistic(&stats, "BLEDevicesSeen"), Some(json!(2)), "Thermo and Beacon, not Absent");
+    assert_eq!(statistic(&stats, "BLEDevicesConnected"), Some(json!(2)), "Thermo and Custom");
+    assert_eq!(statistic(&stats, "BLEDevicesSeen"), Some(json!(3)), "Thermo, Beacon and Custom, not Absent");
+
+    // The device with its own converter: its notifications go to it.
+    s.bluez.wait(Duration::from_secs(10), "Custom subscribed", |b| b.is_notifying(CUSTOM, CLIMATE));
+    assert!(s.bluez.notify(CUSTOM, CLIMATE, b"hello"));
+    s.tb.wait_until(Duration::from_secs(10), "the probe's value", |r| {
+        latest(r, "probe", "payload") == Some(json!("hello"))
+    });
 }
 
 #[test]

@@ -46,6 +46,7 @@ pub const DEVICE_KEYS: &[&str] = &[
     "attributeUpdates",
     "serverSideRpc",
     "reportStrategy",
+    "converters",
 ];
 
 /// The metadata key the connector sets on a characteristic's value: how

@@ -8,7 +8,11 @@
 //! ```
 //!
 //! The devices are [`tbgw_ble_items`]'s; their values, expressions and
-//! writes the `ble` converters' (configured with the whole document). Of
+//! writes the `ble` converters' (configured with the whole document). A
+//! device's `converters` (`{"uplink": ..., "downlink": ...}`) may name
+//! `.wasm` components or converter entries instead, configured with the
+//! device's object (the Python gateway's `extension` names a Python class,
+//! which is refused with why). Of
 //! the connector's keys: BlueZ discovers continuously once the scan starts,
 //! so `scannerPollPeriod` and `scannerTimeout` (the Python gateway's bleak
 //! scans in rounds) only bound how long the first scan is waited for;
@@ -17,11 +21,12 @@
 //! devices named `scanner.deviceName` or all of them.
 
 use serde_json::Value;
+use std::path::Path;
 use std::time::Duration;
 use tbgw_ble_items::{Connection, DataSource, Method, Schema};
 use tbgw_core::config::{Diagnostics, Obj};
 use tbgw_core::report::{self, ReportPolicy};
-use tbgw_core::setup::{ComponentRef, ConverterDecl, Devices, DownlinkDecl, LimitsDecl, RouteDecl};
+use tbgw_core::setup::{self, ComponentRef, ConverterDecl, DeviceEntry, DownlinkDecl, LimitsDecl, RouteDecl};
 
 /// One configured device, as the connector drives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,12 +62,17 @@ pub struct BleConfig {
     /// looking (`scannerTimeout`, or `scanner.timeout`; 10 s).
     pub first_scan: Duration,
     pub scan_log: Option<ScanLog>,
+    /// Uplink routes: the built-in `ble` converter (if a device uses it),
+    /// then each device's own.
     pub(crate) route_decls: Vec<RouteDecl>,
+    /// The route (an index into `route_decls`) of each device.
+    pub(crate) device_routes: Vec<usize>,
     pub(crate) downlinks: Vec<DownlinkDecl>,
 }
 
-/// Read `ble.json`; problems go to `d` by path.
-pub fn parse(doc: &Value, d: &mut Diagnostics) -> Option<BleConfig> {
+/// Read `ble.json` (custom converters' paths relative to `base_dir`);
+/// problems go to `d` by path.
+pub fn parse(doc: &Value, base_dir: &Path, d: &mut Diagnostics) -> Option<BleConfig> {
     let mut root = Obj::new(d, "", doc)?;
     // Rounds of bleak scans in the Python gateway; BlueZ discovers without pause.
     root.uint(d, "scannerPollPeriod", 0..=u64::from(u32::MAX));
@@ -130,13 +140,17 @@ pub fn parse(doc: &Value, d: &mut Diagnostics) -> Option<BleConfig> {
         config: doc.to_string(),
         limits: LimitsDecl::default(),
     };
-    let names = schema.devices.iter().map(|dev| dev.name.to_owned()).collect();
+    let entries: Vec<DeviceEntry> =
+        schema.devices.iter().map(|dev| DeviceEntry { path: &dev.path, name: dev.name, object: dev.object }).collect();
+    let (route_decls, device_routes, downlinks) =
+        setup::device_converters(d, "ble", &builtin, &entries, base_dir, &policy);
     Some(BleConfig {
         devices,
         first_scan: Duration::from_millis(timeout.unwrap_or(10_000)),
         scan_log: show_map.then_some(ScanLog { name }),
-        route_decls: vec![RouteDecl { converter: builtin.clone(), report: policy, answers: None }],
-        downlinks: vec![DownlinkDecl { converter: builtin, devices: Devices::Named(names) }],
+        route_decls,
+        device_routes,
+        downlinks,
     })
 }
 
@@ -166,7 +180,7 @@ mod tests {
     fn read(text: &str) -> (Option<BleConfig>, Vec<String>, Vec<String>) {
         let doc: Value = serde_json::from_str(text).expect("test JSON");
         let mut d = Diagnostics::default();
-        let c = parse(&doc, &mut d);
+        let c = parse(&doc, Path::new("/etc/tbgw"), &mut d);
         (c, d.errors.iter().map(ToString::to_string).collect(), d.notices.iter().map(ToString::to_string).collect())
     }
 
@@ -198,5 +212,26 @@ mod tests {
         let (c, errors, _) = read(&format!(r#"{{"showMap": true, "scanner": {{"deviceName": "Thermo"}}, {device}}}"#));
         assert_eq!(errors, Vec::<String>::new());
         assert_eq!(c.expect("loads").scan_log, Some(ScanLog { name: Some("Thermo".into()) }));
+    }
+
+    #[test]
+    fn a_device_may_bring_its_own_converters() {
+        let (_, errors, _) = read(
+            r#"{"devices": [{"name": "A", "MACAddress": "AA:BB:CC:DD:EE:FF"},
+                            {"name": "B", "MACAddress": "AA:BB:CC:DD:EE:01", "converters": {"uplink": "b.wasm"}},
+                            {"name": "C", "MACAddress": "AA:BB:CC:DD:EE:02", "converters": {"uplink": "Custom.py"}}]}"#,
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("devices[2].converters.uplink: `Custom.py` is not a .wasm file"), "{errors:?}");
+        let (c, errors, _) = read(
+            r#"{"devices": [{"name": "A", "MACAddress": "AA:BB:CC:DD:EE:FF"},
+                            {"name": "B", "MACAddress": "AA:BB:CC:DD:EE:01", "converters": {"uplink": "b.wasm", "downlink": "b.wasm"}}]}"#,
+        );
+        assert_eq!(errors, Vec::<String>::new());
+        let c = c.expect("loads");
+        assert_eq!(c.route_decls.len(), 2);
+        assert_eq!(c.device_routes, vec![0, 1]);
+        assert_eq!(c.route_decls[1].converter.component, ComponentRef::File("/etc/tbgw/b.wasm".into()));
+        assert_eq!(c.downlinks.len(), 2);
     }
 }

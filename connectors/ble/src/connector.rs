@@ -55,20 +55,25 @@ pub const MIN_RETRY: Duration = Duration::from_secs(1);
 /// Requests a device's task holds while it is busy; more are refused.
 const JOBS_PER_DEVICE: usize = 16;
 
-/// A BLE connector: the devices, and the route of the `ble` converter.
+/// A BLE connector: the devices, and the route of each device's uplink
+/// converter.
 pub struct BleConnector {
     name: String,
     config: BleConfig,
-    route: RouteId,
+    routes: Vec<RouteId>,
 }
 
 impl BleConnector {
-    /// `routes[0]` is the route of the config's one route (the built-in
-    /// converter).
+    /// `routes[i]` is the route id of the config's route `i`.
     pub fn new(name: impl Into<String>, config: BleConfig, routes: &[RouteId]) -> BleConnector {
-        // The gateway gives one id per declared route: a miss is a bug of tbgw.
-        let route = *routes.first().expect("the gateway gives the declared route an id");
-        BleConnector { name: name.into(), config, route }
+        // The gateway gives one id per declared route, and every device has
+        // one of them (`parse`): a miss is a bug of tbgw, not of the config.
+        let routes = config
+            .device_routes
+            .iter()
+            .map(|r| *routes.get(*r).expect("the gateway gives every declared route an id"))
+            .collect();
+        BleConnector { name: name.into(), config, routes }
     }
 }
 
@@ -87,7 +92,6 @@ struct Shared {
     connector: String,
     sink: UplinkSink,
     stats: Arc<ConnectorStats>,
-    route: RouteId,
     stop: CancellationToken,
     adapter: Adapter,
     /// Configured devices the scan has seen.
@@ -202,7 +206,6 @@ async fn scan(conn: &BleConnector, ctx: &mut ConnectorContext, adapter: Adapter)
         connector: conn.name.clone(),
         sink: ctx.sink.clone(),
         stats: ctx.stats.clone(),
-        route: conn.route,
         stop: ctx.stop_intake.child_token(),
         adapter: adapter.clone(),
         seen: ctx.stats.extra("devices_seen", "Configured BLE devices the scan has seen", true),
@@ -213,12 +216,12 @@ async fn scan(conn: &BleConnector, ctx: &mut ConnectorContext, adapter: Adapter)
     let mut tasks = tokio::task::JoinSet::new();
     let mut wakes = Vec::new();
     let mut jobs = HashMap::new();
-    for d in &c.devices {
+    for (d, route) in c.devices.iter().zip(&conn.routes) {
         let wake = Arc::new(Wake::default());
         let (tx, rx) = mpsc::channel(JOBS_PER_DEVICE);
         jobs.insert(d.name.clone(), tx);
         wakes.push(wake.clone());
-        tasks.spawn(device_task(shared.clone(), d.clone(), rx, wake));
+        tasks.spawn(device_task(shared.clone(), d.clone(), *route, rx, wake));
     }
     // Peripheral ids seen, and the device each is (if any).
     let mut known: HashMap<PeripheralId, Option<usize>> = HashMap::new();
@@ -348,6 +351,8 @@ enum End {
 struct Device {
     shared: Arc<Shared>,
     conf: DeviceConfig,
+    /// Its uplink converter's route.
+    route: RouteId,
     jobs: mpsc::Receiver<DeviceJob>,
     wake: Arc<Wake>,
     /// The last advertisement sent, RSSI left out.
@@ -355,8 +360,14 @@ struct Device {
     peripheral: Option<Peripheral>,
 }
 
-async fn device_task(shared: Arc<Shared>, conf: DeviceConfig, jobs: mpsc::Receiver<DeviceJob>, wake: Arc<Wake>) {
-    let mut d = Device { shared, conf, jobs, wake, last_advertisement: None, peripheral: None };
+async fn device_task(
+    shared: Arc<Shared>,
+    conf: DeviceConfig,
+    route: RouteId,
+    jobs: mpsc::Receiver<DeviceJob>,
+    wake: Arc<Wake>,
+) {
+    let mut d = Device { shared, conf, route, jobs, wake, last_advertisement: None, peripheral: None };
     if d.conf.connects {
         d.connect_forever().await;
     } else {
@@ -377,7 +388,7 @@ impl Device {
     async fn emit(&self, source: Source, payload: Vec<u8>, metadata: Vec<(String, String)>) {
         self.shared.stats.received.fetch_add(1, Ordering::Relaxed);
         let raw = RawUplink { source, device: Some(self.conf.name.clone()), payload, metadata, received_at: now_ms() };
-        let uplink = Uplink { route: self.shared.route, raw, ack: None };
+        let uplink = Uplink { route: self.route, raw, ack: None };
         // Closed only while the gateway stops.
         let _ = self.shared.sink.send(&self.conf.address, uplink).await;
     }

@@ -33,8 +33,8 @@ impl ConnectorKind for Ble {
         "ble"
     }
 
-    fn parse(&self, doc: &serde_json::Value, _site: &Site<'_>, d: &mut Diagnostics) -> Option<Box<dyn ConnectorSetup>> {
-        parse(doc, d).map(|c| Box::new(c) as Box<dyn ConnectorSetup>)
+    fn parse(&self, doc: &serde_json::Value, site: &Site<'_>, d: &mut Diagnostics) -> Option<Box<dyn ConnectorSetup>> {
+        parse(doc, site.base_dir, d).map(|c| Box::new(c) as Box<dyn ConnectorSetup>)
     }
 }
 

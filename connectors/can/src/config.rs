@@ -30,7 +30,9 @@ use std::time::Duration;
 use tbgw_can_items::Schema;
 use tbgw_core::config::{Diagnostics, Obj};
 use tbgw_core::report::{self, ReportPolicy, Strategy};
-use tbgw_core::setup::{self, ComponentRef, ConverterDecl, Devices, DownlinkDecl, LimitsDecl, RouteDecl};
+use tbgw_core::setup::{
+    self, ComponentRef, ConverterDecl, DeviceEntry, DownlinkDecl, LimitsDecl, PerDevice, RouteDecl,
+};
 
 /// socketcand's registered port.
 pub const SOCKETCAND_PORT: u16 = 29536;
@@ -266,86 +268,10 @@ fn builtin(doc: &Value) -> ConverterDecl {
     }
 }
 
-/// A device's `converters.uplink` or `.downlink`: `None` for the built-in.
-fn device_converter(
-    d: &mut Diagnostics,
-    path: &str,
-    entry: &Value,
-    device: &Value,
-    base: &Path,
-) -> Option<ConverterDecl> {
-    match entry {
-        Value::String(file) => {
-            let file = setup::wasm_file(d, path, file)?;
-            Some(setup::custom(path, base, file, device.to_string(), LimitsDecl::default()))
-        }
-        _ => match setup::converter(d, path, entry, base, "can")? {
-            c if c.component == ComponentRef::Builtin("can".into()) => {
-                setup::only_type_and_limits(d, path, entry);
-                if c.limits != LimitsDecl::default() {
-                    d.notice(
-                        format!("{path}.limits"),
-                        "ignored: the built-in `can` converters are shared by every device",
-                    );
-                }
-                None
-            }
-            ConverterDecl { component: ComponentRef::Builtin(other), .. } => {
-                d.error(format!("{path}.type"), format!("`{other}` is not a CAN converter; expected can or custom"));
-                None
-            }
-            c => Some(c),
-        },
-    }
-}
-
-type Converters = (Vec<RouteDecl>, Vec<usize>, Vec<DownlinkDecl>);
-
-fn converters(d: &mut Diagnostics, doc: &Value, schema: &Schema, base: &Path, report: &ReportPolicy) -> Converters {
-    let mut custom_routes = Vec::new();
-    // Each device's custom route (an index into `custom_routes`), if it has one.
-    let mut own: Vec<Option<usize>> = vec![None; schema.devices.len()];
-    let mut builtin_down = Vec::new();
-    let mut custom_down = Vec::new();
-    for (i, dev) in schema.devices.iter().enumerate() {
-        let (mut up, mut down) = (None, None);
-        if let Some(c) = dev.object.get("converters") {
-            let path = format!("{}.converters", dev.path);
-            if let Some(mut o) = Obj::new(d, &path, c) {
-                if let Some(e) = o.get("uplink") {
-                    up = device_converter(d, &o.field("uplink"), e, dev.object, base);
-                }
-                if let Some(e) = o.get("downlink") {
-                    down = device_converter(d, &o.field("downlink"), e, dev.object, base);
-                }
-                o.finish(d);
-            }
-        }
-        if let Some(c) = up {
-            own[i] = Some(custom_routes.len());
-            custom_routes.push(RouteDecl { converter: c, report: report.clone(), answers: None });
-        }
-        match down {
-            Some(c) => {
-                custom_down.push(DownlinkDecl { converter: c, devices: Devices::Named(vec![dev.name.to_owned()]) })
-            }
-            None => builtin_down.push(dev.name.to_owned()),
-        }
-    }
-    // The built-in route first (when a device uses it), then the custom ones.
-    let mut routes = Vec::new();
-    if own.iter().any(Option::is_none) {
-        routes.push(RouteDecl { converter: builtin(doc), report: report.clone(), answers: None });
-    }
-    let offset = routes.len();
-    routes.extend(custom_routes);
-    let device_routes = own.iter().map(|o| o.map_or(0, |j| offset + j)).collect();
-    let mut downlinks = Vec::new();
-    if !builtin_down.is_empty() {
-        downlinks.push(DownlinkDecl { converter: builtin(doc), devices: Devices::Named(builtin_down) });
-    }
-    downlinks.extend(custom_down);
-    (routes, device_routes, downlinks)
+fn converters(d: &mut Diagnostics, doc: &Value, schema: &Schema, base: &Path, report: &ReportPolicy) -> PerDevice {
+    let entries: Vec<DeviceEntry> =
+        schema.devices.iter().map(|dev| DeviceEntry { path: &dev.path, name: dev.name, object: dev.object }).collect();
+    setup::device_converters(d, "can", &builtin(doc), &entries, base, report)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 use super::*;
 use serde_json::json;
+use tbgw_core::setup::Devices;
 
 fn read(doc: Value) -> (Option<CanConfig>, Vec<String>, Vec<String>) {
     let mut d = Diagnostics::default();

@@ -286,23 +286,40 @@ impl UplinkConverter {
             Source::Advertisement(a) => &a.address,
             _ => return Err("the `ble` converter takes characteristic values and advertisements".to_owned()),
         };
-        let device = match &msg.device {
-            Some(name) => self.devices.iter().position(|d| &d.name == name),
-            None => self.devices.iter().position(|d| d.address.eq_ignore_ascii_case(address)),
-        }
-        .ok_or_else(|| match &msg.device {
-            Some(name) => format!("no device of this converter is named `{name}`"),
-            None => format!("no device of this converter has the address {address}"),
-        })?;
-        let method = msg.metadata.iter().find(|(k, _)| k == items::METHOD_METADATA).map(|(_, v)| v.as_str());
+        let devices: Vec<usize> = match &msg.device {
+            Some(name) => match self.devices.iter().position(|d| &d.name == name) {
+                Some(i) => vec![i],
+                None => return Err(format!("no device of this converter is named `{name}`")),
+            },
+            None => match self.devices.iter().position(|d| d.address.eq_ignore_ascii_case(address)) {
+                Some(i) => vec![i],
+                // No address (`tbgw converter test`): every device whose keys read it.
+                None if address.is_empty() => (0..self.devices.len()).collect(),
+                None => return Err(format!("no device of this converter has the address {address}")),
+            },
+        };
         let mut out = ConvertedMessage::default();
+        for device in devices {
+            self.convert_for(device, msg, &mut out);
+        }
+        Ok(out)
+    }
+
+    /// Device `device`'s keys that read `msg`, into `out`.
+    fn convert_for(&self, device: usize, msg: &RawUplink, out: &mut ConvertedMessage) {
+        // The connector's is in the 128-bit form already; a test's may not be.
+        let characteristic = match &msg.source {
+            Source::Characteristic(c) => items::uuid(&c.characteristic).ok(),
+            _ => None,
+        };
+        let method = msg.metadata.iter().find(|(k, _)| k == items::METHOD_METADATA).map(|(_, v)| v.as_str());
         let (mut attributes, mut values) = (Vec::new(), Vec::new());
         for d in self.decoders.iter().filter(|d| d.device == device) {
             let raw = match (&msg.source, &d.source) {
-                (Source::Characteristic(c), DataSource::Characteristic { uuid, method: m }) => {
+                (Source::Characteristic(_), DataSource::Characteristic { uuid, method: m }) => {
                     let same_method =
                         !matches!((method, m), (Some("read"), Method::Notify) | (Some("notify"), Method::Read));
-                    if *uuid != c.characteristic || !same_method {
+                    if characteristic.as_ref() != Some(uuid) || !same_method {
                         continue;
                     }
                     Raw::Bytes(&msg.payload)
@@ -350,7 +367,6 @@ impl UplinkConverter {
                 telemetry,
             });
         }
-        Ok(out)
     }
 }
 

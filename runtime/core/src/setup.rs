@@ -251,6 +251,116 @@ pub fn custom(path: &str, base_dir: &Path, file: &str, config: String, limits: L
     }
 }
 
+/// A device entry of a connector whose converters are per device (CAN,
+/// BLE): where it is, its name, its object.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceEntry<'a> {
+    pub path: &'a str,
+    pub name: &'a str,
+    pub object: &'a Value,
+}
+
+/// What [`device_converters`] reads: the uplink routes (the built-in one
+/// first when a device uses it, then each device's own), each device's
+/// route (an index into them), the downlinks.
+pub type PerDevice = (Vec<RouteDecl>, Vec<usize>, Vec<DownlinkDecl>);
+
+/// The converters of devices that may each bring their own: a device's
+/// `converters` (`{"uplink": ..., "downlink": ...}`; the names of Python
+/// classes in the Python gateway) may name `.wasm` components or converter
+/// entries, configured with the device's object; every other device's
+/// messages go to `builtin` (of kind `kind`: `can`, `ble`), configured with
+/// the whole document.
+pub fn device_converters(
+    d: &mut Diagnostics,
+    kind: &str,
+    builtin: &ConverterDecl,
+    devices: &[DeviceEntry],
+    base: &Path,
+    report: &ReportPolicy,
+) -> PerDevice {
+    let mut custom_routes = Vec::new();
+    // Each device's custom route (an index into `custom_routes`), if it has one.
+    let mut own: Vec<Option<usize>> = vec![None; devices.len()];
+    let mut builtin_down = Vec::new();
+    let mut custom_down = Vec::new();
+    for (i, dev) in devices.iter().enumerate() {
+        let (mut up, mut down) = (None, None);
+        if let Some(c) = dev.object.get("converters") {
+            let path = format!("{}.converters", dev.path);
+            if let Some(mut o) = Obj::new(d, &path, c) {
+                if let Some(e) = o.get("uplink") {
+                    up = device_converter(d, kind, &o.field("uplink"), e, dev.object, base);
+                }
+                if let Some(e) = o.get("downlink") {
+                    down = device_converter(d, kind, &o.field("downlink"), e, dev.object, base);
+                }
+                o.finish(d);
+            }
+        }
+        if let Some(c) = up {
+            own[i] = Some(custom_routes.len());
+            custom_routes.push(RouteDecl { converter: c, report: report.clone(), answers: None });
+        }
+        match down {
+            Some(c) => {
+                custom_down.push(DownlinkDecl { converter: c, devices: Devices::Named(vec![dev.name.to_owned()]) })
+            }
+            None => builtin_down.push(dev.name.to_owned()),
+        }
+    }
+    let mut routes = Vec::new();
+    if own.iter().any(Option::is_none) {
+        routes.push(RouteDecl { converter: builtin.clone(), report: report.clone(), answers: None });
+    }
+    let offset = routes.len();
+    routes.extend(custom_routes);
+    let device_routes = own.iter().map(|o| o.map_or(0, |j| offset + j)).collect();
+    let mut downlinks = Vec::new();
+    if !builtin_down.is_empty() {
+        downlinks.push(DownlinkDecl { converter: builtin.clone(), devices: Devices::Named(builtin_down) });
+    }
+    downlinks.extend(custom_down);
+    (routes, device_routes, downlinks)
+}
+
+/// A device's `converters.uplink` or `.downlink`: `None` for the built-in.
+fn device_converter(
+    d: &mut Diagnostics,
+    kind: &str,
+    path: &str,
+    entry: &Value,
+    device: &Value,
+    base: &Path,
+) -> Option<ConverterDecl> {
+    match entry {
+        Value::String(file) => {
+            let file = wasm_file(d, path, file)?;
+            Some(custom(path, base, file, device.to_string(), LimitsDecl::default()))
+        }
+        _ => match converter(d, path, entry, base, kind)? {
+            c if c.component == ComponentRef::Builtin(kind.into()) => {
+                only_type_and_limits(d, path, entry);
+                if c.limits != LimitsDecl::default() {
+                    d.notice(
+                        format!("{path}.limits"),
+                        format!("ignored: the built-in `{kind}` converters are shared by every device"),
+                    );
+                }
+                None
+            }
+            ConverterDecl { component: ComponentRef::Builtin(other), .. } => {
+                d.error(
+                    format!("{path}.type"),
+                    format!("`{other}` is not a {} converter; expected {kind} or custom", kind.to_uppercase()),
+                );
+                None
+            }
+            c => Some(c),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

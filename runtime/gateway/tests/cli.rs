@@ -288,3 +288,37 @@ fn the_modbus_converter_decodes_register_blocks() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("line 1: `z` at column 3 is not a hex digit"), "{}", stderr(&o));
 }
+
+/// The built-in `ble` converter on characteristic values, given in hex,
+/// with the Python gateway's sample config: both keys of the characteristic
+/// (named in its 16-bit form) from each value.
+#[test]
+fn the_ble_converter_reads_characteristic_values() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = write(dir.path(), "values.hex", "010203\n2a\n");
+    let o = tbgw(
+        cache.path(),
+        &[
+            "converter",
+            "test",
+            "ble",
+            "--config",
+            "config/ble.json",
+            "--input",
+            &input,
+            "--hex",
+            "--source",
+            "characteristic:2A00",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let device = r#"{"device":"Temperature and humidity sensor","attributes":"#;
+    assert_eq!(
+        stdout(&o).trim(),
+        format!(
+            "{device}{{\"name\":\"12cm 3A\",\"values\":\"All values: 123\"}},\"telemetry\":[]}}\n\
+             {device}{{\"name\":\"42cm A\",\"values\":\"All values: 42\"}},\"telemetry\":[]}}"
+        )
+    );
+}
