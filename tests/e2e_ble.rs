@@ -47,7 +47,9 @@ fn ble_json() -> Value {
                 {"key": "level", "dataSourceType": "advertisement", "valueExpression": "[0:2]", "compute": "value / 10"},
                 {"key": "door", "dataSourceType": "advertisement", "advertisementData": "service", "serviceUUID": "feaa", "valueExpression": "[0]"}
              ],
-             "attributes": [{"key": "rssi", "dataSourceType": "advertisement", "advertisementData": "rssi"}]},
+             "attributes": [{"key": "rssi", "dataSourceType": "advertisement", "advertisementData": "rssi"}],
+             // A scan needs no connection: the beacon stays listened to.
+             "serverSideRpc": [{"methodRPC": "whereAreYou", "withResponse": true, "methodProcessing": "scan"}]},
             {"name": "Absent", "MACAddress": ABSENT, "pollPeriod": 300,
              "telemetry": [{"key": "x", "method": "read", "characteristicUUID": "2a19"}]},
             // A device's own converter (the probe guest: the payload as text, device `probe`).
@@ -251,6 +253,10 @@ fn attribute_updates_and_rpcs_read_write_and_scan_with_the_python_gateways_repli
     assert!(unknown["error"].as_str().is_some_and(|e| e.contains("no serverSideRpc entry for `explode`")), "{unknown}");
     let missing = rpc(&s.tb, "Thermo", 8, "get", json!("characteristicUUID=2a01;"));
     assert!(missing["error"].as_str().is_some_and(|e| e.contains("has no characteristic 00002a01")), "{missing}");
+    let beacon = rpc(&s.tb, "Beacon", 10, "whereAreYou", json!({}));
+    assert_eq!(beacon["manufacturerData"], json!({"0x0059": "00fa"}), "{beacon}");
+    assert_eq!(beacon["serviceData"], json!({"0000feaa-0000-1000-8000-00805f9b34fb": "01"}), "{beacon}");
+    assert_eq!(s.bluez.connects(BEACON), 0, "a beacon is never connected to");
     // A device that does not answer: the device's timeout (3 s) answers.
     s.bluez.hang_reads(THERMO, NAME, true);
     let asked = Instant::now();

@@ -151,34 +151,16 @@ async fn run(conn: BleConnector, mut ctx: ConnectorContext) {
             .requests
             .send(DeviceRequest::Connect { device: d.name.clone(), device_type: d.device_type.clone() });
     }
-    let mut last_error = String::new();
-    let adapter = loop {
-        tokio::select! {
-            r = open() => match r {
-                Ok(a) => break Some(a),
-                Err(why) => {
-                    if why != last_error {
-                        tracing::warn!(connector = %conn.name, "{why}; trying again every {RETRY:?}");
-                        last_error = why;
-                    }
-                }
-            },
-            _ = ctx.stop_intake.cancelled() => break None,
-        }
-        let wake = Instant::now() + RETRY;
-        let why = format!("BlueZ is not available ({last_error})");
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(wake) => break,
-                _ = ctx.stop_intake.cancelled() => break,
-                Some(job) = ctx.downlink.jobs.recv() => refuse(&ctx.stats, job, &why),
-            }
-        }
-    };
-    if let Some(adapter) = adapter {
+    // BlueZ opened, followed until its events end (bluetoothd restarted),
+    // and opened again; until the connector stops.
+    while let Some(adapter) = open_retrying(&conn, &mut ctx).await {
         ctx.stats.connected.store(true, Ordering::Relaxed);
         tracing::info!(connector = %conn.name, "scanning with {}", adapter.adapter_info().await.unwrap_or_default());
-        scan(&conn, &mut ctx, adapter).await;
+        let stopped = scan(&conn, &mut ctx, adapter).await;
+        ctx.stats.connected.store(false, Ordering::Relaxed);
+        if stopped {
+            break;
+        }
     }
     ctx.stats.connected.store(false, Ordering::Relaxed);
     // Stopping: answer what still comes until the end.
@@ -191,15 +173,44 @@ async fn run(conn: BleConnector, mut ctx: ConnectorContext) {
     tracing::info!(connector = %conn.name, "stopped");
 }
 
+/// BlueZ's adapter, tried every [`RETRY`] (requests answered meanwhile);
+/// `None` once the connector stops.
+async fn open_retrying(conn: &BleConnector, ctx: &mut ConnectorContext) -> Option<Adapter> {
+    let mut last_error = String::new();
+    loop {
+        tokio::select! {
+            r = open() => match r {
+                Ok(a) => return Some(a),
+                Err(why) => {
+                    if why != last_error {
+                        tracing::warn!(connector = %conn.name, "{why}; trying again every {RETRY:?}");
+                        last_error = why;
+                    }
+                }
+            },
+            _ = ctx.stop_intake.cancelled() => return None,
+        }
+        let wake = Instant::now() + RETRY;
+        let why = format!("BlueZ is not available ({last_error})");
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => break,
+                _ = ctx.stop_intake.cancelled() => return None,
+                Some(job) = ctx.downlink.jobs.recv() => refuse(&ctx.stats, job, &why),
+            }
+        }
+    }
+}
+
 /// Follow the adapter's events and run the devices' tasks until the
-/// connector stops.
-async fn scan(conn: &BleConnector, ctx: &mut ConnectorContext, adapter: Adapter) {
+/// connector stops (`true`) or BlueZ's events end (`false`).
+async fn scan(conn: &BleConnector, ctx: &mut ConnectorContext, adapter: Adapter) -> bool {
     let c = &conn.config;
     let mut events = match adapter.events().await {
         Ok(e) => e,
         Err(e) => {
             tracing::error!(connector = %conn.name, "cannot follow BlueZ's events: {e}");
-            return;
+            return false;
         }
     };
     let shared = Arc::new(Shared {
@@ -213,6 +224,9 @@ async fn scan(conn: &BleConnector, ctx: &mut ConnectorContext, adapter: Adapter)
         notifications: ctx.stats.extra("notifications", "GATT notifications received", false),
         advertisements: ctx.stats.extra("advertisements", "BLE advertisements sent to the converter", false),
     });
+    // Levels of this scan's devices (a scan after BlueZ came back starts over).
+    shared.seen.set(0);
+    shared.connected.set(0);
     let mut tasks = tokio::task::JoinSet::new();
     let mut wakes = Vec::new();
     let mut jobs = HashMap::new();
@@ -228,13 +242,13 @@ async fn scan(conn: &BleConnector, ctx: &mut ConnectorContext, adapter: Adapter)
     let scan_log = sleep(c.first_scan);
     tokio::pin!(scan_log);
     let mut logged = c.scan_log.is_none();
-    loop {
+    let stopped = loop {
         tokio::select! {
-            _ = ctx.stop_intake.cancelled() => break,
+            _ = ctx.stop_intake.cancelled() => break true,
             event = events.next() => {
                 let Some(event) = event else {
-                    tracing::error!(connector = %conn.name, "BlueZ's event stream ended");
-                    break;
+                    tracing::error!(connector = %conn.name, "BlueZ's event stream ended: opening it again");
+                    break false;
                 };
                 let (id, lost) = match event {
                     CentralEvent::DeviceDisconnected(id) => (id, true),
@@ -285,16 +299,19 @@ async fn scan(conn: &BleConnector, ctx: &mut ConnectorContext, adapter: Adapter)
                 log_scan(conn, &adapter).await;
             }
         }
-    }
+    };
     shared.stop.cancel();
     let _ = adapter.stop_scan().await;
     // Each task disconnects its device; answer requests meanwhile.
     loop {
         tokio::select! {
             r = tasks.join_next() => if r.is_none() { break },
-            Some(job) = ctx.downlink.jobs.recv() => refuse(&ctx.stats, job, "the connector is stopping"),
+            Some(job) = ctx.downlink.jobs.recv() => {
+                refuse(&ctx.stats, job, if stopped { "the connector is stopping" } else { "BlueZ is being opened again" })
+            }
         }
     }
+    stopped
 }
 
 /// `showMap` with `scanner.deviceName`: what the first scan found.
@@ -432,7 +449,8 @@ impl Device {
                 _ = tick.tick() => self.advertise(true).await,
                 Some(job) = self.jobs.recv() => {
                     let why = format!("`{}` is not connected to: it has no characteristic keys, writes or RPCs that read or write", self.conf.name);
-                    self.serve(None, &HashMap::new(), job, &why).await;
+                    let p = self.peripheral().await;
+                    self.serve(p.as_ref(), &HashMap::new(), job, &why).await;
                 }
             }
         }
@@ -443,6 +461,10 @@ impl Device {
         let c = self.conf.connection;
         let mut attempts: u64 = 0;
         let mut ever = false;
+        // Advertisements every poll period while not connected (a session
+        // sends them at its polls).
+        let mut tick = tokio::time::interval(self.poll_period());
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             if self.shared.stop.is_cancelled() {
                 return;
@@ -458,7 +480,7 @@ impl Device {
                         ever = true;
                         self.shared.connected.add(1);
                         let end = self.session(&p, chars).await;
-                        self.shared.connected.set(self.shared.connected.get().saturating_sub(1));
+                        self.shared.connected.sub(1);
                         match end {
                             End::Stopped => {
                                 let _ = timeout(Duration::from_secs(2), p.disconnect()).await;
@@ -484,8 +506,6 @@ impl Device {
                 wait += Duration::from_millis(c.wait_after_retries_ms);
             }
             let until = Instant::now() + wait;
-            let mut tick = tokio::time::interval(self.poll_period());
-            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = self.shared.stop.cancelled() => return,

@@ -131,6 +131,11 @@ impl Extra {
         self.value.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Take `n` from a level, never below zero.
+    pub fn sub(&self, n: u64) {
+        let _ = self.value.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(n)));
+    }
+
     pub fn get(&self) -> u64 {
         self.value.load(Ordering::Relaxed)
     }
