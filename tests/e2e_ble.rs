@@ -264,3 +264,57 @@ fn attribute_updates_and_rpcs_read_write_and_scan_with_the_python_gateways_repli
     assert!(hung["error"].as_str().is_some_and(|e| e.contains("took more than 3s")), "{hung}");
     assert!(asked.elapsed() < Duration::from_secs(5), "answered after {:?}", asked.elapsed());
 }
+
+/// The Python gateway's own sample `ble.json`, unchanged, against a device
+/// with its sample's address and characteristics: uplink and downlink.
+#[test]
+fn the_python_gateways_sample_works_unchanged() {
+    const SAMPLE: &str = "4C:65:A8:DF:85:C0";
+    let sensor = "226caa55-6476-4566-7562-66734470666d";
+    let bluez = FakeBluez::start();
+    let c = |uuid: &str, flags: Vec<&'static str>, value: &[u8]| FakeChar {
+        uuid: uuid.into(),
+        flags,
+        value: value.to_vec(),
+    };
+    bluez.add_device(&FakeDevice {
+        address: SAMPLE.into(),
+        name: Some("LYWSD02".into()),
+        rssi: Some(-60),
+        services: vec![
+            ("0000fe95-0000-1000-8000-00805f9b34fb".into(), vec![c(sensor, vec!["read", "notify"], &[0, 0, 0])]),
+            ("00001800-0000-1000-8000-00805f9b34fb".into(), vec![c(NAME, vec!["read", "write"], &[1, 2, 3])]),
+        ],
+        ..Default::default()
+    });
+    let tb_broker = Mosquitto::start_new();
+    let tb = Collector::connect(tb_broker.port, "tb-sample", &["v1/gateway/#", "v1/devices/me/#"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = common::connector_yaml(tb_broker.port, "ble", "BLE", "ble.json");
+    let sample = include_str!("../config/ble.json");
+    let _gw = Gateway::start_with_env(
+        dir.path(),
+        &[("tb_gateway.yaml", &yaml), ("ble.json", sample)],
+        &[("DBUS_SYSTEM_BUS_ADDRESS", bluez.address())],
+    );
+    bluez.wait(Duration::from_secs(20), "the sample's notify key subscribed", |b| b.is_notifying(SAMPLE, sensor));
+    let device = "Temperature and humidity sensor";
+    assert!(bluez.notify(SAMPLE, sensor, &[55, 0, 21]));
+    let got = tb.wait_until(Duration::from_secs(20), "the sample's values", |r| {
+        latest(r, device, "temperature").is_some() && latest(r, device, "name").is_some()
+    });
+    assert_eq!(latest(&got, device, "temperature"), Some(json!("21")));
+    assert_eq!(latest(&got, device, "humidity"), Some(json!("55")));
+    // Read once at the connection (its pollPeriod is 500 s).
+    assert_eq!(latest(&got, device, "name"), Some(json!("12cm 3A")));
+    assert_eq!(latest(&got, device, "values"), Some(json!("All values: 123")));
+
+    tb.publish("v1/gateway/attributes", json!({"device": device, "data": {"sharedName": "Lab"}}).to_string());
+    bluez.wait(Duration::from_secs(10), "sharedName written", |b| !b.writes(SAMPLE, NAME).is_empty());
+    assert_eq!(bluez.writes(SAMPLE, NAME), vec![(b"Lab".to_vec(), true)]);
+    assert_eq!(rpc(&tb, device, 1, "rpcMethod1", json!({})), json!("Lab"));
+    assert_eq!(rpc(&tb, device, 2, "rpcMethod2", json!("Hall")), json!("Ok"));
+    assert_eq!(bluez.writes(SAMPLE, NAME).last(), Some(&(b"Hall".to_vec(), true)));
+    let scan = rpc(&tb, device, 3, "rpcMethod3", json!({}));
+    assert_eq!((scan["address"].clone(), scan["rssi"].clone()), (json!(SAMPLE), json!(-60)), "{scan}");
+}

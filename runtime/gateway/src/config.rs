@@ -691,7 +691,7 @@ mod tests {
         let (_, d) = check(
             "thingsboard: {hots: x, port: 99999, security: {type: tokn}}\n\
              storage: {type: sqlite}\n\
-             connectors:\n  - {type: ble, name: m, configuration: {}}\n  - {type: mqtt, configuration: {broker: {host: h}, mapping: []}}\n",
+             connectors:\n  - {type: snmp, name: m, configuration: {}}\n  - {type: mqtt, configuration: {broker: {host: h}, mapping: []}}\n",
         );
         let errors: Vec<String> = d.errors.iter().map(ToString::to_string).collect();
         for e in [
@@ -700,7 +700,7 @@ mod tests {
             "thingsboard.security.type: unknown security type `tokn`; expected accessToken, tlsAccessToken, usernamePassword or tlsPrivateKey",
             "thingsboard.hots: unknown key; did you mean `host`?",
             "storage.type: `sqlite` storage is the Python gateway's; use `fjall` (durable, in data_folder_path) or `memory`",
-            "connectors[0].type: the `ble` connector is not available yet; this tbgw has: mqtt, modbus, can, opcua",
+            "connectors[0].type: the `snmp` connector is not available yet; this tbgw has: mqtt, modbus, can, opcua, ble",
             "connectors[1].name: required",
             "connectors[1].configuration.mapping: no mapping: the connector would receive nothing",
         ] {

@@ -208,7 +208,7 @@ mod tests {
         let err = resolve("jsn", Direction::Uplink, None).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown converter `jsn`: the built-in uplink converters are `json`, `modbus`, `can`, `opcua`; \
+            "unknown converter `jsn`: the built-in uplink converters are `json`, `modbus`, `can`, `opcua`, `ble`; \
              for your own converter give the path of its .wasm file"
         );
     }
