@@ -234,19 +234,7 @@ fn write_config(dir: &Path, tb_port: u16, peripherals: u64, beacons: u64) -> any
             "telemetry": [{"key": "level", "dataSourceType": "advertisement", "valueExpression": "[0:2]", "compute": "value / 10"}]})
     }));
     std::fs::write(dir.join("ble.json"), serde_json::json!({"name": "BLE", "devices": devices}).to_string())?;
-    let config = dir.join("tb_gateway.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "thingsboard: {{host: 127.0.0.1, port: {tb_port}, security: {{type: accessToken, accessToken: bench}},\
-             statistics: {{enable: true, statsSendPeriodInSeconds: 1}}}}\n\
-             storage: {{type: memory}}\n\
-             connectors: [{{type: ble, name: BLE, configuration: ble.json}}]\n\
-             tbgw: {{cacheDir: {}}}\n",
-            dir.join("cache").display(),
-        ),
-    )?;
-    Ok(config)
+    tbgw_bench::write_config(dir, tb_port, "ble", "BLE", "ble.json")
 }
 
 /// The floor: a btleplug client that connects to and subscribes every

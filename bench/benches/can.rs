@@ -167,19 +167,7 @@ fn write_config(dir: &Path, tb_port: u16, hub_port: u16, ids: u64) -> anyhow::Re
     let can = serde_json::json!({"interface": "socketcand", "host": "127.0.0.1", "port": hub_port, "channel": "can0",
                                  "reconnectPeriod": 1, "devices": devices});
     std::fs::write(dir.join("can.json"), can.to_string())?;
-    let config = dir.join("tb_gateway.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "thingsboard: {{host: 127.0.0.1, port: {tb_port}, security: {{type: accessToken, accessToken: bench}},\
-             statistics: {{enable: true, statsSendPeriodInSeconds: 1}}}}\n\
-             storage: {{type: memory}}\n\
-             connectors: [{{type: can, name: Bus, configuration: can.json}}]\n\
-             tbgw: {{cacheDir: {}}}\n",
-            dir.join("cache").display(),
-        ),
-    )?;
-    Ok(config)
+    tbgw_bench::write_config(dir, tb_port, "can", "Bus", "can.json")
 }
 
 /// The floor: a socketcand client that reads and parses every frame, and

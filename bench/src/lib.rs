@@ -9,6 +9,8 @@ pub mod dataset;
 pub mod native;
 pub mod process;
 
+use std::path::{Path, PathBuf};
+
 /// A whole-number setting of a bench from the environment, or `default`.
 pub fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -19,4 +21,23 @@ pub fn env_u64(name: &str, default: u64) -> u64 {
 pub fn quantile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len().max(1)) - 1;
     sorted.get(i).copied().unwrap_or(f64::NAN)
+}
+
+/// Write the gateway config of a bench with one connector (`kind`, named
+/// `name`, configured by `file` in `dir`): ThingsBoard on `tb_port`,
+/// statistics every second, a memory store; returns its path.
+pub fn write_config(dir: &Path, tb_port: u16, kind: &str, name: &str, file: &str) -> anyhow::Result<PathBuf> {
+    let config = dir.join("tb_gateway.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "thingsboard: {{host: 127.0.0.1, port: {tb_port}, security: {{type: accessToken, accessToken: bench}},\
+             statistics: {{enable: true, statsSendPeriodInSeconds: 1}}}}\n\
+             storage: {{type: memory}}\n\
+             connectors: [{{type: {kind}, name: {name}, configuration: {file}}}]\n\
+             tbgw: {{cacheDir: {}}}\n",
+            dir.join("cache").display(),
+        ),
+    )?;
+    Ok(config)
 }

@@ -115,7 +115,6 @@ pub fn parse(doc: &Value, base_dir: &Path, d: &mut Diagnostics) -> Option<BleCon
                         _ => None,
                     })
                     .collect();
-                v.dedup();
                 v.sort();
                 v.dedup();
                 v

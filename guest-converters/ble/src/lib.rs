@@ -307,9 +307,11 @@ impl UplinkConverter {
 
     /// Device `device`'s keys that read `msg`, into `out`.
     fn convert_for(&self, device: usize, msg: &RawUplink, out: &mut ConvertedMessage) {
-        // The connector's is in the 128-bit form already; a test's may not be.
-        let characteristic = match &msg.source {
-            Source::Characteristic(c) => items::uuid(&c.characteristic).ok(),
+        // The connector's is in the lowercase 128-bit form already (no copy
+        // per message); a test's may not be.
+        let characteristic: Option<std::borrow::Cow<str>> = match &msg.source {
+            Source::Characteristic(c) if is_canonical(&c.characteristic) => Some(c.characteristic.as_str().into()),
+            Source::Characteristic(c) => items::uuid(&c.characteristic).ok().map(Into::into),
             _ => None,
         };
         let method = msg.metadata.iter().find(|(k, _)| k == items::METHOD_METADATA).map(|(_, v)| v.as_str());
@@ -319,7 +321,7 @@ impl UplinkConverter {
                 (Source::Characteristic(_), DataSource::Characteristic { uuid, method: m }) => {
                     let same_method =
                         !matches!((method, m), (Some("read"), Method::Notify) | (Some("notify"), Method::Read));
-                    if characteristic.as_ref() != Some(uuid) || !same_method {
+                    if characteristic.as_deref() != Some(uuid.as_str()) || !same_method {
                         continue;
                     }
                     Raw::Bytes(&msg.payload)
@@ -368,6 +370,11 @@ impl UplinkConverter {
             });
         }
     }
+}
+
+/// A UUID in the form the schema keeps them: lowercase, 128-bit, dashed.
+fn is_canonical(uuid: &str) -> bool {
+    uuid.len() == 36 && !uuid.bytes().any(|b| b.is_ascii_uppercase())
 }
 
 /// What a key reads before its expression: bytes, or a value as it is.

@@ -14,7 +14,7 @@ use tbgw_wasm::{ConverterSpec, LoadError, MessageError};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A built-in converter (`json`, `modbus`) or the path of a .wasm component.
+    /// A built-in converter (`json`, `modbus`, `can`, `opcua`, `ble`) or the path of a .wasm component.
     pub converter: String,
     /// The converter's config, a JSON file. For `json`: the `converter`
     /// object of a ThingsBoard gateway MQTT mapping (uplink), or its
