@@ -53,7 +53,7 @@ fn main() -> anyhow::Result<()> {
         (env("TBGW_BENCH_DEVICES", 100) as usize, env("TBGW_BENCH_NODES", 100) as usize, env("TBGW_BENCH_SECONDS", 20));
     let poll = std::env::var("TBGW_BENCH_POLL").is_ok_and(|p| p == "1");
     let total = devices * nodes;
-    let plant = Plant { devices, variables: nodes, items_per_subscription: 1000, extra_namespaces: 0 };
+    let plant = Plant { devices, variables: nodes, items_per_subscription: 1000, ..Plant::default() };
     if std::env::var("TBGW_BENCH_OPCUA_SERVE").is_ok() {
         // Only the server, ticking, for a tbgw started by hand (profiling).
         let server = OpcuaServer::start(plant);

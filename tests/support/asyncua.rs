@@ -5,11 +5,17 @@
 //! Its plant is the in-process one's shape ([`crate::opcua`]):
 //! `Objects/Plant/Boiler <n>` objects, each with `SerialNumber` (`SN-<n>`),
 //! `Temperature` (Double 20.5), a writable `SetPoint` (Int16 50), a
-//! `Counter` (UInt32 0) and the method `multiply(Int32, Int32) -> Int32`,
+//! `Counter` (UInt32 0), `Reading` (a structure of the server's own type
+//! `Reading {Level: Double, Unit: String, Samples: [Int32]}`, its
+//! definition published; `{1.5, "m", [1, 2, 3]}`), `Levels` (an array of
+//! Doubles, `[1.5, 2.5]`) and the method `multiply(Int32, Int32) -> Int32`,
 //! which refuses other argument types as a strict server does. The test
 //! drives it with JSON lines on its stdin: read a value back with its
 //! Variant type ([`AsyncuaServer::get`]), count every device's `Counter`
-//! up ([`AsyncuaServer::count`]).
+//! up ([`AsyncuaServer::count`]), set a `Reading`'s level
+//! ([`AsyncuaServer::reading`]); and as a process: freeze it and let it go
+//! on ([`AsyncuaServer::freeze`], [`AsyncuaServer::thaw`]), as a hung
+//! server or a half-open link looks to a client.
 
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write};
@@ -21,6 +27,7 @@ use std::time::Duration;
 const SERVER: &str = r#"
 import asyncio, json, sys
 from asyncua import Server, ua
+from asyncua.common.structures104 import new_struct, new_struct_field
 
 port, devices = int(sys.argv[1]), int(sys.argv[2])
 
@@ -40,6 +47,16 @@ async def main():
     server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
     ns = await server.register_namespace("urn:tbgw:test:asyncua")
     plant = await server.nodes.objects.add_folder(ns, "Plant")
+    # A structure of the server's own type, its definition published.
+    reading, _ = await new_struct(server, ns, "Reading", [
+        new_struct_field("Level", ua.VariantType.Double),
+        new_struct_field("Unit", ua.VariantType.String),
+        new_struct_field("Samples", ua.VariantType.Int32, array=True),
+    ])
+    await server.load_data_type_definitions()
+    def a_reading(level):
+        value = ua.Reading(Level=level, Unit="m", Samples=[1, 2, 3])
+        return ua.Variant(value, ua.VariantType.ExtensionObject)
     nodes = {}
     for d in range(1, devices + 1):
         dev = await plant.add_object(ns, f"Boiler {d}")
@@ -49,6 +66,8 @@ async def main():
         await setpoint.set_writable()
         nodes[(d, "SetPoint")] = setpoint
         nodes[(d, "Counter")] = await dev.add_variable(ns, "Counter", 0, ua.VariantType.UInt32)
+        nodes[(d, "Reading")] = await dev.add_variable(ns, "Reading", a_reading(1.5), datatype=reading.nodeid)
+        nodes[(d, "Levels")] = await dev.add_variable(ns, "Levels", [1.5, 2.5], ua.VariantType.Double)
         await dev.add_method(ns, "multiply", multiply, [ua.VariantType.Int32, ua.VariantType.Int32],
                              [ua.VariantType.Int32])
     async with server:
@@ -70,6 +89,10 @@ async def main():
                         await nodes[(d, "Counter")].write_value(ua.Variant(i, ua.VariantType.UInt32))
                     await asyncio.sleep(c["every_ms"] / 1000)
                 say({"counted": c["to"]})
+            elif "reading" in cmd:
+                d, level = cmd["reading"]
+                await nodes[(d, "Reading")].write_value(a_reading(level))
+                say({"done": True})
 
 asyncio.run(main())
 "#;
@@ -135,10 +158,33 @@ impl AsyncuaServer {
         let v = self.ask(json!({"count": {"to": to, "every_ms": every_ms}}));
         assert_eq!(v["counted"], to, "{v}");
     }
+
+    /// Device `d`'s `Reading` to `{level, "m", [1, 2, 3]}`.
+    pub fn reading(&mut self, d: usize, level: f64) {
+        let v = self.ask(json!({"reading": [d, level]}));
+        assert_eq!(v["done"], true, "{v}");
+    }
+
+    /// Stop the process (SIGSTOP): its sockets stay open, nothing answers.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Let a frozen process go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let status = Command::new("kill").args([which, &self.child.id().to_string()]).status().expect("kill");
+        assert!(status.success(), "kill {which} the asyncua server");
+    }
 }
 
 impl Drop for AsyncuaServer {
     fn drop(&mut self) {
+        // A frozen process is not killed until it may go on.
+        let _ = Command::new("kill").args(["-CONT", &self.child.id().to_string()]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -77,11 +77,23 @@ pub struct Plant {
     pub items_per_subscription: usize,
     /// Namespaces registered before the plant's (moving its index).
     pub extra_namespaces: usize,
+    /// The server's MaxNodesPerRead and MaxNodesPerTranslateBrowsePathsToNodeIds
+    /// (0: async-opcua's defaults); a larger request is refused.
+    pub nodes_per_call: usize,
+    /// The server's MaxMonitoredItemsPerCall (0: async-opcua's default).
+    pub monitored_items_per_call: usize,
 }
 
 impl Default for Plant {
     fn default() -> Self {
-        Plant { devices: 2, variables: 2, items_per_subscription: 1000, extra_namespaces: 0 }
+        Plant {
+            devices: 2,
+            variables: 2,
+            items_per_subscription: 1000,
+            extra_namespaces: 0,
+            nodes_per_call: 0,
+            monitored_items_per_call: 0,
+        }
     }
 }
 
@@ -207,6 +219,13 @@ impl OpcuaServer {
         }
     }
 
+    /// A device more, `Boiler <d>`, as `start` makes them (a plant that
+    /// grows while a client is connected).
+    pub fn add_device(&self, d: usize) {
+        let mut space = self.manager.address_space().write();
+        add_device(&self.manager, &mut space, self.ns, self.plant, d);
+    }
+
     /// Every `V<j>` of every device to `initial(d, j) + step`.
     pub fn tick(&self, step: f64) {
         (self.setter())(step)
@@ -313,6 +332,13 @@ fn build(
     limits.subscriptions.max_monitored_items_per_sub = plant.items_per_subscription;
     limits.subscriptions.max_subscriptions_per_session = 100;
     limits.max_array_length = 100_000;
+    if plant.nodes_per_call > 0 {
+        limits.operational.max_nodes_per_read = plant.nodes_per_call;
+        limits.operational.max_nodes_per_translate_browse_paths_to_node_ids = plant.nodes_per_call;
+    }
+    if plant.monitored_items_per_call > 0 {
+        limits.operational.max_monitored_items_per_call = plant.monitored_items_per_call;
+    }
     let (server, handle) = builder.build().expect("build the OPC-UA server");
     let ns = handle.get_namespace_index(NAMESPACE).expect("the plant's namespace");
     let manager = handle.node_managers().get_by_name::<SimpleNodeManager>("plant").expect("the plant's node manager");
@@ -321,96 +347,102 @@ fn build(
         let plant_folder = NodeId::new(ns, "Plant");
         space.add_folder(&plant_folder, QualifiedName::new(ns, "Plant"), "Plant", &ObjectId::ObjectsFolder.into());
         for d in 1..=plant.devices {
-            let folder = NodeId::new(ns, device_name(d));
-            let name = device_name(d);
-            space.add_folder(&folder, QualifiedName::new(ns, name.as_str()), name.as_str(), &plant_folder);
-            let mut vars = vec![
-                Variable::new(
-                    &node(ns, d, "SerialNumber"),
-                    QualifiedName::new(ns, "SerialNumber"),
-                    "SerialNumber",
-                    UAString::from(format!("SN-{d}")),
-                ),
-                Variable::new(&node(ns, d, "Temperature"), QualifiedName::new(ns, "Temperature"), "Temperature", 20.5),
-                Variable::new(&node(ns, d, "Füllstand"), QualifiedName::new(ns, "Füllstand"), "Füllstand", 75.0),
-            ];
-            for j in 0..plant.variables {
-                let v = format!("V{j}");
-                vars.push(Variable::new(
-                    &node(ns, d, &v),
-                    QualifiedName::new(ns, v.as_str()),
-                    v.as_str(),
-                    initial(d, j),
-                ));
-            }
-            space.add_variables(vars, &folder);
-            let writable = [
-                ("SetPoint", Variant::from(50i16)),
-                ("Relay", Variant::from(false)),
-                ("Label", Variant::from(UAString::from("idle"))),
-                ("Curve", Variant::from(vec![1.0f64, 2.0, 3.0])),
-            ];
-            let writable: Vec<Variable> = writable
-                .into_iter()
-                .map(|(name, value)| {
-                    let array = value.is_array();
-                    let mut v = Variable::new(&node(ns, d, name), QualifiedName::new(ns, name), name, value);
-                    if array {
-                        v.set_value_rank(1);
-                    }
-                    v.set_access_level(AccessLevel::CURRENT_READ | AccessLevel::CURRENT_WRITE);
-                    v.set_user_access_level(AccessLevel::CURRENT_READ | AccessLevel::CURRENT_WRITE);
-                    v
-                })
-                .collect();
-            space.add_variables(writable, &folder);
-            let method = |space: &mut opcua::server::address_space::AddressSpace,
-                          name: &str,
-                          inputs: &[(&str, DataTypeId)],
-                          outputs: &[(&str, DataTypeId)]| {
-                let id = node(ns, d, name);
-                let mut b = MethodBuilder::new(&id, QualifiedName::new(ns, name), name)
-                    .component_of(folder.clone())
-                    .executable(true)
-                    .user_executable(true);
-                if !inputs.is_empty() {
-                    let args: Vec<_> = inputs.iter().map(|(n, t)| (*n, *t).into()).collect();
-                    b = b.input_args(space, &node(ns, d, &format!("{name}.in")), &args);
-                }
-                if !outputs.is_empty() {
-                    let args: Vec<_> = outputs.iter().map(|(n, t)| (*n, *t).into()).collect();
-                    b = b.output_args(space, &node(ns, d, &format!("{name}.out")), &args);
-                }
-                b.insert(space);
-                id
-            };
-            let multiply = method(
-                &mut space,
-                "multiply",
-                &[("a", DataTypeId::Int32), ("b", DataTypeId::Int32)],
-                &[("product", DataTypeId::Int32)],
-            );
-            let minmax = method(
-                &mut space,
-                "minmax",
-                &[("a", DataTypeId::Double), ("b", DataTypeId::Double)],
-                &[("min", DataTypeId::Double), ("max", DataTypeId::Double)],
-            );
-            let fail = method(&mut space, "fail", &[], &[]);
-            // A callback checks its arguments' types as a strict server
-            // does: a call with the wrong Variant types is refused.
-            manager.inner().add_method_callback(multiply, |args| match args {
-                [Variant::Int32(a), Variant::Int32(b)] => Ok(vec![Variant::Int32(a.wrapping_mul(*b))]),
-                _ => Err(StatusCode::BadTypeMismatch),
-            });
-            manager.inner().add_method_callback(minmax, |args| match args {
-                [Variant::Double(a), Variant::Double(b)] => {
-                    Ok(vec![Variant::Double(a.min(*b)), Variant::Double(a.max(*b))])
-                }
-                _ => Err(StatusCode::BadTypeMismatch),
-            });
-            manager.inner().add_method_callback(fail, |_| Err(StatusCode::BadInvalidState));
+            add_device(&manager, &mut space, ns, plant, d);
         }
     }
     (server, handle, manager, ns)
+}
+
+/// Device `d` of the plant: its folder under `Plant`, its variables and
+/// methods.
+fn add_device(
+    manager: &SimpleNodeManager,
+    space: &mut opcua::server::address_space::AddressSpace,
+    ns: u16,
+    plant: Plant,
+    d: usize,
+) {
+    let plant_folder = NodeId::new(ns, "Plant");
+    let folder = NodeId::new(ns, device_name(d));
+    let name = device_name(d);
+    space.add_folder(&folder, QualifiedName::new(ns, name.as_str()), name.as_str(), &plant_folder);
+    let mut vars = vec![
+        Variable::new(
+            &node(ns, d, "SerialNumber"),
+            QualifiedName::new(ns, "SerialNumber"),
+            "SerialNumber",
+            UAString::from(format!("SN-{d}")),
+        ),
+        Variable::new(&node(ns, d, "Temperature"), QualifiedName::new(ns, "Temperature"), "Temperature", 20.5),
+        Variable::new(&node(ns, d, "Füllstand"), QualifiedName::new(ns, "Füllstand"), "Füllstand", 75.0),
+    ];
+    for j in 0..plant.variables {
+        let v = format!("V{j}");
+        vars.push(Variable::new(&node(ns, d, &v), QualifiedName::new(ns, v.as_str()), v.as_str(), initial(d, j)));
+    }
+    space.add_variables(vars, &folder);
+    let writable = [
+        ("SetPoint", Variant::from(50i16)),
+        ("Relay", Variant::from(false)),
+        ("Label", Variant::from(UAString::from("idle"))),
+        ("Curve", Variant::from(vec![1.0f64, 2.0, 3.0])),
+    ];
+    let writable: Vec<Variable> = writable
+        .into_iter()
+        .map(|(name, value)| {
+            let array = value.is_array();
+            let mut v = Variable::new(&node(ns, d, name), QualifiedName::new(ns, name), name, value);
+            if array {
+                v.set_value_rank(1);
+            }
+            v.set_access_level(AccessLevel::CURRENT_READ | AccessLevel::CURRENT_WRITE);
+            v.set_user_access_level(AccessLevel::CURRENT_READ | AccessLevel::CURRENT_WRITE);
+            v
+        })
+        .collect();
+    space.add_variables(writable, &folder);
+    let method = |space: &mut opcua::server::address_space::AddressSpace,
+                  name: &str,
+                  inputs: &[(&str, DataTypeId)],
+                  outputs: &[(&str, DataTypeId)]| {
+        let id = node(ns, d, name);
+        let mut b = MethodBuilder::new(&id, QualifiedName::new(ns, name), name)
+            .component_of(folder.clone())
+            .executable(true)
+            .user_executable(true);
+        if !inputs.is_empty() {
+            let args: Vec<_> = inputs.iter().map(|(n, t)| (*n, *t).into()).collect();
+            b = b.input_args(space, &node(ns, d, &format!("{name}.in")), &args);
+        }
+        if !outputs.is_empty() {
+            let args: Vec<_> = outputs.iter().map(|(n, t)| (*n, *t).into()).collect();
+            b = b.output_args(space, &node(ns, d, &format!("{name}.out")), &args);
+        }
+        b.insert(space);
+        id
+    };
+    let multiply = method(
+        space,
+        "multiply",
+        &[("a", DataTypeId::Int32), ("b", DataTypeId::Int32)],
+        &[("product", DataTypeId::Int32)],
+    );
+    let minmax = method(
+        space,
+        "minmax",
+        &[("a", DataTypeId::Double), ("b", DataTypeId::Double)],
+        &[("min", DataTypeId::Double), ("max", DataTypeId::Double)],
+    );
+    let fail = method(space, "fail", &[], &[]);
+    // A callback checks its arguments' types as a strict server
+    // does: a call with the wrong Variant types is refused.
+    manager.inner().add_method_callback(multiply, |args| match args {
+        [Variant::Int32(a), Variant::Int32(b)] => Ok(vec![Variant::Int32(a.wrapping_mul(*b))]),
+        _ => Err(StatusCode::BadTypeMismatch),
+    });
+    manager.inner().add_method_callback(minmax, |args| match args {
+        [Variant::Double(a), Variant::Double(b)] => Ok(vec![Variant::Double(a.min(*b)), Variant::Double(a.max(*b))]),
+        _ => Err(StatusCode::BadTypeMismatch),
+    });
+    manager.inner().add_method_callback(fail, |_| Err(StatusCode::BadInvalidState));
 }

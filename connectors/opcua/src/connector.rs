@@ -23,9 +23,13 @@
 //!
 //! Devices are connected in ThingsBoard once (and never deleted on a
 //! reconnect, unlike the Python gateway, which deletes and creates them
-//! again); constants are sent once per table. Every `scanPeriodInMillis`
-//! the table is built again, and the subscriptions made again if it
-//! changed (a device or a node appeared or went).
+//! again); constants are sent once. Every `scanPeriodInMillis` the table
+//! is built again, and the subscriptions made again if it changed (a
+//! device or a node appeared or went). A monitored item made again
+//! reports its node's value at once: where that is the value already sent
+//! (the same value, status and source time) it is not sent again, so
+//! that a rescan, a subscription the server lost or a new session sends
+//! no value twice.
 //!
 //! Session life is async-opcua's event loop, told to retry forever (its
 //! default gives up after 10 attempts) and to drop a session whose
@@ -42,6 +46,7 @@ use crate::downlink::{self, Downlink};
 use crate::path::{NodeRef, Part};
 use crate::resolve::{self, Limits, PathRequest, describe};
 use crate::security;
+use crate::structures;
 use futures_util::StreamExt;
 use opcua::client::{
     ClientBuilder, IdentityToken, MonitoredItemMap, OnSubscriptionNotificationCore, Session, SessionConnectMode,
@@ -228,6 +233,21 @@ impl Counts {
     }
 }
 
+/// A value as the server sampled it: what tells a value reported again
+/// (the first report of a monitored item made again) from a new one.
+#[derive(Debug, Clone, PartialEq)]
+struct Sample {
+    value: Option<opcua::types::Variant>,
+    status: Option<StatusCode>,
+    source: Option<opcua::types::DateTime>,
+}
+
+impl Sample {
+    fn of(v: &DataValue) -> Sample {
+        Sample { value: v.value.clone(), status: v.status, source: v.source_timestamp }
+    }
+}
+
 /// A request while there is no session (or no table yet): answered at once.
 fn refuse(ctx: &ConnectorContext, job: ToConnector, why: &str) {
     match job {
@@ -260,7 +280,7 @@ async fn run(conn: OpcuaConnector, mut ctx: ConnectorContext) {
         };
         let Some(opened) = opened else { break };
         match opened {
-            Ok((session, events)) => {
+            Ok((session, events, event_loop)) => {
                 wait = server.reconnect_initial;
                 sessions += 1;
                 if sessions > 1 {
@@ -273,6 +293,9 @@ async fn run(conn: OpcuaConnector, mut ctx: ConnectorContext) {
                 // Close the session (the server frees its subscriptions),
                 // without waiting long for a server that is gone.
                 let _ = tokio::time::timeout(server.timeout, session.disconnect()).await;
+                // A disconnect that did not get through leaves the event
+                // loop trying to reconnect forever: it ends here.
+                drop(event_loop);
                 if stopped {
                     break;
                 }
@@ -303,8 +326,18 @@ async fn run(conn: OpcuaConnector, mut ctx: ConnectorContext) {
     }
 }
 
-/// A session, and its event loop's events.
-async fn connect(conn: &OpcuaConnector) -> Result<(Arc<Session>, mpsc::Receiver<SessionEvent>), String> {
+/// async-opcua's event loop for a session, on a task of its own: ended
+/// when this is dropped.
+struct EventLoop(tokio::task::JoinHandle<()>);
+
+impl Drop for EventLoop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A session, its event loop's events, and the event loop.
+async fn connect(conn: &OpcuaConnector) -> Result<(Arc<Session>, mpsc::Receiver<SessionEvent>, EventLoop), String> {
     let s = &conn.config.server;
     let channel = s.channel.as_ref();
     let prepared = channel.map(security::prepare).transpose()?;
@@ -374,7 +407,7 @@ async fn connect(conn: &OpcuaConnector) -> Result<(Arc<Session>, mpsc::Receiver<
     // channel is open, the store takes no new one (a server that comes
     // back with another certificate is refused).
     let store = prepared.is_some_and(|p| p.trust_unknown).then(|| client.certificate_store().clone());
-    tokio::spawn(async move {
+    let event_loop = tokio::spawn(async move {
         let events = event_loop.enter();
         tokio::pin!(events);
         while let Some(event) = events.next().await {
@@ -405,7 +438,7 @@ async fn connect(conn: &OpcuaConnector) -> Result<(Arc<Session>, mpsc::Receiver<
         }
         let _ = tx.send(SessionEvent::Ended).await;
     });
-    Ok((session, rx))
+    Ok((session, rx, EventLoop(event_loop)))
 }
 
 /// One session's work.
@@ -426,6 +459,21 @@ struct Live<'a> {
     namespaces: usize,
     /// What requests from ThingsBoard have learnt on this session.
     learnt: Arc<std::sync::Mutex<downlink::Cache>>,
+    /// What each node of the table sent last (subscriptions only; by table
+    /// index).
+    sent: Vec<Option<Sample>>,
+    /// What each node had sent before the subscriptions were made again,
+    /// until its first value after (by table index): a value the new
+    /// monitored item reports first that is the one already sent is not
+    /// sent again.
+    resent: Vec<Option<Sample>>,
+    /// What the nodes of a table given up had sent, until the next table.
+    kept: HashMap<NodeId, Sample>,
+    /// The constants sent (each once, not again with each table).
+    constants_sent: HashSet<(Target, String)>,
+    /// Whether this session tried to load the server's structure types
+    /// (`None`: not yet), and whether it could.
+    structures: Option<bool>,
 }
 
 impl<'a> Live<'a> {
@@ -450,6 +498,11 @@ impl<'a> Live<'a> {
             counts,
             namespaces: 1,
             learnt: Arc::default(),
+            structures: None,
+            sent: Vec::new(),
+            resent: Vec::new(),
+            kept: HashMap::new(),
+            constants_sent: HashSet::new(),
         }
     }
 
@@ -487,8 +540,9 @@ impl<'a> Live<'a> {
                             // more, and its namespaces may have moved.
                             self.subscriptions.clear();
                             self.counts.clear();
-                            self.table = Table::default();
+                            self.forget_table();
                             self.learnt = Arc::default();
+                            self.structures = None;
                             setup_at = Instant::now();
                         }
                     }
@@ -508,7 +562,7 @@ impl<'a> Live<'a> {
                     Notice::Status(status) => {
                         tracing::warn!(connector = %self.conn.name, "a subscription changed state: {}; subscribing again", describe(status));
                         self.subscriptions.clear();
-                        self.table = Table::default();
+                        self.forget_table();
                         setup_at = Instant::now();
                     }
                 },
@@ -584,9 +638,15 @@ impl<'a> Live<'a> {
                 tracing::info!(connector = %self.conn.name, "deleting the old subscriptions: {e}");
             }
         }
+        self.forget_table();
+        self.resent = table.nodes.iter().map(|n| self.kept.remove(&n.id)).collect();
+        self.kept.clear();
+        self.sent = vec![None; if self.conn.config.server.subscriptions { table.nodes.len() } else { 0 }];
         self.table = table;
         self.generation += 1;
-        let constants: Vec<(Target, String)> = self.table.constants.clone();
+        let constants: Vec<(Target, String)> =
+            self.table.constants.iter().filter(|c| !self.constants_sent.contains(*c)).cloned().collect();
+        self.constants_sent.extend(constants.iter().cloned());
         for (target, value) in constants {
             let payload = serde_json::json!({"Type": 12, "Body": value}).to_string().into_bytes();
             let value = OpcuaValue { node: String::new(), status: 0, source_time: None, server_time: None };
@@ -599,7 +659,7 @@ impl<'a> Live<'a> {
             // them all again.
             let ids = std::mem::take(&mut self.subscriptions);
             let _ = self.session.delete_subscriptions(&ids).await;
-            self.table = Table::default();
+            self.forget_table();
             return Err(why);
         }
         let monitored = if self.conn.config.server.subscriptions { self.table.nodes.len() } else { 0 };
@@ -755,17 +815,36 @@ impl<'a> Live<'a> {
     /// Send values (by client handle) to every key they feed.
     async fn emit(&mut self, values: Vec<(u32, DataValue)>) {
         let received_at = now_ms();
+        if self.structures.is_none() && values.iter().any(|(_, v)| v.value.as_ref().is_some_and(structures::undecoded))
+        {
+            self.load_structures().await;
+        }
         for (handle, value) in values {
             let Some(node) = (handle as usize).checked_sub(1).and_then(|i| self.table.nodes.get(i)) else {
                 // A notification of a subscription made for an older table.
                 continue;
             };
             self.ctx.stats.received.fetch_add(1, Ordering::Relaxed);
+            if !self.sent.is_empty() {
+                let i = handle as usize - 1;
+                let sample = Sample::of(&value);
+                let again = self.resent.get_mut(i).and_then(Option::take).is_some_and(|s| s == sample);
+                if let Some(slot) = self.sent.get_mut(i) {
+                    *slot = Some(sample);
+                }
+                if again {
+                    continue;
+                }
+            }
             let status = value.status.unwrap_or(StatusCode::Good);
             if status.is_bad() {
                 self.counts.bad_status.add(1);
             }
             let payload = match value.value.as_ref() {
+                Some(v) if self.structures == Some(true) && structures::undecoded(v) => {
+                    let again = structures::decode_again(&self.session, v);
+                    resolve::json(&self.session, again.as_ref().unwrap_or(v))
+                }
                 Some(v) => resolve::json(&self.session, v),
                 None => b"null".to_vec(),
             };
@@ -787,6 +866,37 @@ impl<'a> Live<'a> {
                     return;
                 }
             }
+        }
+    }
+
+    /// Give the table up (to be made again), keeping what its nodes sent.
+    fn forget_table(&mut self) {
+        let table = std::mem::take(&mut self.table);
+        let sent = std::mem::take(&mut self.sent);
+        let resent = std::mem::take(&mut self.resent);
+        for (i, node) in table.nodes.into_iter().enumerate() {
+            let last = sent.get(i).cloned().flatten().or_else(|| resent.get(i).cloned().flatten());
+            if let Some(last) = last {
+                self.kept.insert(node.id, last);
+            }
+        }
+    }
+
+    /// The server's structure types, once a session: a value of one of
+    /// them has arrived as its raw body.
+    async fn load_structures(&mut self) {
+        let started = std::time::Instant::now();
+        let loaded = structures::load(&self.session, self.limits.read).await;
+        self.structures = Some(loaded.is_ok());
+        match loaded {
+            Ok(()) => {
+                tracing::info!(connector = %self.conn.name, "loaded the server's structure types in {:?}", started.elapsed())
+            }
+            Err(why) => tracing::warn!(
+                connector = %self.conn.name,
+                "a structure of the server's own type arrived, but its definition cannot be loaded ({why}): \
+                 such values go to the converter as their raw bodies"
+            ),
         }
     }
 

@@ -11,6 +11,8 @@
 //! - [`connector`]: the task that owns the session: the node table,
 //!   subscriptions shared by every device (or chunked polling), rescans,
 //!   what happens when the server goes away and comes back.
+//! - `structures`: the server's own structure types, loaded when a value
+//!   of one first arrives, so that the converter gets their fields.
 //! - `security`: the client's certificate, the trust list of server
 //!   certificates (and trust on first use), what a refused channel means.
 //! - `downlink`: ThingsBoard's writes, reads and method calls carried out
@@ -27,6 +29,7 @@ mod downlink;
 pub mod path;
 pub mod resolve;
 mod security;
+mod structures;
 
 pub use config::{OpcuaConfig, parse};
 pub use connector::OpcuaConnector;

@@ -232,6 +232,53 @@ async fn subscriptions_bring_every_keys_first_value_then_each_change_split_at_th
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_low_limits_still_delivers_every_key_subscribed_or_polled() {
+    // 20 devices x 63 nodes (60 V<j>, Temperature, Füllstand, SerialNumber):
+    // 1,260 nodes, where the server takes 50 a
+    // Read or Translate, 100 monitored items a call and 1,000 a
+    // subscription (it refuses a larger request).
+    let plant = Plant {
+        devices: 20,
+        variables: 60,
+        items_per_subscription: 1000,
+        nodes_per_call: 50,
+        monitored_items_per_call: 100,
+        ..Plant::default()
+    };
+    let server = OpcuaServer::start(plant);
+    let one = |doc: &mut Value| {
+        doc["mapping"].as_array_mut().expect("mappings").truncate(1);
+        doc["mapping"][0]["deviceNodePattern"] = json!("Root\\.Objects\\.Plant\\.Boiler [0-9]+");
+    };
+    let devices: Vec<String> = (1..=plant.devices).map(|d| format!("Boiler SN-{d}")).collect();
+    let every_key = |g: &[Got]| -> bool {
+        let seen: BTreeSet<(&str, &str)> = g.iter().map(|g| (g.device.as_str(), g.key.as_str())).collect();
+        devices.iter().all(|d| (0..plant.variables).all(|j| seen.contains(&(d.as_str(), format!("v{j}").as_str()))))
+            && devices.iter().all(|d| seen.contains(&(d.as_str(), "level")))
+    };
+    for server_keys in [json!({}), json!({"enableSubscriptions": false, "pollPeriodInMillis": 500})] {
+        let mut doc = doc(&server.url(), server_keys.clone(), keys(plant.variables));
+        one(&mut doc);
+        let r = start(doc);
+        let got = collect(&r, &format!("every key of every device with {server_keys}"), Vec::new(), every_key).await;
+        assert_eq!(number(&got, "Boiler SN-20", "v59"), Some(initial(20, 59)));
+        assert_eq!(extra(&r, "nodes"), Some(20 * 63), "{server_keys}");
+        if server_keys["enableSubscriptions"] != json!(false) {
+            assert_eq!(extra(&r, "subscriptions"), Some(2));
+            assert_eq!(extra(&r, "monitored_items"), Some(20 * 63));
+            // No value twice.
+            let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
+            for g in &got {
+                *counts.entry((g.device.clone(), g.key.clone())).or_default() += 1;
+            }
+            assert!(counts.values().all(|&n| n == 1), "{:?}", counts.iter().find(|(_, n)| **n > 1));
+        }
+        assert_eq!(r.stats.read_errors.load(Ordering::Relaxed), 0);
+        stop(r).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_reads_every_node_each_period_and_a_username_logs_in() {
     let server = OpcuaServer::start(Plant::default());
     let login = json!({"enableSubscriptions": false, "pollPeriodInMillis": 200,
@@ -289,6 +336,25 @@ async fn a_restarted_server_is_subscribed_again_with_its_namespace_moved() {
     assert_eq!(connects(&mut r), vec![], "devices are not connected (or deleted) again");
     assert_eq!(extra(&r, "subscriptions"), Some(1), "the old session's subscriptions are not counted");
     stop(r).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_stopped_while_its_server_is_away_leaves_no_task_behind() {
+    let tasks = tokio::runtime::Handle::current().metrics();
+    let before = tasks.num_alive_tasks();
+    let server = OpcuaServer::start(Plant::default());
+    let r = start(doc(&server.url(), json!({}), keys(0)));
+    collect(&r, "the first values", Vec::new(), |g| latest(g, "Boiler SN-1", "temperature").is_some()).await;
+    server.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The session cannot be closed: async-opcua's event loop would try
+    // to reconnect for as long as the process lives.
+    stop(r).await;
+    let end = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tasks.num_alive_tasks() > before {
+        assert!(tokio::time::Instant::now() < end, "{} tasks left of the connector", tasks.num_alive_tasks() - before);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -426,14 +492,31 @@ async fn an_independent_server_python_asyncua_every_change_once_and_typed_writes
     use tbgw_core::{DownlinkMessage, OpcuaRequest, Value as V};
     let mut server = AsyncuaServer::start(2);
     let timeseries = json!([{"key": "temperature", "type": "path", "value": "${Temperature}"},
-                            {"key": "counter", "type": "path", "value": "${Counter}"}]);
+                            {"key": "counter", "type": "path", "value": "${Counter}"},
+                            {"key": "reading", "type": "path", "value": "${Reading}"},
+                            {"key": "levels", "type": "path", "value": "${Levels}"}]);
     let r = start(doc(&server.url(), json!({}), timeseries));
     let devices = ["Boiler SN-1", "Boiler SN-2"];
     let got = collect(&r, "asyncua's first values", Vec::new(), |g| {
-        devices.iter().all(|d| latest(g, d, "counter").is_some() && latest(g, d, "temperature").is_some())
+        devices
+            .iter()
+            .all(|d| ["counter", "temperature", "reading", "levels"].iter().all(|k| latest(g, d, k).is_some()))
     })
     .await;
     assert_eq!(number(&got, "Boiler SN-2", "temperature"), Some(20.5));
+    assert_eq!(latest(&got, "Boiler SN-1", "levels"), Some(json!([1.5, 2.5])));
+    // A structure of the server's own type, decoded from the definition
+    // it publishes (the first value too, which came before the
+    // definitions were loaded), and each change of it.
+    for d in devices {
+        let reading = latest(&got, d, "reading").expect("a reading");
+        assert_eq!(reading["UaBody"], json!({"Level": 1.5, "Unit": "m", "Samples": [1, 2, 3]}), "{d}: {reading}");
+    }
+    tokio::task::block_in_place(|| server.reading(2, 7.25));
+    let got = collect(&r, "the structure's change", got, |g| {
+        latest(g, "Boiler SN-2", "reading").is_some_and(|v| v["UaBody"]["Level"] == json!(7.25))
+    })
+    .await;
 
     // Every change of a counter, once, in order: no duplicate, no gap.
     tokio::task::block_in_place(|| server.count(100, 20));
@@ -467,6 +550,83 @@ async fn an_independent_server_python_asyncua_every_change_once_and_typed_writes
     let answers = serve(&r, "Boiler SN-2", vec![DownlinkMessage::Opcua(call)]).await;
     let outputs: Value = serde_json::from_slice(&answers[0].payload).expect("JSON");
     assert_eq!(outputs, json!([{"Type": 6, "Body": 42}]));
+    stop(r).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_server_is_seen_by_keep_alive_and_read_again_when_it_goes_on() {
+    let mut server = AsyncuaServer::start(1);
+    let timeseries = json!([{"key": "counter", "type": "path", "value": "${Counter}"}]);
+    // Keep-alives every second (a quarter of the session timeout).
+    let mut doc = doc(&server.url(), json!({"sessionTimeoutInMillis": 4000}), timeseries);
+    doc["mapping"].as_array_mut().expect("mappings").truncate(1);
+    let mut r = start(doc);
+    let got = collect(&r, "the first count", Vec::new(), |g| latest(g, "Boiler SN-1", "counter").is_some()).await;
+    tokio::task::block_in_place(|| server.count(5, 20));
+    collect(&r, "the count to 5", got, |g| number(g, "Boiler SN-1", "counter") == Some(5.0)).await;
+    assert_eq!(connects(&mut r).len(), 1);
+
+    // Its socket stays open and nothing answers: only keep-alive tells.
+    server.freeze();
+    let frozen = tokio::time::Instant::now();
+    while r.stats.connected.load(Ordering::Relaxed) {
+        assert!(frozen.elapsed() < Duration::from_secs(15), "a frozen server is not seen within 15 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = frozen.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    server.thaw();
+    let thawed = tokio::time::Instant::now();
+    collect(&r, "connected again", Vec::new(), |_| r.stats.connected.load(Ordering::Relaxed)).await;
+    tokio::task::block_in_place(|| server.count(20, 20));
+    let got =
+        collect(&r, "counts after the thaw", Vec::new(), |g| number(g, "Boiler SN-1", "counter") == Some(20.0)).await;
+    assert!(thawed.elapsed() < Duration::from_secs(10), "data again {:?} after the thaw", thawed.elapsed());
+    let seen_after: Vec<u64> =
+        got.iter().filter(|g| g.key == "counter").filter_map(|g| g.value["Body"].as_u64()).collect();
+    let tail: Vec<u64> = seen_after.iter().copied().skip_while(|c| *c != 1).collect();
+    assert_eq!(tail, (1..=20).collect::<Vec<u64>>(), "every count after the thaw, once: {seen_after:?}");
+    assert!(r.stats.reconnects.load(Ordering::Relaxed) >= 1);
+    assert_eq!(connects(&mut r), vec![], "the device is not connected again");
+    eprintln!("frozen server seen after {seen:?}");
+    stop(r).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rescan_finds_a_new_device_and_sends_no_value_twice() {
+    let server = OpcuaServer::start(Plant::default());
+    let mut doc = doc(&server.url(), json!({"scanPeriodInMillis": 300}), keys(1));
+    doc["mapping"].as_array_mut().expect("mappings").truncate(1);
+    doc["mapping"][0]["deviceNodePattern"] = json!("Root\\.Objects\\.Plant\\.Boiler [0-9]+");
+    let mut r = start(doc);
+    let all_keys =
+        |d: &str, g: &[Got]| ["temperature", "level", "v0", "serial", "site"].iter().all(|k| latest(g, d, k).is_some());
+    let got =
+        collect(&r, "both devices", Vec::new(), |g| all_keys("Boiler SN-1", g) && all_keys("Boiler SN-2", g)).await;
+    assert_eq!(connects(&mut r).len(), 2);
+    // Rescans that find nothing new change nothing.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let got = collect(&r, "nothing", got, |_| true).await;
+
+    server.add_device(3);
+    let found = tokio::time::Instant::now();
+    let mut got = collect(&r, "the new device", got, |g| all_keys("Boiler SN-3", g)).await;
+    assert!(found.elapsed() < Duration::from_secs(5), "found after {:?}", found.elapsed());
+    assert_eq!(connects(&mut r), vec![("Boiler SN-3".to_string(), Some("boiler".to_string()))]);
+    assert_eq!(extra(&r, "devices"), Some(3));
+    // The subscriptions were made again: the old devices' unchanged
+    // values are not sent again, their next changes are.
+    server.set(1, "V0", 5.5);
+    got = collect(&r, "a change after the rescan", got, |g| number(g, "Boiler SN-1", "v0") == Some(5.5)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    got = collect(&r, "the rest", got, |_| true).await;
+    let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for g in &got {
+        *counts.entry((g.device.clone(), g.key.clone())).or_default() += 1;
+    }
+    let twice: Vec<_> = counts.iter().filter(|((d, k), n)| **n > 1 && !(d == "Boiler SN-1" && k == "v0")).collect();
+    assert!(twice.is_empty(), "values sent twice: {twice:?}");
+    assert_eq!(counts[&("Boiler SN-1".to_string(), "v0".to_string())], 2);
     stop(r).await;
 }
 

@@ -22,9 +22,13 @@
 //! (RFC 3339), Guid, XmlElement, QualifiedName (`ns:Name`) and NodeId
 //! (`ns=2;s=Name`) text; ByteString hex text (as the Python gateway sends
 //! it); LocalizedText its text; StatusCode its code, an integer; an
-//! ExtensionObject (a structure) its JSON (`{"UaTypeId": ..., "UaBody":
-//! {...}}`, the body decoded where the server publishes the structure's
-//! definition); an array a JSON array of its elements so converted.
+//! ExtensionObject (a structure) a JSON object of its fields (the
+//! connector has it decoded where the server publishes the structure's
+//! definition; the Python gateway sends Python's text of the object,
+//! `Reading(Level=1.5, Unit='m')`), or, where it could not be decoded,
+//! its whole JSON (`{"UaTypeId": ..., "UaEncoding": 1, "UaBody":
+//! "<base64>"}`) for a custom converter; an array a JSON array of its
+//! elements so converted.
 //!
 //! Status: a Good or Uncertain value is sent (Uncertain is how many PLCs
 //! flag a value from a sensor in its warm-up, still the best there is);
@@ -177,7 +181,10 @@ fn scalar(ty: u64, body: &Json) -> Result<Value, String> {
         type_id::BYTE_STRING => Value::Text(tbgw_data::hex(&base64(body.as_str().ok_or_else(bad)?)?)),
         type_id::NODE_ID | type_id::EXPANDED_NODE_ID => Value::Text(node_id(body).ok_or_else(bad)?),
         type_id::LOCALIZED_TEXT => Value::Text(body.get("Text").and_then(Json::as_str).unwrap_or("").to_owned()),
-        type_id::EXTENSION_OBJECT => Value::Json(body.to_string()),
+        type_id::EXTENSION_OBJECT => match body.get("UaBody") {
+            Some(fields @ Json::Object(_)) => Value::Json(fields.to_string()),
+            _ => Value::Json(body.to_string()),
+        },
         _ => match body {
             Json::String(s) => Value::Text(s.clone()),
             other => Value::from_json(other)?,
