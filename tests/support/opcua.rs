@@ -7,7 +7,10 @@
 //! `Füllstand` (a non-ASCII name) and `V0`..`V<k>` doubles, all in the
 //! namespace [`NAMESPACE`]; `extra_namespaces` registers namespaces before
 //! it, so that its index moves between two servers. Values are set by the
-//! test ([`OpcuaServer::set`], [`OpcuaServer::tick`]) with a source time.
+//! test ([`OpcuaServer::set`], [`OpcuaServer::tick`]) with a source time;
+//! a device can be added while clients are connected
+//! ([`OpcuaServer::add_device`]); the server's operation limits can be
+//! lowered ([`Plant::nodes_per_call`], [`Plant::monitored_items_per_call`]).
 //!
 //! For writes and calls each device also has writable `SetPoint` (Int16),
 //! `Relay` (Boolean), `Label` (String) and `Curve` (an array of Doubles),

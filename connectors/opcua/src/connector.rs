@@ -872,11 +872,12 @@ impl<'a> Live<'a> {
     /// Give the table up (to be made again), keeping what its nodes sent.
     fn forget_table(&mut self) {
         let table = std::mem::take(&mut self.table);
-        let sent = std::mem::take(&mut self.sent);
-        let resent = std::mem::take(&mut self.resent);
-        for (i, node) in table.nodes.into_iter().enumerate() {
-            let last = sent.get(i).cloned().flatten().or_else(|| resent.get(i).cloned().flatten());
-            if let Some(last) = last {
+        let mut sent = std::mem::take(&mut self.sent).into_iter();
+        let mut resent = std::mem::take(&mut self.resent).into_iter();
+        for node in table.nodes {
+            // What it sent on this table, else what it had sent before.
+            let (last, before) = (sent.next().flatten(), resent.next().flatten());
+            if let Some(last) = last.or(before) {
                 self.kept.insert(node.id, last);
             }
         }
