@@ -368,6 +368,8 @@ async fn connect(conn: &OpcuaConnector) -> Result<(Arc<Session>, mpsc::Receiver<
             .certificate_path(&c.certificate)
             .private_key_path(&c.private_key)
             .trust_server_certs(p.trust_unknown);
+    } else if let Some((cert, key)) = security::unsecured_keypair() {
+        builder = builder.certificate_path(cert).private_key_path(key);
     }
     let mut client = builder
         .session_retry_limit(-1)

@@ -16,11 +16,17 @@
 //! first URI of its subjectAltName): a server refuses a client whose URI
 //! and certificate disagree, a common trap in the Python gateway (`uri`
 //! set by hand, thingsboard-gateway #1677, #746).
+//!
+//! A session without message security needs no certificate, but
+//! async-opcua reads one for every channel and logs errors ("crypto won't
+//! work") where there is none: [`unsecured_keypair`] gives it a
+//! throwaway one, so that a correct configuration logs no error.
 
 use crate::config::Channel;
-use opcua::crypto::CertificateStore;
+use opcua::crypto::{CertificateStore, X509Data};
 use opcua::types::StatusCode;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use x509_cert::der::Decode;
 
 /// What a channel needs from the store before connecting.
@@ -30,6 +36,50 @@ pub(crate) struct Prepared {
     pub application_uri: Option<String>,
     /// Whether the first server certificate seen is to be trusted.
     pub trust_unknown: bool,
+}
+
+/// A certificate and key for sessions without message security (used for
+/// nothing but async-opcua's reading them): made once in
+/// `<temp>/tbgw-opcua-pki/unsecured/` and kept there for later runs. Made
+/// in a directory of this process's own and renamed into place, so that
+/// processes starting together never read a half-written pair. `None` if
+/// it cannot be made (async-opcua then logs its errors, and the session
+/// works all the same).
+pub(crate) fn unsecured_keypair() -> Option<(PathBuf, PathBuf)> {
+    static PAIR: OnceLock<Option<(PathBuf, PathBuf)>> = OnceLock::new();
+    PAIR.get_or_init(|| {
+        let base = std::env::temp_dir().join("tbgw-opcua-pki");
+        let files = |dir: &Path| (dir.join("cert.der"), dir.join("key.pem"));
+        let dir = base.join("unsecured");
+        let (cert, key) = files(&dir);
+        if cert.is_file() && key.is_file() {
+            return Some((cert, key));
+        }
+        let mine = base.join(format!("unsecured-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&mine);
+        std::fs::create_dir_all(&mine).ok()?;
+        let (my_cert, my_key) = files(&mine);
+        let mut data = X509Data {
+            key_size: 2048,
+            common_name: "tbgw (no message security)".into(),
+            organization: "tbgw".into(),
+            organizational_unit: "tbgw".into(),
+            country: "DE".into(),
+            state: "Berlin".into(),
+            alt_host_names: Default::default(),
+            certificate_duration_days: 3650,
+        };
+        data.alt_host_names.add_uri("urn:tbgw:opcua");
+        let made = CertificateStore::create_certificate_and_key(&data, true, &my_cert, &my_key);
+        // Another process may have put its pair in place meanwhile: then
+        // the rename fails, and theirs is as good.
+        let placed = made.is_ok() && std::fs::rename(&mine, &dir).is_ok();
+        if !placed {
+            let _ = std::fs::remove_dir_all(&mine);
+        }
+        (cert.is_file() && key.is_file()).then_some((cert, key))
+    })
+    .clone()
 }
 
 /// Check the client's certificate and key, put `caCert` into the trust

@@ -19,7 +19,10 @@
 //!   receipt time. Wasm calls never run on tokio's threads. Then the
 //!   route's report strategies ([`tbgw_core::report`]) drop the values
 //!   that need not go on (unchanged, or within their report period); the
-//!   worker keeps what it last reported of each device's keys. Devices' own
+//!   worker keeps what it last reported of each device's keys. A device's
+//!   updates of one batch become one event (a connector that sends a
+//!   message per value, as OPC-UA does, stores a record per device, not
+//!   per value). Devices' own
 //!   requests that a converter recognised ("connect me", "send me my
 //!   attributes") go to the router at once, tagged with the route's
 //!   connector.
@@ -327,7 +330,7 @@ fn work(
                             if !has_values(&mut update) {
                                 continue;
                             }
-                            out.events.push(Event { connector: route.connector.to_string(), update });
+                            out.events.push(Event::new(route.connector.to_string(), update));
                             out.routes.push(route_id);
                         }
                     }
@@ -358,11 +361,36 @@ fn work(
             }
             out.acks.extend(acks.into_iter().flatten());
         }
+        out.events = merge(out.events);
         if to_writer.send(out).is_err() {
             break;
         }
         last_done = Some(Instant::now());
     }
+}
+
+/// A device's updates of one batch as one event ([`Event::merge`]): one
+/// record to store, read and remove, one part of a publish, where a
+/// connector sends a message per value (OPC-UA, BLE, CAN, Modbus). A
+/// device's updates keep their order; between devices, order does not
+/// matter.
+fn merge(events: Vec<Event>) -> Vec<Event> {
+    if events.len() < 2 {
+        return events;
+    }
+    let mut merged: Vec<Event> = Vec::with_capacity(events.len());
+    // Each device's latest event.
+    let mut latest: HashMap<String, usize> = HashMap::new();
+    for e in events {
+        match latest.get(&e.update.device) {
+            Some(&i) if merged[i].merges_with(&e) => merged[i].merge(e),
+            _ => {
+                latest.insert(e.update.device.clone(), merged.len());
+                merged.push(e);
+            }
+        }
+    }
+    merged
 }
 
 /// How long a converter worker lets a stream's messages gather (see `work`).
@@ -528,4 +556,51 @@ fn append_all(store: &dyn EventStore, events: &[Event], errors: &mut Quiet) -> R
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tbgw_core::{DeviceUpdate, Entry, Telemetry, Value};
+
+    fn event(device: &str, ts: i64, n: i64) -> Event {
+        Event::new(
+            "c",
+            DeviceUpdate {
+                device: device.into(),
+                device_type: None,
+                attributes: Vec::new(),
+                telemetry: vec![Telemetry { ts: Some(ts), values: vec![Entry::new("n", Value::Int(n))] }],
+            },
+        )
+    }
+
+    #[test]
+    fn a_batch_becomes_one_event_per_device_in_its_order() {
+        let mut typed = event("B", 5, 50);
+        typed.update.device_type = Some("meter".into());
+        let batch = vec![event("A", 1, 1), event("B", 1, 10), event("A", 2, 2), typed, event("B", 6, 60)];
+        let merged = merge(batch);
+        let summary: Vec<(String, u32, Vec<i64>)> = merged
+            .iter()
+            .map(|e| {
+                let ns = e.update.telemetry.iter().flat_map(|t| &t.values).map(|v| match v.value {
+                    Value::Int(n) => n,
+                    _ => unreachable!(),
+                });
+                (e.update.device.clone(), e.updates, ns.collect())
+            })
+            .collect();
+        // B's other profile is an event of its own; B's later update joins
+        // that one (its latest), so B's data stays in order.
+        assert_eq!(
+            summary,
+            [
+                ("A".into(), 2, vec![1, 2]),
+                ("B".into(), 1, vec![10]),
+                ("B".into(), 1, vec![50]),
+                ("B".into(), 1, vec![60])
+            ]
+        );
+    }
 }

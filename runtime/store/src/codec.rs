@@ -4,6 +4,7 @@
 //! ```text
 //! event   = version:u8(=1) connector:str device:str type:opt<str>
 //!           attributes:list<entry> telemetry:list<(ts:i64 values:list<entry>)>
+//!           [updates:varint]     (added later; absent: 1, and written only when > 1)
 //! entry   = key:str value
 //! value   = tag:u8 payload      0 false, 1 true, 2 i64 LE, 3 f64 LE, 4 text:str, 5 json:str
 //! str     = len:varint bytes (UTF-8)      list<T> = count:varint T*
@@ -49,6 +50,10 @@ pub fn encode_event(e: &Event, out: &mut Vec<u8>) {
         out.extend_from_slice(&t.ts.unwrap_or(0).to_le_bytes());
         put_entries(out, &t.values);
     }
+    // An event of one update is written as before the field was added.
+    if e.updates != 1 {
+        put_varint(out, u64::from(e.updates));
+    }
 }
 
 /// Decode an event.
@@ -67,10 +72,19 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event, DecodeError> {
         let ts = i64::from_le_bytes(r.array()?);
         telemetry.push(Telemetry { ts: Some(ts), values: r.entries()? });
     }
+    let updates = if r.0.is_empty() {
+        1
+    } else {
+        match u32::try_from(r.varint()?) {
+            Ok(0) => return Err(DecodeError("an event of no update")),
+            Ok(n) => n,
+            Err(_) => return Err(DecodeError("an update count beyond u32")),
+        }
+    };
     if !r.0.is_empty() {
         return Err(DecodeError("trailing bytes"));
     }
-    Ok(Event { connector, update: DeviceUpdate { device, device_type, attributes, telemetry } })
+    Ok(Event { connector, update: DeviceUpdate { device, device_type, attributes, telemetry }, updates })
 }
 
 /// Encode a device record.
@@ -423,6 +437,7 @@ mod tests {
                     ],
                 }],
             },
+            updates: 1,
         }
     }
 
@@ -431,7 +446,15 @@ mod tests {
         let e = sample();
         let mut buf = Vec::new();
         encode_event(&e, &mut buf);
-        assert_eq!(decode_event(&buf), Ok(e));
+        assert_eq!(decode_event(&buf), Ok(e.clone()));
+        // An event of one update is written as before the count was added
+        // (an older tbgw reads it); a merged one carries its count.
+        assert_eq!(buf.last(), Some(&0), "ends with the last entry's value (false)");
+        let merged = Event { updates: 3, ..e };
+        buf.clear();
+        encode_event(&merged, &mut buf);
+        assert_eq!(buf.last(), Some(&3));
+        assert_eq!(decode_event(&buf), Ok(merged));
     }
 
     #[test]
@@ -445,6 +468,9 @@ mod tests {
         huge.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
         assert_eq!(decode_event(&huge), Err(DecodeError("count beyond the record")));
         buf.push(0);
+        assert_eq!(decode_event(&buf), Err(DecodeError("an event of no update")));
+        buf.pop();
+        buf.extend_from_slice(&[2, 0]);
         assert_eq!(decode_event(&buf), Err(DecodeError("trailing bytes")));
     }
 

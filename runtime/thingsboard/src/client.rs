@@ -1097,9 +1097,11 @@ impl Delivery {
         self.stats.oversized.fetch_add(oversized.len() as u64, Ordering::Relaxed);
         let mut per_connector: Vec<(String, u64)> = Vec::new();
         for (_, e) in &events {
+            // A merged event counts the updates it carries.
+            let n = u64::from(e.updates);
             match per_connector.iter_mut().find(|(c, _)| *c == e.connector) {
-                Some((_, n)) => *n += 1,
-                None => per_connector.push((e.connector.clone(), 1)),
+                Some((_, count)) => *count += n,
+                None => per_connector.push((e.connector.clone(), n)),
             }
         }
         let id = self.next_chunk_id;

@@ -282,6 +282,7 @@ mod tests {
                     values: values.iter().map(|(k, v)| Entry::new(*k, v.clone())).collect(),
                 }],
             },
+            updates: 1,
         }
     }
 

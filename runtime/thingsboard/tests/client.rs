@@ -25,6 +25,7 @@ fn event(device: &str, n: i64) -> Event {
                 values: vec![Entry::new("n", Value::Int(n))],
             }],
         },
+        updates: 1,
     }
 }
 

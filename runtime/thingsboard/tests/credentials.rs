@@ -55,6 +55,7 @@ fn refused_credentials_are_reported_and_no_secret_is_logged() {
                 attributes: vec![],
                 telemetry: vec![Telemetry { ts: Some(1), values: vec![Entry::new("v", Value::Int(1))] }],
             },
+            updates: 1,
         }])
         .expect("append");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");

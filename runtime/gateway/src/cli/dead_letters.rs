@@ -219,7 +219,7 @@ fn replay(args: SelectArgs) -> ExitCode {
                     .into_iter()
                     .filter_map(|mut update| {
                         stamp(&mut update, letter.raw.received_at);
-                        has_values(&mut update).then(|| Event { connector: letter.connector.clone(), update })
+                        has_values(&mut update).then(|| Event::new(letter.connector.clone(), update))
                     })
                     .collect();
                 if let Err(e) = store.append(&events).and_then(|_| store.remove_dead_letters(&[id])) {

@@ -35,8 +35,12 @@ pub enum Logging {
 
 /// Logs go to stderr, so that stdout carries only results.
 pub fn init_logging(kind: Logging) {
+    // async-opcua's client config warns that it lists no endpoints: the
+    // OPC-UA connector picks the server's at each connection.
     let default = match kind {
-        Logging::Service => "info,rumqttc=warn,fjall=warn,lsm_tree=warn,wasmtime=warn,cranelift_codegen=warn",
+        Logging::Service => {
+            "info,rumqttc=warn,fjall=warn,lsm_tree=warn,wasmtime=warn,cranelift_codegen=warn,opcua_client::config=error"
+        }
         Logging::Demo => "warn,tbgw::service=info",
         Logging::Tool => "warn,tbgw_wasm::host=info",
     };
