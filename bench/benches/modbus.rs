@@ -124,21 +124,8 @@ fn write_config(
         })
         .collect();
     std::fs::write(dir.join("modbus.json"), serde_json::json!({"master": {"slaves": slaves}}).to_string())?;
-    let config = dir.join("tb_gateway.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "thingsboard: {{host: 127.0.0.1, port: {tb_port}, security: {{type: accessToken, accessToken: bench}},\
-             statistics: {{enable: true, statsSendPeriodInSeconds: 1}}}}\n\
-             storage: {{type: memory}}\n\
-             connectors: [{{type: modbus, name: Meters, configuration: modbus.json}}]\n\
-             tbgw: {{cacheDir: {}, maxBatch: {}, queue: {}}}\n",
-            dir.join("cache").display(),
-            env("TBGW_BENCH_MAX_BATCH", 256),
-            env("TBGW_BENCH_QUEUE", 4096)
-        ),
-    )?;
-    Ok(config)
+    let tbgw = format!("maxBatch: {}, queue: {}", env("TBGW_BENCH_MAX_BATCH", 256), env("TBGW_BENCH_QUEUE", 4096));
+    tbgw_bench::write_config_with(dir, tb_port, "modbus", "Meters", "modbus.json", &tbgw)
 }
 
 /// Run this binary in a mode for `seconds` after a warm-up, sampling its

@@ -27,7 +27,21 @@ pub fn quantile(sorted: &[f64], p: f64) -> f64 {
 /// `name`, configured by `file` in `dir`): ThingsBoard on `tb_port`,
 /// statistics every second, a memory store; returns its path.
 pub fn write_config(dir: &Path, tb_port: u16, kind: &str, name: &str, file: &str) -> anyhow::Result<PathBuf> {
+    write_config_with(dir, tb_port, kind, name, file, "")
+}
+
+/// [`write_config`] with more keys of the `tbgw` section (`"maxBatch: 64,
+/// queue: 1024"`).
+pub fn write_config_with(
+    dir: &Path,
+    tb_port: u16,
+    kind: &str,
+    name: &str,
+    file: &str,
+    tbgw: &str,
+) -> anyhow::Result<PathBuf> {
     let config = dir.join("tb_gateway.yaml");
+    let more = if tbgw.is_empty() { String::new() } else { format!(", {tbgw}") };
     std::fs::write(
         &config,
         format!(
@@ -35,7 +49,7 @@ pub fn write_config(dir: &Path, tb_port: u16, kind: &str, name: &str, file: &str
              statistics: {{enable: true, statsSendPeriodInSeconds: 1}}}}\n\
              storage: {{type: memory}}\n\
              connectors: [{{type: {kind}, name: {name}, configuration: {file}}}]\n\
-             tbgw: {{cacheDir: {}}}\n",
+             tbgw: {{cacheDir: {}{more}}}\n",
             dir.join("cache").display(),
         ),
     )?;
