@@ -182,9 +182,17 @@ async fn run(rate: u64, count: usize, between: Between, cache: &Path) -> anyhow:
     tb.subscribe("v1/gateway/#", QoS::AtLeastOnce).await?;
     let (events, mut events_rx) = tokio::sync::mpsc::unbounded_channel::<rumqttc::Publish>();
     let (subacked_tx, subacked) = tokio::sync::oneshot::channel();
+    // ThingsBoard answers from its own socket; this stand-in's client must
+    // not add a hold ThingsBoard has not: the broker's PUBACK of each
+    // request, unacknowledged for our kernel's 40 ms, would hold the
+    // reply behind it (Nagle on the broker's side). So it ACKs at once.
+    let mut quick = tbgw_thingsboard::quickack::AckAtOnce::new(tb_broker.port);
     tokio::spawn(async move {
         let mut subacked = Some(subacked_tx);
-        while let Ok(ev) = el.poll().await {
+        loop {
+            let polled = el.poll().await;
+            quick.polled(&el, &polled);
+            let Ok(ev) = polled else { break };
             match ev {
                 Event::Incoming(Packet::SubAck(_)) => {
                     if let Some(s) = subacked.take() {

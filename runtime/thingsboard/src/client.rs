@@ -65,6 +65,7 @@
 use crate::config::{ClientConfig, Credentials};
 use crate::limits::{Cost, LimitsSource, Pacer, PacerStatus, Scope, SessionLimits};
 use crate::pack::{self, ATTRIBUTES_TOPIC, PublishLimits, TELEMETRY_TOPIC};
+use crate::quickack::AckAtOnce;
 use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
@@ -398,9 +399,15 @@ enum LoopEvent {
 }
 
 /// Drive one connection's event loop; report everything, end with it.
-async fn drive(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<LoopEvent>) {
+/// After each read, ACK what came at once ([`crate::quickack`]).
+async fn drive(mut eventloop: EventLoop, port: u16, tx: mpsc::UnboundedSender<LoopEvent>) {
+    let mut quick = AckAtOnce::new(port);
     loop {
-        let event = match eventloop.poll().await {
+        let polled = eventloop.poll().await;
+        if !quick.polled(&eventloop, &polled) && matches!(polled, Ok(Event::Incoming(Packet::ConnAck(_)))) {
+            tracing::debug!("the connection's socket was not found: its ACKs are the kernel's delayed ones");
+        }
+        let event = match polled {
             Ok(Event::Incoming(Packet::ConnAck(_))) => LoopEvent::Connected,
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => LoopEvent::Sent(pkid),
             Ok(Event::Incoming(Packet::PubAck(ack))) => LoopEvent::Acked(ack.pkid),
@@ -494,7 +501,7 @@ async fn run_session(
     // event loop already writes what is queued together.
     eventloop.network_options.set_tcp_nodelay(true);
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let driver = AbortOnDrop(tokio::spawn(drive(eventloop, tx)));
+    let driver = AbortOnDrop(tokio::spawn(drive(eventloop, config.port, tx)));
 
     let first = tokio::select! {
         ev = rx.recv() => ev,
