@@ -42,6 +42,11 @@ pub struct FjallStore {
     letters: Keyspace,
     durability: Durability,
     ledger: Mutex<Ledger>,
+    /// Held through an append, so that appends become visible in the order
+    /// of their sequence numbers; the ledger itself is not held through the
+    /// write and its fsync, so that `stats`, `remove` and the bounds never
+    /// wait for the disk.
+    appending: Mutex<()>,
     dead: Mutex<DeadBook>,
     /// Signalled when room is made (remove) or the store closes.
     room: Condvar,
@@ -123,6 +128,7 @@ impl FjallStore {
             letters,
             durability,
             ledger: Mutex::new(ledger),
+            appending: Mutex::new(()),
             dead: Mutex::new(dead),
             room: Condvar::new(),
             dropped_warning: Mutex::new((Instant::now() - DROP_WARNING_EVERY, 0)),
@@ -174,6 +180,7 @@ impl EventStore for FjallStore {
         let sizes: Vec<u32> = encoded.iter().map(|b| u32::try_from(b.len()).unwrap_or(u32::MAX)).collect();
         let bytes: u64 = sizes.iter().map(|s| u64::from(*s)).sum();
 
+        let _appending = self.appending.lock().unwrap_or_else(|e| e.into_inner());
         let mut ledger = self.ledger();
         let to_drop = loop {
             if ledger.closed {
@@ -187,7 +194,10 @@ impl EventStore for FjallStore {
                 }
             }
         };
-        let start = ledger.next_seq();
+        // Counted before they are written (nobody can read them before the
+        // write is done), taken back if the write fails.
+        let range = ledger.push(&sizes);
+        drop(ledger);
         let mut batch = self.db.batch();
         if self.durability == Durability::PerBatch {
             batch = batch.durability(Some(PersistMode::SyncData));
@@ -195,13 +205,14 @@ impl EventStore for FjallStore {
         for seq in &to_drop {
             batch.remove_weak(&self.events, key(*seq));
         }
-        for (i, buf) in encoded.into_iter().enumerate() {
-            batch.insert(&self.events, key(start + i as u64), buf);
+        for (seq, buf) in range.clone().zip(encoded) {
+            batch.insert(&self.events, key(seq), buf);
         }
-        batch.insert(&self.meta, NEXT_SEQ, key(start + events.len() as u64));
-        batch.commit()?;
-        let range = ledger.push(&sizes);
-        drop(ledger);
+        batch.insert(&self.meta, NEXT_SEQ, key(range.end));
+        if let Err(e) = batch.commit() {
+            self.ledger().unpush(range);
+            return Err(e.into());
+        }
         if !to_drop.is_empty() {
             self.warn_dropped(to_drop.len());
         }

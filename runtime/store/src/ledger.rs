@@ -117,6 +117,15 @@ impl Ledger {
         start..self.next_seq()
     }
 
+    /// Take back a batch [`Ledger::push`]ed whose write then failed.
+    pub(crate) fn unpush(&mut self, range: Range<Seq>) {
+        for seq in range {
+            if self.take(seq) {
+                self.appended -= 1;
+            }
+        }
+    }
+
     /// Account for a delivered event; false if it was not stored.
     pub(crate) fn remove(&mut self, seq: Seq) -> bool {
         let removed = self.take(seq);

@@ -358,6 +358,9 @@ async fn supervise(
         let end =
             run_session(&config, tls.clone(), &mut delivery, &mut pacer, &mut commands, &new_data, &shutdown).await;
         delivery.stats.connected.store(false, Ordering::Relaxed);
+        // What was delivered leaves the store before delivery starts again
+        // from the oldest stored event (or it would go twice).
+        delivery.settle().await;
         delivery.rewind();
         match end {
             SessionEnd::Shutdown => break,
@@ -623,7 +626,7 @@ async fn run_session(
                 }
             }
             _ = tokio::time::sleep_until(confirm_at.unwrap_or_else(Instant::now).into()), if confirm_at.is_some() => {
-                s.confirm(delivery).await;
+                s.confirm(delivery);
             }
             _ = tokio::time::sleep_until(limits_due.unwrap_or_else(Instant::now).into()), if limits_due.is_some() => {}
             Some(cmd) = commands.recv() => {
@@ -693,7 +696,7 @@ impl Session {
                 if let Some(tag) = self.by_pkid.remove(&pkid) {
                     delivery.stats.pubacks.fetch_add(1, Ordering::Relaxed);
                     // A later PUBACK: the connection outlived the earlier ones.
-                    self.confirm(delivery).await;
+                    self.confirm(delivery);
                     if let Tag::Chunk(id) = tag {
                         self.unconfirmed.push(id);
                         self.last_puback = Some(Instant::now());
@@ -711,9 +714,9 @@ impl Session {
     }
 
     /// The PUBACKs that came stand: their chunks are delivered.
-    async fn confirm(&mut self, delivery: &mut Delivery) {
+    fn confirm(&mut self, delivery: &mut Delivery) {
         for id in std::mem::take(&mut self.unconfirmed) {
-            delivery.published(id).await;
+            delivery.published(id);
         }
     }
 
@@ -825,7 +828,7 @@ impl Session {
             if lost {
                 self.lost(delivery, pacer);
             } else {
-                self.confirm(delivery).await;
+                self.confirm(delivery);
             }
         }
         if self.inflight() > 0 {
@@ -921,6 +924,9 @@ struct Delivery {
     loaded_known: bool,
     /// ThingsBoard's requests, to the router.
     incoming: mpsc::UnboundedSender<Incoming>,
+    removals: Arc<Removals>,
+    /// The task removing delivered chunks, if one was started.
+    remover: Option<JoinHandle<()>>,
 }
 
 struct Chunk {
@@ -947,6 +953,8 @@ impl Delivery {
             registry,
             loaded_known: false,
             incoming,
+            removals: Arc::default(),
+            remover: None,
         }
     }
 
@@ -1058,7 +1066,15 @@ impl Delivery {
             }
         };
         let max = self.read_batch;
-        let mut events: Vec<(Seq, StoredEvent)> = self.blocking(move |st| st.read(from, max)).await?;
+        // What was just stored is read on the spot (from memory, no wait for
+        // the disk: a thread hop would cost more than the read); a backlog
+        // off the runtime's threads.
+        let waiting = self.store.stats().next_seq.saturating_sub(from);
+        let mut events: Vec<(Seq, StoredEvent)> = if waiting <= INLINE_READ {
+            self.store.read(from, max)?
+        } else {
+            self.blocking(move |st| st.read(from, max)).await?
+        };
         let (Some(first), Some(last)) = (events.first().map(|e| e.0), events.last().map(|e| e.0)) else {
             return Ok(false);
         };
@@ -1116,7 +1132,7 @@ impl Delivery {
         self.chunks.insert(id, Chunk { seqs: first..last + 1, publishes_left: docs.len(), per_connector });
         if docs.is_empty() {
             // Nothing to send (updates without values): done already.
-            self.complete(id).await;
+            self.complete(id);
         }
         for doc in docs {
             s.outbox.push_back(OutItem {
@@ -1130,7 +1146,7 @@ impl Delivery {
     }
 
     /// One publish of chunk `id` was acknowledged.
-    async fn published(&mut self, id: u64) {
+    fn published(&mut self, id: u64) {
         let done = match self.chunks.get_mut(&id) {
             Some(chunk) => {
                 chunk.publishes_left = chunk.publishes_left.saturating_sub(1);
@@ -1139,27 +1155,83 @@ impl Delivery {
             None => false,
         };
         if done {
-            self.complete(id).await;
+            self.complete(id);
         }
     }
 
-    /// Every publish of chunk `id` was acknowledged: its events leave the store.
-    async fn complete(&mut self, id: u64) {
+    /// Every publish of chunk `id` was acknowledged: its events leave the
+    /// store, in the background ([`Removals`]).
+    fn complete(&mut self, id: u64) {
         let Some(chunk) = self.chunks.remove(&id) else { return };
-        let seqs = chunk.seqs.clone();
-        tracing::debug!(?seqs, "chunk delivered");
-        if let Err(e) = self.blocking(move |st| st.remove(seqs)).await {
-            // They go again after the next restart: a duplicate, not a loss.
-            tracing::error!("removing delivered events {:?} from the store failed: {e}", chunk.seqs);
+        tracing::debug!(seqs = ?chunk.seqs, "chunk delivered");
+        let start = {
+            let mut q = self.removals.lock();
+            q.chunks.push(chunk);
+            !std::mem::replace(&mut q.running, true)
+        };
+        if start {
+            let (store, stats, removals) = (self.store.clone(), self.stats.clone(), self.removals.clone());
+            self.remover = Some(tokio::task::spawn_blocking(move || removals.run(&*store, &stats)));
         }
-        let total: u64 = chunk.per_connector.iter().map(|(_, n)| n).sum();
-        self.stats.count_delivered(total);
-        let mut per = self.stats.per_connector.lock().unwrap_or_else(|e| e.into_inner());
-        for (connector, n) in chunk.per_connector {
-            *per.entry(connector).or_default() += n;
+    }
+
+    /// Wait until every delivered chunk has left the store: before reading
+    /// from the oldest stored event again, and before the client ends.
+    async fn settle(&mut self) {
+        if let Some(remover) = self.remover.take() {
+            let _ = remover.await;
         }
     }
 }
+
+/// Delivered chunks waiting to leave the store. One blocking task at a
+/// time removes them, taking all that wait at once: the session never
+/// waits for the store (a remove may wait for the writer's fsync), and at a
+/// steady rate a remove costs one wake-up of a blocking thread, not two
+/// and a wait.
+#[derive(Default)]
+struct Removals(Mutex<RemovalQueue>);
+
+#[derive(Default)]
+struct RemovalQueue {
+    chunks: Vec<Chunk>,
+    /// A task is removing (and will take what is queued before it ends).
+    running: bool,
+}
+
+impl Removals {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RemovalQueue> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn run(&self, store: &dyn EventStore, stats: &ClientStats) {
+        loop {
+            let chunks = {
+                let mut q = self.lock();
+                if q.chunks.is_empty() {
+                    q.running = false;
+                    return;
+                }
+                std::mem::take(&mut q.chunks)
+            };
+            for chunk in chunks {
+                if let Err(e) = store.remove(chunk.seqs.clone()) {
+                    // They go again after the next restart: a duplicate, not a loss.
+                    tracing::error!("removing delivered events {:?} from the store failed: {e}", chunk.seqs);
+                }
+                let total: u64 = chunk.per_connector.iter().map(|(_, n)| n).sum();
+                stats.count_delivered(total);
+                let mut per = stats.per_connector.lock().unwrap_or_else(|e| e.into_inner());
+                for (connector, n) in chunk.per_connector {
+                    *per.entry(connector).or_default() += n;
+                }
+            }
+        }
+    }
+}
+
+/// Reads of at most this many events are made on the client's own task.
+const INLINE_READ: u64 = 256;
 
 /// Aborts the event loop task when the session ends, whatever way it ends.
 struct AbortOnDrop(JoinHandle<()>);
