@@ -25,10 +25,13 @@
 //!
 //! `TBGW_BENCH_MODE=live`: devices publishing while tbgw runs, as they do:
 //! 100 devices, `TBGW_BENCH_RATE` messages/s in all (default 1,000), evenly
-//! paced, QoS 1, through a stock mosquitto, into ThingsBoard's side (the fake
-//! ThingsBoard, limits far above the load); tbgw with the fjall store and
-//! the default config. Prints messages/s delivered, tbgw's CPU (% of a core
-//! and µs per message), peak RSS, and the latency publish → ThingsBoard
+//! paced, then as fast as one publisher can, QoS 1, through a stock
+//! mosquitto, into ThingsBoard's side (the fake ThingsBoard, limits far
+//! above the load). Each load through the plain relay (a child process too,
+//! each message framed for the gateway API without parsing it, one publish
+//! each) and through tbgw (the fjall store, the default config). Prints
+//! messages/s delivered and the ratio to the relay, CPU (% of a core and µs
+//! per message), peak RSS, and the latency publish → ThingsBoard
 //! (p50/p99/max) over `TBGW_BENCH_SECONDS` (default 20) after a 5 s warm-up.
 //!
 //! In every mode `TBGW_BENCH_FSYNC=interval` runs tbgw with
@@ -56,6 +59,9 @@ const DEVICES: usize = 100;
 fn main() -> anyhow::Result<()> {
     if let Some(gateway) = gateway::run_if_asked() {
         return gateway;
+    }
+    if let Some(relay) = relay_if_asked() {
+        return relay;
     }
     let messages: usize = std::env::var("TBGW_BENCH_MESSAGES").ok().and_then(|n| n.parse().ok()).unwrap_or(100_000);
     let cache = tempfile::tempdir()?;
@@ -481,13 +487,77 @@ fn drain(cache: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Devices publishing at a steady rate while tbgw runs (`TBGW_BENCH_MODE=live`).
+/// Devices publishing while tbgw runs (`TBGW_BENCH_MODE=live`): at a fixed
+/// rate, then as fast as the publisher can; each load through the plain
+/// relay and through tbgw in turn.
 fn live(cache: &Path) -> anyhow::Result<()> {
     let rate = tbgw_bench::env_u64("TBGW_BENCH_RATE", 1000).max(1);
-    let seconds = tbgw_bench::env_u64("TBGW_BENCH_SECONDS", 20);
-    let Steady { tb, rt, mut child, pid, stop, start, publisher, _source, _dir } = Steady::start(cache, rate, "")?;
+    let seconds = tbgw_bench::env_u64("TBGW_BENCH_SECONDS", 20).max(1);
+    println!(
+        "live load: {DEVICES} devices publishing JSON messages (QoS 1) through a stock mosquitto, at {rate}/s in all \
+         (evenly paced) and as fast as one publisher can, into ThingsBoard's side; between them the plain relay \
+         (subscribe -> publish QoS 1, no conversion, no store) or tbgw (default config, fjall store); {seconds} s \
+         after a 5 s warm-up"
+    );
+    println!();
+    println!(
+        "{:<34} {:>10} {:>9} {:>10} {:>9} {:>9} {:>22}",
+        "", "msgs/s", "vs relay", "CPU %", "µs/msg", "RSS MB", "latency p50/p99/max ms"
+    );
+    let mut failures = Vec::new();
+    for (load, paced) in [(format!("{rate}/s"), Some(rate)), ("as fast as it can".to_owned(), None)] {
+        let relay = live_run(cache, Middle::Relay, paced, seconds)?;
+        let tbgw = live_run(cache, Middle::Tbgw, paced, seconds)?;
+        for (name, r) in [("relay", &relay), ("tbgw", &tbgw)] {
+            println!(
+                "{:<34} {:>10.0} {:>9.2} {:>10.1} {:>9.1} {:>9.1} {:>22}",
+                format!("{name}, {load}"),
+                r.delivered,
+                r.delivered / relay.delivered.max(1e-9),
+                r.cpu * 100.0,
+                r.cpu * 1e6 / r.delivered.max(1e-9),
+                r.peak_mb,
+                format!("{:.1} / {:.1} / {:.1}", r.p50, r.p99, r.max)
+            );
+            if paced.is_some() && r.arrived < 0.99 * r.published {
+                failures.push(format!("{name}, {load}: {:.0} of {:.0} messages arrived", r.arrived, r.published));
+            }
+        }
+    }
+    println!();
+    println!("(msgs/s: delivered to ThingsBoard's side in the window; at a fixed rate latency runs from each");
+    println!(" message's publish, as fast as it can it includes the wait in the devices' broker's queue)");
+    anyhow::ensure!(failures.is_empty(), "{}", failures.join("; "));
+    Ok(())
+}
+
+/// Who stands between the devices' broker and ThingsBoard's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Middle {
+    Relay,
+    Tbgw,
+}
+
+/// One live run's figures.
+struct Live {
+    /// Messages/s ThingsBoard's side received in the window.
+    delivered: f64,
+    /// Of a core.
+    cpu: f64,
+    peak_mb: f64,
+    p50: f64,
+    p99: f64,
+    max: f64,
+    /// Messages published in the window, and those of them that arrived.
+    published: f64,
+    arrived: f64,
+}
+
+fn live_run(cache: &Path, middle: Middle, rate: Option<u64>, seconds: u64) -> anyhow::Result<Live> {
+    let Steady { tb, rt, mut child, pid, stop, start: _, publisher, _source, _dir } =
+        Steady::start(cache, middle, rate, "")?;
     if let Some(status) = child.try_wait()? {
-        anyhow::bail!("the gateway exited: {status}");
+        anyhow::bail!("the {middle:?} exited: {status}");
     }
     let (cpu0, t0) = (cpu_seconds(pid).unwrap_or(0.0), Instant::now());
     let mut peak = 0u64;
@@ -499,54 +569,44 @@ fn live(cache: &Path) -> anyhow::Result<()> {
     stop.store(true, Ordering::Relaxed);
     // What was published in the window has a moment to arrive.
     std::thread::sleep(Duration::from_secs(2));
-    let _ = rt.block_on(publisher);
+    let sent = rt.block_on(publisher)??;
     let _ = child.kill();
     let _ = child.wait();
-    let sent_at = |k: u64| start + Duration::from_secs_f64(k as f64 / rate as f64);
-    let mut latencies = Vec::new();
+    let (mut latencies, mut delivered, mut arrived) = (Vec::new(), 0usize, 0usize);
     for r in tb.readings() {
+        if r.at >= t0 && r.at < t1 {
+            delivered += 1;
+        }
         let (Some(d), Some(seq)) = (
-            r.device.strip_prefix("dev-").and_then(|d| d.parse::<u64>().ok()),
+            r.device.strip_prefix("dev-").and_then(|d| d.parse::<usize>().ok()),
             r.values.get("seq").and_then(serde_json::Value::as_u64),
         ) else {
             continue;
         };
-        let sent = sent_at(seq * DEVICES as u64 + d);
-        if sent >= t0 && sent < t1 {
-            latencies.push(r.at.saturating_duration_since(sent).as_secs_f64() * 1000.0);
+        let Some(&at) = sent.get(seq as usize * DEVICES + d) else { continue };
+        if at >= t0 && at < t1 {
+            arrived += 1;
+            latencies.push(r.at.saturating_duration_since(at).as_secs_f64() * 1000.0);
         }
     }
     latencies.sort_by(f64::total_cmp);
     let pct = |p: f64| tbgw_bench::quantile(&latencies, p);
     let window = (t1 - t0).as_secs_f64();
-    let delivered = latencies.len() as f64 / window;
-    let cpu = (cpu1 - cpu0) / window;
-    println!(
-        "live load: {DEVICES} devices publishing {rate} JSON messages/s in all (QoS 1, evenly paced) through a stock \
-         mosquitto while tbgw runs (fjall store), {seconds} s after a 5 s warm-up"
-    );
-    println!();
-    println!("{:<44} {:>14.0}", "messages/s delivered (published in the window)", delivered);
-    println!("{:<44} {:>14.1}", "tbgw CPU (% of a core)", cpu * 100.0);
-    println!("{:<44} {:>14.1}", "tbgw CPU per message (µs)", cpu * 1e6 / delivered.max(1e-9));
-    println!("{:<44} {:>14.1}", "tbgw peak RSS (MB)", peak as f64 / 1024.0);
-    println!(
-        "{:<44} {:>14}",
-        "latency publish -> ThingsBoard p50/p99/max (ms)",
-        format!("{:.1} / {:.1} / {:.1}", pct(0.5), pct(0.99), pct(1.0))
-    );
-    anyhow::ensure!(
-        latencies.len() as f64 >= 0.99 * rate as f64 * window,
-        "only {} of the {:.0} messages published in the window arrived",
-        latencies.len(),
-        rate as f64 * window
-    );
-    Ok(())
+    Ok(Live {
+        delivered: delivered as f64 / window,
+        cpu: (cpu1 - cpu0) / window,
+        peak_mb: peak as f64 / 1024.0,
+        p50: pct(0.5),
+        p99: pct(0.99),
+        max: pct(1.0),
+        published: sent.iter().filter(|&&at| at >= t0 && at < t1).count() as f64,
+        arrived: arrived as f64,
+    })
 }
 
-/// tbgw (the default config, fjall, more `tbgw` keys) between a stock
-/// mosquitto where 100 devices publish `rate` messages/s and the fake
-/// ThingsBoard, 5 s after the load began.
+/// tbgw (the default config, fjall, more `tbgw` keys) or the relay between
+/// a stock mosquitto where 100 devices publish `rate` messages/s (`None`:
+/// as fast as they can) and the fake ThingsBoard, 5 s after the load began.
 struct Steady {
     tb: FakeThingsBoard,
     rt: tokio::runtime::Runtime,
@@ -555,13 +615,14 @@ struct Steady {
     stop: Arc<std::sync::atomic::AtomicBool>,
     /// When message 0 was due.
     start: Instant,
-    publisher: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// When each message was published (message k: device k % 100, seq k / 100).
+    publisher: tokio::task::JoinHandle<anyhow::Result<Vec<Instant>>>,
     _source: Mosquitto,
     _dir: tempfile::TempDir,
 }
 
 impl Steady {
-    fn start(cache: &Path, rate: u64, tbgw_keys: &str) -> anyhow::Result<Steady> {
+    fn start(cache: &Path, middle: Middle, rate: Option<u64>, tbgw_keys: &str) -> anyhow::Result<Steady> {
         let source = Mosquitto::start_new();
         let tb = FakeThingsBoard::start(TbLimits {
             gateway: LimitSpec::new("1000000:1", "1000000:1", "10000000:1"),
@@ -570,12 +631,20 @@ impl Steady {
             refusal: Refusal::PubackThenClose,
         });
         let dir = tempfile::tempdir()?;
-        let config = gateway_config_with(dir.path(), tb.port, source.port, "fjall", cache, tbgw_keys)?;
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-        // The gateway's persistent session first: nothing published is lost
-        // while it starts.
+        // The persistent session first: nothing published is lost while
+        // the gateway (or the relay) starts.
         rt.block_on(open_session(source.port, "bench-gw"))?;
-        let child = spawn_gateway(&config)?;
+        let child = match middle {
+            Middle::Tbgw => {
+                let config = gateway_config_with(dir.path(), tb.port, source.port, "fjall", cache, tbgw_keys)?;
+                spawn_gateway(&config)?
+            }
+            Middle::Relay => std::process::Command::new(std::env::current_exe()?)
+                .env(RELAY_MODE, format!("{}:{}", source.port, tb.port))
+                .stdout(std::process::Stdio::null())
+                .spawn()?,
+        };
         let pid = child.id();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let start = Instant::now() + Duration::from_secs(1);
@@ -585,13 +654,62 @@ impl Steady {
     }
 }
 
+/// The relay's child mode: `TBGW_BENCH_RELAY=<devices' broker port>:<ThingsBoard's port>`.
+const RELAY_MODE: &str = "TBGW_BENCH_RELAY";
+
+/// In relay mode, relay until killed and return `Some`.
+fn relay_if_asked() -> Option<anyhow::Result<()>> {
+    let ports = std::env::var(RELAY_MODE).ok()?;
+    let run = || -> anyhow::Result<()> {
+        let (source, tb) = ports.split_once(':').ok_or_else(|| anyhow::anyhow!("{RELAY_MODE}: {ports}"))?;
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        rt.block_on(live_relay(source.parse()?, tb.parse()?))
+    };
+    Some(run())
+}
+
+/// The floor of a live run: each device's message as it is, framed as the
+/// gateway API's `{"dev-001": [{"values": <payload>}]}` (no parsing), one
+/// publish QoS 1 each; the device's message acknowledged once it is handed
+/// on (not once ThingsBoard has it: less than tbgw promises).
+async fn live_relay(source_port: u16, tb_port: u16) -> anyhow::Result<()> {
+    let mut o = MqttOptions::new("bench-relay-tb", "127.0.0.1", tb_port);
+    o.set_inflight(100).set_credentials("bench", "");
+    let (out, mut out_el) = AsyncClient::new(o, 1000);
+    tokio::spawn(async move { while out_el.poll().await.is_ok() {} });
+    let mut o = MqttOptions::new("bench-gw", "127.0.0.1", source_port);
+    o.set_clean_session(false).set_manual_acks(true);
+    let (src, mut src_el) = AsyncClient::new(o, 1000);
+    // Forward and acknowledge in a task of its own: awaiting `ack` in the
+    // task that polls the event loop deadlocks once its request queue fills.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<rumqttc::Publish>();
+    tokio::spawn(async move {
+        while let Some(p) = rx.recv().await {
+            let device = p.topic.split('/').nth(1).unwrap_or("");
+            let mut framed = format!(r#"{{"{device}":[{{"values":"#).into_bytes();
+            framed.extend_from_slice(&p.payload);
+            framed.extend_from_slice(b"}]}");
+            if out.publish("v1/gateway/telemetry", QoS::AtLeastOnce, false, framed).await.is_err()
+                || src.ack(&p).await.is_err()
+            {
+                return;
+            }
+        }
+    });
+    loop {
+        if let Event::Incoming(Packet::Publish(p)) = src_el.poll().await? {
+            tx.send(p)?;
+        }
+    }
+}
+
 /// ThingsBoard away for a long while under a steady load (`TBGW_BENCH_MODE=outage`).
 fn outage(cache: &Path) -> anyhow::Result<()> {
     let rate = tbgw_bench::env_u64("TBGW_BENCH_RATE", 5000).max(1);
     let seconds = tbgw_bench::env_u64("TBGW_BENCH_SECONDS", 600).max(10);
     let http = tbgw_test_support::free_port();
     let Steady { mut tb, rt, mut child, pid, stop, start, publisher, _source, _dir } =
-        Steady::start(cache, rate, &format!(", http: {{listen: 127.0.0.1:{http}}}"))?;
+        Steady::start(cache, Middle::Tbgw, Some(rate), &format!(", http: {{listen: 127.0.0.1:{http}}}"))?;
     let rss = || status_kb(pid, "VmRSS:").unwrap_or(0) as f64 / 1024.0;
     let published = || (start.elapsed().as_secs_f64() * rate as f64) as u64;
     let before = rss();
@@ -649,24 +767,29 @@ fn backlog(port: u16) -> Option<u64> {
         .map(|v| v as u64)
 }
 
-/// Publish message k (device k % 100, its seq k / 100) at `start` + k / `rate`,
-/// QoS 1 without waiting for each PUBACK, until `stop`.
+/// Publish message k (device k % 100, its seq k / 100) at `start` + k / `rate`
+/// (`None`: as fast as the broker takes them), QoS 1 without waiting for
+/// each PUBACK, until `stop`; when each was published.
 async fn publish_at(
     port: u16,
-    rate: u64,
+    rate: Option<u64>,
     start: Instant,
     stop: Arc<std::sync::atomic::AtomicBool>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<Instant>> {
     let mut o = MqttOptions::new("bench-devices", "127.0.0.1", port);
     o.set_inflight(1000);
     let (c, mut el) = AsyncClient::new(o, 10_000);
     tokio::spawn(async move { while el.poll().await.is_ok() {} });
-    let mut k = 0u64;
+    let mut sent = Vec::new();
+    tokio::time::sleep_until(start.into()).await;
     while !stop.load(Ordering::Relaxed) {
-        tokio::time::sleep_until((start + Duration::from_secs_f64(k as f64 / rate as f64)).into()).await;
+        let k = sent.len() as u64;
+        if let Some(rate) = rate {
+            tokio::time::sleep_until((start + Duration::from_secs_f64(k as f64 / rate as f64)).into()).await;
+        }
         let (topic, payload) = message((k % DEVICES as u64) as usize, (k / DEVICES as u64) as usize);
         c.publish(topic, QoS::AtLeastOnce, false, payload).await?;
-        k += 1;
+        sent.push(Instant::now());
     }
-    Ok(())
+    Ok(sent)
 }
