@@ -258,9 +258,13 @@ impl EventStore for FjallStore {
                 batch.remove_weak(&self.events, key(seq));
             }
         }
-        batch.commit()?;
+        // Not held through the commit, which may wait for a writer's fsync
+        // (fjall's journal): `stats` and appends go on meanwhile. Should the
+        // commit fail, the events stay on disk uncounted and go again after
+        // a restart: a duplicate, not a loss.
         drop(ledger);
         self.room.notify_all();
+        batch.commit()?;
         Ok(())
     }
 

@@ -16,10 +16,11 @@
 //! rumqttc 0.25 gives no access to its socket, so the socket is found by
 //! what it is: the TCP socket to ThingsBoard's port that appeared while the
 //! session connected ([`AckAtOnce::new`] before the first poll, the
-//! CONNACK after). A wrong pick
-//! costs nothing but an early ACK on another connection; the descriptor is
-//! only used while the event loop that owns it is connected (the caller's
-//! duty), so it is never a descriptor reused for something else.
+//! CONNACK after; after a connection error, what is open then is the new
+//! "before"). A wrong pick costs nothing but an early ACK on another
+//! connection; the descriptor is only used while the event loop that owns
+//! it is connected, and forgotten when it errs, so it is never a descriptor
+//! reused for something else.
 
 use rumqttc::{ConnectionError, Event, EventLoop, Packet};
 use std::collections::HashSet;
@@ -43,7 +44,17 @@ impl AckAtOnce {
     /// connection's socket was not found at its CONNACK (its ACKs are then
     /// the kernel's delayed ones).
     pub fn polled(&mut self, eventloop: &EventLoop, polled: &Result<Event, ConnectionError>) -> bool {
-        let Ok(Event::Incoming(packet)) = polled else { return true };
+        let packet = match polled {
+            Ok(Event::Incoming(packet)) => packet,
+            Ok(_) => return true,
+            Err(_) => {
+                // The connection is gone: its descriptor may be reused, and
+                // the next connection is told from what is open now.
+                self.before = Sockets::now(self.port);
+                self.quick = QuickAck::default();
+                return true;
+            }
+        };
         if matches!(packet, Packet::ConnAck(_)) {
             self.quick = Sockets::now(self.port).since(&self.before);
         }
