@@ -488,3 +488,93 @@ fn a_custom_downlink_component_makes_the_reply() {
         json!({"firmware": "firmware-of-Pump"})
     );
 }
+
+/// Every text ThingsBoard received under a remote-logging `key`
+/// (`SERVICE_LOGS`), in order.
+fn remote_logs(received: &[Received], key: &str) -> Vec<String> {
+    received
+        .iter()
+        .filter(|m| m.topic == "v1/devices/me/telemetry")
+        .filter_map(|m| serde_json::from_slice::<Value>(&m.payload).ok())
+        .filter_map(|v| v.as_array().cloned())
+        .flatten()
+        .filter_map(|entry| entry["values"][key].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn remote_logs_follow_remote_logging_level_and_the_connectors_own() {
+    let (tb_broker, source) = (Mosquitto::start_new(), Mosquitto::start_new());
+    let filters = ["v1/devices/me/telemetry", "v1/devices/me/attributes/request/+", "v1/devices/me/rpc/request/+"];
+    // ThingsBoard: no rate limits, and RemoteLoggingLevel INFO when asked.
+    let tb = Collector::connect_with(tb_broker.port, "tb-logs", &filters, |m: &Received| {
+        if let Some(id) = m.topic.strip_prefix("v1/devices/me/rpc/request/") {
+            let limits = r#"{"maxPayloadSize":65536,"maxInflightMessages":100,"rateLimits":{},"gatewayRateLimits":{}}"#;
+            return m
+                .text()
+                .contains("getSessionLimits")
+                .then(|| (format!("v1/devices/me/rpc/response/{id}"), limits.into()));
+        }
+        let id = m.topic.strip_prefix("v1/devices/me/attributes/request/")?;
+        let asked: Value = serde_json::from_slice(&m.payload).ok()?;
+        (asked["sharedKeys"] == "RemoteLoggingLevel").then(|| {
+            (format!("v1/devices/me/attributes/response/{id}"), br#"{"shared":{"RemoteLoggingLevel":"INFO"}}"#.to_vec())
+        })
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut connector: Value = serde_json::from_str(&mqtt_json(source.port, "gw-logs")).expect("json");
+    connector["enableRemoteLogging"] = json!(true);
+    connector["logLevel"] = json!("INFO");
+    let mut gw = Gateway::start(dir.path(), &gateway_yaml(tb_broker.port, dir.path(), 60), &connector.to_string());
+
+    // The level ThingsBoard answered, and the connector's records from
+    // before the gateway connected (they waited for it).
+    let got = tb.wait_until(Duration::from_secs(30), "the service's and the connector's records", |r| {
+        remote_logs(r, "SERVICE_LOGS").iter().any(|t| t.ends_with("remote logging level set to INFO"))
+            && remote_logs(r, "Devices_LOGS").iter().any(|t| t.contains("subscribed to 4 topic filter(s)"))
+    });
+    let service = remote_logs(&got, "SERVICE_LOGS");
+    let line = service.iter().find(|t| t.ends_with("remote logging level set to INFO")).expect("found");
+    // The Python gateway's format: `2026-12-03 10:47:33,123 - |INFO|<thread> [router.rs] - router tbgw::router - 612 - ...`.
+    let (date, rest) = line.split_at(23);
+    assert!(
+        date.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            10 => b == b' ',
+            13 | 16 => b == b':',
+            19 => b == b',',
+            _ => b.is_ascii_digit(),
+        }),
+        "{line}"
+    );
+    assert!(rest.starts_with(" - |INFO|<") && rest.contains("> [router.rs] - router tbgw::router - "), "{line}");
+    assert!(remote_logs(&got, "LOGS").contains(line), "the service's records are also under LOGS");
+    assert!(
+        remote_logs(&got, "Devices_LOGS").iter().all(|t| !t.contains("|DEBUG|")),
+        "the connector's logLevel is INFO"
+    );
+    assert!(
+        remote_logs(&got, "LOGS").iter().all(|t| !t.contains("subscribed to")),
+        "a connector's records are under its own key only"
+    );
+
+    // A message its converter cannot read: the converter's records, tagged.
+    let devices = Collector::connect(source.port, "devices-logs", &[]);
+    devices.publish("sensor/dev-1/data", "not json");
+    tb.wait_until(Duration::from_secs(20), "the converter's record", |r| {
+        remote_logs(r, "Devices_converter_LOGS").iter().any(|t| t.contains("|WARNING|") && t.contains("not converted"))
+    });
+
+    // NONE stops the service's records; DEBUG starts them again.
+    for level in ["NONE", "loud", "DEBUG"] {
+        tb.publish("v1/devices/me/attributes", json!({"RemoteLoggingLevel": level}).to_string());
+    }
+    let got = tb.wait_until(Duration::from_secs(20), "the level set to DEBUG", |r| {
+        remote_logs(r, "SERVICE_LOGS").iter().any(|t| t.ends_with("remote logging level set to DEBUG"))
+    });
+    gw.wait_for_log(Duration::from_secs(5), "the bad level refused", |log| log.contains("`loud` is not a level"));
+    assert!(
+        remote_logs(&got, "SERVICE_LOGS").iter().all(|t| !t.contains("`loud` is not a level")),
+        "a record made while the level was NONE was sent"
+    );
+}

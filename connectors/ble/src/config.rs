@@ -91,7 +91,7 @@ pub fn parse(doc: &Value, base_dir: &Path, d: &mut Diagnostics) -> Option<BleCon
     }
     let route_report = root.get("reportStrategy").and_then(|v| report::parse(d, "reportStrategy", v));
     root.allow(&["devices", "name", "id"]);
-    root.unused(d, &[("logLevel", "set logging with RUST_LOG"), ("enableRemoteLogging", "not implemented")]);
+    root.allow(&tbgw_core::config::GATEWAY_KEYS);
     root.finish(d);
     let schema = match tbgw_ble_items::read(doc) {
         Ok(s) => s,

@@ -120,7 +120,7 @@ pub fn parse(doc: &Value, base_dir: &Path, d: &mut Diagnostics) -> Option<CanCon
     };
     let route_report = root.get("reportStrategy").and_then(|v| report::parse(d, "reportStrategy", v));
     root.allow(&["devices"]);
-    root.unused(d, &[("logLevel", "set logging with RUST_LOG"), ("enableRemoteLogging", "not implemented")]);
+    root.allow(&tbgw_core::config::GATEWAY_KEYS);
     root.allow(&["name", "id"]);
     root.finish(d);
     let schema = match tbgw_can_items::read(doc) {

@@ -234,7 +234,8 @@ pub fn parse(doc: &Value, base_dir: &Path, d: &mut Diagnostics) -> Option<Modbus
         None if !root.has("master") => d.error("master", "required: the slaves to poll (`master.slaves`)"),
         None => {}
     }
-    root.unused(d, &[("slave", "tbgw does not serve as a Modbus slave"), ("logLevel", "set logging with RUST_LOG")]);
+    root.unused(d, &[("slave", "tbgw does not serve as a Modbus slave")]);
+    root.allow(&tbgw_core::config::GATEWAY_KEYS);
     root.allow(&["name", "id", "reportStrategy"]);
     root.finish(d);
     check_lines(d, &slaves);

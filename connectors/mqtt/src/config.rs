@@ -143,7 +143,8 @@ pub fn parse(doc: &Value, base_dir: &Path, name: &str, d: &mut Diagnostics) -> O
         }
         _ => None,
     };
-    root.unused(d, &[("logLevel", "set logging with RUST_LOG"), ("id", "tbgw names connectors by `name`")]);
+    root.unused(d, &[("id", "tbgw names connectors by `name`")]);
+    root.allow(&tbgw_core::config::GATEWAY_KEYS);
     root.allow(&["reportStrategy"]);
     root.finish(d);
     Some(MqttConfig { broker: broker?, mappings, requests_mapping, request_filters, downlink, attribute_answers })

@@ -225,7 +225,7 @@ pub fn parse(doc: &Value, site: &Site<'_>, d: &mut Diagnostics) -> Option<OpcuaC
             mapping_routes.push(slot);
         }
     }
-    root.unused(d, &[("logLevel", "set logging with RUST_LOG"), ("enableRemoteLogging", "not implemented")]);
+    root.allow(&tbgw_core::config::GATEWAY_KEYS);
     root.allow(&["name", "id"]);
     root.finish(d);
     Some(OpcuaConfig { server: server?, mappings, route_decls, mapping_routes, downlinks, mapping_downlinks })

@@ -61,6 +61,11 @@ impl Diagnostics {
 }
 
 /// The path of `key` under `path` (either may be empty).
+/// Keys of a connector's configuration that the gateway reads, not the
+/// connector (remote logging: `enableRemoteLogging`, `logLevel`): a
+/// connector accepts them with [`Obj::allow`].
+pub const GATEWAY_KEYS: [&str; 2] = ["enableRemoteLogging", "logLevel"];
+
 pub fn join(path: &str, key: &str) -> String {
     match (path.is_empty(), key.is_empty()) {
         (true, _) => key.to_owned(),

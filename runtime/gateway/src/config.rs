@@ -93,6 +93,10 @@ pub struct ConnectorConfig {
     /// Its `type` (`mqtt`).
     pub kind: &'static str,
     pub setup: Arc<dyn ConnectorSetup>,
+    /// Its remote logging threshold (a Python level, [`crate::remote_log`]):
+    /// its `logLevel` (INFO when not set) when `enableRemoteLogging` is
+    /// true, NONE otherwise.
+    pub remote_log: u8,
 }
 
 impl std::fmt::Debug for ConnectorConfig {
@@ -587,10 +591,10 @@ fn connector(d: &mut Diagnostics, path: &str, item: &Value, base: &Path) -> Opti
         &[
             ("id", "tbgw names connectors by `name`"),
             ("class", "tbgw's connectors are built in"),
-            ("enableRemoteLogging", "not implemented"),
             ("configurationJson", "tbgw reads `configuration`"),
         ],
     );
+    let entry_logging = remote_logging(d, &mut c);
     c.finish(d);
     // Read the configuration even when the name is missing, so that its
     // own problems are reported too.
@@ -605,8 +609,40 @@ fn connector(d: &mut Diagnostics, path: &str, item: &Value, base: &Path) -> Opti
         return None;
     };
     let setup = connector.parse(&document, &Site { name: &parse_name, base_dir: &conf_base }, &mut inner);
+    // The Python gateway reads them in the connector's own configuration;
+    // its remote configuration puts them beside it: either place, the
+    // configuration's own first.
+    let own_logging = match document.is_object().then(|| Obj::new(&mut inner, "", &document)).flatten() {
+        Some(mut o) => remote_logging(&mut inner, &mut o),
+        // Not an object: the connector said so.
+        None => (None, None),
+    };
     d.absorb(&conf_path, inner);
-    Some(ConnectorConfig { name: name?, path: conf_path, kind: connector.kind(), setup: Arc::from(setup?) })
+    let enabled = own_logging.0.or(entry_logging.0).unwrap_or(false);
+    let level = own_logging.1.or(entry_logging.1).unwrap_or(crate::remote_log::INFO);
+    Some(ConnectorConfig {
+        name: name?,
+        path: conf_path,
+        kind: connector.kind(),
+        setup: Arc::from(setup?),
+        remote_log: if enabled { level } else { crate::remote_log::NONE },
+    })
+}
+
+/// A connector's `enableRemoteLogging` and `logLevel`, where given.
+fn remote_logging(d: &mut Diagnostics, o: &mut Obj<'_>) -> (Option<bool>, Option<u8>) {
+    let enabled = o.bool(d, "enableRemoteLogging");
+    let level = o.string(d, "logLevel").and_then(|name| match crate::remote_log::parse_level(name) {
+        Some(level) => Some(level),
+        None => {
+            d.error(
+                o.field("logLevel"),
+                format!("`{name}` is not a level; expected one of {}", crate::remote_log::LEVEL_NAMES),
+            );
+            None
+        }
+    });
+    (enabled, level)
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@
 //!   converter runtime is set up for this machine.
 //! - [`pipeline`]: converter threads and the store writer, between the
 //!   connectors and the event store.
+//! - [`remote_log`]: the gateway's log records and error counts sent to
+//!   ThingsBoard as the Python gateway sends them (`RemoteLoggingLevel`).
 //! - [`router`]: ThingsBoard's requests (RPC, attribute updates, RPCs to the
 //!   gateway) to connectors and back, devices' own requests to ThingsBoard.
 //! - [`service`]: everything wired ([`service::Gateway::build`]), run, and
@@ -33,6 +35,7 @@ pub mod http;
 pub mod machine;
 pub mod memory;
 pub mod pipeline;
+pub mod remote_log;
 pub mod router;
 pub mod service;
 pub mod status;

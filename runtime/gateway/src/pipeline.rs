@@ -303,6 +303,8 @@ fn work(
                                 .ready()
                             {
                                 tracing::warn!(
+                                    connector = %route.connector,
+                                    converter = route.converter.name(),
                                     route = %route.origin,
                                     source = %raw.source,
                                     "left out `{}`: {}{}",
@@ -340,6 +342,8 @@ fn work(
                             quiet.entry((route_id, true)).or_insert_with(|| Quiet::new(Duration::from_secs(10))).ready()
                         {
                             tracing::warn!(
+                                connector = %route.connector,
+                                converter = route.converter.name(),
                                 route = %route.origin,
                                 source = %raw.source,
                                 "message not converted, kept as a dead letter: {e}{}",

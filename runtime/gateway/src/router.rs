@@ -16,6 +16,9 @@
 //!   no answer from the device in time.
 //! - `v1/gateway/attributes` (shared attribute update): sent to the device;
 //!   failures are counted and logged.
+//! - `v1/devices/me/attributes` and `v1/devices/me/attributes/response/+`
+//!   (the gateway device's shared attributes): `RemoteLoggingLevel` to
+//!   [`crate::remote_log`].
 //! - `v1/devices/me/rpc/request/{id}` (RPC to the gateway): `gateway_ping`,
 //!   `gateway_stats`, `gateway_devices`, `gateway_version`,
 //!   `gateway_converters`, `gateway_restart`; `<type>_<method>` (e.g.
@@ -56,6 +59,8 @@ const RPC_TOPIC: &str = "v1/gateway/rpc";
 const ATTRIBUTES_TOPIC: &str = "v1/gateway/attributes";
 const ATTRIBUTES_RESPONSE_TOPIC: &str = "v1/gateway/attributes/response";
 const ATTRIBUTES_REQUEST_TOPIC: &str = "v1/gateway/attributes/request";
+const OWN_ATTRIBUTES_TOPIC: &str = "v1/devices/me/attributes";
+const OWN_ATTRIBUTES_RESPONSE_PREFIX: &str = "v1/devices/me/attributes/response/";
 const OWN_RPC_PREFIX: &str = "v1/devices/me/rpc/request/";
 const OWN_RPC_RESPONSE_PREFIX: &str = "v1/devices/me/rpc/response/";
 /// How long a device's attribute request waits for ThingsBoard.
@@ -300,6 +305,8 @@ fn from_thingsboard(shared: &Arc<Shared>, msg: Incoming) {
             }
         }
         ATTRIBUTES_RESPONSE_TOPIC => attribute_response(shared, &msg.payload),
+        OWN_ATTRIBUTES_TOPIC => own_attributes(&msg.payload, false),
+        topic if topic.starts_with(OWN_ATTRIBUTES_RESPONSE_PREFIX) => own_attributes(&msg.payload, true),
         topic => match topic.strip_prefix(OWN_RPC_PREFIX) {
             // The gateway's own client-side RPC, echoed by a plain broker.
             Some(_) if msg.payload.windows(16).any(|w| w == b"getSessionLimits") => {}
@@ -309,6 +316,50 @@ fn from_thingsboard(shared: &Arc<Shared>, msg: Incoming) {
             }
             None => tracing::debug!(topic, "a message from ThingsBoard on a topic tbgw does not serve"),
         },
+    }
+}
+
+/// The gateway device's shared attributes: an update
+/// (`{"RemoteLoggingLevel":"DEBUG"}`, `{"deleted":["RemoteLoggingLevel"]}`)
+/// or, when `response`, the answer to the client's request
+/// (`{"shared":{...}}`). Other keys (and the gateway's own client
+/// attributes, echoed by a plain broker) are not tbgw's to apply.
+fn own_attributes(payload: &[u8], response: bool) {
+    let Ok(Json::Object(mut doc)) = serde_json::from_slice::<Json>(payload) else {
+        tracing::warn!("the gateway's shared attributes from ThingsBoard cannot be read: not a JSON object");
+        return;
+    };
+    if response {
+        let Some(Json::Object(shared)) = doc.remove("shared") else { return };
+        doc = shared;
+    }
+    let deleted = doc
+        .get("deleted")
+        .and_then(Json::as_array)
+        .is_some_and(|keys| keys.iter().any(|k| k.as_str() == Some("RemoteLoggingLevel")));
+    let hub = crate::remote_log::hub();
+    match doc.get("RemoteLoggingLevel") {
+        Some(Json::String(name)) => match crate::remote_log::parse_level(name) {
+            Some(level) => {
+                if hub.gateway_level() != level {
+                    hub.set_gateway_level(level);
+                    tracing::info!("remote logging level set to {}", name.trim().to_ascii_uppercase());
+                }
+            }
+            None => tracing::warn!(
+                "RemoteLoggingLevel `{name}` is not a level ({}); remote logging stays as it was",
+                crate::remote_log::LEVEL_NAMES
+            ),
+        },
+        Some(other) => tracing::warn!(
+            "RemoteLoggingLevel must be a level name ({}), found {other}; remote logging stays as it was",
+            crate::remote_log::LEVEL_NAMES
+        ),
+        None if deleted => {
+            hub.set_gateway_level(crate::remote_log::NONE);
+            tracing::info!("RemoteLoggingLevel deleted: remote logging off");
+        }
+        None => {}
     }
 }
 

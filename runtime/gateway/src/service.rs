@@ -284,6 +284,9 @@ pub struct Gateway {
     watcher: Option<tokio::task::JoinHandle<()>>,
     http_stop: CancellationToken,
     http: Option<tokio::task::JoinHandle<()>>,
+    /// Remote logging's delivery ([`crate::remote_log::deliver`]).
+    remote_log_stop: CancellationToken,
+    remote_log: tokio::task::JoinHandle<()>,
 }
 
 impl Gateway {
@@ -326,6 +329,21 @@ impl Gateway {
         let client_stop = CancellationToken::new();
         let mut client =
             tbgw_thingsboard::spawn(config.thingsboard.clone(), store.clone(), new_data.clone(), client_stop.clone())?;
+
+        // Remote logging knows the connectors before they log.
+        let hub = crate::remote_log::hub();
+        hub.set_sources(
+            config.connectors.iter().map(|c| (c.name.clone(), c.remote_log)).collect(),
+            registry.iter().map(|r| (r.name.clone(), r.connector.clone())).collect(),
+        );
+        let remote_log_stop = CancellationToken::new();
+        let remote_log = tokio::spawn(crate::remote_log::deliver(
+            hub,
+            client.sender(),
+            client.shared_stats(),
+            config.thingsboard.max_payload_bytes,
+            remote_log_stop.clone(),
+        ));
 
         let mut connectors = Vec::new();
         let mut ports = Vec::new();
@@ -418,6 +436,8 @@ impl Gateway {
             watcher,
             http_stop,
             http,
+            remote_log_stop,
+            remote_log,
         })
     }
 
@@ -595,6 +615,9 @@ impl Gateway {
         self.router_stop.cancel();
         drop(self.queries);
         self.router.join().await;
+        // Records still queued then stay unsent, as the Python gateway's.
+        self.remote_log_stop.cancel();
+        let _ = (&mut self.remote_log).await;
         self.client_stop.cancel();
         let delivered = self.client.stats().delivered;
         self.client.join().await;

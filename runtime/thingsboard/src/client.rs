@@ -54,7 +54,10 @@
 //!
 //! Each session subscribes to ThingsBoard's requests (`v1/gateway/rpc`,
 //! `v1/gateway/attributes`, `v1/gateway/attributes/response`,
-//! `v1/devices/me/rpc/request/+`) and hands every one, untouched, to the
+//! `v1/devices/me/rpc/request/+`) and to the gateway device's shared
+//! attributes (`v1/devices/me/attributes`, and the answer to the request for
+//! `RemoteLoggingLevel` it makes at every connection on
+//! `v1/devices/me/attributes/response/+`), and hands every one, untouched, to the
 //! gateway's router through [`ClientHandle::take_requests`]. What the router
 //! answers, and what devices announce (connect, disconnect), goes out through
 //! [`ClientHandle::send`]: those publishes are not stored, since a reply is
@@ -83,9 +86,20 @@ use tokio_util::sync::CancellationToken;
 const CONNECT_TOPIC: &str = "v1/gateway/connect";
 const DISCONNECT_TOPIC: &str = "v1/gateway/disconnect";
 /// What ThingsBoard sends the gateway: requests for child devices, answers
-/// to attribute requests, RPCs to the gateway itself.
-const REQUEST_FILTERS: [&str; 4] =
-    ["v1/gateway/rpc", "v1/gateway/attributes", "v1/gateway/attributes/response", "v1/devices/me/rpc/request/+"];
+/// to attribute requests, RPCs to the gateway itself, the gateway device's
+/// shared attributes and the answers to its requests for them.
+const REQUEST_FILTERS: [&str; 6] = [
+    "v1/gateway/rpc",
+    "v1/gateway/attributes",
+    "v1/gateway/attributes/response",
+    "v1/devices/me/rpc/request/+",
+    OWN_ATTRIBUTES_TOPIC,
+    "v1/devices/me/attributes/response/+",
+];
+/// The gateway device's shared attributes asked for at every connection
+/// (the router applies them).
+const OWN_SHARED_KEYS: &str = "RemoteLoggingLevel";
+const OWN_ATTRIBUTES_REQUEST_PREFIX: &str = "v1/devices/me/attributes/request/";
 const OWN_TELEMETRY_TOPIC: &str = "v1/devices/me/telemetry";
 const OWN_ATTRIBUTES_TOPIC: &str = "v1/devices/me/attributes";
 const RPC_RESPONSE_FILTER: &str = "v1/devices/me/rpc/response/+";
@@ -184,6 +198,11 @@ pub struct ClientStatsSnapshot {
 }
 
 impl ClientStats {
+    /// Whether a session is up now.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
     pub fn snapshot(&self) -> ClientStatsSnapshot {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         ClientStatsSnapshot {
@@ -251,6 +270,11 @@ pub enum SendError {
 impl ClientHandle {
     pub fn stats(&self) -> ClientStatsSnapshot {
         self.stats.snapshot()
+    }
+
+    /// The live counters, for a task that outlives borrows of the handle.
+    pub fn shared_stats(&self) -> Arc<ClientStats> {
+        self.stats.clone()
     }
 
     /// Publish the gateway's own telemetry (statistics). Dropped when the
@@ -549,6 +573,13 @@ async fn run_session(
     s.outbox.push_back(OutItem {
         topic: format!("{RPC_REQUEST_PREFIX}{id}"),
         payload: br#"{"method":"getSessionLimits","params":{"timeout":5000}}"#.to_vec(),
+        tag: Tag::Control,
+        cost: Cost::messages(Scope::Own, 1),
+    });
+    // The gateway's shared attributes, as the Python gateway asks for them.
+    s.outbox.push_back(OutItem {
+        topic: format!("{OWN_ATTRIBUTES_REQUEST_PREFIX}{session_no}"),
+        payload: format!(r#"{{"sharedKeys":"{OWN_SHARED_KEYS}"}}"#).into_bytes(),
         tag: Tag::Control,
         cost: Cost::messages(Scope::Own, 1),
     });

@@ -18,5 +18,7 @@ pub mod limits;
 pub mod pack;
 pub mod quickack;
 
-pub use client::{ClientError, ClientHandle, ClientStatsSnapshot, Command, CommandSender, Incoming, SendError, spawn};
+pub use client::{
+    ClientError, ClientHandle, ClientStats, ClientStatsSnapshot, Command, CommandSender, Incoming, SendError, spawn,
+};
 pub use config::{ClientConfig, Credentials, Secret, TlsFiles};

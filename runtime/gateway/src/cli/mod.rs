@@ -44,13 +44,18 @@ pub fn init_logging(kind: Logging) {
         Logging::Demo => "warn,tbgw::service=info",
         Logging::Tool => "warn,tbgw_wasm::host=info",
     };
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    if kind == Logging::Tool { builder.without_time().with_target(false).init() } else { builder.init() }
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    let fmt = if kind == Logging::Tool { fmt.without_time().with_target(false).boxed() } else { fmt.boxed() };
+    // The service's records also go to ThingsBoard when it asks
+    // (`RemoteLoggingLevel`), by thresholds of their own: RUST_LOG is the
+    // terminal's.
+    let remote = (kind == Logging::Service).then(|| tbgw::remote_log::layer(tbgw::remote_log::hub()));
+    tracing_subscriber::registry().with(fmt.with_filter(filter)).with(remote).init();
 }
 
 /// Standard output for results. When the reader goes away (`| head`), the
