@@ -353,8 +353,9 @@ impl Hub {
     }
 
     /// The next publish of records: a JSON array of at most `most` entries
-    /// and `max_bytes` bytes (one entry at least), or `None` when none wait.
-    fn take(&self, most: usize, max_bytes: usize) -> Option<String> {
+    /// and `max_bytes` bytes (one entry at least) and how many it holds, or
+    /// `None` when none wait.
+    fn take(&self, most: usize, max_bytes: usize) -> Option<(String, usize)> {
         let dropped = self.dropped.swap(0, Ordering::Relaxed);
         if dropped > 0 {
             // Said through the queue itself, so that it reaches ThingsBoard.
@@ -380,7 +381,7 @@ impl Hub {
             n += 1;
         }
         payload.push(']');
-        (n > 0).then_some(payload)
+        (n > 0).then_some((payload, n))
     }
 
     fn waiting(&self) -> bool {
@@ -450,11 +451,11 @@ pub async fn deliver(
                     _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                 }
             }
-            let Some(payload) = hub.take(PER_PUBLISH, max_bytes) else { break };
+            let Some((payload, n)) = hub.take(PER_PUBLISH, max_bytes) else { break };
             if client.send(Command::OwnTelemetry(payload)).is_err() {
                 // The client's queue is full or it stopped: these are lost,
                 // and said to be with the next publish.
-                hub.dropped.fetch_add(PER_PUBLISH as u64, Ordering::Relaxed);
+                hub.dropped.fetch_add(n as u64, Ordering::Relaxed);
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -592,7 +593,7 @@ mod tests {
 
     fn entries(hub: &Hub) -> Vec<Value> {
         let mut all = Vec::new();
-        while let Some(p) = hub.take(PER_PUBLISH, MAX_PUBLISH) {
+        while let Some((p, _)) = hub.take(PER_PUBLISH, MAX_PUBLISH) {
             let Value::Array(a) = serde_json::from_str(&p).expect("an array") else { panic!("not an array: {p}") };
             all.extend(a);
         }
@@ -682,7 +683,8 @@ mod tests {
             }
             tracing::info!(target: "tbgw::service", "{}", "x".repeat(3 * MAX_RECORD));
         });
-        let first = hub.take(PER_PUBLISH, MAX_PUBLISH).expect("records");
+        let (first, n) = hub.take(PER_PUBLISH, MAX_PUBLISH).expect("records");
+        assert_eq!(n, PER_PUBLISH);
         let first: Vec<Value> = serde_json::from_str(&first).expect("json");
         assert_eq!(first.len(), PER_PUBLISH);
         assert_eq!(first[0]["values"]["LOGS"], json!("6 log record(s) were not sent: the queue of 1000 was full"));
@@ -700,7 +702,7 @@ mod tests {
                 tracing::info!(target: "tbgw::service", "{}", "é".repeat(3 * MAX_RECORD));
             }
         });
-        let one = hub.take(PER_PUBLISH, 2 * MAX_RECORD + 1000).expect("records");
+        let (one, _) = hub.take(PER_PUBLISH, 2 * MAX_RECORD + 1000).expect("records");
         let one: Vec<Value> = serde_json::from_str(&one).expect("json");
         // Each entry carries its text twice (`SERVICE_LOGS` and `LOGS`).
         assert_eq!(one.len(), 1);
