@@ -11,11 +11,15 @@ pub const GATEWAY_MODE: &str = "TBGW_BENCH_GATEWAY";
 pub fn run_if_asked() -> Option<anyhow::Result<()>> {
     let config = std::env::var(GATEWAY_MODE).ok()?;
     tbgw::memory::limit_arenas();
-    // Warnings (RUST_LOG, as the bench sets it) to stderr, as tbgw's own.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+    // Warnings (RUST_LOG, as the bench sets it) to stderr, and remote
+    // logging's layer (off until ThingsBoard sets a level), as `tbgw run`.
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .try_init();
+        .with_filter(tracing_subscriber::EnvFilter::from_default_env());
+    let _ = tracing_subscriber::registry().with(fmt).with(tbgw::remote_log::layer(tbgw::remote_log::hub())).try_init();
     Some(run(Path::new(&config)))
 }
 
