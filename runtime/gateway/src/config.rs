@@ -69,6 +69,9 @@ pub struct GatewayConfig {
     pub handle_device_renaming: bool,
     /// `tbgw.http`: where the HTTP listener (metrics, health) listens; `None`: off.
     pub http: Option<std::net::SocketAddr>,
+    /// `tbgw.uploads`: where converters uploaded from ThingsBoard are kept
+    /// ([`crate::uploads`]); `None`: uploads are refused.
+    pub uploads: Option<PathBuf>,
 }
 
 /// Where events wait for delivery.
@@ -180,6 +183,7 @@ pub fn from_document(doc: &Value, file: &Path, base: &Path, d: &mut Diagnostics)
         }
     }
     let mut http = None;
+    let mut uploads = None;
     let (pipeline, cache_dir, watch_converters) = match root.object(d, "tbgw") {
         Some(mut t) => {
             let mut p = PipelineConfig::default();
@@ -194,6 +198,7 @@ pub fn from_document(doc: &Value, file: &Path, base: &Path, d: &mut Diagnostics)
             }
             let cache = t.string(d, "cacheDir").map(|c| base.join(c));
             let watch = t.uint(d, "watchConverters", 0..=3600).unwrap_or(1);
+            uploads = t.string(d, "uploads").map(|u| base.join(u));
             if let Some(mut h) = t.object(d, "http") {
                 let listen = h.string(d, "listen").unwrap_or(crate::http::DEFAULT_LISTEN);
                 match listen.parse::<std::net::SocketAddr>() {
@@ -238,6 +243,7 @@ pub fn from_document(doc: &Value, file: &Path, base: &Path, d: &mut Diagnostics)
         report_strategy,
         handle_device_renaming,
         http,
+        uploads,
     })
 }
 

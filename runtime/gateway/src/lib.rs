@@ -40,4 +40,5 @@ pub mod router;
 pub mod service;
 pub mod status;
 pub mod templates;
+pub mod uploads;
 pub mod watch;

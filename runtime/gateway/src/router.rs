@@ -592,10 +592,21 @@ async fn own_method(shared: &Shared, method: &str, params: Json) -> Json {
             Some(stats) => json!({"code": 200, "resp": stats}),
             None => json!({"error": "the gateway is stopping", "code": 503}),
         },
-        "gateway_converters" => match ask(shared, ServiceQuery::Converters).await {
-            Some(list) => json!({"code": 200, "resp": list}),
-            None => json!({"error": "the gateway is stopping", "code": 503}),
-        },
+        // Lists them; `{"rollback": "<name>"}` rolls an uploaded one back.
+        "gateway_converters" => {
+            let answer = match params.get("rollback") {
+                None | Some(Json::Null) => ask(shared, ServiceQuery::Converters).await.map(|list| json!({"code": 200, "resp": list})),
+                Some(Json::String(name)) => {
+                    let name = name.clone();
+                    ask(shared, |tx| ServiceQuery::Rollback(name, tx)).await
+                }
+                Some(other) => Some(json!({"error": format!("params.rollback: a converter's name, found {other}"), "code": 400})),
+            };
+            answer.unwrap_or_else(|| json!({"error": "the gateway is stopping", "code": 503}))
+        }
+        "gateway_converter_upload" => ask(shared, |tx| ServiceQuery::Upload(params, tx))
+            .await
+            .unwrap_or_else(|| json!({"error": "the gateway is stopping", "code": 503})),
         "gateway_restart" => {
             tracing::info!("restart requested by ThingsBoard (gateway_restart)");
             let restart = shared.restart.clone();

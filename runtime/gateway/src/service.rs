@@ -65,6 +65,8 @@ pub enum ServiceError {
     Threads(#[source] std::io::Error),
     #[error("tbgw.http.listen: cannot listen on {addr}: {source}")]
     Http { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Uploads(#[from] crate::uploads::UploadsError),
 }
 
 impl ServiceError {
@@ -115,6 +117,11 @@ pub enum ServiceQuery {
     Converters(oneshot::Sender<serde_json::Value>),
     /// The whole snapshot (the HTTP listener's metrics and readiness).
     Status(oneshot::Sender<Box<Status>>),
+    /// A chunk of a converter upload (`gateway_converter_upload`'s params):
+    /// the RPC's answer.
+    Upload(serde_json::Value, oneshot::Sender<serde_json::Value>),
+    /// Roll a converter back to the version before its upload.
+    Rollback(String, oneshot::Sender<serde_json::Value>),
 }
 
 /// Every converter the configuration declares, loaded (and registered):
@@ -287,6 +294,8 @@ pub struct Gateway {
     /// Remote logging's delivery ([`crate::remote_log::deliver`]).
     remote_log_stop: CancellationToken,
     remote_log: tokio::task::JoinHandle<()>,
+    /// Converters uploaded from ThingsBoard (`tbgw.uploads`).
+    uploads: Option<Arc<crate::uploads::Uploads>>,
 }
 
 impl Gateway {
@@ -329,6 +338,26 @@ impl Gateway {
         let client_stop = CancellationToken::new();
         let mut client =
             tbgw_thingsboard::spawn(config.thingsboard.clone(), store.clone(), new_data.clone(), client_stop.clone())?;
+        // Uploaded converters serve from the first message.
+        let uploads = match &config.uploads {
+            Some(dir) => {
+                let (dir, registry, sender) = (dir.clone(), registry.clone(), client.sender());
+                let opened =
+                    tokio::task::spawn_blocking(move || crate::uploads::Uploads::open(&dir, &registry, sender)).await;
+                match opened {
+                    Ok(Ok(uploads)) => Some(uploads),
+                    Ok(Err(e)) => {
+                        client_stop.cancel();
+                        return Err(e.into());
+                    }
+                    Err(e) => {
+                        client_stop.cancel();
+                        return Err(ServiceError::Threads(std::io::Error::other(e.to_string())));
+                    }
+                }
+            }
+            None => None,
+        };
 
         // Remote logging knows the connectors before they log.
         let hub = crate::remote_log::hub();
@@ -400,7 +429,12 @@ impl Gateway {
             router_stop.clone(),
             config.handle_device_renaming,
         )
-        .map_err(ServiceError::Threads)?;
+        .map_err(|e| {
+            // What was started before: the process ends, but not its tasks' way out.
+            remote_log_stop.cancel();
+            client_stop.cancel();
+            ServiceError::Threads(e)
+        })?;
         let watch_stop = CancellationToken::new();
         let watcher = crate::watch::spawn(&registry, config.watch_converters, watch_stop.clone());
         // Last, so that nothing after it can fail and leave it holding the port.
@@ -438,6 +472,7 @@ impl Gateway {
             http,
             remote_log_stop,
             remote_log,
+            uploads,
         })
     }
 
@@ -560,6 +595,25 @@ impl Gateway {
                     ServiceQuery::Status(reply) => {
                         let _ = reply.send(Box::new(self.status()));
                     }
+                    ServiceQuery::Upload(params, reply) => match self.uploads.clone() {
+                        // Compiling takes a while: the loop goes on meanwhile.
+                        Some(uploads) => {
+                            tokio::spawn(async move { let _ = reply.send(uploads.upload(params).await); });
+                        }
+                        None => {
+                            let _ = reply.send(crate::uploads::off());
+                        }
+                    },
+                    ServiceQuery::Rollback(name, reply) => match self.uploads.clone() {
+                        Some(uploads) => {
+                            tokio::spawn(async move {
+                                let _ = reply.send(uploads.rollback(&name, "asked by ThingsBoard (gateway_converters)").await);
+                            });
+                        }
+                        None => {
+                            let _ = reply.send(crate::uploads::off());
+                        }
+                    },
                 },
             }
         }
@@ -593,6 +647,9 @@ impl Gateway {
         if let Some(h) = self.http.take() {
             // It cuts its connections and ends: the port is free after.
             let _ = h.await;
+        }
+        if let Some(u) = &self.uploads {
+            u.stop();
         }
         self.watch_stop.cancel();
         if let Some(w) = self.watcher.take() {

@@ -16,6 +16,9 @@
 //! half-written file that slips through is refused, and the finished one
 //! swapped in at the next change of its time).
 //!
+//! A converter serving a version uploaded from ThingsBoard
+//! ([`crate::uploads`]) keeps it when its file changes.
+//!
 //! The converter's config (`extensionConfig`) is part of the gateway's
 //! configuration, which is read at start: changing it takes a restart
 //! (`gateway_restart`).
@@ -89,21 +92,33 @@ pub fn spawn(registry: &Registry, period: Duration, stop: CancellationToken) -> 
                     );
                     continue;
                 }
+                // One serving a version uploaded from ThingsBoard keeps it
+                // (the file's serves again after a rollback).
+                let converters: Vec<AnyConverter> = f.converters.iter().filter(|c| c.file().is_some()).cloned().collect();
+                if converters.len() < f.converters.len() {
+                    tracing::info!(
+                        "converter file {} changed; {} of its converter(s) serve an uploaded version and keep it",
+                        f.path.display(),
+                        f.converters.len() - converters.len()
+                    );
+                }
+                if converters.is_empty() {
+                    continue;
+                }
                 tracing::info!("converter file {} changed: swapping it in", f.path.display());
-                let converters = f.converters.clone();
+                let wanted = converters.len();
                 // Compiling takes a while: off the async threads.
                 let swapped = tokio::task::spawn_blocking(move || {
                     converters.iter().map(|c| c.replace(c.spec()).is_ok()).filter(|ok| *ok).count()
                 })
                 .await
                 .unwrap_or(0);
-                if swapped < f.converters.len() {
+                if swapped < wanted {
                     // Refused (logged by the runtime with the reason): the
                     // next change of the file is tried again.
                     tracing::warn!(
-                        "{} of {} converter(s) of {} kept their version",
-                        f.converters.len() - swapped,
-                        f.converters.len(),
+                        "{} of {wanted} converter(s) of {} kept their version",
+                        wanted - swapped,
                         f.path.display()
                     );
                 }

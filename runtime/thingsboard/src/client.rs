@@ -316,6 +316,12 @@ impl ClientHandle {
 pub struct CommandSender(mpsc::Sender<Command>);
 
 impl CommandSender {
+    /// A sender to a receiver of the caller's (a test standing in for the
+    /// client).
+    pub fn new(commands: mpsc::Sender<Command>) -> CommandSender {
+        CommandSender(commands)
+    }
+
     pub fn send(&self, command: Command) -> Result<(), SendError> {
         send(&self.0, command)
     }

@@ -113,8 +113,9 @@ impl Cache {
     }
 }
 
-/// Write `bytes` to `path` through a temporary file renamed into place.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Write `bytes` to `path` through a temporary file, synced, renamed into
+/// place: a reader finds the old content or the new, never a part.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
@@ -140,8 +141,8 @@ fn file_digest(path: &Path) -> std::io::Result<[u8; 32]> {
     }
 }
 
-/// The SHA-256 of `bytes`, in hex.
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+/// The SHA-256 of `bytes`, in lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 

@@ -3,7 +3,8 @@
 //! component.
 //!
 //! Config: `{"tag": "A", "fail": false, "spin_in_create": false,
-//! "connect": "127.0.0.1:PORT"}`.
+//! "connect": "127.0.0.1:PORT", "trap": false}`; `trap`: every message
+//! traps (a broken version that loads fine).
 //!
 //! Payloads:
 //! - `spin`: loop forever;  `hog`: allocate until memory runs out;
@@ -44,6 +45,7 @@ use tbgw_converter_sdk::{
 struct Probe {
     tag: String,
     connect: Option<String>,
+    trap: bool,
     calls: Cell<i64>,
 }
 
@@ -60,12 +62,16 @@ impl sdk::Uplink for Probe {
         Ok(Probe {
             tag: cfg["tag"].as_str().unwrap_or("probe").to_owned(),
             connect: cfg["connect"].as_str().map(str::to_owned),
+            trap: cfg["trap"].as_bool() == Some(true),
             calls: Cell::new(0),
         })
     }
 
     fn convert(&self, msg: &RawUplink) -> Result<ConvertedMessage, String> {
         self.calls.set(self.calls.get() + 1);
+        if self.trap {
+            panic!("probe: configured to trap");
+        }
         self.one(msg)
     }
 }
