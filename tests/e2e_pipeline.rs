@@ -296,6 +296,27 @@ fn a_python_gateway_users_files_run_unchanged() {
     }
 }
 
+/// The probe guest with a custom section appended: another component
+/// (another file, another SHA-256) that behaves the same.
+fn probe_version(tag: &str) -> Vec<u8> {
+    let mut wasm = std::fs::read(tbgw_guests::PROBE).expect("the probe guest");
+    let (name, payload) = (b"tbgw-test-version".as_slice(), tag.as_bytes());
+    wasm.extend([0u8, (1 + name.len() + payload.len()) as u8, name.len() as u8]);
+    wasm.extend(name.iter().chain(payload));
+    wasm
+}
+
+/// The payloads of device `P`'s readings (the probe's), as ThingsBoard got them.
+fn probe_payloads(received: &[tbgw_test_support::Received]) -> std::collections::HashSet<String> {
+    received
+        .iter()
+        .filter(|m| m.topic == "v1/gateway/telemetry")
+        .filter_map(|m| serde_json::from_slice::<serde_json::Value>(&m.payload).ok())
+        .flat_map(|doc| doc["P"].as_array().cloned().unwrap_or_default())
+        .filter_map(|reading| reading["values"]["payload"].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// A converter's `.wasm` replaced on disk while messages flow: the running
 /// gateway swaps the new version in (no restart), refuses a broken one
 /// (the current version keeps serving), and every message is converted.
@@ -328,13 +349,9 @@ fn a_converter_file_replaced_while_running_is_swapped_in_and_nothing_is_lost() {
             }
         })
     };
-    // A new version: the same component with a custom section appended
-    // (a different file, the same behaviour), written beside and renamed over.
+    // A new version, written beside and renamed over.
     std::thread::sleep(Duration::from_secs(1));
-    let mut v2 = wasm.clone();
-    let (name, payload) = (b"tbgw-test-version".as_slice(), b"2".as_slice());
-    v2.extend([0u8, (1 + name.len() + payload.len()) as u8, name.len() as u8]);
-    v2.extend(name.iter().chain(payload));
+    let v2 = probe_version("2");
     std::fs::write(dir.path().join("conv.wasm.new"), &v2).expect("write v2");
     std::fs::rename(dir.path().join("conv.wasm.new"), dir.path().join("conv.wasm")).expect("rename v2");
     gw.wait_for_log(Duration::from_secs(30), "the new version swapped in", |log| log.contains("swapped in"));
@@ -346,18 +363,9 @@ fn a_converter_file_replaced_while_running_is_swapped_in_and_nothing_is_lost() {
     stop.store(true, Ordering::Relaxed);
     publisher.join().expect("publisher");
     let total = sent.load(Ordering::Relaxed);
-    let payloads = |received: &[tbgw_test_support::Received]| -> std::collections::HashSet<String> {
-        received
-            .iter()
-            .filter(|m| m.topic == "v1/gateway/telemetry")
-            .filter_map(|m| serde_json::from_slice::<serde_json::Value>(&m.payload).ok())
-            .flat_map(|doc| doc["P"].as_array().cloned().unwrap_or_default())
-            .filter_map(|reading| reading["values"]["payload"].as_str().map(str::to_owned))
-            .collect()
-    };
-    let got =
-        thingsboard.wait_until(Duration::from_secs(30), "every message converted", |r| payloads(r).len() >= total);
-    let missing: Vec<usize> = (0..total).filter(|n| !payloads(&got).contains(&format!("m{n}"))).collect();
+    let got = thingsboard
+        .wait_until(Duration::from_secs(30), "every message converted", |r| probe_payloads(r).len() >= total);
+    let missing: Vec<usize> = (0..total).filter(|n| !probe_payloads(&got).contains(&format!("m{n}"))).collect();
     assert!(missing.is_empty(), "{} of {total} messages lost across the swaps: {missing:?}", missing.len());
     assert!(total > 150, "messages flowed during both swaps ({total})");
     // The converter's own account: one swap, one refusal, generation 2.
@@ -372,4 +380,148 @@ fn a_converter_file_replaced_while_running_is_swapped_in_and_nothing_is_lost() {
         .expect("an answer in JSON");
     let c = &answer["resp"][0];
     assert_eq!((&c["generation"], &c["swaps"], &c["refusedSwaps"]), (&json!(2), &json!(1), &json!(1)), "{answer}");
+}
+
+/// An RPC to the gateway device, as ThingsBoard sends it; its answer.
+fn own_rpc(tb: &Collector, id: u64, method: &str, params: serde_json::Value) -> serde_json::Value {
+    let topic = format!("v1/devices/me/rpc/response/{id}");
+    tb.publish(&format!("v1/devices/me/rpc/request/{id}"), json!({"method": method, "params": params}).to_string());
+    let got = tb.wait_until(Duration::from_secs(60), &format!("the answer to {method} ({id})"), |r| {
+        r.iter().any(|m| m.topic == topic)
+    });
+    got.iter().find(|m| m.topic == topic).and_then(|m| serde_json::from_slice(&m.payload).ok()).expect("JSON")
+}
+
+/// A converter sent from ThingsBoard while devices publish: uploaded in
+/// chunks over RPC, swapped in with nothing lost, reported in the
+/// `converters` attribute; one announced with a wrong SHA-256 refused; one
+/// that traps on every message rolled back by itself, the messages it
+/// failed kept as dead letters and delivered after a replay; and the
+/// upload still serving after a restart.
+#[test]
+fn a_converter_uploaded_from_thingsboard_swaps_in_under_load_and_a_trapping_one_rolls_back() {
+    use base64::Engine as _;
+    let (tb, source) = (Mosquitto::start_new(), Mosquitto::start_new());
+    let thingsboard = Collector::connect(
+        tb.port,
+        "tb-upload",
+        &["v1/gateway/#", "v1/devices/me/rpc/response/+", "v1/devices/me/attributes"],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(tbgw_guests::PROBE, dir.path().join("conv.wasm")).expect("copy the probe");
+    let mqtt = format!(
+        r#"{{"broker": {{"host": "127.0.0.1", "port": {}, "clientId": "gw-upload", "version": 4, "cleanSession": false,
+                        "security": {{"type": "anonymous"}}}},
+            "mapping": [{{"topicFilter": "probe/in", "subscriptionQos": 1,
+                          "converter": {{"type": "custom", "extension": "conv.wasm", "extensionConfig": {{"tag": "P"}}}}}}]}}"#,
+        source.port
+    );
+    let yaml = gateway_yaml(tb.port, dir.path(), 60) + "  uploads: uploads\n";
+    let mut gw = Gateway::start(dir.path(), &yaml, &mqtt);
+    let listed = own_rpc(&thingsboard, 1, "gateway_converters", json!({}));
+    let name = listed["resp"][0]["name"].as_str().expect("a converter's name").to_owned();
+    let devices = Collector::connect(source.port, "probe-device", &[]);
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let (sent, stop) = (sent.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let n = sent.fetch_add(1, Ordering::Relaxed);
+                devices.publish("probe/in", format!("m{n}"));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let mut id = 10;
+    let mut upload = |wasm: &[u8], sha256: &str, first: serde_json::Value| -> serde_json::Value {
+        const CHUNK: usize = 48 * 1024;
+        let mut answer = json!(null);
+        for (i, piece) in wasm.chunks(CHUNK).enumerate() {
+            let mut params = json!({"converter": name, "sha256": sha256, "size": wasm.len(), "offset": i * CHUNK,
+                                    "data": base64::engine::general_purpose::STANDARD.encode(piece)});
+            if i == 0
+                && let (Some(p), Some(f)) = (params.as_object_mut(), first.as_object())
+            {
+                p.extend(f.clone());
+            }
+            id += 1;
+            answer = own_rpc(&thingsboard, id, "gateway_converter_upload", params);
+            if (i + 1) * CHUNK < wasm.len() {
+                assert_eq!(answer["resp"]["received"], json!((i + 1) * CHUNK), "chunk {i}: {answer}");
+            }
+        }
+        answer
+    };
+    let sha = |wasm: &[u8]| tbgw_wasm::cache::sha256_hex(wasm);
+
+    std::thread::sleep(Duration::from_secs(1));
+    let v2 = probe_version("2");
+    let answer = upload(&v2, &sha(&v2), json!({"version": "2.0", "config": {"tag": "P"}}));
+    assert_eq!((&answer["resp"]["status"], &answer["resp"]["generation"]), (&json!("swapped"), &json!(2)), "{answer}");
+    let reported = thingsboard.wait_until(Duration::from_secs(20), "the converters attribute", |r| {
+        r.iter().any(|m| m.topic == "v1/devices/me/attributes" && m.text().contains("\"2.0\""))
+    });
+    let attribute: serde_json::Value = reported
+        .iter()
+        .rev()
+        .find(|m| m.topic == "v1/devices/me/attributes" && m.text().contains("converters"))
+        .and_then(|m| serde_json::from_slice(&m.payload).ok())
+        .expect("JSON");
+    let c = &attribute["converters"][&name];
+    assert_eq!((&c["source"], &c["version"], &c["sha256"]), (&json!("upload"), &json!("2.0"), &json!(sha(&v2))));
+
+    // Announced with another hash: refused.
+    let v3 = probe_version("3");
+    let wrong = upload(&v3, &sha(b"another component"), json!({}));
+    assert_eq!(wrong["code"], 422, "{wrong}");
+    // One that loads, and traps on every message: rolled back by itself.
+    let answer = upload(&v3, &sha(&v3), json!({"config": {"tag": "P", "trap": true}}));
+    assert_eq!((&answer["resp"]["status"], &answer["resp"]["generation"]), (&json!("swapped"), &json!(3)), "{answer}");
+    gw.wait_for_log(Duration::from_secs(30), "the rollback", |log| log.contains("rolled back:"));
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    publisher.join().expect("publisher");
+    let total = sent.load(Ordering::Relaxed);
+    let listed = own_rpc(&thingsboard, 2, "gateway_converters", json!({}));
+    let c = &listed["resp"][0];
+    assert_eq!((&c["sha256"], &c["generation"]), (&json!(sha(&v2)), &json!(4)), "back on 2.0: {listed}");
+
+    // Every message converted, or kept as a dead letter by the trapping version.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (got, dead) = (100..)
+        .find_map(|id| {
+            let dead = own_rpc(&thingsboard, id, "gateway_stats", json!({}))["resp"]["deadLetters"].as_u64();
+            let (got, dead) = (thingsboard.received(), dead.unwrap_or(0) as usize);
+            let done = probe_payloads(&got).len() + dead >= total || std::time::Instant::now() > deadline;
+            if !done {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            done.then_some((got, dead))
+        })
+        .expect("an answer");
+    let missing: Vec<usize> = (0..total).filter(|n| !probe_payloads(&got).contains(&format!("m{n}"))).collect();
+    assert!(dead >= 5, "the trapping version failed messages, kept as dead letters ({dead})");
+    assert_eq!(missing.len(), dead, "only the dead letters are missing: {missing:?}");
+    assert!(total > 150, "messages flowed throughout ({total})");
+
+    // Stopped, the dead letters replayed (with the version serving: the
+    // upload), started again: the upload still serves, every message arrives.
+    gw.stop();
+    let config = dir.path().join("tb_gateway.yaml");
+    let replay = std::process::Command::new(env!("CARGO_BIN_EXE_tbgw"))
+        .args(["dead-letters", "replay", "--config"])
+        .arg(&config)
+        .env("TBGW_CACHE_DIR", common::shared_cache())
+        .output()
+        .expect("run tbgw dead-letters replay");
+    assert!(replay.status.success(), "replay: {}", String::from_utf8_lossy(&replay.stderr));
+    gw.spawn();
+    assert!(gw.log().contains("serving the version uploaded from ThingsBoard"), "the upload kept across the restart");
+    let got = thingsboard
+        .wait_until(Duration::from_secs(30), "every message delivered", |r| probe_payloads(r).len() >= total);
+    let missing: Vec<usize> = (0..total).filter(|n| !probe_payloads(&got).contains(&format!("m{n}"))).collect();
+    assert!(missing.is_empty(), "{} of {total} messages lost: {missing:?}", missing.len());
+    let listed = own_rpc(&thingsboard, 4, "gateway_converters", json!({}));
+    assert_eq!(listed["resp"][0]["sha256"], json!(sha(&v2)), "{listed}");
 }

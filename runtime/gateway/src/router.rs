@@ -595,12 +595,16 @@ async fn own_method(shared: &Shared, method: &str, params: Json) -> Json {
         // Lists them; `{"rollback": "<name>"}` rolls an uploaded one back.
         "gateway_converters" => {
             let answer = match params.get("rollback") {
-                None | Some(Json::Null) => ask(shared, ServiceQuery::Converters).await.map(|list| json!({"code": 200, "resp": list})),
+                None | Some(Json::Null) => {
+                    ask(shared, ServiceQuery::Converters).await.map(|list| json!({"code": 200, "resp": list}))
+                }
                 Some(Json::String(name)) => {
                     let name = name.clone();
                     ask(shared, |tx| ServiceQuery::Rollback(name, tx)).await
                 }
-                Some(other) => Some(json!({"error": format!("params.rollback: a converter's name, found {other}"), "code": 400})),
+                Some(other) => {
+                    Some(json!({"error": format!("params.rollback: a converter's name, found {other}"), "code": 400}))
+                }
             };
             answer.unwrap_or_else(|| json!({"error": "the gateway is stopping", "code": 503}))
         }

@@ -164,56 +164,18 @@ impl Uploads {
     /// Open `dir` (made if missing) and put back each converter's uploaded
     /// version. Blocking: it compiles.
     pub fn open(dir: &Path, registry: &Registry, client: CommandSender) -> Result<Arc<Uploads>, UploadsError> {
-        std::fs::create_dir_all(dir).map_err(|source| UploadsError::Dir { path: dir.to_owned(), source })?;
-        let path = dir.join(MANIFEST);
-        let mut manifest = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<Manifest>(&bytes)
-                .map_err(|e| UploadsError::Manifest { path: path.clone(), message: e.to_string() })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest::default(),
-            Err(source) => return Err(UploadsError::Dir { path, source }),
-        };
         let configured = registry.iter().map(|r| (r.name.clone(), r.converter.spec())).collect();
-        let mut forgotten = Vec::new();
-        for (name, entry) in &manifest.converters {
-            let Some(r) = registry.get(name) else {
-                tracing::warn!(
-                    target: AUDIT,
-                    converter = name,
-                    "an uploaded version is kept for a converter this configuration does not have: forgotten"
-                );
-                forgotten.push(name.clone());
-                continue;
-            };
-            match read_blob(dir, &entry.current.sha256) {
-                Ok(wasm) => {
-                    let spec = spec_of(&entry.current, r.converter.spec().limits, wasm);
-                    match r.converter.replace(spec) {
-                        Ok(()) => tracing::info!(
-                            converter = name,
-                            sha256 = entry.current.sha256,
-                            "serving the version uploaded from ThingsBoard"
-                        ),
-                        Err(e) => tracing::error!(
-                            converter = name,
-                            "the uploaded version no longer loads ({e}); serving the configured one"
-                        ),
-                    }
-                }
-                Err(e) => tracing::error!(
-                    converter = name,
-                    "the uploaded version cannot be read ({e}); serving the configured one"
-                ),
-            }
-        }
-        for name in forgotten {
-            manifest.converters.remove(&name);
-        }
+        let manifest = put_back_kept(dir, registry)?;
         let mut uploads = Uploads {
             dir: dir.to_owned(),
             registry: registry.clone(),
             configured,
             client,
-            state: Mutex::new(State { manifest: Manifest::default(), partial: HashMap::new(), watches: HashMap::new() }),
+            state: Mutex::new(State {
+                manifest: Manifest::default(),
+                partial: HashMap::new(),
+                watches: HashMap::new(),
+            }),
             stop: CancellationToken::new(),
         };
         uploads.publish(&uploads.attribute(&manifest));
@@ -508,6 +470,61 @@ impl Uploads {
         }
         Ok(())
     }
+}
+
+/// Put back in `registry` each converter's version uploaded last, as kept
+/// in `dir` (made if missing): what serves after a restart, and what
+/// `tbgw dead-letters replay` converts with. Blocking: it compiles.
+pub fn put_back(dir: &Path, registry: &Registry) -> Result<(), UploadsError> {
+    put_back_kept(dir, registry).map(drop)
+}
+
+fn put_back_kept(dir: &Path, registry: &Registry) -> Result<Manifest, UploadsError> {
+    std::fs::create_dir_all(dir).map_err(|source| UploadsError::Dir { path: dir.to_owned(), source })?;
+    let path = dir.join(MANIFEST);
+    let mut manifest = match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice::<Manifest>(&bytes)
+            .map_err(|e| UploadsError::Manifest { path: path.clone(), message: e.to_string() })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest::default(),
+        Err(source) => return Err(UploadsError::Dir { path, source }),
+    };
+    let mut forgotten = Vec::new();
+
+    for (name, entry) in &manifest.converters {
+        let Some(r) = registry.get(name) else {
+            tracing::warn!(
+                target: AUDIT,
+                converter = name,
+                "an uploaded version is kept for a converter this configuration does not have: forgotten"
+            );
+            forgotten.push(name.clone());
+            continue;
+        };
+        match read_blob(dir, &entry.current.sha256) {
+            Ok(wasm) => {
+                let spec = spec_of(&entry.current, r.converter.spec().limits, wasm);
+                match r.converter.replace(spec) {
+                    Ok(()) => tracing::info!(
+                        converter = name,
+                        sha256 = entry.current.sha256,
+                        "serving the version uploaded from ThingsBoard"
+                    ),
+                    Err(e) => tracing::error!(
+                        converter = name,
+                        "the uploaded version no longer loads ({e}); serving the configured one"
+                    ),
+                }
+            }
+            Err(e) => tracing::error!(
+                converter = name,
+                "the uploaded version cannot be read ({e}); serving the configured one"
+            ),
+        }
+    }
+    for name in forgotten {
+        manifest.converters.remove(&name);
+    }
+    Ok(manifest)
 }
 
 fn blob_path(dir: &Path, sha256: &str) -> PathBuf {

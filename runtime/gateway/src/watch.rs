@@ -94,7 +94,8 @@ pub fn spawn(registry: &Registry, period: Duration, stop: CancellationToken) -> 
                 }
                 // One serving a version uploaded from ThingsBoard keeps it
                 // (the file's serves again after a rollback).
-                let converters: Vec<AnyConverter> = f.converters.iter().filter(|c| c.file().is_some()).cloned().collect();
+                let converters: Vec<AnyConverter> =
+                    f.converters.iter().filter(|c| c.file().is_some()).cloned().collect();
                 if converters.len() < f.converters.len() {
                     tracing::info!(
                         "converter file {} changed; {} of its converter(s) serve an uploaded version and keep it",

@@ -7,7 +7,9 @@
 //! route has in the configuration *now* (so: fix the converter, swap it in,
 //! stop the gateway, replay) and stores the events, which the gateway
 //! delivers at its next start; a letter that converts is removed, one that
-//! still fails stays, with its new reason printed.
+//! still fails stays, with its new reason printed. A converter uploaded
+//! from ThingsBoard ([`tbgw::uploads`]) replays with its uploaded version,
+//! as the gateway would convert.
 
 use super::{OK, Out, SOME_FAILED, UNUSABLE, fail};
 use std::collections::HashMap;
@@ -181,6 +183,12 @@ fn replay(args: SelectArgs) -> ExitCode {
         Ok(l) => l,
         Err(e) => return fail(&e.to_string()),
     };
+    // The versions the gateway serves: uploaded ones included.
+    if let Some(dir) = &config.uploads
+        && let Err(e) = tbgw::uploads::put_back(dir, &loaded.registry)
+    {
+        return fail(&e.to_string());
+    }
     let routes: HashMap<(&str, &str), usize> =
         loaded.routes.iter().enumerate().map(|(i, r)| ((&*r.connector, r.origin.as_str()), i)).collect();
     // Replayed events go into the store the gateway delivers from; a full
