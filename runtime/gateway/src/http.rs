@@ -10,6 +10,7 @@
 //! - `GET /readyz`: 200 when ThingsBoard is connected, the store has room
 //!   and every connector is connected; 503 with the reasons otherwise (a
 //!   readiness probe).
+//! - `GET /`: the status page ([`crate::page`]), for a person.
 //!
 //! Off by default; on, it listens on loopback unless told otherwise. The
 //! server is deliberately small: HTTP/1.1, GET only, one request per
@@ -22,6 +23,7 @@
 //! state itself. Label values (connector and converter names) are escaped
 //! here: the encoder writes them as given.
 
+use crate::page::Rates;
 use crate::service::ServiceQuery;
 use crate::status::Status;
 use prometheus_client::collector::Collector;
@@ -47,6 +49,7 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 /// Serve until `shutdown`.
 pub async fn serve(listener: TcpListener, queries: mpsc::Sender<ServiceQuery>, shutdown: CancellationToken) {
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let rates = std::sync::Arc::new(std::sync::Mutex::new(Rates::default()));
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let (socket, _) = tokio::select! {
@@ -66,9 +69,9 @@ pub async fn serve(listener: TcpListener, queries: mpsc::Sender<ServiceQuery>, s
             drop(socket);
             continue;
         };
-        let queries = queries.clone();
+        let (queries, rates) = (queries.clone(), rates.clone());
         connections.spawn(async move {
-            let _ = tokio::time::timeout(DEADLINE, answer(socket, queries)).await;
+            let _ = tokio::time::timeout(DEADLINE, answer(socket, queries, rates)).await;
             drop(slot);
         });
     }
@@ -76,9 +79,9 @@ pub async fn serve(listener: TcpListener, queries: mpsc::Sender<ServiceQuery>, s
     connections.shutdown().await;
 }
 
-async fn answer(mut socket: TcpStream, queries: mpsc::Sender<ServiceQuery>) {
+async fn answer(mut socket: TcpStream, queries: mpsc::Sender<ServiceQuery>, rates: SharedRates) {
     let Some(head) = read_head(&mut socket).await else { return };
-    let (status, content_type, body) = route(&head, &queries).await;
+    let (status, content_type, body) = route(&head, &queries, &rates).await;
     let allow = if status.starts_with("405") { "Allow: GET\r\n" } else { "" };
     let reply = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{allow}Cache-Control: no-store\r\nConnection: close\r\n\r\n",
@@ -104,11 +107,18 @@ async fn read_head(socket: &mut TcpStream) -> Option<String> {
     Some(String::from_utf8_lossy(&buf).into_owned())
 }
 
+type SharedRates = std::sync::Arc<std::sync::Mutex<Rates>>;
+
 const TEXT: &str = "text/plain; charset=utf-8";
+const HTML: &str = "text/html; charset=utf-8";
 const JSON: &str = "application/json";
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-async fn route(head: &str, queries: &mpsc::Sender<ServiceQuery>) -> (&'static str, &'static str, String) {
+async fn route(
+    head: &str,
+    queries: &mpsc::Sender<ServiceQuery>,
+    rates: &SharedRates,
+) -> (&'static str, &'static str, String) {
     let mut words = head.lines().next().unwrap_or("").split_whitespace();
     let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
@@ -117,7 +127,7 @@ async fn route(head: &str, queries: &mpsc::Sender<ServiceQuery>) -> (&'static st
     }
     match path {
         "/healthz" => ("200 OK", TEXT, "ok\n".into()),
-        "/readyz" | "/metrics" => {
+        "/readyz" | "/metrics" | "/" => {
             let Some(status) = snapshot(queries).await else {
                 return ("503 Service Unavailable", TEXT, "the gateway is busy or stopping\n".into());
             };
@@ -128,10 +138,14 @@ async fn route(head: &str, queries: &mpsc::Sender<ServiceQuery>) -> (&'static st
                 };
             }
             let reasons = not_ready(&status);
+            if path == "/" {
+                let mut rates = rates.lock().unwrap_or_else(|e| e.into_inner());
+                return ("200 OK", HTML, crate::page::render(&status, &reasons, &mut rates));
+            }
             let body = serde_json::json!({"ready": reasons.is_empty(), "reasons": reasons}).to_string() + "\n";
             if reasons.is_empty() { ("200 OK", JSON, body) } else { ("503 Service Unavailable", JSON, body) }
         }
-        _ => ("404 Not Found", TEXT, "not found: try /metrics, /healthz or /readyz\n".into()),
+        _ => ("404 Not Found", TEXT, "not found: try /, /metrics, /healthz or /readyz\n".into()),
     }
 }
 

@@ -34,6 +34,7 @@ pub mod demo;
 pub mod http;
 pub mod machine;
 pub mod memory;
+pub mod page;
 pub mod pipeline;
 pub mod remote_log;
 pub mod router;

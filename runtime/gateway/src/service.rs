@@ -34,6 +34,7 @@ use crate::converters::{self, AnyConverter, DeclError, Registered, Registry};
 use crate::pipeline::{Pipeline, Route};
 use crate::router::{Port, Router};
 use crate::status::{ConnectorStatus, ConverterStatus, ExtraStatus, Status};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -440,7 +441,7 @@ impl Gateway {
         // Last, so that nothing after it can fail and leave it holding the port.
         let http = http.map(|listener| {
             match listener.local_addr() {
-                Ok(addr) => tracing::info!("HTTP listener on http://{addr} (/metrics, /healthz, /readyz)"),
+                Ok(addr) => tracing::info!("HTTP listener on http://{addr} (/, /metrics, /healthz, /readyz)"),
                 Err(e) => tracing::warn!("HTTP listener: {e}"),
             }
             tokio::spawn(crate::http::serve(listener, http_queries, http_stop.clone()))
@@ -484,6 +485,10 @@ impl Gateway {
     /// What the gateway knows of itself, now.
     pub fn status(&self) -> Status {
         let client = self.client.stats();
+        let mut devices: HashMap<String, u64> = HashMap::new();
+        for (_, record) in self.client.registry().snapshot() {
+            *devices.entry(record.connector).or_default() += 1;
+        }
         let connectors = self
             .connectors
             .iter()
@@ -502,6 +507,7 @@ impl Gateway {
                     downlink_errors: get(&s.downlink_errors),
                     read_errors: get(&s.read_errors),
                     reconnects: get(&s.reconnects),
+                    devices: devices.get(&c.name).copied().unwrap_or(0),
                     bus_errors: get(&s.bus_errors),
                     delivered: client.delivered_per_connector.get(&c.name).copied().unwrap_or(0),
                     routes: c.routes.clone(),

@@ -57,6 +57,8 @@ pub struct ConnectorStatus {
     pub read_errors: u64,
     /// Links made again after a loss; error frames on the bus (CAN).
     pub reconnects: u64,
+    /// Its devices ThingsBoard knows (connected through the gateway).
+    pub devices: u64,
     pub bus_errors: u64,
     /// The names of its uplink routes' converters, in route order.
     pub routes: Vec<String>,

@@ -1,6 +1,7 @@
 //! The service in-process: built from a config, one connector stopped alone
 //! while the other goes on, and the status snapshot saying so; the HTTP
-//! listener's metrics, health and readiness.
+//! listener's metrics, health and readiness, and its status page as
+//! headless Chromium renders it.
 
 use serde_json::json;
 use std::path::Path;
@@ -115,8 +116,38 @@ fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]
     )
 }
 
+/// The status page as headless Chromium (Debian's `chromium`) renders it:
+/// the DOM after rendering, and a screenshot (PNG) of a 1280x900 window.
+fn chromium(port: u16) -> (String, Vec<u8>) {
+    let profile = tempfile::tempdir().expect("tempdir");
+    let shot = profile.path().join("page.png");
+    let url = format!("http://127.0.0.1:{port}/");
+    let run = |extra: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new("chromium")
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--window-size=1280,900"])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
+            .arg(&url)
+            .output()
+            .expect("run chromium (Debian's `chromium` package; .ci/run installs it)");
+        assert!(out.status.success(), "chromium: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dom = run(&["--dump-dom".as_ref()]);
+    run(&[format!("--screenshot={}", shot.display()).as_ref()]);
+    (dom, std::fs::read(&shot).expect("the screenshot"))
+}
+
+/// The text of the first `<td class="{class}">` of the row that starts with `row`.
+fn cell<'a>(dom: &'a str, row: &str, class: &str) -> Option<&'a str> {
+    let rest = &dom[dom.find(row)?..];
+    let rest = &rest[..rest.find("</tr>")?];
+    let start = rest.find(&format!("<td class=\"{class}\">"))? + class.len() + 13;
+    Some(&rest[start..start + rest[start..].find("</td>")?])
+}
+
 #[test]
-fn the_http_listener_serves_metrics_health_and_readiness() {
+fn the_http_listener_serves_metrics_health_readiness_and_a_status_page() {
     let (mut tb_broker, a) = (Mosquitto::start_new(), Mosquitto::start_new());
     let tb = Collector::connect(tb_broker.port, "tb-http", &["v1/gateway/#"]);
     let port = tbgw_test_support::free_port();
@@ -171,6 +202,22 @@ fn the_http_listener_serves_metrics_health_and_readiness() {
     assert_eq!(sample(&scrape, "tbgw_converter_generation", &[("converter", "A/json")]), Some(1.0), "{text}");
     assert!(sample(&scrape, "tbgw_uptime_seconds", &[]).is_some_and(|u| u > 0.0), "{text}");
 
+    // The status page, rendered: the live numbers (the same as the scrape's:
+    // nothing has moved since), and a screenshot of a page, not a blank.
+    let (dom, png) = chromium(port);
+    let row = r#"<tr data-connector="A">"#;
+    assert_eq!(cell(&dom, row, "received"), Some(received.to_string().as_str()), "{dom}");
+    assert_eq!(cell(&dom, row, "delivered"), Some(delivered.to_string().as_str()), "{dom}");
+    assert_eq!(cell(&dom, row, "devices"), Some("1"), "{dom}");
+    assert_eq!(cell(&dom, r#"<tr data-converter="A/json">"#, "generation"), Some("1"), "{dom}");
+    assert!(dom.contains(r#"<dd id="thingsboard"><span class="ok">connected</span>"#), "{dom}");
+    assert!(dom.contains(r#"<meta http-equiv="refresh" content="5">"#), "it refreshes itself: {dom}");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG");
+    let size = |at: usize| u32::from_be_bytes([png[at], png[at + 1], png[at + 2], png[at + 3]]);
+    assert_eq!((size(16), size(20)), (1280, 900), "the window's size");
+    // A blank 1280x900 PNG is a few hundred bytes; text and tables, tens of KiB.
+    assert!(png.len() > 20_000, "the screenshot shows little ({} bytes)", png.len());
+
     // ThingsBoard away: not ready, and why; back: ready again.
     tb_broker.stop();
     wait_for("not ready", &|| get(port, "GET", "/readyz").0 == 503);
@@ -179,6 +226,8 @@ fn the_http_listener_serves_metrics_health_and_readiness() {
     assert_eq!(why["ready"], false);
     assert!(why["reasons"][0].as_str().is_some_and(|r| r.starts_with("ThingsBoard is not connected")), "{why}");
     assert_eq!(get(port, "GET", "/healthz").0, 200, "alive all the same");
+    let (dom, _) = chromium(port);
+    assert!(dom.contains(r#"<span class="bad">not ready</span>: ThingsBoard is not connected"#), "{dom}");
     tb_broker.start();
     wait_for("ready again", &|| get(port, "GET", "/readyz").0 == 200);
 
