@@ -525,3 +525,115 @@ fn a_converter_uploaded_from_thingsboard_swaps_in_under_load_and_a_trapping_one_
     let listed = own_rpc(&thingsboard, 4, "gateway_converters", json!({}));
     assert_eq!(listed["resp"][0]["sha256"], json!(sha(&v2)), "{listed}");
 }
+
+/// Each (device, seq) ThingsBoard received, whatever the other keys.
+fn seqs(received: &[tbgw_test_support::Received]) -> std::collections::HashSet<(String, i64)> {
+    received
+        .iter()
+        .filter(|m| m.topic == "v1/gateway/telemetry")
+        .filter_map(|m| serde_json::from_slice::<serde_json::Value>(&m.payload).ok())
+        .filter_map(|doc| doc.as_object().cloned())
+        .flat_map(|o| o.into_iter())
+        .flat_map(|(dev, readings)| {
+            readings.as_array().cloned().unwrap_or_default().into_iter().filter_map(move |r| {
+                let seq = r["values"]["seq"].as_i64()?;
+                Some((dev.clone(), seq))
+            })
+        })
+        .collect()
+}
+
+/// A connector's configuration file edited while devices publish to two
+/// connectors: that connector alone restarts with it, the other keeps its
+/// session, and nothing is lost; an edit that does not parse is refused
+/// and one that only reformats changes nothing (the connector runs on in
+/// both cases); one whose connector cannot connect goes back to the
+/// configuration before after its probation.
+#[test]
+fn a_connectors_file_edited_while_running_restarts_that_connector_alone_and_loses_nothing() {
+    let (tb, source) = (Mosquitto::start_new(), Mosquitto::start_new());
+    let thingsboard = Collector::connect(tb.port, "tb-reload", &["v1/gateway/#"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a =
+        mqtt_json(source.port, "gw-reload-a").replace("sensor/+/data", "a/+/data").replace("(?<=sensor/)", "(?<=a/)");
+    let b =
+        mqtt_json(source.port, "gw-reload-b").replace("sensor/+/data", "b/+/data").replace("(?<=sensor/)", "(?<=b/)");
+    let yaml = gateway_yaml(tb.port, dir.path(), 60).replace(
+        "connectors:\n  - {type: mqtt, name: Devices, configuration: mqtt.json}\n",
+        "connectors:\n  - {type: mqtt, name: A, configuration: a.json}\n  - {type: mqtt, name: B, configuration: b.json}\n",
+    ) + "  watchConverters: 1\n";
+    std::fs::write(dir.path().join("a.json"), &a).expect("a.json");
+    std::fs::write(dir.path().join("b.json"), &b).expect("b.json");
+    let mut gw = Gateway::start_with(dir.path(), &[("tb_gateway.yaml", &yaml), ("mqtt.json", "{}")]);
+    gw.wait_for_log(Duration::from_secs(30), "both connectors subscribed", |log| {
+        log.matches("subscribed to").count() >= 2
+    });
+    let devices = Collector::connect(source.port, "reload-devices", &[]);
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let (sent, stop) = (sent.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let n = sent.load(Ordering::Relaxed);
+                for side in ["a", "b"] {
+                    devices.publish(&format!("{side}/{side}-dev/data"), format!(r#"{{"seq": {n}, "temp": 20.5}}"#));
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let write = |text: &str| {
+        std::fs::write(dir.path().join("a.json.new"), text).expect("write");
+        std::fs::rename(dir.path().join("a.json.new"), dir.path().join("a.json")).expect("rename");
+    };
+    let restarts = |log: &str| log.matches("connector restarted with its new configuration").count();
+    std::thread::sleep(Duration::from_secs(1));
+
+    // A real change: A's temperature under a new key.
+    write(&a.replace(r#""key": "temperature""#, r#""key": "temperature_v2""#));
+    gw.wait_for_log(Duration::from_secs(30), "A restarted", |log| restarts(log) == 1);
+    thingsboard.wait_until(Duration::from_secs(30), "A's readings under the new key", |r| {
+        r.iter().any(|m| m.topic == "v1/gateway/telemetry" && m.text().contains("temperature_v2"))
+    });
+    // Not JSON: refused, A goes on.
+    write("{ this is not JSON");
+    gw.wait_for_log(Duration::from_secs(30), "the broken edit refused", |log| log.contains("is refused"));
+    // The same configuration, reformatted: nothing to do.
+    let same: serde_json::Value =
+        serde_json::from_str(&a.replace(r#""key": "temperature""#, r#""key": "temperature_v2""#)).expect("JSON");
+    write(&serde_json::to_string_pretty(&same).expect("JSON"));
+    gw.wait_for_log(Duration::from_secs(30), "the reformatted file seen", |log| log.contains("nothing to do"));
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    publisher.join().expect("publisher");
+    let total = sent.load(Ordering::Relaxed) as i64;
+
+    let got = thingsboard
+        .wait_until(Duration::from_secs(30), "every reading of both connectors", |r| seqs(r).len() as i64 >= 2 * total);
+    let got = seqs(&got);
+    for dev in ["a-dev", "b-dev"] {
+        let missing: Vec<i64> = (0..total).filter(|n| !got.contains(&(dev.to_owned(), *n))).collect();
+        assert!(missing.is_empty(), "{dev}: {} of {total} readings lost: {missing:?}", missing.len());
+    }
+    assert!(total > 100, "readings flowed throughout ({total})");
+    let log = gw.log();
+    assert_eq!(restarts(&log), 1, "one restart, of A alone:\n{log}");
+    let b_sessions = log.lines().filter(|l| l.contains("connector=B") && l.contains("to the MQTT broker")).count();
+    assert_eq!(b_sessions, 1, "B kept its one session:\n{log}");
+
+    // A change whose connector cannot connect: back to the one before.
+    let closed = tbgw_test_support::free_port();
+    write(&a.replace(&format!(r#""port": {}"#, source.port), &format!(r#""port": {closed}"#)));
+    gw.wait_for_log(Duration::from_secs(40), "the rollback", |log| log.contains("back to the one before"));
+    gw.wait_for_log(Duration::from_secs(30), "A connected again", |log| {
+        let after = log.rsplit("back to the one before").next().unwrap_or("");
+        after.lines().any(|l| l.contains("connector=A") && l.contains("connected to the MQTT broker"))
+    });
+    let devices = Collector::connect(source.port, "reload-devices-2", &[]);
+    devices.publish("a/a-dev/data", r#"{"seq": 1000000, "temp": 1.5}"#);
+    thingsboard.wait_until(Duration::from_secs(30), "A's reading after the rollback", |r| {
+        seqs(r).contains(&("a-dev".to_owned(), 1_000_000))
+    });
+}

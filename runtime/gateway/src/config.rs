@@ -100,6 +100,29 @@ pub struct ConnectorConfig {
     /// its `logLevel` (INFO when not set) when `enableRemoteLogging` is
     /// true, NONE otherwise.
     pub remote_log: u8,
+    /// The file its `configuration` names (watched: an edit restarts this
+    /// connector alone); `None` when the configuration is inline.
+    pub file: Option<PathBuf>,
+    /// Its own configuration as read: an edit that leaves it the same
+    /// (reformatted, keys reordered) changes nothing.
+    pub document: Value,
+    /// Its `connectors[]` entry, where it is, and the directory relative
+    /// paths resolve against: what [`ConnectorConfig::reread`] reads again.
+    entry: Value,
+    entry_path: String,
+    base: PathBuf,
+}
+
+impl ConnectorConfig {
+    /// This connector's configuration read again (its file as it is now),
+    /// with its notices; every problem found, when it does not load.
+    pub fn reread(&self) -> Result<(ConnectorConfig, Diagnostics), Diagnostics> {
+        let mut d = Diagnostics::default();
+        match connector(&mut d, &self.entry_path, &self.entry, &self.base) {
+            Some(c) if d.is_ok() => Ok((c, d)),
+            _ => Err(d),
+        }
+    }
 }
 
 impl std::fmt::Debug for ConnectorConfig {
@@ -571,9 +594,11 @@ fn connector(d: &mut Diagnostics, path: &str, item: &Value, base: &Path) -> Opti
     let kind = c.required_string(d, "type").map(str::to_ascii_lowercase);
     let name = c.required_string(d, "name").map(str::to_owned);
     let conf_path = c.field("configuration");
+    let mut conf_file = None;
     let document = match c.get("configuration") {
         Some(Value::String(file)) => {
             let file = base.join(file);
+            conf_file = Some(file.clone());
             match read_document(&file) {
                 Ok(doc) => Some((doc, file.parent().map(Path::to_path_buf).unwrap_or_default())),
                 Err(e) => {
@@ -632,6 +657,11 @@ fn connector(d: &mut Diagnostics, path: &str, item: &Value, base: &Path) -> Opti
         kind: connector.kind(),
         setup: Arc::from(setup?),
         remote_log: if enabled { level } else { crate::remote_log::NONE },
+        file: conf_file,
+        document,
+        entry: item.clone(),
+        entry_path: path.to_owned(),
+        base: base.to_owned(),
     })
 }
 

@@ -7,6 +7,7 @@
 //! compile cache directory).
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tbgw_core::Direction;
 use tbgw_core::setup::{ComponentRef, ConverterDecl, LimitsDecl};
@@ -134,14 +135,27 @@ pub struct Registered {
     pub connector: String,
     /// Where it is configured: `connectors[0].configuration.mapping[1].converter`.
     pub path: String,
+    /// The `.wasm` file its configuration names, if any (watched for a new
+    /// version, whatever version serves now).
+    pub file: Option<PathBuf>,
     pub converter: AnyConverter,
 }
 
-/// Every converter the gateway runs, by name.
+/// Every converter the gateway runs, by name. Clones share one list: a
+/// connector restarted with a new configuration replaces its converters
+/// here, and the file watcher, uploads and status see the new ones.
 #[derive(Clone, Default)]
-pub struct Registry(Vec<Registered>);
+pub struct Registry(Arc<RwLock<Vec<Registered>>>);
 
 impl Registry {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Registered>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Registered>> {
+        self.0.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// A unique name for a converter `label` of `connector`.
     pub fn name_for(&self, connector: &str, label: &str) -> String {
         let base = format!("{connector}/{label}");
@@ -154,24 +168,32 @@ impl Registry {
         name
     }
 
-    pub fn add(&mut self, r: Registered) {
-        self.0.push(r);
+    pub fn add(&self, r: Registered) {
+        self.write().push(r);
     }
 
-    pub fn get(&self, name: &str) -> Option<&Registered> {
-        self.0.iter().find(|r| r.name == name)
+    pub fn get(&self, name: &str) -> Option<Registered> {
+        self.read().iter().find(|r| r.name == name).cloned()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Registered> {
-        self.0.iter()
+    /// Every converter now, in the order they were added.
+    pub fn snapshot(&self) -> Vec<Registered> {
+        self.read().clone()
+    }
+
+    /// `connector`'s converters are `converters` from now on.
+    pub fn replace_connector(&self, connector: &str, converters: Vec<Registered>) {
+        let mut all = self.write();
+        all.retain(|r| r.connector != connector);
+        all.extend(converters);
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.read().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.read().is_empty()
     }
 }
 

@@ -46,9 +46,9 @@
 //!   connectors stop taking messages from their sources.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tbgw_core::Event;
@@ -108,6 +108,37 @@ pub struct RouteStats {
     pub not_reported: AtomicU64,
 }
 
+/// A route and its counters.
+pub struct RouteEntry {
+    pub route: Route,
+    pub stats: RouteStats,
+}
+
+/// Every route, by id ([`RouteId`]), shared by the workers, the writer and
+/// the gateway. It only grows: a connector restarted with a new
+/// configuration adds its new routes ([`Pipeline::add_routes`]), and its
+/// old ones stay, for the messages still queued for them and for its
+/// counters' totals.
+#[derive(Clone, Default)]
+struct RouteTable(Arc<RwLock<Vec<Arc<RouteEntry>>>>);
+
+impl RouteTable {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<RouteEntry>>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, id: RouteId) -> Option<Arc<RouteEntry>> {
+        self.read().get(id).cloned()
+    }
+
+    fn push(&self, routes: Vec<Route>) -> Vec<RouteId> {
+        let mut table = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let first = table.len();
+        table.extend(routes.into_iter().map(|route| Arc::new(RouteEntry { route, stats: RouteStats::default() })));
+        (first..table.len()).collect()
+    }
+}
+
 /// The running pipeline.
 pub struct Pipeline {
     sink: Option<UplinkSink>,
@@ -117,8 +148,7 @@ pub struct Pipeline {
     draining: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
     writer: Option<JoinHandle<()>>,
-    routes: Arc<[Route]>,
-    stats: Arc<[RouteStats]>,
+    routes: RouteTable,
 }
 
 /// What a worker hands to the writer.
@@ -139,8 +169,8 @@ impl Pipeline {
         requests: RequestSender,
         config: PipelineConfig,
     ) -> std::io::Result<Pipeline> {
-        let routes: Arc<[Route]> = routes.into();
-        let stats: Arc<[RouteStats]> = routes.iter().map(|_| RouteStats::default()).collect();
+        let table = RouteTable::default();
+        table.push(routes);
         let (to_writer, from_workers) = sync_channel::<Converted>(config.workers.max(1) * 4);
         let mut senders = Vec::new();
         let mut workers = Vec::new();
@@ -148,21 +178,21 @@ impl Pipeline {
         for i in 0..config.workers.max(1) {
             let (tx, rx) = flume::bounded::<Uplink>(config.queue.max(1));
             senders.push(tx);
-            let (routes, stats, to_writer, draining, requests) =
-                (routes.clone(), stats.clone(), to_writer.clone(), draining.clone(), requests.clone());
+            let (routes, to_writer, draining, requests) =
+                (table.clone(), to_writer.clone(), draining.clone(), requests.clone());
             let max_batch = config.max_batch.max(1);
             workers.push(
                 std::thread::Builder::new()
                     .name(format!("tbgw-convert-{i}"))
-                    .spawn(move || work(rx, &routes, &stats, to_writer, &requests, max_batch, &draining))?,
+                    .spawn(move || work(rx, &routes, to_writer, &requests, max_batch, &draining))?,
             );
         }
         drop(to_writer);
         let writer = {
-            let stats = stats.clone();
+            let routes = table.clone();
             std::thread::Builder::new()
                 .name("tbgw-store-writer".into())
-                .spawn(move || write(from_workers, &*store, &new_data, &stats))?
+                .spawn(move || write(from_workers, &*store, &new_data, &routes))?
         };
         Ok(Pipeline {
             sink: Some(UplinkSink::new(senders.clone())),
@@ -170,8 +200,7 @@ impl Pipeline {
             draining,
             workers,
             writer: Some(writer),
-            routes,
-            stats,
+            routes: table,
         })
     }
 
@@ -180,12 +209,14 @@ impl Pipeline {
         self.sink.clone()
     }
 
-    pub fn routes(&self) -> &[Route] {
-        &self.routes
+    /// Every route (those of connectors since restarted included), by id.
+    pub fn routes(&self) -> Vec<Arc<RouteEntry>> {
+        self.routes.read().clone()
     }
 
-    pub fn stats(&self) -> &[RouteStats] {
-        &self.stats
+    /// Add routes (a connector restarted with a new configuration); their ids.
+    pub fn add_routes(&self, routes: Vec<Route>) -> Vec<RouteId> {
+        self.routes.push(routes)
     }
 
     /// Messages waiting for a converter worker.
@@ -240,8 +271,7 @@ impl Quiet {
 
 fn work(
     rx: flume::Receiver<Uplink>,
-    routes: &[Route],
-    stats: &[RouteStats],
+    routes: &RouteTable,
     to_writer: SyncSender<Converted>,
     requests: &RequestSender,
     max_batch: usize,
@@ -287,8 +317,8 @@ fn work(
         let mut out = Converted { events: Vec::new(), routes: Vec::new(), dead: Vec::new(), acks: Vec::new() };
         for route_id in order {
             let Some(group) = groups.remove(&route_id) else { continue };
-            let Some(route) = routes.get(route_id) else { continue };
-            let st = &stats[route_id];
+            let Some(entry) = routes.get(route_id) else { continue };
+            let (route, st) = (&entry.route, &entry.stats);
             let (raws, acks): (Vec<_>, Vec<_>) = group.into_iter().map(|u| (u.raw, u.ack)).unzip();
             let instance = instances.entry(route_id).or_insert_with(|| route.converter.worker());
             for (raw, result) in raws.iter().zip(instance.convert(&raws)) {
@@ -455,7 +485,7 @@ fn more(here: usize, held: u64) -> String {
 /// How many events one append takes at most.
 const MAX_APPEND: usize = 2048;
 
-fn write(rx: Receiver<Converted>, store: &dyn EventStore, new_data: &Notify, stats: &[RouteStats]) {
+fn write(rx: Receiver<Converted>, store: &dyn EventStore, new_data: &Notify, table: &RouteTable) {
     let mut errors = Quiet::new(Duration::from_secs(60));
     // When the last write was done: as for the workers, batches that follow
     // it closely are a stream, and one write (one fsync) takes what came
@@ -500,9 +530,12 @@ fn write(rx: Receiver<Converted>, store: &dyn EventStore, new_data: &Notify, sta
             );
             return;
         }
-        for r in routes {
-            if let Some(s) = stats.get(r) {
-                s.stored.fetch_add(1, Ordering::Relaxed);
+        {
+            let table = table.read();
+            for r in routes {
+                if let Some(e) = table.get(r) {
+                    e.stats.stored.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         tracing::debug!(events = events.len(), acks = acks.len(), "stored");

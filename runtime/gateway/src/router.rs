@@ -40,7 +40,7 @@ use crate::service::ServiceQuery;
 use serde_json::{Value as Json, json};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tbgw_core::connector::ConnectorStats;
 use tbgw_core::downlink::{DeviceJob, DeviceRegistry, FromDevice, JobKind, ToConnector};
@@ -115,8 +115,13 @@ enum Work {
 struct Shared {
     client: CommandSender,
     registry: Arc<DeviceRegistry>,
-    ports: Vec<Port>,
+    /// A connector restarted with a new configuration gets a new port
+    /// ([`Router::set_port`]).
+    ports: RwLock<Vec<Arc<Port>>>,
     convert: flume::Sender<ConvertJob>,
+    /// Every downlink converter, by index; it only grows
+    /// ([`Router::add_downlinks`]).
+    converters: Arc<RwLock<Vec<DownlinkConverter>>>,
     /// Devices' attribute requests waiting for ThingsBoard, by id.
     attribute_requests: Mutex<HashMap<u64, Waiting>>,
     next_attribute_request: AtomicU64,
@@ -125,6 +130,16 @@ struct Shared {
     stats: Arc<RouterStats>,
     /// `thingsboard.handleDeviceRenaming`.
     follow_renames: bool,
+}
+
+impl Shared {
+    fn ports(&self) -> Vec<Arc<Port>> {
+        self.ports.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn port(&self, connector: &str) -> Option<Arc<Port>> {
+        self.ports.read().unwrap_or_else(|e| e.into_inner()).iter().find(|p| p.name == connector).cloned()
+    }
 }
 
 /// A device's attribute request waiting for ThingsBoard.
@@ -140,6 +155,7 @@ struct Waiting {
 pub struct Router {
     task: tokio::task::JoinHandle<()>,
     thread: Option<std::thread::JoinHandle<()>>,
+    shared: Arc<Shared>,
     pub stats: Arc<RouterStats>,
 }
 
@@ -162,14 +178,18 @@ impl Router {
         follow_renames: bool,
     ) -> std::io::Result<Router> {
         let (convert, jobs) = flume::bounded::<ConvertJob>(4096);
-        let thread =
-            std::thread::Builder::new().name("tbgw-downlink".into()).spawn(move || convert_thread(jobs, converters))?;
+        let converters = Arc::new(RwLock::new(converters));
+        let thread = {
+            let converters = converters.clone();
+            std::thread::Builder::new().name("tbgw-downlink".into()).spawn(move || convert_thread(jobs, &converters))?
+        };
         let stats = Arc::new(RouterStats::default());
         let shared = Arc::new(Shared {
             client,
             registry,
-            ports,
+            ports: RwLock::new(ports.into_iter().map(Arc::new).collect()),
             convert,
+            converters,
             attribute_requests: Mutex::new(HashMap::new()),
             next_attribute_request: AtomicU64::new(1),
             service,
@@ -177,8 +197,26 @@ impl Router {
             stats: stats.clone(),
             follow_renames,
         });
-        let task = tokio::spawn(route(shared, incoming, device_requests, shutdown));
-        Ok(Router { task, thread: Some(thread), stats })
+        let task = tokio::spawn(route(shared.clone(), incoming, device_requests, shutdown));
+        Ok(Router { task, thread: Some(thread), shared, stats })
+    }
+
+    /// Add downlink converters (a connector restarted with a new
+    /// configuration); the index of the first, for its port's `downlinks`.
+    pub fn add_downlinks(&self, converters: Vec<DownlinkConverter>) -> usize {
+        let mut all = self.shared.converters.write().unwrap_or_else(|e| e.into_inner());
+        let first = all.len();
+        all.extend(converters);
+        first
+    }
+
+    /// Requests for `port.name` go to `port` from now on.
+    pub fn set_port(&self, port: Port) {
+        let mut ports = self.shared.ports.write().unwrap_or_else(|e| e.into_inner());
+        match ports.iter_mut().find(|p| p.name == port.name) {
+            Some(p) => *p = Arc::new(port),
+            None => ports.push(Arc::new(port)),
+        }
     }
 
     /// Wait for the router to stop (after the shutdown token).
@@ -192,11 +230,16 @@ impl Router {
 
 /// The downlink converters' thread: every queued request, one `convert`
 /// call per converter; every queued answer, one `reply` call.
-fn convert_thread(jobs: flume::Receiver<ConvertJob>, converters: Vec<DownlinkConverter>) {
-    let mut workers: Vec<_> = converters.iter().map(|c| c.worker()).collect();
+fn convert_thread(jobs: flume::Receiver<ConvertJob>, converters: &RwLock<Vec<DownlinkConverter>>) {
+    let mut workers = Vec::new();
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         batch.extend(jobs.try_iter().take(255));
+        // Converters added since (a connector restarted): their workers.
+        if batch.iter().any(|j| j.converter >= workers.len()) {
+            let all = converters.read().unwrap_or_else(|e| e.into_inner());
+            workers.extend(all[workers.len().min(all.len())..].iter().map(|c| c.worker()));
+        }
         for (i, worker) in workers.iter_mut().enumerate() {
             let (mine, rest): (Vec<_>, Vec<_>) = batch.into_iter().partition(|j| j.converter == i);
             batch = rest;
@@ -418,24 +461,23 @@ async fn serve(
         .resolve(&shown)
         .ok_or_else(|| format!("unknown device `{shown}`: no connector of this gateway has connected it"))?;
     request.set_device(device);
-    let index = shared.ports.iter().position(|p| p.name == record.connector).ok_or_else(|| {
+    let port = shared.port(&record.connector).ok_or_else(|| {
         format!("device `{}` belongs to connector `{}`, which is not running", request.device(), record.connector)
     })?;
-    serve_on(shared, index, None, request, kind).await
+    serve_on(shared, port, None, request, kind).await
 }
 
-/// Serve `request` on the connector `index`: the downlink converter
+/// Serve `request` on the connector `port`: the downlink converter
 /// `converter`, else the device's, makes the messages, the connector sends
 /// them and says what the device answered. Returns the converter, the
 /// request and the answers.
 async fn serve_on(
     shared: &Shared,
-    index: usize,
+    port: Arc<Port>,
     converter: Option<usize>,
     request: DownlinkRequest,
     kind: JobKind,
 ) -> Result<(usize, DownlinkRequest, Vec<RawUplink>), String> {
-    let port = &shared.ports[index];
     let Some(converter) = converter.or_else(|| port.downlink_of(request.device())) else {
         return Err(format!(
             "connector `{}` has no downlink converter for `{}`: it sends nothing to it",
@@ -537,7 +579,7 @@ fn attribute_response(shared: &Arc<Shared>, payload: &[u8]) {
         }
         (None, None) => Default::default(),
     };
-    let Some(index) = shared.ports.iter().position(|p| *p.name == *connector) else { return };
+    let Some(port) = shared.port(&connector) else { return };
     let answer = DownlinkRequest::AttributeResponse(AttributeResponse {
         device: request.device.clone(),
         keys: request.keys,
@@ -547,7 +589,7 @@ fn attribute_response(shared: &Arc<Shared>, payload: &[u8]) {
     let shared = shared.clone();
     tokio::spawn(async move {
         let device = answer.device().to_owned();
-        if let Err(e) = serve_on(&shared, index, answered_by, answer, JobKind::AttributeResponse).await {
+        if let Err(e) = serve_on(&shared, port, answered_by, answer, JobKind::AttributeResponse).await {
             shared.stats.errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(connector = %connector, device, "answering an attribute request: {e}");
         }
@@ -674,7 +716,7 @@ async fn own_method(shared: &Shared, method: &str, params: Json) -> Json {
             "code": 501
         }),
         other => match other.split_once('_') {
-            Some((kind, rest)) if shared.ports.iter().any(|p| p.kind == kind) => {
+            Some((kind, rest)) if shared.ports().iter().any(|p| p.kind == kind) => {
                 connector_rpc(shared, kind, rest, params).await
             }
             _ => json!({"error": format!("Method not found: `{other}`"), "code": 404}),
@@ -684,7 +726,8 @@ async fn own_method(shared: &Shared, method: &str, params: Json) -> Json {
 
 async fn connector_rpc(shared: &Shared, kind: &str, method: &str, params: Json) -> Json {
     let wanted = params.get("connector").and_then(Json::as_str);
-    let Some(port) = shared.ports.iter().find(|p| p.kind == kind && wanted.is_none_or(|w| w == p.name)) else {
+    let ports = shared.ports();
+    let Some(port) = ports.iter().find(|p| p.kind == kind && wanted.is_none_or(|w| w == p.name)) else {
         return json!({"error": format!("no {kind} connector named `{}`", wanted.unwrap_or_default()), "code": 404});
     };
     let (tx, rx) = oneshot::channel();

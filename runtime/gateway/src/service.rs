@@ -26,12 +26,19 @@
 //! sent, then it disconnects; what was still on its way is not acknowledged,
 //! so its source sends it again.
 //!
+//! One connector can be restarted alone with its configuration read again
+//! ([`Gateway::reload_connector`], when its file changes): its new
+//! converters are loaded while it runs, then it stops as above and starts
+//! again; its new routes and downlink converters are added to the
+//! pipeline's and the router's tables (which only grow), its port in the
+//! router and its converters in the [`Registry`] are replaced.
+//!
 //! `gateway_restart` stops the same way and tells the caller to start again
 //! ([`Stopped::Restart`]).
 
 use crate::config::{ConnectorConfig, GatewayConfig, StorageKind};
 use crate::converters::{self, AnyConverter, DeclError, Registered, Registry};
-use crate::pipeline::{Pipeline, Route};
+use crate::pipeline::{Pipeline, RequestSender, Route};
 use crate::router::{Port, Router};
 use crate::status::{ConnectorStatus, ConverterStatus, ExtraStatus, Status};
 use std::collections::HashMap;
@@ -153,7 +160,7 @@ fn effective(report: &ReportPolicy, main: Strategy) -> Option<ReportPolicy> {
 
 fn load_one(
     runtime: &Runtime,
-    registry: &mut Registry,
+    registry: &Registry,
     connector: &ConnectorConfig,
     decl: &ConverterDecl,
     direction: Direction,
@@ -167,7 +174,8 @@ fn load_one(
     let name = registry.name_for(&connector.name, &label);
     let converter = AnyConverter::load(runtime, &name, decl, direction)
         .map_err(|error| ServiceError::Converter { path: path.clone(), error })?;
-    registry.add(Registered { name, connector: connector.name.clone(), path, converter: converter.clone() });
+    let file = converter.file();
+    registry.add(Registered { name, connector: connector.name.clone(), path, file, converter: converter.clone() });
     Ok(converter)
 }
 
@@ -175,62 +183,73 @@ fn load_one(
 pub fn load(config: &GatewayConfig, runtime: &Runtime) -> Result<Loaded, ServiceError> {
     let mut loaded =
         Loaded { registry: Registry::default(), routes: Vec::new(), downlinks: Vec::new(), per_connector: Vec::new() };
+    let registry = loaded.registry.clone();
     for c in &config.connectors {
-        let mut route_ids = Vec::new();
-        for r in c.setup.routes() {
-            let AnyConverter::Uplink(converter) =
-                load_one(runtime, &mut loaded.registry, c, &r.converter, Direction::Uplink)?
-            else {
-                unreachable!("loaded as an uplink converter")
-            };
-            let answers = match &r.answers {
-                Some(decl) => {
-                    let AnyConverter::Downlink(answering) =
-                        load_one(runtime, &mut loaded.registry, c, decl, Direction::Downlink)?
-                    else {
-                        unreachable!("loaded as a downlink converter")
-                    };
-                    loaded.downlinks.push(answering);
-                    Some(loaded.downlinks.len() - 1)
-                }
-                None => None,
-            };
-            route_ids.push(loaded.routes.len());
-            loaded.routes.push(Route {
-                connector: c.name.as_str().into(),
-                origin: join(&c.path, &r.converter.path),
-                converter,
-                report: effective(&r.report, config.report_strategy),
-                answers,
-            });
-        }
-        let mut downlinks = Vec::new();
-        for dl in c.setup.downlinks() {
-            let AnyConverter::Downlink(converter) =
-                load_one(runtime, &mut loaded.registry, c, &dl.converter, Direction::Downlink)?
-            else {
-                unreachable!("loaded as a downlink converter")
-            };
-            downlinks.push((dl.devices, loaded.downlinks.len()));
-            loaded.downlinks.push(converter);
-        }
-        loaded.per_connector.push(ConnectorConverters { routes: route_ids, downlinks });
+        let mine = load_connector(runtime, &registry, c, config.report_strategy, &mut loaded)?;
+        loaded.per_connector.push(mine);
     }
     Ok(loaded)
+}
+
+/// Load `c`'s converters into `loaded` (registered in `registry`): its
+/// routes and downlink converters are appended, and their indices are
+/// those in `loaded`.
+fn load_connector(
+    runtime: &Runtime,
+    registry: &Registry,
+    c: &ConnectorConfig,
+    report_strategy: Strategy,
+    loaded: &mut Loaded,
+) -> Result<ConnectorConverters, ServiceError> {
+    let mut route_ids = Vec::new();
+    for r in c.setup.routes() {
+        let AnyConverter::Uplink(converter) = load_one(runtime, registry, c, &r.converter, Direction::Uplink)? else {
+            unreachable!("loaded as an uplink converter")
+        };
+        let answers = match &r.answers {
+            Some(decl) => {
+                let AnyConverter::Downlink(answering) = load_one(runtime, registry, c, decl, Direction::Downlink)?
+                else {
+                    unreachable!("loaded as a downlink converter")
+                };
+                loaded.downlinks.push(answering);
+                Some(loaded.downlinks.len() - 1)
+            }
+            None => None,
+        };
+        route_ids.push(loaded.routes.len());
+        loaded.routes.push(Route {
+            connector: c.name.as_str().into(),
+            origin: join(&c.path, &r.converter.path),
+            converter,
+            report: effective(&r.report, report_strategy),
+            answers,
+        });
+    }
+    let mut downlinks = Vec::new();
+    for dl in c.setup.downlinks() {
+        let AnyConverter::Downlink(converter) = load_one(runtime, registry, c, &dl.converter, Direction::Downlink)?
+        else {
+            unreachable!("loaded as a downlink converter")
+        };
+        downlinks.push((dl.devices, loaded.downlinks.len()));
+        loaded.downlinks.push(converter);
+    }
+    Ok(ConnectorConverters { routes: route_ids, downlinks })
 }
 
 /// Load every converter, reporting every one that fails: how many loaded,
 /// and the errors.
 pub fn check_converters(config: &GatewayConfig, runtime: &Runtime) -> (usize, Vec<ServiceError>) {
     let (mut ok, mut errors) = (0, Vec::new());
-    let mut registry = Registry::default();
+    let registry = Registry::default();
     for c in &config.connectors {
         let routes = c.setup.routes();
         let answers = routes.iter().filter_map(|r| r.answers.clone()).map(|a| (a, Direction::Downlink));
         let uplinks = routes.iter().map(|r| (r.converter.clone(), Direction::Uplink));
         let downlinks = c.setup.downlinks().into_iter().map(|d| (d.converter, Direction::Downlink));
         for (decl, direction) in uplinks.chain(answers).chain(downlinks) {
-            match load_one(runtime, &mut registry, c, &decl, direction) {
+            match load_one(runtime, &registry, c, &decl, direction) {
                 Ok(_) => ok += 1,
                 Err(e) if errors.iter().any(|known: &ServiceError| known.problem() == e.problem()) => {}
                 Err(e) => errors.push(e),
@@ -252,6 +271,53 @@ pub fn cache_dir(config: &GatewayConfig) -> Option<std::path::PathBuf> {
 }
 
 /// A connector running, with its own stop.
+/// Start connector `c` with its converters (route ids in the pipeline,
+/// downlink converter indices in the router) and `stats` (a restarted
+/// connector keeps its counters): its port for the router, and the running
+/// connector. `None` once the pipeline is draining.
+fn launch(
+    c: &ConnectorConfig,
+    mine: ConnectorConverters,
+    pipeline: &Pipeline,
+    device_requests: &RequestSender,
+    stats: Arc<ConnectorStats>,
+) -> Option<(Port, RunningConnector)> {
+    let sink = pipeline.sink()?;
+    let (jobs_tx, jobs) = mpsc::channel(4096);
+    let downlink = DownlinkLink { jobs, requests: DeviceRequests::new(&c.name, device_requests.clone()) };
+    let port =
+        Port { name: c.name.clone(), kind: c.kind, jobs: jobs_tx, downlinks: mine.downlinks, stats: stats.clone() };
+    let (stop_intake, finish) = (CancellationToken::new(), CancellationToken::new());
+    let ctx = ConnectorContext {
+        sink,
+        downlink,
+        stop_intake: stop_intake.clone(),
+        finish: finish.clone(),
+        stats: stats.clone(),
+    };
+    let table = pipeline.routes();
+    let routes =
+        mine.routes.iter().filter_map(|&r| table.get(r)).map(|e| e.route.converter.name().to_owned()).collect();
+    let task = tokio::spawn(c.setup.build(&c.name, &mine.routes).run(ctx));
+    let running =
+        RunningConnector { name: c.name.clone(), kind: c.kind, stats, routes, stop_intake, finish, task: Some(task) };
+    Some((port, running))
+}
+
+/// How long a connector restarted with a new configuration has to connect
+/// before it goes back to the configuration before.
+pub const PROBATION: Duration = Duration::from_secs(15);
+
+/// What became of a connector's configuration read again
+/// ([`Gateway::reload_connector`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reload {
+    /// The same configuration (perhaps written differently): nothing done.
+    Unchanged,
+    /// The connector runs the new configuration.
+    Restarted,
+}
+
 struct RunningConnector {
     name: String,
     kind: &'static str,
@@ -297,6 +363,10 @@ pub struct Gateway {
     remote_log: tokio::task::JoinHandle<()>,
     /// Converters uploaded from ThingsBoard (`tbgw.uploads`).
     uploads: Option<Arc<crate::uploads::Uploads>>,
+    /// What a connector started later needs: the converter runtime, and
+    /// where devices' requests go.
+    runtime: Runtime,
+    device_requests: RequestSender,
 }
 
 impl Gateway {
@@ -364,7 +434,7 @@ impl Gateway {
         let hub = crate::remote_log::hub();
         hub.set_sources(
             config.connectors.iter().map(|c| (c.name.clone(), c.remote_log)).collect(),
-            registry.iter().map(|r| (r.name.clone(), r.connector.clone())).collect(),
+            registry.snapshot().into_iter().map(|r| (r.name, r.connector)).collect(),
         );
         let remote_log_stop = CancellationToken::new();
         let remote_log = tokio::spawn(crate::remote_log::deliver(
@@ -377,41 +447,12 @@ impl Gateway {
 
         let mut connectors = Vec::new();
         let mut ports = Vec::new();
-        for (c, ConnectorConverters { routes: route_ids, downlinks: downlink_routes }) in
-            config.connectors.iter().zip(per_connector)
-        {
+        for (c, mine) in config.connectors.iter().zip(per_connector) {
             let stats = Arc::new(ConnectorStats::default());
-            let Some(sink) = pipeline.sink() else { break };
-            let (jobs_tx, jobs) = mpsc::channel(4096);
-            let downlink = DownlinkLink { jobs, requests: DeviceRequests::new(&c.name, device_requests_tx.clone()) };
-            ports.push(Port {
-                name: c.name.clone(),
-                kind: c.kind,
-                jobs: jobs_tx,
-                downlinks: downlink_routes,
-                stats: stats.clone(),
-            });
-            let (stop_intake, finish) = (CancellationToken::new(), CancellationToken::new());
-            let ctx = ConnectorContext {
-                sink,
-                downlink,
-                stop_intake: stop_intake.clone(),
-                finish: finish.clone(),
-                stats: stats.clone(),
-            };
-            let routes = route_ids.iter().map(|&r| pipeline.routes()[r].converter.name().to_owned()).collect();
-            let task = tokio::spawn(c.setup.build(&c.name, &route_ids).run(ctx));
-            connectors.push(RunningConnector {
-                name: c.name.clone(),
-                kind: c.kind,
-                stats,
-                routes,
-                stop_intake,
-                finish,
-                task: Some(task),
-            });
+            let Some((port, running)) = launch(c, mine, &pipeline, &device_requests_tx, stats) else { break };
+            ports.push(port);
+            connectors.push(running);
         }
-        drop(device_requests_tx);
         let (queries_tx, queries) = mpsc::channel(16);
         let http_stop = CancellationToken::new();
         let http_queries = queries_tx.clone();
@@ -474,6 +515,8 @@ impl Gateway {
             remote_log_stop,
             remote_log,
             uploads,
+            runtime,
+            device_requests: device_requests_tx,
         })
     }
 
@@ -485,6 +528,7 @@ impl Gateway {
     /// What the gateway knows of itself, now.
     pub fn status(&self) -> Status {
         let client = self.client.stats();
+        let routes = self.pipeline.routes();
         let mut devices: HashMap<String, u64> = HashMap::new();
         for (_, record) in self.client.registry().snapshot() {
             *devices.entry(record.connector).or_default() += 1;
@@ -518,7 +562,8 @@ impl Gateway {
                         .collect(),
                     ..ConnectorStatus::default()
                 };
-                for (route, st) in self.pipeline.routes().iter().zip(self.pipeline.stats()) {
+                for e in &routes {
+                    let (route, st) = (&e.route, &e.stats);
                     if *route.connector == *c.name {
                         status.converted += get(&st.converted);
                         status.conversion_errors += get(&st.failed);
@@ -532,8 +577,9 @@ impl Gateway {
             .collect();
         let converters = self
             .registry
-            .iter()
-            .map(|r| ConverterStatus { connector: r.connector.clone(), path: r.path.clone(), info: r.converter.info() })
+            .snapshot()
+            .into_iter()
+            .map(|r| ConverterStatus { info: r.converter.info(), connector: r.connector, path: r.path })
             .collect();
         let store = self.store.stats();
         let limits = self.config.storage.limits;
@@ -575,10 +621,37 @@ impl Gateway {
             // The first CPU sample: the first report's share starts here.
             machine.sample();
         }
+        // The connectors' configuration files, checked as the converters'
+        // are (`tbgw.watchConverters`): an edit restarts that connector alone.
+        let period = self.config.watch_converters;
+        let mut files: Vec<(String, crate::watch::Watched)> = self
+            .config
+            .connectors
+            .iter()
+            .filter_map(|c| Some((c.name.clone(), crate::watch::Watched::new(c.file.clone()?))))
+            .collect();
+        let mut file_checks = (!period.is_zero() && !files.is_empty()).then(|| {
+            let mut t = tokio::time::interval(period);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        // Connectors restarted with a new configuration, until they connect:
+        // the configuration before, and until when the new one may try.
+        let mut probation: Vec<(ConnectorConfig, Instant)> = Vec::new();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Stopped::Normally,
                 _ = self.restart.cancelled() => return Stopped::Restart,
+                _ = async { file_checks.as_mut().expect("guarded").tick().await }, if file_checks.is_some() => {
+                    let changed: Vec<String> = files
+                        .iter_mut()
+                        .filter_map(|(name, w)| (w.check() == crate::watch::Change::Changed).then(|| name.clone()))
+                        .collect();
+                    for name in changed {
+                        self.file_changed(&name, &mut probation).await;
+                    }
+                    self.check_probation(&mut probation).await;
+                }
                 _ = async { reports.as_mut().expect("guarded").tick().await }, if reports.is_some() => {
                     let mut report = self.status().statistics();
                     if let serde_json::Value::Object(o) = &mut report {
@@ -644,6 +717,151 @@ impl Gateway {
         c.finish().await;
         tracing::info!(connector = name, "connector stopped");
         true
+    }
+
+    /// Read connector `name`'s configuration again (its file as it is now)
+    /// and, when it changed, restart that connector alone with it: its new
+    /// converters are loaded and checked while the old connector runs; then
+    /// the old one stops as [`Gateway::stop_connector`] stops it, and the new
+    /// one starts, with the same counters. A configuration that does not
+    /// read or whose converters do not load is refused with every problem
+    /// found, and the running connector goes on. Other connectors, the
+    /// store and the ThingsBoard connection are not touched.
+    pub async fn reload_connector(&mut self, name: &str) -> Result<Reload, String> {
+        let index = self
+            .config
+            .connectors
+            .iter()
+            .position(|c| c.name == name)
+            .ok_or_else(|| format!("no connector named `{name}`"))?;
+        let old = self.config.connectors[index].clone();
+        let reread = tokio::task::spawn_blocking(move || old.reread()).await.map_err(|e| e.to_string())?;
+        let new = match reread {
+            Ok((new, notices)) => {
+                for n in &notices.notices {
+                    tracing::info!(connector = name, "{n}");
+                }
+                new
+            }
+            Err(d) => return Err(d.errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")),
+        };
+        if new.document == self.config.connectors[index].document {
+            return Ok(Reload::Unchanged);
+        }
+        self.restart_connector(index, new).await?;
+        Ok(Reload::Restarted)
+    }
+
+    /// Restart connector `index` with `new`, read and checked.
+    async fn restart_connector(&mut self, index: usize, new: ConnectorConfig) -> Result<(), String> {
+        let name = new.name.clone();
+        let registry = Registry::default();
+        let (runtime, c, strategy) = (self.runtime.clone(), new.clone(), self.config.report_strategy);
+        let uploads = self.uploads.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let mut loaded = Loaded {
+                registry: registry.clone(),
+                routes: Vec::new(),
+                downlinks: Vec::new(),
+                per_connector: Vec::new(),
+            };
+            let mine = load_connector(&runtime, &registry, &c, strategy, &mut loaded)?;
+            // Its converters uploaded from ThingsBoard keep their versions.
+            if let Some(u) = uploads {
+                u.adopt(&registry.snapshot());
+            }
+            Ok::<_, ServiceError>((loaded, mine))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        let (Loaded { registry, mut routes, downlinks, .. }, mut mine) = loaded;
+        self.stop_connector(&name).await;
+        // Indices in the router's and the pipeline's tables.
+        let base = self.router.add_downlinks(downlinks);
+        for r in &mut routes {
+            if let Some(a) = &mut r.answers {
+                *a += base;
+            }
+        }
+        for (_, i) in &mut mine.downlinks {
+            *i += base;
+        }
+        let ids = self.pipeline.add_routes(routes);
+        mine.routes = mine.routes.iter().filter_map(|&local| ids.get(local).copied()).collect();
+        self.registry.replace_connector(&name, registry.snapshot());
+        let stats = self
+            .connectors
+            .iter()
+            .find(|c| c.name == name && c.kind == new.kind)
+            .map(|c| c.stats.clone())
+            .unwrap_or_default();
+        let (port, running) = launch(&new, mine, &self.pipeline, &self.device_requests, stats)
+            .ok_or_else(|| "the gateway is stopping".to_owned())?;
+        self.router.set_port(port);
+        match self.connectors.iter_mut().find(|c| c.name == name) {
+            Some(c) => *c = running,
+            None => self.connectors.push(running),
+        }
+        self.config.connectors[index] = new;
+        crate::remote_log::hub().set_sources(
+            self.config.connectors.iter().map(|c| (c.name.clone(), c.remote_log)).collect(),
+            self.registry.snapshot().into_iter().map(|r| (r.name, r.connector)).collect(),
+        );
+        Ok(())
+    }
+
+    /// Connector `name`'s configuration file changed: reload it; a
+    /// restarted connector is on probation until it connects.
+    async fn file_changed(&mut self, name: &str, probation: &mut Vec<(ConnectorConfig, Instant)>) {
+        let Some(previous) = self.config.connectors.iter().find(|c| c.name == name).cloned() else { return };
+        let file = previous.file.as_deref().map(|f| f.display().to_string()).unwrap_or_default();
+        match self.reload_connector(name).await {
+            Ok(Reload::Unchanged) => {
+                tracing::info!(connector = name, "{file} changed, but not the configuration it holds: nothing to do")
+            }
+            Ok(Reload::Restarted) => {
+                tracing::info!(connector = name, "{file} changed: connector restarted with its new configuration");
+                probation.retain(|(p, _)| p.name != name);
+                probation.push((previous, Instant::now() + PROBATION));
+            }
+            Err(e) => tracing::error!(
+                connector = name,
+                "{file} changed, and its new configuration is refused (the connector goes on with the one it runs): {e}"
+            ),
+        }
+    }
+
+    /// Connectors on probation that connected pass; those still not
+    /// connected after [`PROBATION`] go back to their configuration before.
+    async fn check_probation(&mut self, probation: &mut Vec<(ConnectorConfig, Instant)>) {
+        let now = Instant::now();
+        let mut back = Vec::new();
+        probation.retain(|(previous, until)| {
+            let connected =
+                self.connectors.iter().any(|c| c.name == previous.name && c.stats.connected.load(Ordering::Relaxed));
+            if connected {
+                tracing::info!(connector = previous.name, "connected with its new configuration");
+                return false;
+            }
+            if now >= *until {
+                back.push(previous.clone());
+                return false;
+            }
+            true
+        });
+        for previous in back {
+            let name = previous.name.clone();
+            let Some(index) = self.config.connectors.iter().position(|c| c.name == name) else { continue };
+            tracing::error!(
+                connector = name,
+                "not connected {PROBATION:?} after its restart with a new configuration: back to the one before \
+                 (the file keeps the new one; it is read again when it changes)"
+            );
+            if let Err(e) = self.restart_connector(index, previous).await {
+                tracing::error!(connector = name, "the configuration before did not start again either: {e}");
+            }
+        }
     }
 
     /// Stop everything, in the order that loses nothing.

@@ -131,8 +131,9 @@ struct State {
 pub struct Uploads {
     dir: PathBuf,
     registry: Registry,
-    /// Each converter's spec as configured, before any upload.
-    configured: HashMap<String, ConverterSpec>,
+    /// Each converter's spec as configured, before any upload (a connector
+    /// restarted with a new configuration brings new ones: [`Uploads::adopt`]).
+    configured: std::sync::Mutex<HashMap<String, ConverterSpec>>,
     client: CommandSender,
     state: Mutex<State>,
     stop: CancellationToken,
@@ -164,12 +165,12 @@ impl Uploads {
     /// Open `dir` (made if missing) and put back each converter's uploaded
     /// version. Blocking: it compiles.
     pub fn open(dir: &Path, registry: &Registry, client: CommandSender) -> Result<Arc<Uploads>, UploadsError> {
-        let configured = registry.iter().map(|r| (r.name.clone(), r.converter.spec())).collect();
+        let configured = registry.snapshot().into_iter().map(|r| (r.name, r.converter.spec())).collect();
         let manifest = put_back_kept(dir, registry)?;
         let mut uploads = Uploads {
             dir: dir.to_owned(),
             registry: registry.clone(),
-            configured,
+            configured: std::sync::Mutex::new(configured),
             client,
             state: Mutex::new(State {
                 manifest: Manifest::default(),
@@ -183,6 +184,24 @@ impl Uploads {
         Ok(Arc::new(uploads))
     }
 
+    fn configured(&self) -> std::sync::MutexGuard<'_, HashMap<String, ConverterSpec>> {
+        self.configured.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The converters of a connector restarted with a new configuration:
+    /// these are their configured versions now, and each serves its
+    /// uploaded version, if it has one, as after a restart. Blocking: it
+    /// compiles.
+    pub fn adopt(&self, converters: &[crate::converters::Registered]) {
+        let state = self.state.blocking_lock();
+        for r in converters {
+            self.configured().insert(r.name.clone(), r.converter.spec());
+            if let Some(entry) = state.manifest.converters.get(&r.name) {
+                put_back_one(&self.dir, &r.name, &entry.current, &r.converter);
+            }
+        }
+    }
+
     /// Stop the rollback watches.
     pub fn stop(&self) {
         self.stop.cancel();
@@ -192,7 +211,8 @@ impl Uploads {
     fn attribute(&self, manifest: &Manifest) -> Json {
         let list: serde_json::Map<String, Json> = self
             .registry
-            .iter()
+            .snapshot()
+            .into_iter()
             .map(|r| {
                 let info = r.converter.info();
                 let uploaded = manifest.converters.get(&r.name).map(|e| &e.current);
@@ -226,7 +246,7 @@ impl Uploads {
             Err(e) => return error(400, e),
         };
         let Some(registered) = self.registry.get(&chunk.converter) else {
-            let names: Vec<&str> = self.registry.iter().map(|r| r.name.as_str()).collect();
+            let names: Vec<String> = self.registry.snapshot().into_iter().map(|r| r.name).collect();
             return error(404, format!("no converter named `{}`; there are: {}", chunk.converter, names.join(", ")));
         };
         let converter = registered.converter.clone();
@@ -357,7 +377,7 @@ impl Uploads {
                 Ok(wasm) => (spec_of(previous, limits, wasm), Some(previous.clone())),
                 Err(e) => return error(500, format!("the previous version cannot be read: {e}")),
             },
-            None => match self.configured.get(name) {
+            None => match self.configured().get(name) {
                 Some(spec) => (spec.clone(), None),
                 None => return error(500, "the configured version is not known"),
             },
@@ -397,7 +417,7 @@ impl Uploads {
                 Ok(wasm) => spec_of(&e.current, limits, wasm),
                 Err(_) => return,
             },
-            None => match self.configured.get(name) {
+            None => match self.configured().get(name) {
                 Some(spec) => spec.clone(),
                 None => return,
             },
@@ -500,31 +520,32 @@ fn put_back_kept(dir: &Path, registry: &Registry) -> Result<Manifest, UploadsErr
             forgotten.push(name.clone());
             continue;
         };
-        match read_blob(dir, &entry.current.sha256) {
-            Ok(wasm) => {
-                let spec = spec_of(&entry.current, r.converter.spec().limits, wasm);
-                match r.converter.replace(spec) {
-                    Ok(()) => tracing::info!(
-                        converter = name,
-                        sha256 = entry.current.sha256,
-                        "serving the version uploaded from ThingsBoard"
-                    ),
-                    Err(e) => tracing::error!(
-                        converter = name,
-                        "the uploaded version no longer loads ({e}); serving the configured one"
-                    ),
-                }
-            }
-            Err(e) => tracing::error!(
-                converter = name,
-                "the uploaded version cannot be read ({e}); serving the configured one"
-            ),
-        }
+        put_back_one(dir, name, &entry.current, &r.converter);
     }
     for name in forgotten {
         manifest.converters.remove(&name);
     }
     Ok(manifest)
+}
+
+/// `converter` serves `kept`, read from `dir`; logged either way.
+fn put_back_one(dir: &Path, name: &str, kept: &Kept, converter: &AnyConverter) {
+    match read_blob(dir, &kept.sha256) {
+        Ok(wasm) => match converter.replace(spec_of(kept, converter.spec().limits, wasm)) {
+            Ok(()) => {
+                tracing::info!(converter = name, sha256 = kept.sha256, "serving the version uploaded from ThingsBoard")
+            }
+            Err(e) => {
+                tracing::error!(
+                    converter = name,
+                    "the uploaded version no longer loads ({e}); serving the configured one"
+                )
+            }
+        },
+        Err(e) => {
+            tracing::error!(converter = name, "the uploaded version cannot be read ({e}); serving the configured one")
+        }
+    }
 }
 
 fn blob_path(dir: &Path, sha256: &str) -> PathBuf {
@@ -629,8 +650,8 @@ mod tests {
             limits: LimitsDecl::default(),
         };
         let converter = AnyConverter::load(runtime, NAME, &decl, Direction::Uplink).expect("the probe loads");
-        let mut r = Registry::default();
-        r.add(Registered { name: NAME.into(), connector: "Devices".into(), path: decl.path, converter });
+        let r = Registry::default();
+        r.add(Registered { name: NAME.into(), connector: "Devices".into(), path: decl.path, file: None, converter });
         r
     }
 

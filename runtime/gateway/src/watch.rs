@@ -25,45 +25,79 @@
 
 use crate::converters::{AnyConverter, Registry};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 /// What tells a file's versions apart without reading it.
 type Stamp = Option<(u64, SystemTime)>;
 
-fn stamp(path: &std::path::Path) -> Stamp {
+fn stamp(path: &Path) -> Stamp {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.len(), meta.modified().ok()?))
 }
 
-/// One watched file and the converters loaded from it.
-struct File {
-    path: PathBuf,
-    converters: Vec<AnyConverter>,
-    /// The version swapped in (or loaded at start).
+/// A file watched for changes by polling: a change counts once the file's
+/// size and modification time have stayed the same for one more check.
+/// The converter watcher and the connectors' configuration files
+/// ([`crate::service::Gateway::run`]) both use it.
+#[derive(Debug)]
+pub struct Watched {
+    pub path: PathBuf,
+    /// The version acted on (or seen at start).
     applied: Stamp,
     /// A change seen at the last check, waiting to stay the same.
     pending: Option<Stamp>,
 }
 
-/// Watch the files of the registry's converters every `period` until
-/// `stop`; `None` if none was loaded from a file.
-pub fn spawn(registry: &Registry, period: Duration, stop: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
-    let mut files: HashMap<PathBuf, File> = HashMap::new();
-    for c in registry.iter().map(|r| r.converter.clone()) {
-        let Some(path) = c.file() else { continue };
-        files
-            .entry(path.clone())
-            .or_insert_with(|| File { applied: stamp(&path), path, converters: Vec::new(), pending: None })
-            .converters
-            .push(c);
+/// What a check of a [`Watched`] file found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Nothing, or a change still settling.
+    None,
+    /// A new version, settled.
+    Changed,
+    /// The file is gone.
+    Gone,
+}
+
+impl Watched {
+    /// Watch `path` from its version now.
+    pub fn new(path: PathBuf) -> Watched {
+        Watched { applied: stamp(&path), path, pending: None }
     }
-    if files.is_empty() || period.is_zero() {
+
+    pub fn check(&mut self) -> Change {
+        let now = stamp(&self.path);
+        if now == self.applied {
+            self.pending = None;
+            return Change::None;
+        }
+        if self.pending != Some(now) {
+            // Changed since the last look: wait for it to settle.
+            self.pending = Some(now);
+            return Change::None;
+        }
+        self.pending = None;
+        self.applied = now;
+        if now.is_none() { Change::Gone } else { Change::Changed }
+    }
+}
+
+/// Watch the files of the registry's converters every `period` until
+/// `stop`; `None` when `period` is zero. The registry is read again at each
+/// check: converters of a connector restarted with a new configuration are
+/// watched from then on.
+pub fn spawn(registry: &Registry, period: Duration, stop: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
+    if period.is_zero() {
         return None;
     }
-    tracing::info!("watching {} converter file(s) for changes, every {period:?}", files.len());
-    let mut files: Vec<File> = files.into_values().collect();
+    let registry = registry.clone();
+    let mut files: HashMap<PathBuf, Watched> = HashMap::new();
+    let count = by_file(&registry).len();
+    if count > 0 {
+        tracing::info!("watching {count} converter file(s) for changes, every {period:?}");
+    }
     Some(tokio::spawn(async move {
         let mut ticker = tokio::time::interval(period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -72,58 +106,65 @@ pub fn spawn(registry: &Registry, period: Duration, stop: CancellationToken) -> 
                 _ = stop.cancelled() => return,
                 _ = ticker.tick() => {}
             }
-            for f in &mut files {
-                let now = stamp(&f.path);
-                if now == f.applied {
-                    f.pending = None;
-                    continue;
+            let current = by_file(&registry);
+            files.retain(|path, _| current.contains_key(path));
+            for (path, all) in current {
+                let f = files.entry(path.clone()).or_insert_with(|| Watched::new(path));
+                match f.check() {
+                    Change::None => continue,
+                    Change::Gone => {
+                        tracing::warn!(
+                            "converter file {} is gone; its converters keep serving the version loaded",
+                            f.path.display()
+                        );
+                        continue;
+                    }
+                    Change::Changed => {}
                 }
-                if f.pending != Some(now) {
-                    // Changed since the last look: wait for it to settle.
-                    f.pending = Some(now);
-                    continue;
-                }
-                f.pending = None;
-                f.applied = now;
-                if now.is_none() {
-                    tracing::warn!(
-                        "converter file {} is gone; its converters keep serving the version loaded",
-                        f.path.display()
-                    );
-                    continue;
-                }
-                // One serving a version uploaded from ThingsBoard keeps it
-                // (the file's serves again after a rollback).
-                let converters: Vec<AnyConverter> =
-                    f.converters.iter().filter(|c| c.file().is_some()).cloned().collect();
-                if converters.len() < f.converters.len() {
-                    tracing::info!(
-                        "converter file {} changed; {} of its converter(s) serve an uploaded version and keep it",
-                        f.path.display(),
-                        f.converters.len() - converters.len()
-                    );
-                }
-                if converters.is_empty() {
-                    continue;
-                }
-                tracing::info!("converter file {} changed: swapping it in", f.path.display());
-                let wanted = converters.len();
-                // Compiling takes a while: off the async threads.
-                let swapped = tokio::task::spawn_blocking(move || {
-                    converters.iter().map(|c| c.replace(c.spec()).is_ok()).filter(|ok| *ok).count()
-                })
-                .await
-                .unwrap_or(0);
-                if swapped < wanted {
-                    // Refused (logged by the runtime with the reason): the
-                    // next change of the file is tried again.
-                    tracing::warn!(
-                        "{} of {wanted} converter(s) of {} kept their version",
-                        wanted - swapped,
-                        f.path.display()
-                    );
-                }
+                swap(&f.path, all).await;
             }
         }
     }))
+}
+
+/// The registry's converters loaded from a file, by file (one serving a
+/// version uploaded from ThingsBoard included: it is told apart at a change).
+fn by_file(registry: &Registry) -> HashMap<PathBuf, Vec<AnyConverter>> {
+    let mut files: HashMap<PathBuf, Vec<AnyConverter>> = HashMap::new();
+    for r in registry.snapshot() {
+        if let Some(path) = r.file {
+            files.entry(path).or_default().push(r.converter);
+        }
+    }
+    files
+}
+
+/// Swap the new version of `path` into its converters.
+async fn swap(path: &Path, all: Vec<AnyConverter>) {
+    // One serving a version uploaded from ThingsBoard keeps it (the file's
+    // serves again after a rollback).
+    let converters: Vec<AnyConverter> = all.iter().filter(|c| c.file().is_some()).cloned().collect();
+    if converters.len() < all.len() {
+        tracing::info!(
+            "converter file {} changed; {} of its converter(s) serve an uploaded version and keep it",
+            path.display(),
+            all.len() - converters.len()
+        );
+    }
+    if converters.is_empty() {
+        return;
+    }
+    tracing::info!("converter file {} changed: swapping it in", path.display());
+    let wanted = converters.len();
+    // Compiling takes a while: off the async threads.
+    let swapped = tokio::task::spawn_blocking(move || {
+        converters.iter().map(|c| c.replace(c.spec()).is_ok()).filter(|ok| *ok).count()
+    })
+    .await
+    .unwrap_or(0);
+    if swapped < wanted {
+        // Refused (logged by the runtime with the reason): the next change
+        // of the file is tried again.
+        tracing::warn!("{} of {wanted} converter(s) of {} kept their version", wanted - swapped, path.display());
+    }
 }

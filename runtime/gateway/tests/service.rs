@@ -48,7 +48,7 @@ fn one_connector_stops_alone_and_the_status_says_so() {
     assert!(d.is_ok(), "{:?}", d.errors);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let mut gw = rt.block_on(Gateway::build(config)).expect("built");
-    let names: Vec<&str> = gw.registry().iter().map(|r| r.name.as_str()).collect();
+    let names: Vec<String> = gw.registry().snapshot().into_iter().map(|r| r.name).collect();
     assert_eq!(names, ["A/json", "B/json"]);
 
     let (dev_a, dev_b) = (Collector::connect(a.port, "dev-a", &[]), Collector::connect(b.port, "dev-b", &[]));
@@ -202,12 +202,24 @@ fn the_http_listener_serves_metrics_health_readiness_and_a_status_page() {
     assert_eq!(sample(&scrape, "tbgw_converter_generation", &[("converter", "A/json")]), Some(1.0), "{text}");
     assert!(sample(&scrape, "tbgw_uptime_seconds", &[]).is_some_and(|u| u > 0.0), "{text}");
 
-    // The status page, rendered: the live numbers (the same as the scrape's:
-    // nothing has moved since), and a screenshot of a page, not a blank.
+    // The status page, rendered: the live numbers (between the scrape before
+    // and one after: the first readings' repeats may still be arriving), and
+    // a screenshot of a page, not a blank.
     let (dom, png) = chromium(port);
+    let (_, text) = get(port, "GET", "/metrics");
+    let after = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("a scrape");
     let row = r#"<tr data-connector="A">"#;
-    assert_eq!(cell(&dom, row, "received"), Some(received.to_string().as_str()), "{dom}");
-    assert_eq!(cell(&dom, row, "delivered"), Some(delivered.to_string().as_str()), "{dom}");
+    for (class, metric, before) in [
+        ("received", "tbgw_connector_messages_received_total", received),
+        ("delivered", "tbgw_connector_events_delivered_total", delivered),
+    ] {
+        let now = sample(&after, metric, &[("connector", "A")]).expect(metric);
+        let shown: f64 = cell(&dom, row, class).and_then(|c| c.parse().ok()).unwrap_or(-1.0);
+        assert!(
+            (before..=now).contains(&shown),
+            "{class}: the page shows {shown}, the scrapes {before} and {now}: {dom}"
+        );
+    }
     assert_eq!(cell(&dom, row, "devices"), Some("1"), "{dom}");
     assert_eq!(cell(&dom, r#"<tr data-converter="A/json">"#, "generation"), Some("1"), "{dom}");
     assert!(dom.contains(r#"<dd id="thingsboard"><span class="ok">connected</span>"#), "{dom}");
