@@ -636,4 +636,6 @@ fn a_connectors_file_edited_while_running_restarts_that_connector_alone_and_lose
     thingsboard.wait_until(Duration::from_secs(30), "A's reading after the rollback", |r| {
         seqs(r).contains(&("a-dev".to_owned(), 1_000_000))
     });
+    // And the gateway still stops in order, restarted connectors included.
+    assert!(gw.stop().success(), "an orderly stop:\n{}", gw.log());
 }

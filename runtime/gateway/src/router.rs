@@ -220,9 +220,13 @@ impl Router {
     }
 
     /// Wait for the router to stop (after the shutdown token).
-    pub async fn join(mut self) {
-        let _ = self.task.await;
-        if let Some(t) = self.thread.take() {
+    pub async fn join(self) {
+        let Router { task, thread, shared, .. } = self;
+        let _ = task.await;
+        // The downlink thread ends when the last sender of its jobs goes:
+        // the one here is among them.
+        drop(shared);
+        if let Some(t) = thread {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
     }
