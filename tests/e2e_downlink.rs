@@ -578,3 +578,157 @@ fn remote_logs_follow_remote_logging_level_and_the_connectors_own() {
         "a record made while the level was NONE was sent"
     );
 }
+
+/// The gateway's client attributes ThingsBoard received, newest last.
+fn own_attributes(received: &[Received]) -> Vec<Value> {
+    received
+        .iter()
+        .filter(|m| m.topic == "v1/devices/me/attributes")
+        .filter_map(|m| serde_json::from_slice(&m.payload).ok())
+        .collect()
+}
+
+/// Remote configuration against a fake ThingsBoard that keeps the shared
+/// attributes it pushes and answers the gateway's requests with them:
+/// the running configuration published; identical pushes (a burst, newer
+/// `ts`, and at each of two reconnections) change nothing; a real change to
+/// one of two connectors restarts it alone and replaces its file; an
+/// invalid one is refused with `A_CONFIG_ERROR`, the file byte-identical;
+/// `active_connectors` stops and starts a connector; one that cannot
+/// connect is rolled back, file included.
+#[test]
+fn remote_configuration_changes_only_what_changed_and_refuses_or_rolls_back_the_rest() {
+    use std::sync::{Arc, Mutex};
+    let (mut tb_broker, source) = (Mosquitto::start_new(), Mosquitto::start_new());
+    let shared: Arc<Mutex<serde_json::Map<String, Value>>> = Arc::default();
+    let answer = {
+        let shared = shared.clone();
+        move |m: &Received| {
+            let id = m.topic.strip_prefix("v1/devices/me/attributes/request/")?;
+            let state = Value::Object(shared.lock().expect("state").clone());
+            Some((format!("v1/devices/me/attributes/response/{id}"), json!({"shared": state}).to_string().into_bytes()))
+        }
+    };
+    let tb = Collector::connect_with(
+        tb_broker.port,
+        "tb-remote-config",
+        &["v1/gateway/#", "v1/devices/me/attributes", "v1/devices/me/attributes/request/+"],
+        answer,
+    );
+    let push = |key: &str, value: Value| {
+        shared.lock().expect("state").insert(key.to_owned(), value.clone());
+        tb.publish("v1/devices/me/attributes", json!({ key: value }).to_string());
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = common::mqtt_json(source.port, "gw-rc-a")
+        .replace("sensor/+/data", "a/+/data")
+        .replace("(?<=sensor/)", "(?<=a/)");
+    let b = common::mqtt_json(source.port, "gw-rc-b")
+        .replace("sensor/+/data", "b/+/data")
+        .replace("(?<=sensor/)", "(?<=b/)");
+    std::fs::write(dir.path().join("a.json"), &a).expect("a.json");
+    std::fs::write(dir.path().join("b.json"), &b).expect("b.json");
+    let yaml = gateway_yaml(tb_broker.port, dir.path(), 60)
+        .replace("thingsboard:\n", "thingsboard:\n  remoteConfiguration: true\n")
+        .replace(
+            "connectors:\n  - {type: mqtt, name: Devices, configuration: mqtt.json}\n",
+            "connectors:\n  - {type: mqtt, name: A, configuration: a.json}\n  - {type: mqtt, name: B, configuration: b.json}\n",
+        );
+    let mut gw = Gateway::start_with(dir.path(), &[("tb_gateway.yaml", &yaml), ("mqtt.json", "{}")]);
+    let a_file = || std::fs::read(dir.path().join("a.json")).expect("a.json");
+    let log_count = |gw: &Gateway, what: &str| gw.log().matches(what).count();
+    let b_sessions = |gw: &Gateway| {
+        gw.log().lines().filter(|l| l.contains("connector=B") && l.contains("to the MQTT broker")).count()
+    };
+
+    // The running configuration, as the Gateways page reads it.
+    let got = tb.wait_until(Duration::from_secs(30), "the running configuration", |r| {
+        own_attributes(r).iter().any(|v| v.get("active_connectors").is_some())
+    });
+    let current = own_attributes(&got).into_iter().find(|v| v.get("active_connectors").is_some()).expect("found");
+    assert_eq!(current["active_connectors"], json!(["A", "B"]));
+    assert_eq!(current["Version"], "3.8.5");
+    let a_attr = current["A"].clone();
+    assert_eq!((&a_attr["type"], &a_attr["configuration"]), (&json!("mqtt"), &json!("a.json")), "{a_attr}");
+    assert_eq!(a_attr["configurationJson"], serde_json::from_str::<Value>(&a).expect("JSON"));
+    assert_eq!(current["storage_configuration"]["type"], "fjall");
+
+    // The same, pushed three times with a newer ts: nothing changes, one echo.
+    let mut same = a_attr.clone();
+    same["ts"] = json!(a_attr["ts"].as_u64().unwrap_or(0) + 1000);
+    let before = a_file();
+    for _ in 0..3 {
+        push("A", same.clone());
+    }
+    tb.wait_until(Duration::from_secs(20), "the echo", |r| {
+        // Three are the fake ThingsBoard's own; the fourth is the gateway's.
+        own_attributes(r).iter().filter(|v| v.get("A") == Some(&same)).count() >= 4
+    });
+    // Two reconnections: each session publishes and asks again; no restart.
+    for _ in 0..2 {
+        let sessions = log_count(&gw, "connected to ThingsBoard");
+        tb_broker.stop();
+        std::thread::sleep(Duration::from_millis(500));
+        tb_broker.start();
+        gw.wait_for_log(Duration::from_secs(30), "a new session", |log| {
+            log.matches("connected to ThingsBoard").count() > sessions
+        });
+        // Its configuration published and the shared attributes answered.
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(log_count(&gw, "decision=\"apply\""), 0, "nothing applied:\n{}", gw.log());
+    assert_eq!(log_count(&gw, "connector stopped"), 0, "nothing restarted:\n{}", gw.log());
+    assert_eq!(log_count(&gw, "event store opened"), 1, "the store opened once");
+    assert_eq!(a_file(), before, "the file untouched");
+
+    // A real change to A: A alone restarts; its file holds the change.
+    let mut changed = same.clone();
+    changed["ts"] = json!(same["ts"].as_u64().unwrap_or(0) + 1000);
+    changed["configurationJson"]["mapping"][0]["converter"]["timeseries"][1]["key"] = json!("temperature_v2");
+    push("A", changed.clone());
+    gw.wait_for_log(Duration::from_secs(30), "A restarted", |log| log.contains("decision=\"apply\""));
+    gw.wait_for_log(Duration::from_secs(30), "A connected", |log| log.contains("connected with its new configuration"));
+    let file: Value = serde_json::from_slice(&a_file()).expect("a.json is JSON");
+    assert_eq!(file["mapping"][0]["converter"]["timeseries"][1]["key"], "temperature_v2");
+    assert_eq!(b_sessions(&gw), 1, "B kept its session:\n{}", gw.log());
+    tb.wait_until(Duration::from_secs(20), "the change echoed", |r| {
+        own_attributes(r).iter().filter(|v| v.get("A") == Some(&changed)).count() >= 2
+    });
+
+    // Invalid: refused, said so, nothing touched.
+    let applied = a_file();
+    let mut invalid = changed.clone();
+    invalid["ts"] = json!(changed["ts"].as_u64().unwrap_or(0) + 1000);
+    invalid["configurationJson"]["broker"]["port"] = json!("not a port");
+    push("A", invalid);
+    let got = tb.wait_until(Duration::from_secs(20), "A_CONFIG_ERROR", |r| {
+        own_attributes(r).iter().any(|v| v.get("A_CONFIG_ERROR").is_some())
+    });
+    let error = own_attributes(&got).into_iter().find_map(|v| v.get("A_CONFIG_ERROR").cloned()).expect("found");
+    assert!(error.as_str().is_some_and(|e| e.contains("broker.port")), "{error}");
+    assert_eq!(a_file(), applied, "the file byte-identical");
+    assert_eq!(log_count(&gw, "decision=\"apply\""), 1);
+
+    // active_connectors without A, then with it again.
+    push("active_connectors", json!(["B"]));
+    gw.wait_for_log(Duration::from_secs(20), "A stopped", |log| log.contains("decision=\"stop\""));
+    push("active_connectors", json!(["A", "B"]));
+    gw.wait_for_log(Duration::from_secs(20), "A started", |log| log.contains("decision=\"start\""));
+    let devices = Collector::connect(source.port, "rc-devices", &[]);
+    tb.wait_until(Duration::from_secs(30), "A's data after its start", |r| {
+        devices.publish("a/a-dev/data", r#"{"seq": 7, "temp": 1.5}"#);
+        r.iter().any(|m| m.topic == "v1/gateway/telemetry" && m.text().contains("a-dev"))
+    });
+
+    // One whose connector cannot connect: rolled back, file included.
+    let closed = tbgw_test_support::free_port();
+    let mut unreachable = changed.clone();
+    unreachable["ts"] = json!(changed["ts"].as_u64().unwrap_or(0) + 5000);
+    unreachable["configurationJson"]["broker"]["port"] = json!(closed);
+    push("A", unreachable);
+    gw.wait_for_log(Duration::from_secs(40), "the rollback", |log| log.contains("decision=\"rollback\""));
+    assert_eq!(a_file(), applied, "the file put back");
+    assert_eq!(b_sessions(&gw), 1, "B kept its session throughout:\n{}", gw.log());
+    assert!(gw.stop().success(), "an orderly stop:\n{}", gw.log());
+}

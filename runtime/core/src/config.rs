@@ -62,9 +62,11 @@ impl Diagnostics {
 
 /// The path of `key` under `path` (either may be empty).
 /// Keys of a connector's configuration that the gateway reads, not the
-/// connector (remote logging: `enableRemoteLogging`, `logLevel`): a
-/// connector accepts them with [`Obj::allow`].
-pub const GATEWAY_KEYS: [&str; 2] = ["enableRemoteLogging", "logLevel"];
+/// connector (remote logging: `enableRemoteLogging`, `logLevel`), or that
+/// ThingsBoard's remote configuration writes into it (`name`, `id`,
+/// `configVersion`, as the Python gateway keeps them): a connector accepts
+/// them with [`Obj::allow`].
+pub const GATEWAY_KEYS: [&str; 5] = ["enableRemoteLogging", "logLevel", "name", "id", "configVersion"];
 
 pub fn join(path: &str, key: &str) -> String {
     match (path.is_empty(), key.is_empty()) {

@@ -72,6 +72,11 @@ pub struct GatewayConfig {
     /// `tbgw.uploads`: where converters uploaded from ThingsBoard are kept
     /// ([`crate::uploads`]); `None`: uploads are refused.
     pub uploads: Option<PathBuf>,
+    /// `thingsboard.remoteConfiguration` (default false): connectors managed
+    /// from ThingsBoard's Gateways page ([`crate::remote_config`]).
+    pub remote_configuration: bool,
+    /// The document it was read from (what remote configuration shows).
+    pub document: Value,
 }
 
 /// Where events wait for delivery.
@@ -117,8 +122,55 @@ impl ConnectorConfig {
     /// This connector's configuration read again (its file as it is now),
     /// with its notices; every problem found, when it does not load.
     pub fn reread(&self) -> Result<(ConnectorConfig, Diagnostics), Diagnostics> {
+        self.read(&self.entry)
+    }
+
+    /// This connector with `document` as its configuration (what
+    /// ThingsBoard sent), checked as its file would be: the document is
+    /// written beside the file (`<file>.new`) and read from there, so that
+    /// relative paths resolve as in the file; [`Staged::commit`] renames it
+    /// over the file, [`Staged::discard`] removes it. An inline
+    /// configuration is checked in place and has no file to write.
+    pub fn with_document(&self, document: &Value) -> Result<Staged, Diagnostics> {
+        let mut entry = self.entry.clone();
+        let staged = self.file.as_ref().map(|f| {
+            let mut name = f.as_os_str().to_owned();
+            name.push(".new");
+            PathBuf::from(name)
+        });
+        let value = match &staged {
+            Some(path) => {
+                let text = serde_json::to_string_pretty(document).unwrap_or_default();
+                if let Err(e) = std::fs::write(path, text + "\n") {
+                    let mut d = Diagnostics::default();
+                    d.error(&self.path, format!("cannot write {}: {e}", path.display()));
+                    return Err(d);
+                }
+                Value::String(path.display().to_string())
+            }
+            None => document.clone(),
+        };
+        if let Some(o) = entry.as_object_mut() {
+            o.insert("configuration".into(), value);
+        }
+        match self.read(&entry) {
+            Ok((mut config, _)) => {
+                config.file = self.file.clone();
+                config.entry = self.entry.clone();
+                Ok(Staged { config, staged, file: self.file.clone() })
+            }
+            Err(d) => {
+                if let Some(path) = &staged {
+                    let _ = std::fs::remove_file(path);
+                }
+                Err(d)
+            }
+        }
+    }
+
+    fn read(&self, entry: &Value) -> Result<(ConnectorConfig, Diagnostics), Diagnostics> {
         let mut d = Diagnostics::default();
-        match connector(&mut d, &self.entry_path, &self.entry, &self.base) {
+        match connector(&mut d, &self.entry_path, entry, &self.base) {
             Some(c) if d.is_ok() => Ok((c, d)),
             _ => Err(d),
         }
@@ -128,6 +180,32 @@ impl ConnectorConfig {
 impl std::fmt::Debug for ConnectorConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnectorConfig").field("name", &self.name).field("kind", &self.kind).finish_non_exhaustive()
+    }
+}
+
+/// A connector configuration checked and waiting to be kept
+/// ([`ConnectorConfig::with_document`]).
+pub struct Staged {
+    pub config: ConnectorConfig,
+    staged: Option<PathBuf>,
+    file: Option<PathBuf>,
+}
+
+impl Staged {
+    /// The new configuration becomes the file's (one rename: the file is
+    /// the old one or the new one, never a part).
+    pub fn commit(&self) -> std::io::Result<()> {
+        match (&self.staged, &self.file) {
+            (Some(staged), Some(file)) => std::fs::rename(staged, file),
+            _ => Ok(()),
+        }
+    }
+
+    /// The file stays as it was.
+    pub fn discard(&self) {
+        if let Some(staged) = &self.staged {
+            let _ = std::fs::remove_file(staged);
+        }
     }
 }
 
@@ -246,14 +324,16 @@ pub fn from_document(doc: &Value, file: &Path, base: &Path, d: &mut Diagnostics)
         ],
     );
     root.finish(d);
-    let handle_device_renaming = match doc.pointer("/thingsboard/handleDeviceRenaming") {
-        None | Some(Value::Null) => true,
+    let flag = |d: &mut Diagnostics, key: &str, default: bool| match doc.pointer(&format!("/thingsboard/{key}")) {
+        None | Some(Value::Null) => default,
         Some(Value::Bool(b)) => *b,
         Some(other) => {
-            d.error("thingsboard.handleDeviceRenaming", format!("expected true or false, found {other}"));
-            true
+            d.error(format!("thingsboard.{key}"), format!("expected true or false, found {other}"));
+            default
         }
     };
+    let handle_device_renaming = flag(d, "handleDeviceRenaming", true);
+    let remote_configuration = flag(d, "remoteConfiguration", false);
     Some(GatewayConfig {
         file: file.to_owned(),
         thingsboard: thingsboard?,
@@ -267,6 +347,8 @@ pub fn from_document(doc: &Value, file: &Path, base: &Path, d: &mut Diagnostics)
         handle_device_renaming,
         http,
         uploads,
+        remote_configuration,
+        document: doc.clone(),
     })
 }
 
@@ -323,18 +405,19 @@ fn thingsboard(mut tb: Obj, base: &Path, d: &mut Diagnostics) -> (Option<ClientC
         Some(v) => report::parse(d, &tb.field("reportStrategy"), v).unwrap_or_default(),
         None => Strategy::OnReceived,
     };
+    // Read with the whole document (`GatewayConfig::remote_configuration`).
+    tb.allow(&["remoteConfiguration"]);
     let credentials = security(&mut tb, base, d);
     let rate_limits = rate_limits(&mut tb, host.as_deref().unwrap_or(""), d);
     tb.unused(
         d,
         &[
             ("remoteShell", "tbgw has no remote shell"),
-            ("remoteConfiguration", "remote configuration is not implemented yet"),
             ("latencyDebugMode", "not implemented"),
             ("deviceFiltering", "not implemented yet"),
             ("minPackSendDelayMS", "tbgw packs as much as each publish can hold, at once"),
             ("minPackSizeToSend", "tbgw packs as much as each publish can hold, at once"),
-            ("checkConnectorsConfigurationInSeconds", "changes to connector files apply at the next start"),
+            ("checkConnectorsConfigurationInSeconds", "tbgw checks connector files every tbgw.watchConverters seconds"),
             ("checkingDeviceActivity", "not implemented yet"),
         ],
     );

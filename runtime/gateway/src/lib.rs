@@ -36,6 +36,7 @@ pub mod machine;
 pub mod memory;
 pub mod page;
 pub mod pipeline;
+pub mod remote_config;
 pub mod remote_log;
 pub mod router;
 pub mod service;

@@ -352,8 +352,8 @@ fn from_thingsboard(shared: &Arc<Shared>, msg: Incoming) {
             }
         }
         ATTRIBUTES_RESPONSE_TOPIC => attribute_response(shared, &msg.payload),
-        OWN_ATTRIBUTES_TOPIC => own_attributes(&msg.payload, false),
-        topic if topic.starts_with(OWN_ATTRIBUTES_RESPONSE_PREFIX) => own_attributes(&msg.payload, true),
+        OWN_ATTRIBUTES_TOPIC => own_attributes(shared, &msg.payload, false),
+        topic if topic.starts_with(OWN_ATTRIBUTES_RESPONSE_PREFIX) => own_attributes(shared, &msg.payload, true),
         topic => match topic.strip_prefix(OWN_RPC_PREFIX) {
             // The gateway's own client-side RPC, echoed by a plain broker.
             Some(_) if msg.payload.windows(16).any(|w| w == b"getSessionLimits") => {}
@@ -371,7 +371,7 @@ fn from_thingsboard(shared: &Arc<Shared>, msg: Incoming) {
 /// or, when `response`, the answer to the client's request
 /// (`{"shared":{...}}`). Other keys (and the gateway's own client
 /// attributes, echoed by a plain broker) are not tbgw's to apply.
-fn own_attributes(payload: &[u8], response: bool) {
+fn own_attributes(shared: &Shared, payload: &[u8], response: bool) {
     let Ok(Json::Object(mut doc)) = serde_json::from_slice::<Json>(payload) else {
         tracing::warn!("the gateway's shared attributes from ThingsBoard cannot be read: not a JSON object");
         return;
@@ -407,6 +407,11 @@ fn own_attributes(payload: &[u8], response: bool) {
             tracing::info!("RemoteLoggingLevel deleted: remote logging off");
         }
         None => {}
+    }
+    // The rest is remote configuration's, the service's to decide.
+    doc.remove("RemoteLoggingLevel");
+    if !doc.is_empty() && shared.service.try_send(ServiceQuery::OwnAttributes(doc)).is_err() {
+        tracing::warn!("the gateway's shared attributes came while the gateway was busy: not applied");
     }
 }
 

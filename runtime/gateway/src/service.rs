@@ -130,6 +130,9 @@ pub enum ServiceQuery {
     Upload(serde_json::Value, oneshot::Sender<serde_json::Value>),
     /// Roll a converter back to the version before its upload.
     Rollback(String, oneshot::Sender<serde_json::Value>),
+    /// The gateway device's shared attributes, pushed or asked for
+    /// (remote configuration's).
+    OwnAttributes(serde_json::Map<String, serde_json::Value>),
 }
 
 /// Every converter the configuration declares, loaded (and registered):
@@ -308,6 +311,15 @@ fn launch(
 /// before it goes back to the configuration before.
 pub const PROBATION: Duration = Duration::from_secs(15);
 
+/// A connector restarted with a new configuration, until it connects.
+struct Probation {
+    /// The configuration before, to go back to.
+    previous: ConnectorConfig,
+    until: Instant,
+    /// The file's content before, when remote configuration replaced it.
+    file: Option<Vec<u8>>,
+}
+
 /// What became of a connector's configuration read again
 /// ([`Gateway::reload_connector`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -367,6 +379,10 @@ pub struct Gateway {
     /// where devices' requests go.
     runtime: Runtime,
     device_requests: RequestSender,
+    /// Connectors restarted with a new configuration, until they connect.
+    probation: Vec<Probation>,
+    /// Remote configuration's memory (`thingsboard.remoteConfiguration`).
+    remote: crate::remote_config::RemoteConfig,
 }
 
 impl Gateway {
@@ -517,6 +533,8 @@ impl Gateway {
             uploads,
             runtime,
             device_requests: device_requests_tx,
+            probation: Vec::new(),
+            remote: crate::remote_config::RemoteConfig::default(),
         })
     }
 
@@ -635,9 +653,12 @@ impl Gateway {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             t
         });
-        // Connectors restarted with a new configuration, until they connect:
-        // the configuration before, and until when the new one may try.
-        let mut probation: Vec<(ConnectorConfig, Instant)> = Vec::new();
+        // Remote configuration: a new session gets the running configuration.
+        let mut remote_checks = self.config.remote_configuration.then(|| {
+            let mut t = tokio::time::interval(Duration::from_millis(500));
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Stopped::Normally,
@@ -648,9 +669,15 @@ impl Gateway {
                         .filter_map(|(name, w)| (w.check() == crate::watch::Change::Changed).then(|| name.clone()))
                         .collect();
                     for name in changed {
-                        self.file_changed(&name, &mut probation).await;
+                        self.file_changed(&name).await;
                     }
-                    self.check_probation(&mut probation).await;
+                    self.check_probation().await;
+                }
+                _ = async { remote_checks.as_mut().expect("guarded").tick().await }, if remote_checks.is_some() => {
+                    self.remote_session();
+                    if file_checks.is_none() {
+                        self.check_probation().await;
+                    }
                 }
                 _ = async { reports.as_mut().expect("guarded").tick().await }, if reports.is_some() => {
                     let mut report = self.status().statistics();
@@ -683,6 +710,7 @@ impl Gateway {
                             let _ = reply.send(crate::uploads::off());
                         }
                     },
+                    ServiceQuery::OwnAttributes(attributes) => self.remote_attributes(attributes).await,
                     ServiceQuery::Rollback(name, reply) => match self.uploads.clone() {
                         Some(uploads) => {
                             tokio::spawn(async move {
@@ -813,7 +841,7 @@ impl Gateway {
 
     /// Connector `name`'s configuration file changed: reload it; a
     /// restarted connector is on probation until it connects.
-    async fn file_changed(&mut self, name: &str, probation: &mut Vec<(ConnectorConfig, Instant)>) {
+    async fn file_changed(&mut self, name: &str) {
         let Some(previous) = self.config.connectors.iter().find(|c| c.name == name).cloned() else { return };
         let file = previous.file.as_deref().map(|f| f.display().to_string()).unwrap_or_default();
         match self.reload_connector(name).await {
@@ -822,8 +850,8 @@ impl Gateway {
             }
             Ok(Reload::Restarted) => {
                 tracing::info!(connector = name, "{file} changed: connector restarted with its new configuration");
-                probation.retain(|(p, _)| p.name != name);
-                probation.push((previous, Instant::now() + PROBATION));
+                self.probation.retain(|p| p.previous.name != name);
+                self.probation.push(Probation { previous, until: Instant::now() + PROBATION, file: None });
             }
             Err(e) => tracing::error!(
                 connector = name,
@@ -833,34 +861,198 @@ impl Gateway {
     }
 
     /// Connectors on probation that connected pass; those still not
-    /// connected after [`PROBATION`] go back to their configuration before.
-    async fn check_probation(&mut self, probation: &mut Vec<(ConnectorConfig, Instant)>) {
+    /// connected after [`PROBATION`] go back to their configuration before
+    /// (and their file to its content before, when remote configuration
+    /// replaced it).
+    async fn check_probation(&mut self) {
         let now = Instant::now();
-        let mut back = Vec::new();
-        probation.retain(|(previous, until)| {
-            let connected =
-                self.connectors.iter().any(|c| c.name == previous.name && c.stats.connected.load(Ordering::Relaxed));
-            if connected {
-                tracing::info!(connector = previous.name, "connected with its new configuration");
-                return false;
+        let connectors = &self.connectors;
+        let (mut keep, mut back) = (Vec::new(), Vec::new());
+        for p in self.probation.drain(..) {
+            let name = &p.previous.name;
+            if connectors.iter().any(|c| c.name == *name && c.stats.connected.load(Ordering::Relaxed)) {
+                tracing::info!(connector = name, "connected with its new configuration");
+            } else if now >= p.until {
+                back.push(p);
+            } else {
+                keep.push(p);
             }
-            if now >= *until {
-                back.push(previous.clone());
-                return false;
-            }
-            true
-        });
-        for previous in back {
+        }
+        self.probation = keep;
+        for Probation { previous, file, .. } in back {
             let name = previous.name.clone();
             let Some(index) = self.config.connectors.iter().position(|c| c.name == name) else { continue };
+            let restored = match (&file, &previous.file) {
+                (Some(bytes), Some(path)) => match tbgw_wasm::cache::write_atomically(path, bytes) {
+                    Ok(()) => "its file put back as it was",
+                    Err(e) => {
+                        tracing::error!(connector = name, "cannot put {} back: {e}", path.display());
+                        "its file could not be put back"
+                    }
+                },
+                _ => "the file keeps the new one; it is read again when it changes",
+            };
             tracing::error!(
+                target: "tbgw::audit",
                 connector = name,
-                "not connected {PROBATION:?} after its restart with a new configuration: back to the one before \
-                 (the file keeps the new one; it is read again when it changes)"
+                decision = "rollback",
+                "not connected {PROBATION:?} after its restart with a new configuration: back to the one before ({restored})"
             );
             if let Err(e) = self.restart_connector(index, previous).await {
                 tracing::error!(connector = name, "the configuration before did not start again either: {e}");
             }
+            if self.config.remote_configuration && file.is_some() {
+                self.publish_attributes(serde_json::json!({
+                    format!("{name}_CONFIG_ERROR"):
+                        format!("not connected {PROBATION:?} after the restart: back to the configuration before"),
+                    name.clone(): crate::remote_config::connector_attribute(&self.config.connectors[index], 0),
+                }));
+            }
+        }
+    }
+
+    fn publish_attributes(&self, attributes: serde_json::Value) {
+        let publish = tbgw_thingsboard::Command::Publish {
+            topic: "v1/devices/me/attributes".into(),
+            payload: attributes.to_string().into_bytes(),
+        };
+        if let Err(e) = self.client.send(publish) {
+            tracing::warn!("the gateway's attributes were not sent: {e}");
+        }
+    }
+
+    /// A new ThingsBoard session: the running configuration, and the
+    /// request for the shared one.
+    fn remote_session(&mut self) {
+        let stats = self.client.stats();
+        if !stats.connected || stats.sessions == self.remote.sessions {
+            return;
+        }
+        self.remote.sessions = stats.sessions;
+        let running: Vec<String> =
+            self.connectors.iter().filter(|c| c.task.is_some()).map(|c| c.name.clone()).collect();
+        let current = self.remote.current(&self.config, &running);
+        self.publish_attributes(current);
+        let (topic, payload) = crate::remote_config::RemoteConfig::request(&self.config, stats.sessions);
+        if let Err(e) = self.client.send(tbgw_thingsboard::Command::Publish { topic, payload }) {
+            tracing::warn!("the shared configuration was not asked for: {e}");
+        }
+    }
+
+    /// The gateway device's shared attributes (pushed, or the answer to the
+    /// session's request): remote configuration's part of them.
+    async fn remote_attributes(&mut self, attributes: serde_json::Map<String, serde_json::Value>) {
+        use crate::remote_config::{RemoteConfig, SHARED_KEYS};
+        if !self.config.remote_configuration {
+            return;
+        }
+        for (key, value) in attributes {
+            // Applying the list twice does nothing: it needs no telling apart.
+            if key == "active_connectors" {
+                self.remote_active(&value).await;
+            } else if self.remote.is_own(&key, &value) {
+                continue;
+            } else if SHARED_KEYS.contains(&key.as_str()) {
+                let section = match key.as_str() {
+                    "general_configuration" => "thingsboard",
+                    "storage_configuration" => "storage",
+                    "grpc_configuration" => "grpc",
+                    _ => "logs",
+                };
+                let running = self.config.document.get(section).cloned().unwrap_or_default();
+                let changed = crate::remote_config::changed_keys(&running, &value);
+                if changed.is_empty() {
+                    RemoteConfig::audit(&key, "noop", "the same as the running one");
+                } else {
+                    RemoteConfig::audit_reject(
+                        &key,
+                        &format!(
+                            "{key} changes {changed:?}: tbgw reads `{section}` from {} at start, not from ThingsBoard",
+                            self.config.file.display()
+                        ),
+                    );
+                }
+            } else if self.config.connectors.iter().any(|c| c.name == key) {
+                self.remote_connector(&key, value).await;
+            } else if value.get("configurationJson").is_some() {
+                self.remote_reject(
+                    &key,
+                    "adding a connector from ThingsBoard is not supported yet: add it to the configuration file",
+                );
+            }
+        }
+    }
+
+    fn remote_reject(&mut self, key: &str, why: &str) {
+        crate::remote_config::RemoteConfig::audit_reject(key, why);
+        self.publish_attributes(serde_json::json!({ format!("{key}_CONFIG_ERROR"): why }));
+    }
+
+    /// A connector's attribute from ThingsBoard.
+    async fn remote_connector(&mut self, name: &str, value: serde_json::Value) {
+        use crate::remote_config::{RemoteConfig, changed_keys, pushed_document, runs};
+        let document = match pushed_document(&value) {
+            Ok(d) => d,
+            Err(e) => return self.remote_reject(name, &e),
+        };
+        let Some(index) = self.config.connectors.iter().position(|c| c.name == name) else { return };
+        let c = self.config.connectors[index].clone();
+        if runs(&c, &document) {
+            RemoteConfig::audit(name, "noop", "the same as the running one: nothing restarted, nothing written");
+        } else {
+            let changed = changed_keys(&c.document, &document);
+            let staged = match c.with_document(&document) {
+                Ok(s) => s,
+                Err(d) => {
+                    let why = d.errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+                    return self.remote_reject(name, &why);
+                }
+            };
+            let before = c.file.as_ref().and_then(|f| std::fs::read(f).ok());
+            if let Err(e) = self.restart_connector(index, staged.config.clone()).await {
+                staged.discard();
+                return self.remote_reject(name, &e);
+            }
+            if let Err(e) = staged.commit() {
+                tracing::error!(connector = name, "the new configuration runs but was not written to its file: {e}");
+            }
+            RemoteConfig::audit(
+                name,
+                "apply",
+                &format!("connector restarted with the new configuration; changed: {changed:?}"),
+            );
+            self.probation.retain(|p| p.previous.name != name);
+            self.probation.push(Probation { previous: c, until: Instant::now() + PROBATION, file: before });
+        }
+        if let Some(echo) = self.remote.echo(name, &value) {
+            self.publish_attributes(echo);
+        }
+    }
+
+    /// `active_connectors` from ThingsBoard: stop those it leaves out, start
+    /// those stopped so that it names again.
+    async fn remote_active(&mut self, value: &serde_json::Value) {
+        use crate::remote_config::RemoteConfig;
+        let Some(list) = value.as_array() else {
+            return self.remote_reject("active_connectors", "expected a list of connector names");
+        };
+        let wanted: Vec<&str> = list.iter().filter_map(serde_json::Value::as_str).collect();
+        for index in 0..self.config.connectors.len() {
+            let c = self.config.connectors[index].clone();
+            let running = self.connectors.iter().any(|r| r.name == c.name && r.task.is_some());
+            let listed = wanted.contains(&c.name.as_str());
+            if running && !listed {
+                self.stop_connector(&c.name).await;
+                RemoteConfig::audit(&c.name, "stop", "left out of active_connectors: stopped");
+            } else if !running && listed {
+                match self.restart_connector(index, c.clone()).await {
+                    Ok(()) => RemoteConfig::audit(&c.name, "start", "named in active_connectors again: started"),
+                    Err(e) => self.remote_reject(&c.name, &e),
+                }
+            }
+        }
+        if let Some(echo) = self.remote.echo("active_connectors", value) {
+            self.publish_attributes(echo);
         }
     }
 
