@@ -130,6 +130,10 @@ struct Shared {
     stats: Arc<RouterStats>,
     /// `thingsboard.handleDeviceRenaming`.
     follow_renames: bool,
+    /// The gateway device's shared attributes other than
+    /// `RemoteLoggingLevel`, in order, for remote configuration (unbounded:
+    /// ThingsBoard pushes them by hand, and none may be dropped).
+    own_attributes: mpsc::UnboundedSender<serde_json::Map<String, Json>>,
 }
 
 impl Shared {
@@ -176,6 +180,7 @@ impl Router {
         restart: CancellationToken,
         shutdown: CancellationToken,
         follow_renames: bool,
+        own_attributes: mpsc::UnboundedSender<serde_json::Map<String, Json>>,
     ) -> std::io::Result<Router> {
         let (convert, jobs) = flume::bounded::<ConvertJob>(4096);
         let converters = Arc::new(RwLock::new(converters));
@@ -196,6 +201,7 @@ impl Router {
             restart,
             stats: stats.clone(),
             follow_renames,
+            own_attributes,
         });
         let task = tokio::spawn(route(shared.clone(), incoming, device_requests, shutdown));
         Ok(Router { task, thread: Some(thread), shared, stats })
@@ -410,8 +416,9 @@ fn own_attributes(shared: &Shared, payload: &[u8], response: bool) {
     }
     // The rest is remote configuration's, the service's to decide.
     doc.remove("RemoteLoggingLevel");
-    if !doc.is_empty() && shared.service.try_send(ServiceQuery::OwnAttributes(doc)).is_err() {
-        tracing::warn!("the gateway's shared attributes came while the gateway was busy: not applied");
+    if !doc.is_empty() {
+        // Closed only while the gateway stops.
+        let _ = shared.own_attributes.send(doc);
     }
 }
 

@@ -130,9 +130,6 @@ pub enum ServiceQuery {
     Upload(serde_json::Value, oneshot::Sender<serde_json::Value>),
     /// Roll a converter back to the version before its upload.
     Rollback(String, oneshot::Sender<serde_json::Value>),
-    /// The gateway device's shared attributes, pushed or asked for
-    /// (remote configuration's).
-    OwnAttributes(serde_json::Map<String, serde_json::Value>),
 }
 
 /// Every converter the configuration declares, loaded (and registered):
@@ -273,7 +270,6 @@ pub fn cache_dir(config: &GatewayConfig) -> Option<std::path::PathBuf> {
     })
 }
 
-/// A connector running, with its own stop.
 /// Start connector `c` with its converters (route ids in the pipeline,
 /// downlink converter indices in the router) and `stats` (a restarted
 /// connector keeps its counters): its port for the router, and the running
@@ -330,6 +326,7 @@ pub enum Reload {
     Restarted,
 }
 
+/// A connector running, with its own stop.
 struct RunningConnector {
     name: String,
     kind: &'static str,
@@ -381,8 +378,10 @@ pub struct Gateway {
     device_requests: RequestSender,
     /// Connectors restarted with a new configuration, until they connect.
     probation: Vec<Probation>,
-    /// Remote configuration's memory (`thingsboard.remoteConfiguration`).
+    /// Remote configuration's memory (`thingsboard.remoteConfiguration`),
+    /// and the gateway device's shared attributes from the router.
     remote: crate::remote_config::RemoteConfig,
+    own_attributes: mpsc::UnboundedReceiver<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Gateway {
@@ -475,6 +474,7 @@ impl Gateway {
         let restart = CancellationToken::new();
         let router_stop = CancellationToken::new();
         let incoming = client.take_requests().unwrap_or_else(|| mpsc::unbounded_channel().1);
+        let (own_attributes_tx, own_attributes) = mpsc::unbounded_channel();
         let router = Router::start(
             ports,
             downlinks,
@@ -486,6 +486,7 @@ impl Gateway {
             restart.clone(),
             router_stop.clone(),
             config.handle_device_renaming,
+            own_attributes_tx,
         )
         .map_err(|e| {
             // What was started before: the process ends, but not its tasks' way out.
@@ -535,6 +536,7 @@ impl Gateway {
             device_requests: device_requests_tx,
             probation: Vec::new(),
             remote: crate::remote_config::RemoteConfig::default(),
+            own_attributes,
         })
     }
 
@@ -673,6 +675,7 @@ impl Gateway {
                     }
                     self.check_probation().await;
                 }
+                Some(attributes) = self.own_attributes.recv() => self.remote_attributes(attributes).await,
                 _ = async { remote_checks.as_mut().expect("guarded").tick().await }, if remote_checks.is_some() => {
                     self.remote_session();
                     if file_checks.is_none() {
@@ -710,7 +713,6 @@ impl Gateway {
                             let _ = reply.send(crate::uploads::off());
                         }
                     },
-                    ServiceQuery::OwnAttributes(attributes) => self.remote_attributes(attributes).await,
                     ServiceQuery::Rollback(name, reply) => match self.uploads.clone() {
                         Some(uploads) => {
                             tokio::spawn(async move {
