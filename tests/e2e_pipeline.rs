@@ -296,14 +296,8 @@ fn a_python_gateway_users_files_run_unchanged() {
     }
 }
 
-/// The probe guest with a custom section appended: another component
-/// (another file, another SHA-256) that behaves the same.
 fn probe_version(tag: &str) -> Vec<u8> {
-    let mut wasm = std::fs::read(tbgw_guests::PROBE).expect("the probe guest");
-    let (name, payload) = (b"tbgw-test-version".as_slice(), tag.as_bytes());
-    wasm.extend([0u8, (1 + name.len() + payload.len()) as u8, name.len() as u8]);
-    wasm.extend(name.iter().chain(payload));
-    wasm
+    tbgw_guests::probe_variant(tag).expect("the probe guest")
 }
 
 /// The payloads of device `P`'s readings (the probe's), as ThingsBoard got them.

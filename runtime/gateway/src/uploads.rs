@@ -631,14 +631,8 @@ mod tests {
 
     const NAME: &str = "Devices/probe";
 
-    /// The probe guest with a custom section appended: another component
-    /// (another SHA-256) that behaves the same.
     fn probe(tag: &str) -> Vec<u8> {
-        let mut wasm = std::fs::read(tbgw_guests::PROBE).expect("the probe guest");
-        let (name, payload) = (b"tbgw-test-version".as_slice(), tag.as_bytes());
-        wasm.extend([0u8, (1 + name.len() + payload.len()) as u8, name.len() as u8]);
-        wasm.extend(name.iter().chain(payload));
-        wasm
+        tbgw_guests::probe_variant(tag).expect("the probe guest")
     }
 
     fn registry(runtime: &tbgw_wasm::Runtime) -> Registry {

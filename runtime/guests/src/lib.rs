@@ -35,3 +35,15 @@ pub fn builtin(name: &str, direction: Direction) -> Option<&'static Builtin> {
 pub fn builtin_names(direction: Direction) -> impl Iterator<Item = &'static str> {
     BUILTINS.iter().filter(move |b| b.direction == direction).map(|b| b.name)
 }
+
+/// The probe guest ([`PROBE`]) with a custom section naming `tag`
+/// appended: another component (another SHA-256) that behaves the same,
+/// for the tests of swaps and uploads.
+#[cfg(feature = "test-guests")]
+pub fn probe_variant(tag: &str) -> std::io::Result<Vec<u8>> {
+    let mut wasm = std::fs::read(PROBE)?;
+    let (name, payload) = (b"tbgw-test-version".as_slice(), tag.as_bytes());
+    wasm.extend([0u8, (1 + name.len() + payload.len()) as u8, name.len() as u8]);
+    wasm.extend(name.iter().chain(payload));
+    Ok(wasm)
+}
